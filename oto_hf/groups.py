@@ -23,7 +23,7 @@ import torch
 from torch import nn
 from transformers import BertModel, PreTrainedModel
 
-from .stats import head_flops, head_params, neuron_flops, neuron_params
+from .stats import head_flops, head_params, layer_fixed_params, neuron_flops, neuron_params
 
 
 HEAD, NEURON = 0, 1
@@ -164,6 +164,16 @@ class ZeroInvariantGroups:
             return self.flops(seq_len)
         if unit == "params":
             return self.sizes.to(torch.float64)
+        raise ValueError(f"unit must be 'flops' or 'params', got {unit!r}")
+
+    def total_cost(self, unit: str, seq_len: int = 384) -> float:
+        """The whole encoder's FLOPs per example or parameters, grouped or not (the denominator of a target)."""
+        h, d = self.hidden_size, self.head_size
+        heads, neurons = sum(self.heads_per_layer), sum(self.neurons_per_layer)
+        if unit == "flops":
+            return float(heads * head_flops(h, d, seq_len) + neurons * neuron_flops(h, seq_len))
+        if unit == "params":
+            return float(heads * head_params(h, d) + neurons * neuron_params(h) + self.num_layers * layer_fixed_params(h))
         raise ValueError(f"unit must be 'flops' or 'params', got {unit!r}")
 
     def count_per_layer(self, mask: torch.Tensor, kind: str) -> list[int]:

@@ -119,33 +119,38 @@ class OTOBertEncoder(BertEncoder):
         self.layer = nn.ModuleList([OTOBertLayer(config, layer_idx=i) for i in range(config.num_hidden_layers)])
 
 
-class OTOBertModel(BertModel):
+class _OTOBertMixin:
+    """What every OTOBert model adds to its stock counterpart: strict loading and a self-describing checkpoint."""
+
     config_class = OTOBertConfig
 
+    @classmethod
+    def from_pretrained(cls, *args, **kwargs):
+        return _strict_from_pretrained(super().from_pretrained, cls, *args, **kwargs)
+
+    def save_pretrained(self, *args, **kwargs):
+        # Every Auto class in `auto_map`, so that `trust_remote_code=True` loads any head from this checkpoint.
+        self.config.auto_map = {"AutoConfig": f"configuration_oto_bert.{OTOBertConfig.__name__}"} | {
+            name: f"modeling_oto_bert.{model_class.__name__}" for name, model_class in AUTO_CLASSES.items()
+        }
+        return super().save_pretrained(*args, **kwargs)
+
+
+class OTOBertModel(_OTOBertMixin, BertModel):
     def __init__(self, config: OTOBertConfig, add_pooling_layer: bool = True):
         super().__init__(config, add_pooling_layer=add_pooling_layer)
         self.encoder = OTOBertEncoder(config)
         self.post_init()
 
-    @classmethod
-    def from_pretrained(cls, *args, **kwargs):
-        return _strict_from_pretrained(super().from_pretrained, cls, *args, **kwargs)
 
-
-class _OTOBertTaskModel:
+class _OTOBertTaskModel(_OTOBertMixin):
     """Mixin for the task models: the stock `__init__` builds a stock `BertModel` as `self.bert`; it is replaced
     by the per-layer one (with or without pooler, as the task model wants). Heads and `forward` are stock."""
-
-    config_class = OTOBertConfig
 
     def __init__(self, config: OTOBertConfig):
         super().__init__(config)
         self.bert = OTOBertModel(config, add_pooling_layer=self.bert.pooler is not None)
         self.post_init()
-
-    @classmethod
-    def from_pretrained(cls, *args, **kwargs):
-        return _strict_from_pretrained(super().from_pretrained, cls, *args, **kwargs)
 
 
 def _strict_from_pretrained(load, cls, *args, **kwargs):
@@ -219,5 +224,10 @@ AUTO_CLASSES = {
     "AutoModelForTokenClassification": OTOBertForTokenClassification,
     "AutoModelForQuestionAnswering": OTOBertForQuestionAnswering,
 }
+
+# `save_pretrained` copies this file and the config's next to the weights.
+OTOBertConfig.register_for_auto_class()
+for _name, _model_class in AUTO_CLASSES.items():
+    _model_class.register_for_auto_class(_name)
 
 __all__ = ["OTOBertEncoder", "OTOBertLayer", "OTOBertSelfAttention", *(c.__name__ for c in AUTO_CLASSES.values())]

@@ -1,0 +1,434 @@
+"""HSPG: Half-Space Stochastic Projected Gradient (Only-Train-Once, NeurIPS 2021), with an AdamW direction and a
+FLOPs/parameter target.
+
+The problem is min_x f(x) + λ Σ_g ‖x_g‖₂ over the zero-invariant groups g.
+
+* Stage 1 (step < `half_space_start`): a subgradient step x ← x − α(d(x) + λ x_g/‖x_g‖) on every non-zero group,
+  where d is the direction of the base optimizer (SGD with momentum, or AdamW's adaptive moments).
+* Stage 2: the same trial point x̂, then every candidate group with x̂_gᵀx_g < ε‖x_g‖² is projected to exactly zero.
+  Zero groups stay zero for good: their parameters and optimizer moments are held at zero.
+
+Parameters outside any group take the plain base step (with weight decay where the direction has it).
+
+The group penalty is decoupled from the adaptive moments, like AdamW's weight decay: the step is
+x̂ = x − α·Adam(∇f) − α·λ·x_g/‖x_g‖, so λ means "norm removed per unit of learning rate" in both directions.
+
+**Target mode** (`target` set: the fraction of encoder FLOPs or parameters to remove). λ alone cannot promise a
+size, so, in the spirit of DHSPG (OTO v2), stage 2 becomes a pruning window of `prune_steps` steps split into
+`num_periods` periods. At the start of each period the non-zero groups with the lowest saliency per unit of cost
+are marked redundant until the period's share of the target is covered (never more). Redundant groups take the
+subgradient step with an adaptive λ_g large enough to bring them to zero by the end of the period (linearly in
+norm), and the half-space projection; whatever is left of them at the period's end is projected. Other groups take
+the plain base step. After the window the zero set is frozen, so the target is reached to within one group's cost
+and held. All group work is done with whole-tensor operations, never one group at a time.
+"""
+
+import math
+from collections.abc import Iterable
+
+import torch
+from torch.optim import Optimizer
+
+from .groups import HEAD, NEURON, ZeroInvariantGroups
+
+
+DIRECTIONS = ("adamw", "sgd")
+TARGET_UNITS = ("flops", "params")
+SALIENCIES = ("taylor", "magnitude")
+
+
+class HSPG(Optimizer):
+    """Half-Space Stochastic Projected Gradient over the zero-invariant `groups` of a model.
+
+    Args:
+        params: the model's parameters or parameter groups (all of the model's trainable parameters, as for any
+            optimizer; grouped and ungrouped alike).
+        groups: the `ZeroInvariantGroups` of that model.
+        lr: step size α.
+        direction: "adamw" (adaptive moments, decoupled weight decay) or "sgd" (momentum, L2 weight decay).
+        lmbda: λ ≥ 0, the group-lasso strength.
+        epsilon: ε ∈ [0, 1), how aggressively the half-space step projects (larger projects more).
+        half_space_start: N_P, the step at which stage 2 (projection) starts.
+        target: fraction in [0, 1) of encoder FLOPs (or parameters, see `target_unit`) to remove; None for the
+            paper's λ-only mode.
+        target_unit: "flops" (per example at `seq_len` tokens) or "params".
+        prune_steps: length of the pruning window that starts at `half_space_start` (required with a target).
+        num_periods: the window is split into this many periods; the target grows in equal steps per period.
+        saliency: how redundant groups are chosen: "taylor" (|x_gᵀ∇_g f| averaged over steps, per unit of cost)
+            or "magnitude" (‖x_g‖²/|g|, per unit of cost).
+        betas, eps: AdamW moments. momentum: SGD momentum. weight_decay: as in AdamW / SGD.
+    """
+
+    def __init__(
+        self,
+        params: Iterable,
+        groups: ZeroInvariantGroups,
+        lr: float = 1e-3,
+        *,
+        direction: str = "adamw",
+        lmbda: float = 1e-3,
+        epsilon: float = 0.0,
+        half_space_start: int = 0,
+        target: float | None = None,
+        target_unit: str = "flops",
+        seq_len: int = 384,
+        prune_steps: int | None = None,
+        num_periods: int = 1,
+        saliency: str = "taylor",
+        betas: tuple[float, float] = (0.9, 0.999),
+        eps: float = 1e-8,
+        momentum: float = 0.0,
+        weight_decay: float = 0.0,
+        taylor_decay: float = 0.99,
+    ):
+        _check_arguments(lr, direction, lmbda, epsilon, half_space_start, target, target_unit, prune_steps,
+                         num_periods, saliency, betas, momentum, weight_decay, taylor_decay)
+        defaults = dict(lr=lr, betas=betas, eps=eps, momentum=momentum, weight_decay=weight_decay)
+        super().__init__(params, defaults)
+
+        self.groups = groups
+        self.direction = direction
+        self.lmbda = float(lmbda)
+        self.epsilon = float(epsilon)
+        self.half_space_start = int(half_space_start)
+        self.target = target
+        self.target_unit = target_unit
+        self.prune_steps = prune_steps
+        self.num_periods = int(num_periods)
+        self.saliency = saliency
+        self.taylor_decay = taylor_decay
+
+        optimized = {p for group in self.param_groups for p in group["params"]}
+        missing = [t.name for t in groups.tensors if t.param not in optimized]
+        if missing:
+            raise ValueError(
+                f"HSPG must optimize every grouped parameter, but {len(missing)} are not among `params` "
+                f"(e.g. {missing[:3]}). Pass all of the model's parameters (model.parameters())."
+            )
+        # Each grouped parameter tensor belongs to exactly one set of groups (heads or neurons of one layer).
+        self._grouped = {t.param: t for t in groups.tensors}
+
+        self.costs = groups.costs(target_unit, seq_len)
+        self.total_cost = groups.total_cost(target_unit, seq_len)
+        if target is not None:
+            removable = float(self.costs.sum()) / self.total_cost
+            if target > removable + 1e-9:
+                raise ValueError(
+                    f"target={target} asks to remove {target:.0%} of encoder {target_unit}, but the grouped heads and "
+                    f"neurons hold only {removable:.1%} of them (the rest is never pruned). Lower the target or "
+                    "prune both heads and FFN neurons."
+                )
+
+        device = groups.tensors[0].param.device if groups.tensors else torch.device("cpu")
+        num = groups.num_groups
+        self.hspg_state = {
+            "step": 0,
+            "zero": groups.is_zero().to(device),
+            "redundant": torch.zeros(num, dtype=torch.bool, device=device),
+            "taylor": torch.zeros(num, dtype=torch.float32, device=device),
+            "period": -1,
+            "last_lambda": 0.0,
+        }
+
+    # ---- schedule ----
+
+    @property
+    def step_count(self) -> int:
+        return self.hspg_state["step"]
+
+    def in_stage2(self, step: int | None = None) -> bool:
+        return (self.step_count if step is None else step) >= self.half_space_start
+
+    def _period_bounds(self, step: int) -> tuple[int, int, int] | None:
+        """(period index, first step, last step + 1) of the pruning period holding `step`, or None outside."""
+        if self.target is None or step < self.half_space_start or step >= self.half_space_start + self.prune_steps:
+            return None
+        length = self.prune_steps // self.num_periods
+        period = min((step - self.half_space_start) // max(length, 1), self.num_periods - 1)
+        start = self.half_space_start + period * length
+        end = self.half_space_start + self.prune_steps if period == self.num_periods - 1 else start + length
+        return period, start, end
+
+    def target_at(self, step: int | None = None) -> float:
+        """Fraction of cost the zero groups should hold by the end of the current period (0 before the window)."""
+        if self.target is None:
+            return 0.0
+        step = self.step_count if step is None else step
+        if step < self.half_space_start:
+            return 0.0
+        bounds = self._period_bounds(step)
+        period = self.num_periods - 1 if bounds is None else bounds[0]
+        return self.target * (period + 1) / self.num_periods
+
+    # ---- the step ----
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+
+        state = self.hspg_state
+        k = state["step"]
+        groups = self.groups
+
+        # 1. Base direction for every parameter; ungrouped ones step now, grouped ones keep their trial update.
+        deltas: dict[torch.Tensor, torch.Tensor] = {}
+        lrs: dict[torch.Tensor, float] = {}
+        for param_group in self.param_groups:
+            for p in param_group["params"]:
+                if p.grad is None:
+                    continue
+                delta = self._base_update(p, param_group)
+                if p in self._grouped:
+                    deltas[p], lrs[p] = delta, param_group["lr"]
+                else:
+                    p.sub_(delta)
+
+        # 2. Per-group quantities, accumulated tensor by tensor: ‖x_g‖², x_gᵀΔ_g, Σ α_t‖x_t‖², and Taylor x_gᵀ∇_g.
+        num = groups.num_groups
+        device = state["zero"].device
+        sq = torch.zeros(num, device=device)
+        delta_dot = torch.zeros(num, device=device)
+        lr_sq = torch.zeros(num, device=device)
+        taylor = torch.zeros(num, device=device)
+        for t in groups.tensors:
+            x = t.param.detach()
+            x_sq = t.per_group_sum(x.float().square())
+            sq[t.span] += x_sq
+            lr_sq[t.span] += lrs.get(t.param, 0.0) * x_sq
+            if t.param in deltas:
+                delta_dot[t.span] += t.per_group_sum(deltas[t.param].float() * x)
+                taylor[t.span] += t.per_group_sum(t.param.grad.float() * x)
+        if self.target is not None:
+            decay = self.taylor_decay if k > 0 else 0.0
+            state["taylor"].mul_(decay).add_(taylor.abs(), alpha=1 - decay)
+
+        zero = state["zero"]
+        nonzero = ~zero
+        norm = sq.sqrt()
+        safe_norm = torch.where(norm > 0, norm, torch.ones_like(norm))
+
+        # 3. Which groups are penalised, and how strongly. The penalty step on tensor t of group g is
+        #    c_t,g · x_t with c_t,g = α_t · λ_g/‖x_g‖ + shrink_g (shrink_g: the target mode's adaptive part).
+        lam_over_norm = torch.zeros(num, device=device)
+        shrink = torch.zeros(num, device=device)
+        candidates = torch.zeros(num, dtype=torch.bool, device=device)
+        forced = torch.zeros(num, dtype=torch.bool, device=device)
+        bounds = self._period_bounds(k)
+        if self.target is None:
+            lam_over_norm = torch.where(nonzero, self.lmbda / safe_norm, lam_over_norm)
+            candidates = nonzero if self.in_stage2(k) else candidates
+            state["last_lambda"] = self.lmbda
+        elif k < self.half_space_start:
+            lam_over_norm = torch.where(nonzero, self.lmbda / safe_norm, lam_over_norm)
+            state["last_lambda"] = self.lmbda
+        elif bounds is not None:
+            period, start, end = bounds
+            if period != state["period"]:
+                self._choose_redundant(period, sq)
+                state["period"] = period
+            redundant = state["redundant"] & nonzero
+            remaining = end - k  # steps left in this period, this one included
+            # λ_g ≥ λ such that the penalty alone takes ‖x_g‖ to zero linearly by the period's end.
+            lam_over_norm = torch.where(redundant, self.lmbda / safe_norm, lam_over_norm)
+            shrink = torch.where(redundant, torch.full_like(shrink, 1.0 / remaining), shrink)
+            candidates = redundant
+            if remaining == 1:
+                forced = redundant
+            mean_lr = float(lr_sq.sum() / sq.sum()) if sq.sum() > 0 else 0.0
+            n_red = int(redundant.sum())
+            state["last_lambda"] = (
+                self.lmbda + float((norm[redundant] * shrink[redundant]).mean()) / max(mean_lr, 1e-12) if n_red else 0.0
+            )
+        else:
+            state["last_lambda"] = 0.0  # after the window: the zero set is frozen, the rest trains plainly
+
+        # 4. Half-space test on the trial point x̂ = x − Δ − c·x:  x̂ᵀx = ‖x‖² − xᵀΔ − λ_g/‖x_g‖·Σα_t‖x_t‖² − shrink·‖x‖².
+        if self.in_stage2(k):
+            trial_dot = sq - delta_dot - lam_over_norm * lr_sq - shrink * sq
+            project = candidates & (trial_dot < self.epsilon * sq)
+            zero |= project | forced
+
+        # 5. Apply: x ← (1 − c)·x − Δ, then hold every zero group (and its moments) at exactly zero.
+        for p, t in self._grouped.items():
+            coeff = lam_over_norm[t.span] * lrs.get(p, 0.0) + shrink[t.span]
+            t.view(p.data).mul_(t.broadcast(1 - coeff).to(p.dtype))
+            if p in deltas:
+                p.sub_(deltas[p])
+            mask = t.broadcast(zero[t.span])
+            t.view(p.data).masked_fill_(mask, 0.0)
+            for buffer_name in ("exp_avg", "exp_avg_sq", "momentum_buffer"):
+                buffer = self.state[p].get(buffer_name)
+                if buffer is not None:
+                    t.view(buffer).masked_fill_(mask, 0.0)
+
+        state["step"] = k + 1
+        return loss
+
+    def _base_update(self, p: torch.Tensor, param_group: dict) -> torch.Tensor:
+        """The base optimizer's step Δ (x_new = x − Δ) for one parameter, updating its moments."""
+        grad = p.grad
+        lr, weight_decay = param_group["lr"], param_group["weight_decay"]
+        state = self.state[p]
+        if self.direction == "adamw":
+            beta1, beta2 = param_group["betas"]
+            if not state:
+                state["step"] = 0
+                state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+                state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+            state["step"] += 1
+            step = state["step"]
+            state["exp_avg"].lerp_(grad, 1 - beta1)
+            state["exp_avg_sq"].mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
+            bias1 = 1 - beta1**step
+            bias2_sqrt = math.sqrt(1 - beta2**step)
+            denom = (state["exp_avg_sq"].sqrt() / bias2_sqrt).add_(param_group["eps"])
+            delta = (state["exp_avg"] / denom).mul_(lr / bias1)
+            if weight_decay:
+                delta.add_(p, alpha=lr * weight_decay)
+            return delta
+        # SGD with momentum and (coupled) L2 weight decay, as torch.optim.SGD.
+        d = grad.add(p, alpha=weight_decay) if weight_decay else grad
+        momentum = param_group["momentum"]
+        if momentum:
+            buffer = state.get("momentum_buffer")
+            if buffer is None:
+                buffer = state["momentum_buffer"] = d.detach().clone()
+            else:
+                buffer.mul_(momentum).add_(d)
+            d = buffer
+        return d * lr
+
+    def _choose_redundant(self, period: int, sq: torch.Tensor) -> None:
+        """Mark the least salient non-zero groups (per unit of cost) redundant, until the zero groups and the
+        redundant ones together hold this period's share of the target. Never more: a group that would overshoot
+        is skipped and smaller ones fill the rest."""
+        state = self.hspg_state
+        zero = state["zero"]
+        costs = self.costs.to(zero.device)
+        need = self.target * (period + 1) / self.num_periods * self.total_cost - float(costs[zero].sum())
+        if self.saliency == "taylor":
+            importance = state["taylor"].double()
+        else:
+            importance = sq.double() / self.groups.sizes.to(zero.device)
+        score = importance / costs
+        score[zero] = math.inf
+        order = torch.argsort(score)
+        order = order[~zero[order]]
+        chosen = _fill_budget(costs[order], need)
+        redundant = torch.zeros_like(zero)
+        redundant[order[chosen]] = True
+        state["redundant"] = redundant
+
+    # ---- reporting ----
+
+    def sparsity_report(self) -> dict:
+        """What the optimizer has removed so far: fractions kept, heads/neurons kept, current λ, stage."""
+        zero = self.hspg_state["zero"].cpu()
+        groups = self.groups
+        removed = float(self.costs[zero].sum())
+        flops = groups.costs("flops")
+        params = groups.costs("params")
+        report = {
+            "group_sparsity": float(zero.float().mean()) if len(zero) else 0.0,
+            "heads_kept": sum(groups.heads_per_layer) - int((zero & (groups.kinds == HEAD)).sum()),
+            "ffn_neurons_kept": sum(groups.neurons_per_layer) - int((zero & (groups.kinds == NEURON)).sum()),
+            "encoder_flops_kept": 1 - float(flops[zero].sum()) / groups.total_cost("flops"),
+            "encoder_params_kept": 1 - float(params[zero].sum()) / groups.total_cost("params"),
+            "lambda": self.hspg_state["last_lambda"],
+            "stage": 2 if self.in_stage2() else 1,
+        }
+        if self.target is not None:
+            report["removed_fraction_of_target_unit"] = removed / self.total_cost
+        return report
+
+    # ---- state ----
+
+    def state_dict(self) -> dict:
+        state = super().state_dict()
+        hspg = dict(self.hspg_state)
+        hspg["num_groups"] = self.groups.num_groups
+        state["hspg"] = hspg
+        return state
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        state_dict = dict(state_dict)
+        hspg = state_dict.pop("hspg", None)
+        if hspg is None:
+            raise ValueError(
+                "This optimizer state has no HSPG part (it was saved by another optimizer, e.g. AdamW). "
+                "Resume from a checkpoint written with HSPG, or start the optimizer fresh."
+            )
+        if hspg["num_groups"] != self.groups.num_groups:
+            raise ValueError(
+                f"This HSPG state is for a model with {hspg['num_groups']} zero-invariant groups, but the model "
+                f"being trained has {self.groups.num_groups}: the checkpoint belongs to another model."
+            )
+        super().load_state_dict(state_dict)
+        device = self.hspg_state["zero"].device
+        for key in ("zero", "redundant", "taylor"):
+            self.hspg_state[key] = hspg[key].to(device)
+        for key in ("step", "period", "last_lambda"):
+            self.hspg_state[key] = hspg[key]
+
+
+def _fill_budget(costs: torch.Tensor, budget: float) -> torch.Tensor:
+    """Indices of a prefix-greedy selection of `costs` (in priority order) whose sum stays ≤ `budget`: take items in
+    order, skip one that would overshoot, and keep filling with later (cheaper) ones."""
+    if budget <= 0 or len(costs) == 0:
+        return torch.zeros(0, dtype=torch.long, device=costs.device)
+    cumulative = torch.cumsum(costs, 0)
+    take = cumulative <= budget + 1e-6
+    chosen = torch.nonzero(take).flatten()
+    left = budget - float(costs[chosen].sum())
+    rest = torch.nonzero(~take).flatten()
+    extra = []
+    # Only the few items after the first overshoot need a look: costs come in two sizes (head, neuron).
+    for i in rest.tolist():
+        c = float(costs[i])
+        if c <= left + 1e-6:
+            extra.append(i)
+            left -= c
+        if left < float(costs.min()):
+            break
+    if extra:
+        chosen = torch.cat([chosen, torch.tensor(extra, dtype=torch.long, device=costs.device)])
+    return chosen
+
+
+def _check_arguments(lr, direction, lmbda, epsilon, half_space_start, target, target_unit, prune_steps, num_periods,
+                     saliency, betas, momentum, weight_decay, taylor_decay):
+    def fail(message):
+        raise ValueError(f"HSPG: {message}")
+
+    if not lr >= 0:
+        fail(f"lr must be ≥ 0, got {lr}.")
+    if direction not in DIRECTIONS:
+        fail(f"direction must be one of {DIRECTIONS}, got {direction!r}.")
+    if not lmbda >= 0:
+        fail(f"lmbda (λ) must be ≥ 0, got {lmbda}: it is the strength of the group penalty.")
+    if not 0 <= epsilon < 1:
+        fail(f"epsilon (ε) must lie in [0, 1), got {epsilon}: 0 is the paper's most cautious projection.")
+    if half_space_start < 0:
+        fail(f"half_space_start must be ≥ 0, got {half_space_start}.")
+    if target is not None:
+        if not 0 <= target < 1:
+            fail(f"target must lie in [0, 1) (the fraction of encoder {target_unit} to remove), got {target}.")
+        if prune_steps is None or prune_steps < 1:
+            fail(f"with a target, prune_steps (the length of the pruning window) must be ≥ 1, got {prune_steps}.")
+        if num_periods < 1 or num_periods > prune_steps:
+            fail(f"num_periods must lie in [1, prune_steps={prune_steps}], got {num_periods}.")
+    if target_unit not in TARGET_UNITS:
+        fail(f"target_unit must be one of {TARGET_UNITS}, got {target_unit!r}.")
+    if saliency not in SALIENCIES:
+        fail(f"saliency must be one of {SALIENCIES}, got {saliency!r}.")
+    if not (0 <= betas[0] < 1 and 0 <= betas[1] < 1):
+        fail(f"betas must lie in [0, 1), got {betas}.")
+    if not 0 <= momentum < 1:
+        fail(f"momentum must lie in [0, 1), got {momentum}.")
+    if weight_decay < 0:
+        fail(f"weight_decay must be ≥ 0, got {weight_decay}.")
+    if not 0 <= taylor_decay < 1:
+        fail(f"taylor_decay must lie in [0, 1), got {taylor_decay}.")
