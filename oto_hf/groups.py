@@ -26,8 +26,8 @@ from transformers import BertModel, PreTrainedModel
 from .stats import head_flops, head_params, layer_fixed_params, neuron_flops, neuron_params
 
 
-HEAD, NEURON = 0, 1
-KIND_NAMES = ("head", "neuron")
+HEAD, NEURON, CUSTOM = 0, 1, 2
+KIND_NAMES = ("head", "neuron", "custom")
 
 
 class UnsupportedModelError(TypeError):
@@ -137,6 +137,30 @@ class ZeroInvariantGroups:
         self.index = torch.tensor(index, dtype=torch.long)
         self.sizes = torch.tensor(sizes, dtype=torch.long)
         self._device = self.tensors[0].param.device if self.tensors else torch.device("cpu")
+        self.is_transformer = True
+
+    @classmethod
+    def from_tensors(cls, members: list[tuple[nn.Parameter, tuple[int, ...], int]]) -> "ZeroInvariantGroups":
+        """A custom partition, for models other than BERT (and for testing the optimizer on convex problems):
+        each `(param, shape, group_dim)` makes `shape[group_dim]` groups out of `param.view(shape)`. Costs can
+        only be counted in parameters; FLOPs and heads/neurons per layer are BERT notions."""
+        self = cls.__new__(cls)
+        self.tensors, sizes = [], []
+        for i, (param, shape, group_dim) in enumerate(members):
+            count = shape[group_dim]
+            self.tensors.append(GroupedTensor(f"custom.{i}", param, len(sizes), count, tuple(shape), group_dim))
+            sizes.extend([param.numel() // count] * count)
+        num = len(sizes)
+        self.kinds = torch.full((num,), CUSTOM, dtype=torch.long)
+        self.layers = torch.zeros(num, dtype=torch.long)
+        self.index = torch.arange(num)
+        self.sizes = torch.tensor(sizes, dtype=torch.long)
+        self.num_layers, self.hidden_size, self.head_size = 1, 0, 0
+        self.heads_per_layer, self.neurons_per_layer = [0], [0]
+        self.prune_heads = self.prune_neurons = False
+        self._device = self.tensors[0].param.device if self.tensors else torch.device("cpu")
+        self.is_transformer = False
+        return self
 
     # ---- description ----
 
@@ -160,6 +184,8 @@ class ZeroInvariantGroups:
 
     def costs(self, unit: str, seq_len: int = 384) -> torch.Tensor:
         """What removing each group saves, in `unit` ("flops" or "params"), float64."""
+        if unit == "flops" and not self.is_transformer:
+            raise ValueError("FLOPs are only counted for BERT groups; count a custom partition in 'params'.")
         if unit == "flops":
             return self.flops(seq_len)
         if unit == "params":
@@ -168,6 +194,8 @@ class ZeroInvariantGroups:
 
     def total_cost(self, unit: str, seq_len: int = 384) -> float:
         """The whole encoder's FLOPs per example or parameters, grouped or not (the denominator of a target)."""
+        if not self.is_transformer:
+            return float(self.costs(unit).sum())
         h, d = self.hidden_size, self.head_size
         heads, neurons = sum(self.heads_per_layer), sum(self.neurons_per_layer)
         if unit == "flops":

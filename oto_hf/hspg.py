@@ -108,8 +108,10 @@ class HSPG(Optimizer):
         # Each grouped parameter tensor belongs to exactly one set of groups (heads or neurons of one layer).
         self._grouped = {t.param: t for t in groups.tensors}
 
-        self.costs = groups.costs(target_unit, seq_len)
-        self.total_cost = groups.total_cost(target_unit, seq_len)
+        # A custom (non-BERT) partition has no FLOPs: without a target, count it in parameters for reporting.
+        cost_unit = target_unit if (groups.is_transformer or target is not None) else "params"
+        self.costs = groups.costs(cost_unit, seq_len)
+        self.total_cost = groups.total_cost(cost_unit, seq_len)
         if target is not None:
             removable = float(self.costs.sum()) / self.total_cost
             if target > removable + 1e-9:
@@ -328,20 +330,21 @@ class HSPG(Optimizer):
         """What the optimizer has removed so far: fractions kept, heads/neurons kept, current λ, stage."""
         zero = self.hspg_state["zero"].cpu()
         groups = self.groups
-        removed = float(self.costs[zero].sum())
-        flops = groups.costs("flops")
-        params = groups.costs("params")
         report = {
             "group_sparsity": float(zero.float().mean()) if len(zero) else 0.0,
-            "heads_kept": sum(groups.heads_per_layer) - int((zero & (groups.kinds == HEAD)).sum()),
-            "ffn_neurons_kept": sum(groups.neurons_per_layer) - int((zero & (groups.kinds == NEURON)).sum()),
-            "encoder_flops_kept": 1 - float(flops[zero].sum()) / groups.total_cost("flops"),
-            "encoder_params_kept": 1 - float(params[zero].sum()) / groups.total_cost("params"),
             "lambda": self.hspg_state["last_lambda"],
             "stage": 2 if self.in_stage2() else 1,
         }
+        if groups.is_transformer:
+            flops, params = groups.costs("flops"), groups.costs("params")
+            report.update(
+                heads_kept=sum(groups.heads_per_layer) - int((zero & (groups.kinds == HEAD)).sum()),
+                ffn_neurons_kept=sum(groups.neurons_per_layer) - int((zero & (groups.kinds == NEURON)).sum()),
+                encoder_flops_kept=1 - float(flops[zero].sum()) / groups.total_cost("flops"),
+                encoder_params_kept=1 - float(params[zero].sum()) / groups.total_cost("params"),
+            )
         if self.target is not None:
-            report["removed_fraction_of_target_unit"] = removed / self.total_cost
+            report[f"{self.target_unit}_removed"] = float(self.costs[zero].sum()) / self.total_cost
         return report
 
     # ---- state ----
