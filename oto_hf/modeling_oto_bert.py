@@ -158,6 +158,8 @@ def _strict_from_pretrained(load, cls, *args, **kwargs):
     config is an error, never a silent re-initialisation (`ignore_mismatched_sizes` would otherwise re-draw
     pruned weights at random). Missing task-head weights stay allowed: that is how a new head is fine-tuned."""
     want_info = kwargs.pop("output_loading_info", False)
+    # Let transformers report size mismatches instead of raising its generic error, so that ours names them.
+    kwargs["ignore_mismatched_sizes"] = True
     model, info = load(*args, output_loading_info=True, **kwargs)
     prefix = "" if isinstance(model, BertModel) else model.base_model_prefix + "."
     backbone = (prefix + "embeddings.", prefix + "encoder.")

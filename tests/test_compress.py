@@ -1,0 +1,135 @@
+import zlib
+
+import pytest
+import torch
+import transformers
+from transformers import AutoTokenizer, BertForQuestionAnswering
+
+from conftest import tiny_bert_config
+from oto_hf import OTOBertForQuestionAnswering, UnsupportedModelError, compress, model_stats, zero_invariant_groups
+from oto_hf.groups import HEAD, NEURON
+
+
+TASK_CLASSES = [
+    "BertModel", "BertForQuestionAnswering", "BertForSequenceClassification", "BertForTokenClassification",
+    "BertForMaskedLM", "BertForMultipleChoice", "BertForPreTraining", "BertForNextSentencePrediction",
+    "BertLMHeadModel",
+]
+
+
+def random_zero_pattern(groups, generator, fraction):
+    """Random zero groups, plus one layer without any head and one without any FFN neuron."""
+    mask = torch.rand(len(groups), generator=generator) < fraction
+    empty_heads, empty_ffn = torch.randperm(groups.num_layers, generator=generator)[:2].tolist()
+    mask |= (groups.layers == empty_heads) & (groups.kinds == HEAD)
+    mask |= (groups.layers == empty_ffn) & (groups.kinds == NEURON)
+    return mask
+
+
+def assert_outputs_close(a, b, atol=1e-4):
+    compared = 0
+    for key, value in a.items():
+        if torch.is_tensor(value):
+            assert value.shape == b[key].shape, key
+            assert (value - b[key]).abs().max().item() <= atol, key
+            compared += 1
+    assert compared > 0
+
+
+@pytest.mark.parametrize("class_name", TASK_CLASSES)
+@pytest.mark.parametrize("attn", ["sdpa", "eager"])
+def test_compression_is_exact_on_random_configs(class_name, attn):
+    generator = torch.Generator().manual_seed(zlib.crc32(f"{class_name}-{attn}".encode()))
+    torch.manual_seed(int(torch.randint(0, 2**31, (1,), generator=generator)))
+    heads = int(torch.randint(2, 6, (1,), generator=generator))
+    config = tiny_bert_config(
+        num_attention_heads=heads, hidden_size=8 * heads, num_hidden_layers=int(torch.randint(2, 5, (1,), generator=generator)),
+        intermediate_size=int(torch.randint(8, 40, (1,), generator=generator)), is_decoder=class_name == "BertLMHeadModel",
+        num_labels=2 if class_name == "BertForQuestionAnswering" else 3,
+    )
+    config._attn_implementation = attn
+    model = getattr(transformers, class_name)(config).eval()
+    groups = zero_invariant_groups(model)
+    groups.zero_(random_zero_pattern(groups, generator, 0.5))
+    state_before = {k: v.clone() for k, v in model.state_dict().items()}
+
+    small = compress(model)
+
+    assert type(small).__name__ == class_name.replace("Bert", "OTOBert", 1)
+    assert all(torch.equal(state_before[k], v) for k, v in model.state_dict().items()), "input was modified"
+    assert sum(p.numel() for p in small.parameters()) < sum(p.numel() for p in model.parameters())
+    assert 0 in small.config.num_attention_heads_per_layer and 0 in small.config.intermediate_size_per_layer
+    for batch, seq in [(1, 5), (3, 17), (2, 64)]:
+        shape = (batch, 2, seq) if class_name == "BertForMultipleChoice" else (batch, seq)
+        ids = torch.randint(0, config.vocab_size, shape)
+        mask = torch.ones(shape, dtype=torch.long)
+        mask[..., seq // 2 + 1 :] = 0  # padding must behave the same too
+        with torch.no_grad():
+            assert_outputs_close(model(ids, attention_mask=mask), small(ids, attention_mask=mask))
+
+
+def test_compression_is_exact_on_real_minilm(minilm_path):
+    torch.manual_seed(0)
+    model = BertForQuestionAnswering.from_pretrained(minilm_path).eval()
+    tokenizer = AutoTokenizer.from_pretrained(minilm_path)
+    groups = zero_invariant_groups(model)
+    pattern = torch.rand(len(groups)) < 0.5
+    pattern |= (groups.layers == 3) & (groups.kinds == HEAD)
+    groups.zero_(pattern)
+    inputs = tokenizer(
+        ["Which NFL team represented the AFC at Super Bowl 50?", "Where is the Eiffel Tower?"],
+        ["Super Bowl 50 was an American football game to determine the champion of the NFL for the 2015 season.",
+         "The Eiffel Tower is a wrought-iron lattice tower on the Champ de Mars in Paris, France."],
+        padding=True, return_tensors="pt",
+    )
+    small = compress(model)
+    with torch.no_grad():
+        dense_out, small_out = model(**inputs), small(**inputs)
+    assert_outputs_close(dense_out, small_out)
+    assert small.config.num_attention_heads_per_layer[3] == 0
+    assert model_stats(small) == model_stats(model)
+
+
+def test_compressing_twice_and_compressing_a_dense_model():
+    torch.manual_seed(2)
+    model = BertForQuestionAnswering(tiny_bert_config()).eval()
+    ids = torch.randint(0, 97, (2, 12))
+    dense_copy = compress(model)  # nothing is zero: same sizes, same outputs
+    assert dense_copy.config.num_attention_heads_per_layer == [4, 4, 4]
+    assert_outputs_close(model(ids), dense_copy(ids))
+
+    groups = zero_invariant_groups(dense_copy)
+    groups.zero_([0, 5, 6])
+    smaller = compress(dense_copy)
+    groups = zero_invariant_groups(smaller)
+    groups.zero_([1])
+    smallest = compress(smaller)
+    assert_outputs_close(smaller(ids), smallest(ids))
+    assert smallest.config.oto_pruning_info["original_num_attention_heads_per_layer"] == [4, 4, 4]
+    assert sum(smallest.config.num_attention_heads_per_layer) == 12 - 2
+
+
+def test_compressed_model_trains():
+    """The compressed model is a normal trainable model (no dangling meta tensors, correct grads)."""
+    torch.manual_seed(3)
+    model = BertForQuestionAnswering(tiny_bert_config())
+    zero_invariant_groups(model).zero_([0, 12, 13])
+    small = compress(model).train()
+    ids = torch.randint(0, 97, (2, 10))
+    loss = small(ids, start_positions=torch.tensor([1, 2]), end_positions=torch.tensor([3, 4])).loss
+    loss.backward()
+    assert all(p.grad is not None for p in small.parameters() if p.requires_grad and p.numel())
+    assert not any(t.is_meta for t in list(small.parameters()) + list(small.buffers()))
+
+
+def test_custom_subclass_is_refused():
+    class MyQA(BertForQuestionAnswering):
+        pass
+
+    with pytest.raises(UnsupportedModelError, match="MyQA"):
+        compress(MyQA(tiny_bert_config()))
+
+
+def test_isinstance_of_the_compressed_class():
+    small = compress(BertForQuestionAnswering(tiny_bert_config()))
+    assert isinstance(small, OTOBertForQuestionAnswering) and isinstance(small, BertForQuestionAnswering)

@@ -1,0 +1,51 @@
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+from transformers import BertConfig, BertForQuestionAnswering, BertModel
+
+from conftest import tiny_bert_config
+from oto_hf import compress, model_stats, zero_invariant_groups
+
+
+def measured_encoder_flops(model, seq_len):
+    """FLOPs of the encoder's forward as torch counts them (matmuls, 2 per multiply-add), with eager attention."""
+    model.config._attn_implementation = "eager"
+    hidden = torch.randn(1, seq_len, model.config.hidden_size)
+    with FlopCounterMode(display=False) as counter, torch.no_grad():
+        model.bert.encoder(hidden)
+    return counter.get_total_flops()
+
+
+def test_bert_base_sizes_match_the_model():
+    model = BertModel(BertConfig())
+    stats = model_stats(model)
+    encoder_params = sum(p.numel() for p in model.encoder.parameters())
+    assert stats.encoder_params == encoder_params == 85_054_464
+    assert stats.total_params == sum(p.numel() for p in model.parameters())
+    assert stats.heads_per_layer == [12] * 12 and stats.ffn_width_per_layer == [3072] * 12
+
+
+def test_flops_formula_matches_torch_flop_counter():
+    torch.manual_seed(0)
+    model = BertForQuestionAnswering(tiny_bert_config())
+    for seq_len in (16, 40):
+        assert model_stats(model, seq_len).encoder_flops == measured_encoder_flops(model, seq_len)
+    # On a compressed model too, where layers differ (one without any head).
+    groups = zero_invariant_groups(model)
+    groups.zero_((groups.layers == 0) & (groups.index % 2 == 0) | ((groups.layers == 2) & (groups.kinds == 0)))
+    small = compress(model)
+    assert small.config.num_attention_heads_per_layer == [2, 4, 0]
+    assert model_stats(small, 24).encoder_flops == measured_encoder_flops(small, 24)
+
+
+def test_group_sparse_stats_predict_the_compressed_model():
+    torch.manual_seed(1)
+    model = BertForQuestionAnswering(tiny_bert_config())
+    groups = zero_invariant_groups(model)
+    groups.zero_(torch.rand(len(groups)) < 0.4)
+    sparse = model_stats(model, 64)
+    physical = model_stats(model, 64, exclude_zero_groups=False)
+    small = model_stats(compress(model), 64)
+    assert sparse == small
+    assert physical.encoder_flops > sparse.encoder_flops
+    ratios = small.ratio_to(physical)
+    assert 0 < ratios["encoder_flops"] < 1 and 0 < ratios["heads"] <= 1
