@@ -1,0 +1,228 @@
+import pytest
+import torch
+import torch.nn.functional as F
+from transformers import BertForQuestionAnswering
+
+from conftest import tiny_bert_config
+from oto_hf import HSPG, UnsupportedModelError, ZeroInvariantGroups, zero_invariant_groups
+
+
+# ---- the paper's convex claim: more group sparsity than Prox-SG at a comparable objective ----
+
+
+def group_lasso_problem(seed=0, n=2000, num_groups=60, group_size=8, active=8):
+    g = torch.Generator().manual_seed(seed)
+    X = torch.randn(n, num_groups * group_size, generator=g)
+    w_true = torch.zeros(num_groups, group_size)
+    w_true[torch.randperm(num_groups, generator=g)[:active]] = torch.randn(active, group_size, generator=g)
+    y = (torch.sigmoid(X @ w_true.flatten()) > torch.rand(n, generator=g)).float()
+    return X, y
+
+
+def train_logistic(X, y, method, lam, lr=0.5, epochs=16, batch=64, epsilon=0.5, num_groups=60, group_size=8):
+    g = torch.Generator().manual_seed(1)
+    w = torch.nn.Parameter(0.01 * torch.randn(num_groups, group_size, generator=g))
+    steps_per_epoch = -(-len(y) // batch)
+    if method == "hspg":
+        groups = ZeroInvariantGroups.from_tensors([(w, (num_groups, group_size), 0)])
+        opt = HSPG([w], groups, lr=lr, direction="sgd", lmbda=lam, epsilon=epsilon,
+                   half_space_start=steps_per_epoch * epochs // 2)
+    for _ in range(epochs):
+        order = torch.randperm(len(y), generator=g)
+        for i in range(0, len(y), batch):
+            idx = order[i : i + batch]
+            w.grad = None
+            F.binary_cross_entropy_with_logits(X[idx] @ w.flatten(), y[idx]).backward()
+            if method == "hspg":
+                opt.step()
+            else:  # Prox-SG: gradient step, then the group soft-threshold (the proximal map of λΣ‖x_g‖)
+                with torch.no_grad():
+                    v = w - lr * w.grad
+                    w.copy_(torch.clamp(1 - lr * lam / v.norm(dim=1, keepdim=True).clamp_min(1e-30), min=0) * v)
+    w = w.detach()
+    psi = F.binary_cross_entropy_with_logits(X @ w.flatten(), y) + lam * w.norm(dim=1).sum()
+    return int((w.norm(dim=1) == 0).sum()), float(psi)
+
+
+def test_hspg_finds_more_group_sparsity_than_prox_sg():
+    X, y = group_lasso_problem()
+    lam = 0.02
+    prox_zeros, prox_psi = train_logistic(X, y, "prox", lam)
+    hspg_zeros, hspg_psi = train_logistic(X, y, "hspg", lam)
+    # 52 of the 60 groups are truly zero. Stochastic Prox-SG rarely lands exactly on zero; HSPG's projection does.
+    assert hspg_zeros >= prox_zeros + 20, (hspg_zeros, prox_zeros)
+    assert hspg_zeros <= 52 + 2
+    assert hspg_psi <= prox_psi * 1.02, (hspg_psi, prox_psi)
+
+
+# ---- on a BERT model ----
+
+
+def qa_batch(seed, batch=8, seq=16):
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(0, 97, (batch, seq), generator=g)
+    start = torch.randint(0, seq, (batch,), generator=g)
+    return ids, start, (start + 2).clamp(max=seq - 1)
+
+
+def make(seed=0, **hspg_kwargs):
+    torch.manual_seed(seed)
+    model = BertForQuestionAnswering(tiny_bert_config())
+    groups = zero_invariant_groups(model)
+    defaults = dict(lr=1e-3, direction="adamw")
+    defaults.update(hspg_kwargs)
+    return model, groups, HSPG(model.parameters(), groups, **defaults)
+
+
+def train(model, opt, steps, first_step=0, on_step=None):
+    for k in range(first_step, first_step + steps):
+        ids, start, end = qa_batch(k)
+        loss = model(ids, start_positions=start, end_positions=end).loss
+        loss.backward()
+        opt.step()
+        opt.zero_grad()
+        if on_step:
+            on_step(k)
+    return float(loss.detach())
+
+
+@pytest.mark.parametrize("target,unit,direction", [(0.3, "flops", "adamw"), (0.5, "flops", "sgd"), (0.7, "params", "adamw")])
+def test_target_is_reached_not_overshot_and_held(target, unit, direction):
+    lr = 1e-3 if direction == "adamw" else 0.05
+    model, groups, opt = make(target=target, target_unit=unit, seq_len=32, prune_steps=30, half_space_start=10,
+                              num_periods=3, direction=direction, lr=lr, momentum=0.9 if direction == "sgd" else 0.0)
+    history = []
+
+    def record(k):
+        zero = groups.is_zero()
+        history.append(zero)
+        assert torch.equal(zero, opt.hspg_state["zero"]), "the optimizer's zero set and the model disagree"
+
+    train(model, opt, 60, on_step=record)
+    removed = float(groups.costs(unit, 32)[history[-1]].sum()) / groups.total_cost(unit, 32)
+    assert abs(removed - target) <= 0.01, removed
+    # Monotone: a group that reached zero never comes back; nothing is removed before the window.
+    for before, after in zip(history, history[1:]):
+        assert not (before & ~after).any()
+    assert not history[9].any()
+    assert torch.equal(history[40], history[-1]), "the zero set must be frozen after the pruning window"
+    # Each period reaches its share of the target.
+    at_first_period_end = float(groups.costs(unit, 32)[history[19]].sum()) / groups.total_cost(unit, 32)
+    assert abs(at_first_period_end - target / 3) <= 0.01 + 1e-9
+
+
+def test_lambda_mode_projects_only_in_stage_two():
+    model, groups, opt = make(lr=0.05, direction="sgd", lmbda=2.0, epsilon=0.9, half_space_start=15)
+    train(model, opt, 15)
+    assert not groups.is_zero().any(), "stage 1 must not project"
+    train(model, opt, 15, first_step=15)
+    assert groups.is_zero().any(), "stage 2 with a large λ and ε must project some groups"
+    assert opt.sparsity_report()["stage"] == 2
+
+
+def test_zero_groups_stay_zero_with_moments_cleared():
+    model, groups, opt = make(lr=0.01, lmbda=0.0, epsilon=0.0, half_space_start=0)
+    groups.zero_([0, 20, 21])
+    opt2 = HSPG(model.parameters(), groups, lr=0.01, lmbda=0.0, half_space_start=0)  # picks up existing zeros
+    train(model, opt2, 5)
+    zero = groups.is_zero()
+    assert zero[[0, 20, 21]].all()
+    for t in groups.tensors:
+        mask = t.broadcast(zero[t.span])
+        for name in ("exp_avg", "exp_avg_sq"):
+            assert (t.view(opt2.state[t.param][name]) * mask).abs().sum() == 0
+
+
+@pytest.mark.parametrize("direction", ["adamw", "sgd"])
+def test_state_dict_round_trip_resumes_exactly(direction, tmp_path):
+    kwargs = dict(direction=direction, lr=1e-3 if direction == "adamw" else 0.05, momentum=0.9, weight_decay=0.01,
+                  target=0.5, seq_len=32, prune_steps=20, half_space_start=6, num_periods=2)
+    model_a, groups_a, opt_a = make(seed=0, **kwargs)
+    train(model_a, opt_a, 12)
+    torch.save({"model": model_a.state_dict(), "optim": opt_a.state_dict()}, tmp_path / "ckpt.pt")
+    train(model_a, opt_a, 20, first_step=12)
+
+    model_b, groups_b, opt_b = make(seed=123, **kwargs)  # different init: everything must come from the checkpoint
+    checkpoint = torch.load(tmp_path / "ckpt.pt", weights_only=False)
+    model_b.load_state_dict(checkpoint["model"])
+    opt_b.load_state_dict(checkpoint["optim"])
+    assert opt_b.step_count == 12
+    train(model_b, opt_b, 20, first_step=12)
+
+    assert torch.equal(groups_a.is_zero(), groups_b.is_zero())
+    for (name, a), b in zip(model_a.state_dict().items(), model_b.state_dict().values()):
+        assert torch.equal(a, b), name
+
+
+def test_state_from_another_model_is_refused():
+    _, _, opt = make()
+    torch.manual_seed(0)
+    other = BertForQuestionAnswering(tiny_bert_config(num_hidden_layers=2))
+    other_opt = HSPG(other.parameters(), zero_invariant_groups(other))
+    with pytest.raises(ValueError, match="zero-invariant groups"):
+        opt.load_state_dict(other_opt.state_dict())
+    with pytest.raises(ValueError, match="no HSPG part"):
+        opt.load_state_dict(torch.optim.AdamW(other.parameters()).state_dict())
+
+
+@pytest.mark.parametrize(
+    "kwargs,message",
+    [
+        (dict(target=1.0, prune_steps=10), "target must lie in"),
+        (dict(target=-0.1, prune_steps=10), "target must lie in"),
+        (dict(lmbda=-1e-3), "lmbda"),
+        (dict(epsilon=1.0), "epsilon"),
+        (dict(epsilon=-0.5), "epsilon"),
+        (dict(target=0.5), "prune_steps"),
+        (dict(target=0.5, prune_steps=10, target_unit="latency"), "target_unit"),
+        (dict(direction="adam"), "direction"),
+    ],
+)
+def test_bad_arguments_are_refused_with_the_reason(kwargs, message):
+    torch.manual_seed(0)
+    model = BertForQuestionAnswering(tiny_bert_config())
+    with pytest.raises(ValueError, match=message):
+        HSPG(model.parameters(), zero_invariant_groups(model), **kwargs)
+
+
+def test_impossible_target_is_refused():
+    model = BertForQuestionAnswering(tiny_bert_config())
+    groups = zero_invariant_groups(model, prune_heads=False)  # FFN alone holds well under 90% of the FLOPs
+    with pytest.raises(ValueError, match="hold only"):
+        HSPG(model.parameters(), groups, target=0.9, prune_steps=10)
+
+
+def test_all_grouped_parameters_must_be_optimized():
+    model = BertForQuestionAnswering(tiny_bert_config())
+    with pytest.raises(ValueError, match="every grouped parameter"):
+        HSPG(model.qa_outputs.parameters(), zero_invariant_groups(model))
+
+
+def test_unsupported_model():
+    with pytest.raises(UnsupportedModelError):
+        zero_invariant_groups(torch.nn.Sequential(torch.nn.Linear(2, 2)))
+
+
+@pytest.mark.parametrize("direction", ["adamw", "sgd"])
+def test_without_penalty_or_projection_the_step_is_the_base_optimizer(direction):
+    """λ = 0 and no stage 2: HSPG must take torch's AdamW / SGD steps. Both get the same gradients each step, so
+    the two trajectories may differ only by float32 rounding (not amplified through the loss)."""
+    if direction == "adamw":
+        kwargs, reference = dict(lr=1e-3, weight_decay=0.01), lambda ps: torch.optim.AdamW(ps, lr=1e-3, weight_decay=0.01)
+    else:
+        kwargs, reference = dict(lr=0.05, momentum=0.9, weight_decay=0.01), lambda ps: torch.optim.SGD(
+            ps, lr=0.05, momentum=0.9, weight_decay=0.01)
+    model_a, _, opt_a = make(seed=0, direction=direction, lmbda=0.0, half_space_start=10**9, **kwargs)
+    torch.manual_seed(0)
+    model_b = BertForQuestionAnswering(tiny_bert_config())
+    opt_b = reference(model_b.parameters())
+    for k in range(5):
+        ids, start, end = qa_batch(k)
+        model_a(ids, start_positions=start, end_positions=end).loss.backward()
+        for a, b in zip(model_a.parameters(), model_b.parameters()):
+            b.grad = a.grad.clone()
+        opt_a.step()
+        opt_b.step()
+        opt_a.zero_grad()
+    for (name, a), b in zip(model_a.named_parameters(), model_b.parameters()):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6, msg=name)
