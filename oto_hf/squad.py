@@ -412,13 +412,13 @@ def sample_questions(dataset: "datasets.Dataset", n: int | None, seed: int = 0) 
     in their original order).  The same ``seed`` always gives the same questions:
     ``shuffle`` draws a permutation from ``np.random.default_rng(seed)``.
     """
-    if hasattr(dataset, "keys") and not hasattr(dataset, "column_names"):
+    if isinstance(dataset, Mapping):  # a DatasetDict is a dict; a Dataset is not
         raise TypeError("sample_questions takes one split (a Dataset), e.g. dsd['validation']")
     if n is None or n >= len(dataset):
         return dataset
     if n < 0:
         raise ValueError(f"n must be >= 0 or None, got {n}")
-    return dataset.shuffle(seed=seed).select(range(n)).flatten_indices()
+    return dataset.shuffle(seed=seed).select(range(n))
 
 
 # --------------------------------------------------------------------------------------
@@ -572,12 +572,12 @@ def prepare_validation_features(
     """
     enc, ctx_id = _encode_windows(examples, tokenizer, max_seq_length, doc_stride, max_query_length)
     sample_map = enc.pop("overflow_to_sample_mapping")
-    sentinel = list(OFFSET_SENTINEL)
+    sentinel = OFFSET_SENTINEL
     example_ids, offset_mapping = [], []
     for i, offsets in enumerate(enc["offset_mapping"]):
         seq_ids = enc.sequence_ids(i)
         example_ids.append(examples["id"][sample_map[i]])
-        offset_mapping.append([list(o) if s == ctx_id else sentinel for o, s in zip(offsets, seq_ids)])
+        offset_mapping.append([o if s == ctx_id else sentinel for o, s in zip(offsets, seq_ids)])
     enc["example_id"] = example_ids
     enc["offset_mapping"] = offset_mapping
     return dict(enc)
@@ -608,7 +608,7 @@ def tokenize_squad(
     row count changes).  Results are cached by ``datasets`` when the input lives
     on disk, which is the case for :func:`load_squad` output.
     """
-    ds = data[split] if hasattr(data, "keys") and not hasattr(data, "column_names") else data
+    ds = data[split] if isinstance(data, Mapping) else data  # DatasetDict is a dict subclass
     if for_training is None:
         for_training = split == "train"
     check_window_params(tokenizer, max_seq_length, doc_stride, max_query_length)
@@ -637,8 +637,8 @@ def tokenize_squad(
 
 def _column(data, name: str) -> list:
     """A column as a python list, from a Dataset, a dict of lists or a list of dicts."""
-    if hasattr(data, "column_names"):  # datasets.Dataset
-        return list(data.select_columns([name])[:][name])
+    if hasattr(data, "column_names"):  # datasets.Dataset: via Arrow, the fast way
+        return data.select_columns([name]).with_format("arrow")[:].column(0).to_pylist()
     if isinstance(data, Mapping):
         return list(data[name])
     return [row[name] for row in data]
@@ -648,13 +648,27 @@ def _offsets_array(features) -> np.ndarray:
     """``offset_mapping`` of all features as an int64 array (n_features, seq_len, 2).
 
     Non-context tokens become ``(-1, -1)``; ``None`` entries (Hugging Face's
-    convention) are accepted too.
+    convention) are accepted too.  For a Dataset the Arrow column is reshaped
+    directly: going through datasets' numpy/python formatting takes ~25 s for the
+    10.8k dev windows, the Arrow route ~0.1 s.
     """
     if hasattr(features, "column_names"):
-        col = features.select_columns(["offset_mapping"]).with_format("numpy")[:]["offset_mapping"]
-        if isinstance(col, np.ndarray) and col.dtype != object and col.ndim == 3:
-            return col.astype(np.int64, copy=False)
-        rows = list(features.select_columns(["offset_mapping"])[:]["offset_mapping"])
+        import pyarrow.compute as pc
+
+        table = features.select_columns(["offset_mapping"]).with_format("arrow")[:]
+        col = table.column(0).combine_chunks()
+        if len(col) and col.null_count == 0:
+            inner = col.flatten()
+            row_len = pc.min_max(col.value_lengths())
+            pair_len = pc.min_max(inner.value_lengths())
+            if (
+                inner.null_count == 0
+                and row_len["min"].as_py() == row_len["max"].as_py()
+                and pair_len["min"].as_py() == pair_len["max"].as_py() == 2
+            ):
+                values = inner.flatten().to_numpy(zero_copy_only=False)
+                return values.astype(np.int64, copy=False).reshape(len(col), row_len["min"].as_py(), 2)
+        rows = col.to_pylist()  # ragged or with None: slow but general path below
     else:
         rows = _column(features, "offset_mapping")
     out = np.full((len(rows), max((len(r) for r in rows), default=0), 2), -1, dtype=np.int64)
@@ -832,8 +846,9 @@ def metric_max_over_ground_truths(metric_fn, prediction: str, ground_truths: Ite
 def _references_to_dict(references) -> dict[str, list[str]]:
     """``{id: [gold texts]}`` from a Dataset, a dict, or Hub-metric-style list of dicts."""
     if hasattr(references, "column_names"):  # datasets.Dataset with id + answers
-        cols = references.select_columns(["id", "answers"])[:]
-        return {qid: list(ans["text"]) for qid, ans in zip(cols["id"], cols["answers"])}
+        table = references.select_columns(["id", "answers"]).with_format("arrow")[:]
+        texts = table.column("answers").combine_chunks().field("text").to_pylist()
+        return dict(zip(table.column("id").to_pylist(), texts))
     if isinstance(references, Mapping):
         return {
             str(qid): list(v["text"]) if isinstance(v, Mapping) else ([v] if isinstance(v, str) else list(v))
