@@ -30,6 +30,7 @@ from .modeling_oto_bert import (
     OTOBertModel,
 )
 from .stats import ModelStats, model_stats
+from .trainer import OTOTrainer, OTOTrainingArguments
 
 
 __version__ = "0.1.0"
@@ -60,6 +61,8 @@ __all__ = [
     "OTOBertForTokenClassification",
     "OTOBertLMHeadModel",
     "OTOBertModel",
+    "OTOTrainer",
+    "OTOTrainingArguments",
     "UnsupportedModelError",
     "ZeroInvariantGroups",
     "compress",

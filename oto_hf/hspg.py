@@ -93,6 +93,7 @@ class HSPG(Optimizer):
         self.half_space_start = int(half_space_start)
         self.target = target
         self.target_unit = target_unit
+        self.seq_len = seq_len
         self.prune_steps = prune_steps
         self.num_periods = int(num_periods)
         self.saliency = saliency
@@ -336,11 +337,11 @@ class HSPG(Optimizer):
             "stage": 2 if self.in_stage2() else 1,
         }
         if groups.is_transformer:
-            flops, params = groups.costs("flops"), groups.costs("params")
+            flops, params = groups.costs("flops", self.seq_len), groups.costs("params")
             report.update(
                 heads_kept=sum(groups.heads_per_layer) - int((zero & (groups.kinds == HEAD)).sum()),
                 ffn_neurons_kept=sum(groups.neurons_per_layer) - int((zero & (groups.kinds == NEURON)).sum()),
-                encoder_flops_kept=1 - float(flops[zero].sum()) / groups.total_cost("flops"),
+                encoder_flops_kept=1 - float(flops[zero].sum()) / groups.total_cost("flops", self.seq_len),
                 encoder_params_kept=1 - float(params[zero].sum()) / groups.total_cost("params"),
             )
         if self.target is not None:

@@ -1,0 +1,332 @@
+"""`OTOTrainer`: a drop-in `transformers.Trainer` that trains with HSPG, prunes, resumes and publishes the compressed
+model. Change `Trainer` → `OTOTrainer` and `TrainingArguments` → `OTOTrainingArguments`; everything else (data,
+collators, schedulers, callbacks, evaluation, checkpoints, the Hub) works as before.
+"""
+
+import json
+import os
+from dataclasses import dataclass, field
+
+import torch
+from transformers import Trainer, TrainingArguments
+from transformers.training_args import OptimizerNames
+
+from .compress import compress
+from .groups import zero_invariant_groups
+from .hspg import DIRECTIONS, HSPG, SALIENCIES, TARGET_UNITS
+from .stats import model_stats
+
+
+TRAINING_ARGS_NAME = "training_args.bin"
+_DEFAULT_OPTIMS = {OptimizerNames.ADAMW_TORCH, OptimizerNames.ADAMW_TORCH_FUSED}
+
+
+@dataclass
+class OTOTrainingArguments(TrainingArguments):
+    """`TrainingArguments` plus the OTO settings (all prefixed `oto_`). The defaults prune 50% of the encoder FLOPs
+    of a BERT fine-tuning run without further tuning: pruning starts after 10% of the steps, the target grows in 4
+    equal periods over the next 50%, and the last 40% train the pruned model."""
+
+    oto_target: float | None = field(
+        default=0.5,
+        metadata={"help": "Fraction in [0, 1) of the encoder (see --oto_target_unit) to remove "
+                  "(None in Python/YAML, or --oto_lambda_only on the command line, for no target)."},
+    )
+    oto_lambda_only: bool = field(
+        default=False,
+        metadata={"help": "Run the paper's λ-only HSPG without a target: how much is pruned then follows "
+                  "--oto_lambda and --oto_epsilon."},
+    )
+    oto_target_unit: str = field(
+        default="flops",
+        metadata={"help": "What --oto_target counts: 'flops' (encoder FLOPs per example at --oto_seq_len tokens) "
+                  "or 'params' (encoder parameters).", "choices": list(TARGET_UNITS)},
+    )
+    oto_seq_len: int = field(default=384, metadata={"help": "Sequence length at which FLOPs are counted."})
+    oto_lambda: float = field(
+        default=1e-3, metadata={"help": "λ ≥ 0, group-lasso strength (norm removed per unit of learning rate)."}
+    )
+    oto_epsilon: float = field(
+        default=0.0, metadata={"help": "ε in [0, 1) of the half-space projection; larger projects more aggressively."}
+    )
+    oto_half_space_start: float = field(
+        default=0.1,
+        metadata={"help": "When stage 2 (projection, and the pruning window with a target) starts, as a fraction "
+                  "of the training steps."},
+    )
+    oto_prune_fraction: float = field(
+        default=0.5,
+        metadata={"help": "With a target: length of the pruning window as a fraction of the training steps. "
+                  "The steps after it train the pruned model (its zero set is frozen)."},
+    )
+    oto_num_periods: int = field(
+        default=4, metadata={"help": "With a target: the removed share grows in this many equal periods."}
+    )
+    oto_direction: str = field(
+        default="adamw",
+        metadata={"help": "Base direction of HSPG: 'adamw' (uses --adam_beta1/2, --adam_epsilon, --weight_decay) "
+                  "or 'sgd' (uses --oto_momentum).", "choices": list(DIRECTIONS)},
+    )
+    oto_momentum: float = field(default=0.9, metadata={"help": "Momentum of the 'sgd' direction."})
+    oto_saliency: str = field(
+        default="taylor",
+        metadata={"help": "How redundant groups are chosen per unit of cost: 'taylor' or 'magnitude'.",
+                  "choices": list(SALIENCIES)},
+    )
+    oto_prune_heads: bool = field(default=True, metadata={"help": "Prune whole attention heads."})
+    oto_prune_neurons: bool = field(default=True, metadata={"help": "Prune FFN neurons."})
+    oto_save_group_sparse: bool = field(
+        default=False,
+        metadata={"help": "`save_model` also writes the full-size group-sparse model to <output_dir>/group_sparse."},
+    )
+
+    @property
+    def oto_effective_target(self) -> float | None:
+        return None if self.oto_lambda_only else self.oto_target
+
+    def __post_init__(self):
+        super().__post_init__()
+        problems = []
+        if self.oto_target is not None and not 0 <= self.oto_target < 1:
+            problems.append(f"--oto_target must lie in [0, 1) (a fraction to remove), got {self.oto_target}")
+        if self.oto_target_unit not in TARGET_UNITS:
+            problems.append(f"--oto_target_unit must be one of {TARGET_UNITS}, got {self.oto_target_unit!r}")
+        if self.oto_lambda < 0:
+            problems.append(f"--oto_lambda must be ≥ 0, got {self.oto_lambda}")
+        if not 0 <= self.oto_epsilon < 1:
+            problems.append(f"--oto_epsilon must lie in [0, 1), got {self.oto_epsilon}")
+        if not 0 <= self.oto_half_space_start < 1:
+            problems.append(f"--oto_half_space_start is a fraction of the training in [0, 1), got {self.oto_half_space_start}")
+        if self.oto_effective_target is not None:
+            if not 0 < self.oto_prune_fraction <= 1 - self.oto_half_space_start:
+                problems.append(
+                    f"--oto_prune_fraction must lie in (0, 1 - oto_half_space_start = {1 - self.oto_half_space_start:g}] "
+                    f"so that the pruning window ends inside training, got {self.oto_prune_fraction}"
+                )
+            if self.oto_num_periods < 1:
+                problems.append(f"--oto_num_periods must be ≥ 1, got {self.oto_num_periods}")
+        if not (self.oto_prune_heads or self.oto_prune_neurons):
+            problems.append("--oto_prune_heads and --oto_prune_neurons are both off: nothing would be pruned")
+        if self.oto_direction not in DIRECTIONS:
+            problems.append(f"--oto_direction must be one of {DIRECTIONS}, got {self.oto_direction!r}")
+        if self.oto_saliency not in SALIENCIES:
+            problems.append(f"--oto_saliency must be one of {SALIENCIES}, got {self.oto_saliency!r}")
+        if self.optim not in _DEFAULT_OPTIMS:
+            problems.append(
+                f"--optim {self.optim.value if hasattr(self.optim, 'value') else self.optim} cannot be combined with OTO: "
+                "the optimizer is always HSPG; choose its direction with --oto_direction adamw|sgd"
+            )
+        if self.fsdp or self.deepspeed:
+            problems.append(
+                "FSDP and DeepSpeed shard parameters across ranks, but HSPG needs every group whole on each rank to "
+                "decide projections; use DDP (torchrun / accelerate launch without FSDP/DeepSpeed)"
+            )
+        if problems:
+            raise ValueError("Invalid OTO settings:\n  - " + "\n  - ".join(problems))
+
+
+class OTOTrainer(Trainer):
+    """A `Trainer` whose optimizer is HSPG over the model's zero-invariant groups.
+
+    * `trainer.compress()` returns the compressed model at any time (the trained model is left untouched).
+    * `save_model()` (and so the end of `run_squad.py`, `push_to_hub()`) writes the compressed model with a model card;
+      checkpoints written during training keep the full-size group-sparse model, so that `resume_from_checkpoint`
+      restores model, HSPG state and schedule exactly.
+    * Each logging step reports group sparsity, heads and FFN neurons kept, encoder FLOPs and parameters kept and λ.
+    """
+
+    def __init__(self, model=None, args: OTOTrainingArguments | None = None, *posargs, **kwargs):
+        if args is None:
+            raise ValueError("OTOTrainer needs OTOTrainingArguments (the OTO settings live there).")
+        if not isinstance(args, OTOTrainingArguments):
+            raise TypeError(
+                f"OTOTrainer needs OTOTrainingArguments, got {type(args).__name__}: replace TrainingArguments by "
+                "oto_hf.OTOTrainingArguments (same fields, plus the oto_* settings)."
+            )
+        optimizers = kwargs.get("optimizers", (None, None))
+        if optimizers[0] is not None or kwargs.get("optimizer_cls_and_kwargs") is not None:
+            raise ValueError(
+                "OTOTrainer builds its own optimizer (HSPG over the model's zero-invariant groups), so it cannot take "
+                "`optimizers=(optimizer, ...)` or `optimizer_cls_and_kwargs`. Set the OTO arguments instead; a "
+                "scheduler alone can still be passed as `optimizers=(None, scheduler)`."
+            )
+        if model is None:
+            raise ValueError("OTOTrainer needs a model (model_init is not supported: groups are built once).")
+        # Build the groups (and so refuse an unsupported model or an impossible target) before any other set-up.
+        self.oto_groups = zero_invariant_groups(model, prune_heads=args.oto_prune_heads, prune_neurons=args.oto_prune_neurons)
+        if args.oto_effective_target is not None:
+            unit, seq_len = args.oto_target_unit, args.oto_seq_len
+            removable = float(self.oto_groups.costs(unit, seq_len).sum()) / self.oto_groups.total_cost(unit, seq_len)
+            if args.oto_target > removable:
+                raise ValueError(
+                    f"--oto_target {args.oto_target} asks to remove {args.oto_target:.0%} of the encoder {unit}, but the "
+                    f"prunable groups hold only {removable:.1%} of them. Lower the target or prune both heads and neurons."
+                )
+        self._saving_checkpoint = False
+        super().__init__(model, args, *posargs, **kwargs)
+
+    # ---- optimizer ----
+
+    def create_optimizer(self, model=None):
+        if self.optimizer is not None:
+            return self.optimizer
+        args = self.args
+        opt_model = self.model if model is None else model
+        decay = set(self.get_decay_parameter_names(opt_model))
+        params = [(n, p) for n, p in opt_model.named_parameters() if p.requires_grad]
+        grouped_parameters = [
+            {"params": [p for n, p in params if n in decay], "weight_decay": args.weight_decay},
+            {"params": [p for n, p in params if n not in decay], "weight_decay": 0.0},
+        ]
+        max_steps = max(1, self.state.max_steps or args.max_steps or 1)
+        start = int(round(args.oto_half_space_start * max_steps))
+        prune_steps = max(1, int(round(args.oto_prune_fraction * max_steps)))
+        self.optimizer = HSPG(
+            grouped_parameters,
+            self.oto_groups,
+            lr=args.learning_rate,
+            direction=args.oto_direction,
+            lmbda=args.oto_lambda,
+            epsilon=args.oto_epsilon,
+            half_space_start=start,
+            target=args.oto_effective_target,
+            target_unit=args.oto_target_unit,
+            seq_len=args.oto_seq_len,
+            prune_steps=prune_steps if args.oto_effective_target is not None else None,
+            num_periods=min(args.oto_num_periods, prune_steps),
+            saliency=args.oto_saliency,
+            betas=(args.adam_beta1, args.adam_beta2),
+            eps=args.adam_epsilon,
+            momentum=args.oto_momentum if args.oto_direction == "sgd" else 0.0,
+            weight_decay=args.weight_decay,
+        )
+        return self.optimizer
+
+    @property
+    def hspg(self) -> HSPG | None:
+        """The HSPG optimizer itself (the Trainer wraps it once training has started)."""
+        optimizer = self.optimizer
+        while optimizer is not None and not isinstance(optimizer, HSPG):
+            optimizer = getattr(optimizer, "optimizer", None)
+        return optimizer
+
+    # ---- logging ----
+
+    def log(self, logs: dict[str, float], *args, **kwargs) -> None:
+        hspg = self.hspg
+        if hspg is not None and not any(k.startswith(("eval_", "test_")) for k in logs):
+            logs.update({f"oto/{k}": v for k, v in hspg.sparsity_report().items()})
+        super().log(logs, *args, **kwargs)
+
+    # ---- compression, saving, the Hub ----
+
+    def compress(self):
+        """The compressed model: the trained model without its zero heads and FFN neurons."""
+        return compress(self.accelerator.unwrap_model(self.model), seq_len_for_stats=self.args.oto_seq_len)
+
+    def _save_checkpoint(self, model, trial):
+        # Checkpoints keep the full-size group-sparse model: resuming needs weights shaped like the optimizer state.
+        self._saving_checkpoint = True
+        try:
+            super()._save_checkpoint(model, trial)
+        finally:
+            self._saving_checkpoint = False
+
+    def _save(self, output_dir: str | None = None, state_dict=None) -> None:
+        if self._saving_checkpoint:
+            return super()._save(output_dir, state_dict)
+        output_dir = output_dir if output_dir is not None else self.args.output_dir
+        if not self.args.should_save:
+            return
+        os.makedirs(output_dir, exist_ok=True)
+        small = self.compress()
+        small.save_pretrained(output_dir)
+        if self.args.oto_save_group_sparse:
+            super()._save(os.path.join(output_dir, "group_sparse"), state_dict)
+        if self.processing_class is not None:
+            self.processing_class.save_pretrained(output_dir)
+        torch.save(self.args, os.path.join(output_dir, TRAINING_ARGS_NAME))
+        self.write_model_card(output_dir, small)
+
+    def create_model_card(self, *args, model_name: str | None = None, **kwargs) -> None:
+        """Writes the OTO model card (what was removed, metrics) into `output_dir` (used by `push_to_hub`)."""
+        if self.is_world_process_zero():
+            self.write_model_card(self.args.output_dir, self.compress(), model_name=model_name, **kwargs)
+
+    def write_model_card(self, output_dir: str, compressed, model_name: str | None = None, **kwargs) -> str:
+        dense = model_stats(self.accelerator.unwrap_model(self.model), self.args.oto_seq_len, exclude_zero_groups=False)
+        after = model_stats(compressed, self.args.oto_seq_len)
+        card = render_model_card(
+            model_name=model_name or os.path.basename(os.path.normpath(output_dir)),
+            base_model=getattr(self.model.config, "_name_or_path", None) or None,
+            before=dense,
+            after=after,
+            metrics=_latest_eval_metrics(self.state.log_history),
+            settings={k: v for k, v in self.args.to_dict().items() if k.startswith("oto_")},
+            dataset=kwargs.get("dataset"),
+            tasks=kwargs.get("tasks"),
+        )
+        path = os.path.join(output_dir, "README.md")
+        with open(path, "w", encoding="utf-8") as f:
+            f.write(card)
+        return path
+
+
+def _latest_eval_metrics(log_history: list[dict]) -> dict:
+    metrics = {}
+    for entry in log_history:
+        metrics.update({k: v for k, v in entry.items() if k.startswith("eval_") and isinstance(v, (int, float))})
+    return metrics
+
+
+def render_model_card(model_name, base_model, before, after, metrics, settings, dataset=None, tasks=None) -> str:
+    """A Hub model card (YAML metadata + Markdown) that states what was pruned and how the model scores."""
+    meta = ["---", "library_name: transformers", "tags:", "- oto-hf", "- structured-pruning", "- bert"]
+    if base_model and not os.path.isabs(str(base_model)):
+        meta.append(f"base_model: {base_model}")
+    if dataset:
+        meta += ["datasets:"] + [f"- {d}" for d in ([dataset] if isinstance(dataset, str) else dataset)]
+    if tasks:
+        meta.append(f"pipeline_tag: {tasks if isinstance(tasks, str) else tasks[0]}")
+    meta.append("---")
+
+    def pct(a, b):
+        return f"{a / b:.1%}" if b else "n/a"
+
+    lines = [
+        f"# {model_name}",
+        "",
+        f"A structurally pruned BERT produced with [oto-hf](https://pypi.org/project/oto-hf/) (Only-Train-Once: HSPG "
+        f"training drives whole attention heads and FFN neurons to zero, then they are cut out)"
+        + (f", starting from `{base_model}`." if base_model else "."),
+        "",
+        "Load it with `import oto_hf` and `AutoModelFor….from_pretrained(...)`, or without oto_hf with "
+        "`trust_remote_code=True` (the modeling code ships with the checkpoint).",
+        "",
+        "## What was removed",
+        "",
+        "| | before | after | kept |",
+        "|---|---|---|---|",
+        f"| parameters (total) | {before.total_params:,} | {after.total_params:,} | {pct(after.total_params, before.total_params)} |",
+        f"| encoder parameters | {before.encoder_params:,} | {after.encoder_params:,} | {pct(after.encoder_params, before.encoder_params)} |",
+        f"| encoder FLOPs per example ({after.seq_len} tokens) | {before.encoder_flops:,} | {after.encoder_flops:,} | {pct(after.encoder_flops, before.encoder_flops)} |",
+        f"| attention heads | {sum(before.heads_per_layer)} | {sum(after.heads_per_layer)} | {pct(sum(after.heads_per_layer), sum(before.heads_per_layer))} |",
+        f"| FFN neurons | {sum(before.ffn_width_per_layer)} | {sum(after.ffn_width_per_layer)} | {pct(sum(after.ffn_width_per_layer), sum(before.ffn_width_per_layer))} |",
+        "",
+        "| layer | heads | FFN width |",
+        "|---|---|---|",
+    ]
+    for i, (h0, h1, w0, w1) in enumerate(
+        zip(before.heads_per_layer, after.heads_per_layer, before.ffn_width_per_layer, after.ffn_width_per_layer)
+    ):
+        lines.append(f"| {i} | {h1} / {h0} | {w1} / {w0} |")
+    lines += ["", "## Evaluation", ""]
+    if metrics:
+        lines += ["| metric | value |", "|---|---|"] + [f"| {k} | {v:.4g} |" for k, v in sorted(metrics.items())]
+    else:
+        lines.append("No evaluation was run during training.")
+    lines += ["", "## OTO settings", "", "```json", json.dumps(settings, indent=2, sort_keys=True, default=str), "```", ""]
+    return "\n".join(meta) + "\n\n" + "\n".join(lines)
+
+
+__all__ = ["OTOTrainer", "OTOTrainingArguments", "render_model_card"]

@@ -1,0 +1,48 @@
+"""Run by tests/test_trainer.py under `torchrun --nproc_per_node 2`: a short OTOTrainer run with DDP on CPU (gloo).
+Each rank writes which groups are zero and a checksum of its weights, so the test can check that ranks agree."""
+
+import json
+import sys
+from pathlib import Path
+
+import torch
+from datasets import Dataset
+from transformers import BertForQuestionAnswering
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from conftest import tiny_bert_config  # noqa: E402
+
+import oto_hf  # noqa: E402
+
+
+def main(output_dir: str) -> None:
+    torch.manual_seed(0)
+    model = BertForQuestionAnswering(tiny_bert_config(hidden_dropout_prob=0.1))
+    g = torch.Generator().manual_seed(0)
+    n, seq = 64, 16
+    ids = torch.randint(0, 97, (n, seq), generator=g)
+    start = torch.randint(0, seq, (n,), generator=g)
+    data = Dataset.from_dict({"input_ids": ids.tolist(), "start_positions": start.tolist(),
+                              "end_positions": start.clamp(max=seq - 1).tolist()})
+    args = oto_hf.OTOTrainingArguments(
+        output_dir=output_dir, per_device_train_batch_size=4, max_steps=16, learning_rate=1e-3, use_cpu=True,
+        ddp_backend="gloo", report_to=[], save_strategy="no", logging_steps=4, seed=0, disable_tqdm=True,
+        oto_target=0.4, oto_seq_len=seq,
+    )
+    trainer = oto_hf.OTOTrainer(model=model, args=args, train_dataset=data)
+    trainer.train()
+    rank = trainer.args.process_index
+    groups = trainer.oto_groups
+    zero = groups.is_zero()
+    record = {
+        "rank": rank,
+        "world_size": trainer.args.world_size,
+        "zero_groups": zero.nonzero().flatten().tolist(),
+        "weights_checksum": float(sum(p.detach().double().abs().sum() for p in trainer.model.parameters())),
+        "flops_removed": float(groups.costs("flops", seq)[zero].sum()) / groups.total_cost("flops", seq),
+    }
+    Path(output_dir, f"rank{rank}.json").write_text(json.dumps(record))
+
+
+if __name__ == "__main__":
+    main(sys.argv[1])

@@ -1,0 +1,196 @@
+"""OTOTrainer on a small real BERT (MiniLM cut to 2 layers) and a small real SQuAD sample."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from transformers import AutoModelForQuestionAnswering, AutoTokenizer, BertForQuestionAnswering, GPT2Config, GPT2ForQuestionAnswering, HfArgumentParser
+
+from conftest import REPO_ROOT, tiny_bert_config
+from oto_hf import OTOBertForQuestionAnswering, OTOTrainer, OTOTrainingArguments, UnsupportedModelError, model_stats
+from oto_hf.squad import load_squad, local_squad_files, postprocess_predictions, sample_questions, tokenize_squad
+
+
+SEQ = 128
+
+
+@pytest.fixture(scope="module")
+def squad_sample(minilm_path, squad_dir):
+    tokenizer = AutoTokenizer.from_pretrained(minilm_path)
+    raw = load_squad(**local_squad_files("genuine-first11", squad_dir))
+    train = sample_questions(raw["train"], 48, seed=0)
+    valid = sample_questions(raw["validation"], 16, seed=0)
+    features = tokenize_squad({"train": train}, tokenizer, "train", max_seq_length=SEQ, doc_stride=32, max_query_length=32)
+    valid_features = tokenize_squad({"validation": valid}, tokenizer, "validation", max_seq_length=SEQ, doc_stride=32, max_query_length=32)
+    return tokenizer, features, valid, valid_features
+
+
+def small_bert(minilm_path):
+    torch.manual_seed(0)
+    return BertForQuestionAnswering.from_pretrained(minilm_path, num_hidden_layers=2)
+
+
+def make_args(output_dir, **overrides):
+    values = dict(
+        output_dir=str(output_dir), per_device_train_batch_size=8, max_steps=12, learning_rate=1e-4, use_cpu=True,
+        report_to=[], logging_steps=3, save_strategy="no", seed=0, disable_tqdm=True, oto_target=0.4,
+        oto_seq_len=SEQ, oto_half_space_start=0.25, oto_prune_fraction=0.5, oto_num_periods=2,
+    )
+    values.update(overrides)
+    return OTOTrainingArguments(**values)
+
+
+def predict_logits(model, features):
+    inputs = {k: torch.tensor(features[k]) for k in ("input_ids", "attention_mask", "token_type_ids")}
+    model.eval()
+    with torch.no_grad():
+        out = model(**inputs)
+    return out.start_logits.numpy(), out.end_logits.numpy()
+
+
+def test_short_run_reaches_target_and_saved_model_answers_the_same(minilm_path, squad_sample, tmp_path):
+    tokenizer, features, valid, valid_features = squad_sample
+    trainer = OTOTrainer(model=small_bert(minilm_path), args=make_args(tmp_path / "run"), train_dataset=features,
+                         processing_class=tokenizer)
+    trainer.train()
+
+    stats = model_stats(trainer.model, SEQ)
+    dense = model_stats(trainer.model, SEQ, exclude_zero_groups=False)
+    removed = 1 - stats.encoder_flops / dense.encoder_flops
+    assert abs(removed - 0.4) <= 0.01, removed
+    logged = [entry for entry in trainer.state.log_history if "loss" in entry]
+    assert logged and {"oto/group_sparsity", "oto/heads_kept", "oto/ffn_neurons_kept", "oto/encoder_flops_kept",
+                       "oto/encoder_params_kept", "oto/lambda"} <= set(logged[-1])
+    assert logged[-1]["oto/encoder_flops_kept"] == pytest.approx(1 - removed)
+
+    trainer.save_model()
+    sparse_logits = predict_logits(trainer.model, valid_features)
+    reloaded = AutoModelForQuestionAnswering.from_pretrained(tmp_path / "run")
+    assert isinstance(reloaded, OTOBertForQuestionAnswering)
+    small_logits = predict_logits(reloaded, valid_features)
+    for a, b in zip(sparse_logits, small_logits):
+        assert np.abs(a - b).max() <= 1e-4
+    answers_sparse = postprocess_predictions(valid, valid_features, *sparse_logits)
+    answers_small = postprocess_predictions(valid, valid_features, *small_logits)
+    assert answers_sparse == answers_small
+    assert sum(p.numel() for p in reloaded.parameters()) < sum(p.numel() for p in trainer.model.parameters())
+
+
+def test_saved_folder_and_model_card(minilm_path, squad_sample, tmp_path):
+    tokenizer, features, _, _ = squad_sample
+    args = make_args(tmp_path / "run", max_steps=4, oto_half_space_start=0.0, oto_prune_fraction=0.5,
+                     oto_save_group_sparse=True)
+    trainer = OTOTrainer(model=small_bert(minilm_path), args=args, train_dataset=features, processing_class=tokenizer)
+    trainer.train()
+    trainer.log({"eval_f1": 12.5, "eval_exact_match": 7.0})
+    trainer.save_model()
+    folder = tmp_path / "run"
+    names = {p.name for p in folder.iterdir()}
+    assert {"config.json", "model.safetensors", "modeling_oto_bert.py", "configuration_oto_bert.py", "README.md",
+            "tokenizer.json", "tokenizer_config.json", "group_sparse"} <= names
+    config = json.loads((folder / "config.json").read_text())
+    assert config["auto_map"]["AutoModelForQuestionAnswering"].endswith("OTOBertForQuestionAnswering")
+    card = (folder / "README.md").read_text()
+    assert card.startswith("---\nlibrary_name: transformers")
+    heads = config["num_attention_heads_per_layer"]
+    widths = config["intermediate_size_per_layer"]
+    for i in range(2):
+        assert f"| {i} | {heads[i]} / 12 | {widths[i]} / 1536 |" in card
+    assert "| eval_f1 | 12.5 |" in card and "encoder FLOPs per example (128 tokens)" in card
+    # The full-size group-sparse copy is a stock BERT checkpoint.
+    assert json.loads((folder / "group_sparse" / "config.json").read_text())["model_type"] == "bert"
+
+
+def test_interrupt_and_resume_equals_the_uninterrupted_run(minilm_path, squad_sample, tmp_path):
+    _, features, _, _ = squad_sample
+    # Dropout stays on: the RNG state must be restored too.
+    args = dict(max_steps=10, save_strategy="steps", save_steps=4, oto_half_space_start=0.2, oto_prune_fraction=0.6)
+    full = OTOTrainer(model=small_bert(minilm_path), args=make_args(tmp_path / "full", **args), train_dataset=features)
+    full.train()
+
+    torch.manual_seed(1234)  # the resumed run must not depend on the state of the process it starts in
+    resumed = OTOTrainer(model=small_bert(minilm_path), args=make_args(tmp_path / "resumed", **args),
+                         train_dataset=features)
+    resumed.train(resume_from_checkpoint=str(tmp_path / "full" / "checkpoint-4"))
+    assert resumed.hspg.step_count == full.hspg.step_count == 10
+    assert torch.equal(full.oto_groups.is_zero(), resumed.oto_groups.is_zero())
+    assert full.oto_groups.is_zero().any()
+    for (name, a), b in zip(full.model.state_dict().items(), resumed.model.state_dict().values()):
+        assert torch.equal(a, b), name
+
+
+def test_two_process_ddp_ranks_agree_on_zero_groups(tmp_path):
+    script = REPO_ROOT / "tests" / "scripts" / "ddp_train.py"
+    result = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29517",
+         str(script), str(tmp_path)], capture_output=True, text=True, timeout=600,
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    records = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
+    assert [r["world_size"] for r in records] == [2, 2]
+    assert records[0]["zero_groups"] == records[1]["zero_groups"] and records[0]["zero_groups"]
+    assert records[0]["weights_checksum"] == records[1]["weights_checksum"]
+    assert abs(records[0]["flops_removed"] - 0.4) <= 0.05  # a tiny model: one head is 6% of its FLOPs
+
+
+def test_arguments_round_trip_through_hf_argument_parser(tmp_path):
+    parser = HfArgumentParser(OTOTrainingArguments)
+    (args,) = parser.parse_args_into_dataclasses(
+        ["--output_dir", str(tmp_path), "--oto_target", "0.3", "--oto_target_unit", "params", "--oto_direction",
+         "sgd", "--no_oto_prune_heads", "--oto_epsilon", "0.5", "--use_cpu"]
+    )
+    assert (args.oto_target, args.oto_target_unit, args.oto_direction, args.oto_prune_heads, args.oto_epsilon) == (
+        0.3, "params", "sgd", False, 0.5)
+    (lambda_only,) = parser.parse_args_into_dataclasses(["--output_dir", str(tmp_path), "--oto_lambda_only"])
+    assert lambda_only.oto_effective_target is None
+
+    config = {"output_dir": str(tmp_path), "oto_target": None, "oto_lambda": 0.01, "oto_num_periods": 3,
+              "learning_rate": 3e-5}
+    path = tmp_path / "args.yaml"
+    path.write_text(yaml.safe_dump(config))
+    (from_yaml,) = parser.parse_yaml_file(str(path))
+    assert from_yaml.oto_effective_target is None and from_yaml.oto_lambda == 0.01 and from_yaml.oto_num_periods == 3
+    (from_json,) = parser.parse_json_file(str(_write_json(tmp_path / "args.json", config)))
+    assert from_json.oto_lambda == 0.01
+
+
+def _write_json(path, values):
+    path.write_text(json.dumps(values))
+    return path
+
+
+@pytest.mark.parametrize(
+    "overrides,message",
+    [
+        (dict(oto_target=1.2), "--oto_target must lie in"),
+        (dict(oto_epsilon=1.0), "--oto_epsilon"),
+        (dict(oto_lambda=-1.0), "--oto_lambda"),
+        (dict(oto_half_space_start=0.6, oto_prune_fraction=0.5), "--oto_prune_fraction"),
+        (dict(optim="adafactor"), "--oto_direction"),
+        (dict(oto_prune_heads=False, oto_prune_neurons=False), "nothing would be pruned"),
+    ],
+)
+def test_bad_settings_are_refused_with_what_to_change(overrides, message, tmp_path):
+    with pytest.raises(ValueError, match=message):
+        make_args(tmp_path, **overrides)
+
+
+def test_refused_before_any_training(tmp_path):
+    args = make_args(tmp_path)
+    gpt2 = GPT2ForQuestionAnswering(GPT2Config(n_layer=1, n_embd=16, n_head=2, vocab_size=50))
+    with pytest.raises(UnsupportedModelError, match="GPT2ForQuestionAnswering"):
+        OTOTrainer(model=gpt2, args=args)
+    model = BertForQuestionAnswering(tiny_bert_config())
+    with pytest.raises(ValueError, match="builds its own optimizer"):
+        OTOTrainer(model=model, args=args, optimizers=(torch.optim.SGD(model.parameters(), lr=0.1), None))
+    with pytest.raises(ValueError, match="hold only"):
+        OTOTrainer(model=model, args=make_args(tmp_path, oto_target=0.9, oto_prune_heads=False))
+    from transformers import TrainingArguments
+
+    with pytest.raises(TypeError, match="OTOTrainingArguments"):
+        OTOTrainer(model=model, args=TrainingArguments(str(tmp_path)))
