@@ -73,6 +73,8 @@ __all__ = [
     "squad_v1_metrics",
     "squad_metric_path",
     "answer_question",
+    "predict_logits",
+    "evaluate_squad",
 ]
 
 # --------------------------------------------------------------------------------------
@@ -984,3 +986,38 @@ def answer_question(
 
     score = _softmax_at(start[f], best["start_token"]) * _softmax_at(end[f], best["end_token"])
     return {"answer": best["text"], "score": score, "start": best["start"], "end": best["end"]}
+
+
+# ---------------------------------------------------------------------------
+# Evaluation of a model on pre-processed validation features
+# ---------------------------------------------------------------------------
+
+
+def predict_logits(model, features, batch_size: int = 32, desc: str = "predicting") -> tuple[np.ndarray, np.ndarray]:
+    """Start/end logits of `model` on every validation feature, in order, with a progress bar."""
+    import torch
+    from tqdm.auto import tqdm
+
+    names = [n for n in ("input_ids", "attention_mask", "token_type_ids") if n in features.column_names]
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    starts, ends = [], []
+    try:
+        with torch.no_grad():
+            for i in tqdm(range(0, len(features), batch_size), desc=desc, unit="batch"):
+                batch = features[i : i + batch_size]
+                out = model(**{n: torch.tensor(batch[n], device=device) for n in names})
+                starts.append(out.start_logits.float().cpu().numpy())
+                ends.append(out.end_logits.float().cpu().numpy())
+    finally:
+        model.train(was_training)
+    return np.concatenate(starts), np.concatenate(ends)
+
+
+def evaluate_squad(model, examples, features, batch_size: int = 32, n_best_size: int = 20,
+                   max_answer_length: int = 30, desc: str = "evaluating") -> tuple[dict[str, float], dict[str, str]]:
+    """EM/F1 (official v1.1 definition) of `model` on `examples`, and its predicted answer for each question."""
+    start, end = predict_logits(model, features, batch_size, desc)
+    predictions = postprocess_predictions(examples, features, start, end, n_best_size, max_answer_length)
+    return squad_v1_metrics(predictions, examples), predictions

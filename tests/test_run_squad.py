@@ -1,0 +1,140 @@
+"""run_squad.py end to end on a tiny real setting (MiniLM cut to 2 layers, tens of real SQuAD questions)."""
+
+import gzip
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import AutoModelForQuestionAnswering, AutoTokenizer, BertForQuestionAnswering, GPT2Config, GPT2Model
+
+from conftest import REPO_ROOT
+
+sys.path.insert(0, str(REPO_ROOT))
+import run_squad  # noqa: E402
+from oto_hf import squad  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def small_model_dir(minilm_path, tmp_path_factory):
+    folder = tmp_path_factory.mktemp("minilm2")
+    BertForQuestionAnswering.from_pretrained(minilm_path, num_hidden_layers=2).save_pretrained(folder)
+    AutoTokenizer.from_pretrained(minilm_path).save_pretrained(folder)
+    return folder
+
+
+def tiny_argv(model_dir, output_dir, squad_dir, **overrides):
+    values = {
+        "model_name_or_path": model_dir, "output_dir": output_dir,
+        "train_file": squad_dir / squad.SQUAD_TRAIN_GENUINE_FILE, "validation_file": squad_dir / squad.SQUAD_DEV_FILE,
+        "max_train_samples": 40, "max_eval_samples": 24, "max_seq_length": 128, "eval_max_seq_length": 128,
+        "doc_stride": 32, "max_query_length": 32, "num_train_epochs": 1, "per_device_train_batch_size": 8,
+        "learning_rate": 1e-4, "use_cpu": "true", "report_to": "none", "logging_steps": 1, "save_steps": 2,
+        "oto_target": 0.3, "oto_seq_len": 128, "oto_half_space_start": 0.2, "oto_prune_fraction": 0.6,
+        "oto_num_periods": 2, "report_latency_repeats": 2, "report_latency_batch_size": 2, "seed": 0,
+    }
+    values.update(overrides)
+    return [item for key, value in values.items() for item in (f"--{key}", str(value))]
+
+
+def test_tiny_end_to_end_run(small_model_dir, squad_dir, tmp_path):
+    out = tmp_path / "run"
+    report = run_squad.main(tiny_argv(small_model_dir, out, squad_dir))
+
+    on_disk = json.loads((out / "report.json").read_text())
+    assert on_disk["quality"] == report["quality"]
+    assert report["quality"]["identical_predictions"] is True
+    assert report["quality"]["compressed"] == report["quality"]["group_sparse"]
+    assert abs(1 - report["model"]["kept"]["encoder_flops"] - 0.3) <= 0.01
+    assert report["latency"]["speedup"] > 0 and report["latency"]["encoder_flops_ratio"] > 1.3
+    for name in ("report.md", "plots/training.png", "plots/kept_per_layer.png", "compressed_model/config.json"):
+        assert (out / name).is_file(), name
+    assert not (out / "compressed_model.partial").exists()
+    md = (out / "report.md").read_text()
+    assert "identical predictions" in md and "| layer | heads | FFN width |" in md
+
+    # The saved model, reloaded, scores exactly what the report says.
+    model = AutoModelForQuestionAnswering.from_pretrained(out / "compressed_model")
+    tokenizer = AutoTokenizer.from_pretrained(out / "compressed_model")
+    raw = squad.load_squad(validation_file=squad_dir / squad.SQUAD_DEV_FILE)
+    examples = squad.sample_questions(raw["validation"], 24, 0)
+    features = squad.tokenize_squad(examples, tokenizer, "validation", max_seq_length=128, doc_stride=32,
+                                    max_query_length=32)
+    metrics, _ = squad.evaluate_squad(model, examples, features)
+    assert metrics == report["quality"]["compressed"]
+
+    # A second start on the same folder refuses to overwrite the finished run.
+    with pytest.raises(run_squad.RunError, match="already holds a finished run"):
+        run_squad.main(tiny_argv(small_model_dir, out, squad_dir))
+
+    # The answering command works on the saved model.
+    context = examples[0]["context"]
+    result = subprocess.run([sys.executable, "-m", "oto_hf.answer", str(out / "compressed_model"), "--question",
+                             examples[0]["question"], "--context", context, "--json"],
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    answer = json.loads(result.stdout.strip().splitlines()[-1])
+    assert context[answer["start"] : answer["end"]] == answer["answer"]
+
+
+def test_interrupted_run_resumes_from_its_last_checkpoint(small_model_dir, squad_dir, tmp_path):
+    out = tmp_path / "run"
+    argv = tiny_argv(small_model_dir, out, squad_dir, max_steps=4, report_latency_repeats=0)
+    # "Interrupt" after 2 of 4 steps: a run that stops at step 2 leaves checkpoint-2 and no report.
+    first = run_squad.main(tiny_argv(small_model_dir, out, squad_dir, max_steps=2, report_latency_repeats=0))
+    (out / "report.json").unlink()  # as if it had been killed before reporting
+    assert (out / "checkpoint-2").is_dir()
+    second = run_squad.main(argv)
+    assert second["training"]["steps"] == 4 and first["training"]["steps"] == 2
+
+
+def write_gz(path, data):
+    with gzip.open(path, "wt", encoding="utf-8") as f:
+        f.write(data if isinstance(data, str) else json.dumps(data))
+    return path
+
+
+@pytest.mark.parametrize("problem", ["missing", "not_json", "not_squad"])
+def test_bad_data_file_is_named_before_any_work(problem, small_model_dir, squad_dir, tmp_path):
+    bad = tmp_path / "train.json.gz"
+    if problem == "not_json":
+        write_gz(bad, "{ this is not json")
+    elif problem == "not_squad":
+        write_gz(bad, {"version": "1.1", "articles": []})
+    out = tmp_path / "run"
+    with pytest.raises(run_squad.RunError, match="train.json.gz"):
+        run_squad.main(tiny_argv(small_model_dir, out, squad_dir, train_file=bad))
+    assert not (out / "report.json").exists() and not (out / "compressed_model").exists()
+
+
+def test_model_that_is_not_bert_is_refused(squad_dir, tmp_path):
+    gpt2 = tmp_path / "gpt2"
+    GPT2Model(GPT2Config(n_layer=1, n_embd=16, n_head=2, vocab_size=50)).save_pretrained(gpt2)
+    with pytest.raises(run_squad.RunError, match="'gpt2' model"):
+        run_squad.main(tiny_argv(gpt2, tmp_path / "run", squad_dir))
+    with pytest.raises(run_squad.RunError, match="cannot read a model config"):
+        run_squad.main(tiny_argv(tmp_path / "nowhere", tmp_path / "run", squad_dir))
+
+
+def test_unwritable_output_dir_is_refused(small_model_dir, squad_dir, tmp_path):
+    blocker = tmp_path / "a_file"
+    blocker.write_text("not a folder")
+    with pytest.raises(run_squad.RunError, match="not writable"):
+        run_squad.main(tiny_argv(small_model_dir, blocker / "run", squad_dir))
+
+
+def test_config_file_with_overrides(tmp_path):
+    args = run_squad.parse_arguments([str(REPO_ROOT / "configs" / "quickstart.yaml"), "--oto_target", "0.5",
+                                      "--output_dir", str(tmp_path)])
+    model_args, data_args, training_args, run_args = args
+    assert training_args.oto_target == 0.5 and data_args.max_train_samples == 1600
+    assert training_args.output_dir == str(tmp_path) and training_args.use_cpu
+    run_squad.parse_arguments([str(REPO_ROOT / "configs" / "minilm_squad_p1.yaml"), "--output_dir", str(tmp_path)])
+    # The bert-base config is for a GPU (bf16): here only check that every key is a known option.
+    _, data_args, training_args, _ = run_squad.parse_arguments(
+        [str(REPO_ROOT / "configs" / "bert_base_squad.yaml"), "--bf16", "false", "--output_dir", str(tmp_path)])
+    assert data_args.dataset_name == "squad" and training_args.oto_num_periods == 8
+    with pytest.raises(run_squad.RunError, match="does not exist"):
+        run_squad.parse_arguments(["nowhere.yaml"])
