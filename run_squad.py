@@ -4,7 +4,8 @@
     python run_squad.py                                   # configs/quickstart.yaml: ~15 min on 2 CPU cores, offline
     python run_squad.py configs/minilm_squad_p1.yaml      # benchmark protocol P1 (CPU, tens of minutes)
     python run_squad.py configs/bert_base_squad.yaml      # the paper's bert-base experiment (GPU)
-    python run_squad.py configs/quickstart.yaml --oto_target 0.5 --output_dir runs/q50   # a config plus overrides
+    python run_squad.py configs/minilm_squad_p1.yaml --oto_target 0.3 --output_dir runs/p1_oto30  # config + overrides
+    python run_squad.py --oto_target 0.5 --output_dir runs/q50   # options alone override the quickstart config
     python run_squad.py --help                            # every option
 
 Writes into --output_dir: checkpoints while training (an interrupted run resumes from the last one when started
@@ -85,8 +86,8 @@ class RunError(Exception):
 
 def parse_arguments(argv: list[str]):
     parser = HfArgumentParser((ModelArguments, DataArguments, oto_hf.OTOTrainingArguments, RunArguments))
-    if not argv:
-        argv = [str(DEFAULT_CONFIG)]
+    if not argv or argv[0].startswith("-") and argv[0] not in ("-h", "--help"):
+        argv = [str(DEFAULT_CONFIG), *argv]  # the quickstart is the default config; options given override it
     if argv[0].endswith((".yaml", ".yml", ".json")):
         argv = config_to_cli(argv[0]) + argv[1:]
     return parser.parse_args_into_dataclasses(args=argv)

@@ -138,3 +138,6 @@ def test_config_file_with_overrides(tmp_path):
     assert data_args.dataset_name == "squad" and training_args.oto_num_periods == 8
     with pytest.raises(run_squad.RunError, match="does not exist"):
         run_squad.parse_arguments(["nowhere.yaml"])
+    # Options alone override the default (quickstart) config.
+    _, data_args, training_args, _ = run_squad.parse_arguments(["--oto_target", "0.4", "--output_dir", str(tmp_path)])
+    assert training_args.oto_target == 0.4 and data_args.max_train_samples == 1600
