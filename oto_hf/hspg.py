@@ -346,6 +346,7 @@ class HSPG(Optimizer):
             )
         if self.target is not None:
             report[f"{self.target_unit}_removed"] = float(self.costs[zero].sum()) / self.total_cost
+            report["target_now"] = self.target_at()
         return report
 
     # ---- state ----
