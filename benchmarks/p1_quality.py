@@ -1,0 +1,653 @@
+"""P1 — quality at a compute budget (benchmark protocol, section P1; CPU proxy of the paper's BERT/SQuAD run).
+
+Methods (each writes benchmarks/results/p1/<method>/result.json; a method with a result.json is skipped unless
+--force, so the script is resumable; an interrupted method resumes from its last Trainer checkpoint):
+
+* dense            the plain Hugging Face `Trainer` with `torch.optim.AdamW` (optim "adamw_torch"), no oto_hf
+                   optimizer; model, data, features, schedule, lr, batch, seed and evaluation all read from
+                   configs/minilm_squad_p1.yaml. The fine-tuned model is saved to dense/model (the peer starts from
+                   it, and it is the reference of every latency ratio).
+* oto30/50/70      `run_squad.main([configs/minilm_squad_p1.yaml, --oto_target 0.X, --output_dir <method>/run,
+                   --report_latency_repeats 0])`; EM/F1/params/FLOPs/heads/widths from its report.json.
+* tp30/50/70       the peer: one-shot structured pruning (attention heads + FFN neurons) of the dense fine-tuned
+                   model with a Taylor criterion, to the encoder FLOPs of the OTO point, then the same number of
+                   AdamW steps as the OTO run (same schedule), then the same evaluation. See `prune_peer`.
+
+    python benchmarks/p1_quality.py --methods dense oto50          # run (skips finished methods)
+    python benchmarks/p1_quality.py --methods tp50 --force         # rerun one
+    python benchmarks/p1_quality.py --summarize                    # summary.md + f1_vs_flops.png from what exists
+    python benchmarks/p1_quality.py --smoke --methods dense oto50 tp50 --summarize   # tiny check, results/tmp/
+
+All CPU work runs with 2 threads. The latency ratio is oto_hf.report.latency_ratio (batch 32 x 384, 5 interleaved
+repeats, medians) of the dense fine-tuned model against the method's final model.
+"""
+
+import argparse
+import copy
+import json
+import os
+import shlex
+import shutil
+import sys
+import time
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+HERE = Path(__file__).resolve().parent
+REPO_ROOT = HERE.parent
+sys.path.insert(0, str(REPO_ROOT))
+sys.path.insert(0, str(HERE))
+
+import torch  # noqa: E402
+
+THREADS = 2
+torch.set_num_threads(THREADS)
+
+import run_squad  # noqa: E402
+import oto_hf  # noqa: E402
+from oto_hf import squad  # noqa: E402
+from oto_hf.report import latency_ratio  # noqa: E402
+
+CONFIG = REPO_ROOT / "configs" / "minilm_squad_p1.yaml"
+RESULTS = REPO_ROOT / "benchmarks" / "results" / "p1"
+SMOKE_RESULTS = REPO_ROOT / "benchmarks" / "results" / "tmp" / "p1_smoke"
+METHODS = ["dense", "oto30", "oto50", "oto70", "tp30", "tp50", "tp70"]
+LATENCY = dict(batch_size=32, seq_len=384, repeats=5)
+SCRIPT = "python benchmarks/p1_quality.py"
+
+
+def log(msg: str) -> None:
+    print(f"[p1 {time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Settings: the P1 YAML (plus smoke overrides), parsed with run_squad's dataclasses
+# ----------------------------------------------------------------------------------------------------------------
+
+
+class Ctx:
+    """Where results go and which overrides apply (smoke mode shrinks everything)."""
+
+    def __init__(self, smoke: bool, results: Path | None = None):
+        self.smoke = smoke
+        self.results = Path(results) if results else (SMOKE_RESULTS if smoke else RESULTS)
+        self.overrides: list[str] = []
+        self.latency = dict(LATENCY)
+        if smoke:
+            self.overrides = ["--model_name_or_path", str(tiny_minilm(self.results / "_tiny_minilm")),
+                              "--max_train_samples", "48", "--max_eval_samples", "24", "--num_train_epochs", "1",
+                              "--per_device_train_batch_size", "8", "--max_seq_length", "192", "--doc_stride", "64",
+                              "--eval_max_seq_length", "192", "--save_steps", "3", "--logging_steps", "2"]
+            self.latency = dict(batch_size=4, seq_len=128, repeats=2)
+
+    def method_dir(self, method: str) -> Path:
+        return self.results / method
+
+    def cli_suffix(self) -> str:
+        return " --smoke" if self.smoke else ""
+
+
+def tiny_minilm(path: Path) -> Path:
+    """Smoke model: the first 2 layers of the packaged MiniLM (real weights), saved as a plain BERT folder."""
+    if not (path / "config.json").exists():
+        from transformers import AutoModel, AutoTokenizer
+
+        src = run_squad.resolve_model_path(run_squad.PACKAGED_MINILM)
+        model = AutoModel.from_pretrained(src, num_hidden_layers=2)
+        path.mkdir(parents=True, exist_ok=True)
+        model.save_pretrained(path)
+        AutoTokenizer.from_pretrained(src).save_pretrained(path)
+    return path
+
+
+def yaml_argv(ctx: Ctx, *extra: str) -> list[str]:
+    return [str(CONFIG), *ctx.overrides, *extra]
+
+
+def parse_settings(ctx: Ctx, output_dir: Path):
+    """(model_args, data_args, TrainingArguments, run_args, oto_options) from the P1 YAML, with the plain HF
+    TrainingArguments for the AdamW methods: every TrainingArguments value comes from the YAML; the oto_* keys are
+    returned separately (unused by dense/tp)."""
+    from transformers import HfArgumentParser, TrainingArguments
+
+    # The YAML names no optimizer (OTO always uses HSPG); the AdamW methods use plain torch.optim.AdamW
+    # ("adamw_torch"; transformers 5 would default to its fused variant).
+    argv = run_squad.config_to_cli(str(CONFIG)) + ctx.overrides + ["--output_dir", str(output_dir),
+                                                                   "--optim", "adamw_torch"]
+    parser = HfArgumentParser((run_squad.ModelArguments, run_squad.DataArguments, TrainingArguments,
+                               run_squad.RunArguments))
+    model_args, data_args, train_args, run_args, rest = parser.parse_args_into_dataclasses(
+        args=argv, return_remaining_strings=True)
+    oto = {}
+    it = iter(rest)
+    for key in it:
+        if not key.startswith("--oto_"):
+            raise SystemExit(f"unexpected option in {CONFIG}: {key}")
+        oto[key[2:]] = next(it)
+    if str(train_args.optim.value if hasattr(train_args.optim, "value") else train_args.optim) != "adamw_torch":
+        raise SystemExit(f"the AdamW baselines expect optim adamw_torch, got {train_args.optim}")
+    return model_args, data_args, train_args, run_args, oto
+
+
+def load_data(model_args, data_args):
+    """The same questions and features as run_squad.main."""
+    from transformers import AutoTokenizer
+
+    model_path = run_squad.resolve_model_path(model_args.model_name_or_path)
+    data_files = run_squad.resolve_data_files(data_args)
+    raw = squad.load_squad(**data_files)
+    tokenizer = AutoTokenizer.from_pretrained(model_path)
+    eval_seq = data_args.eval_max_seq_length or data_args.max_seq_length
+    train_examples = squad.sample_questions(raw["train"], data_args.max_train_samples, data_args.sample_seed)
+    eval_examples = squad.sample_questions(raw["validation"], data_args.max_eval_samples, data_args.sample_seed)
+    window = dict(doc_stride=data_args.doc_stride, max_query_length=data_args.max_query_length,
+                  num_proc=data_args.preprocessing_num_workers)
+    train_features = squad.tokenize_squad(train_examples, tokenizer, "train",
+                                          max_seq_length=data_args.max_seq_length, **window)
+    eval_features = squad.tokenize_squad(eval_examples, tokenizer, "validation", max_seq_length=eval_seq, **window)
+    return dict(model_path=model_path, data_files=data_files, tokenizer=tokenizer, train_examples=train_examples,
+                eval_examples=eval_examples, train_features=train_features, eval_features=eval_features)
+
+
+def evaluate(model, data, data_args, train_args, desc):
+    metrics, _ = squad.evaluate_squad(model, data["eval_examples"], data["eval_features"],
+                                      batch_size=train_args.per_device_eval_batch_size,
+                                      n_best_size=data_args.n_best_size, max_answer_length=data_args.max_answer_length,
+                                      desc=desc)
+    return metrics
+
+
+def stats_dict(model, seq_len: int = 384) -> dict:
+    return oto_hf.model_stats(model, seq_len).to_dict()
+
+
+def kept(stats: dict, ref: dict) -> dict:
+    return {"encoder_params": stats["encoder_params"] / ref["encoder_params"],
+            "encoder_flops": stats["encoder_flops"] / ref["encoder_flops"],
+            "total_params": stats["total_params"] / ref["total_params"],
+            "heads": sum(stats["heads_per_layer"]) / sum(ref["heads_per_layer"]),
+            "ffn_neurons": sum(stats["ffn_width_per_layer"]) / sum(ref["ffn_width_per_layer"])}
+
+
+def dense_reference_stats(model_path: str) -> dict:
+    from transformers import AutoModelForQuestionAnswering
+
+    return stats_dict(AutoModelForQuestionAnswering.from_pretrained(model_path))
+
+
+def load_model(path: Path):
+    from transformers import AutoModelForQuestionAnswering
+
+    return AutoModelForQuestionAnswering.from_pretrained(str(path)).eval()
+
+
+def measure_latency(ctx: Ctx, model, vocab_size: int) -> dict | None:
+    """Dense fine-tuned model (A) against `model` (B), interleaved; None while the dense model does not exist."""
+    dense_dir = ctx.method_dir("dense") / "model"
+    if not (dense_dir / "config.json").exists():
+        log("no dense model yet: latency ratio left empty (fill it later with --fill_latency)")
+        return None
+    torch.set_num_threads(THREADS)
+    dense = load_model(dense_dir)
+    log(f"latency: dense vs this model, batch {ctx.latency['batch_size']} x {ctx.latency['seq_len']}, "
+        f"{ctx.latency['repeats']} interleaved repeats, {THREADS} threads")
+    load0 = os.getloadavg()
+    lat = latency_ratio(dense, model.eval(), ctx.latency["batch_size"], ctx.latency["seq_len"],
+                        ctx.latency["repeats"], vocab_size=vocab_size)
+    lat["load_average_before"] = load0
+    lat["load_average_after"] = os.getloadavg()
+    lat["reference"] = str(dense_dir.relative_to(REPO_ROOT)) if dense_dir.is_relative_to(REPO_ROOT) else str(dense_dir)
+    log(f"latency: speedup {lat['speedup']:.3f}x (dense {lat['dense_median_s']:.3f}s, "
+        f"this {lat['compressed_median_s']:.3f}s)")
+    return lat
+
+
+def foreign_load_meter():
+    """CPU cores used by other processes while a method trains (the machine is shared): a noise indicator."""
+    try:
+        import common
+
+        meter = common.ForeignLoad()
+        meter.start()
+        return meter
+    except Exception:  # noqa: BLE001
+        return None
+
+
+def environment() -> dict:
+    import platform
+
+    import transformers
+
+    try:
+        import common
+
+        info = common.machine_info()
+    except Exception:  # noqa: BLE001  (machine info is best effort)
+        info = {}
+    info.update(torch_threads=torch.get_num_threads(), torch_version=torch.__version__,
+                transformers_version=transformers.__version__, python_version=platform.python_version())
+    return info
+
+
+def write_result(ctx: Ctx, method: str, result: dict) -> Path:
+    path = ctx.method_dir(method) / "result.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    result = {"method": method, "smoke": ctx.smoke, **result, "environment": environment(),
+              "finished_at": time.strftime("%Y-%m-%d %H:%M:%S")}
+    tmp = path.with_name("result.json.partial")
+    tmp.write_text(json.dumps(result, indent=2, default=str) + "\n")
+    os.replace(tmp, path)
+    log(f"{method}: wrote {path}")
+    return path
+
+
+def read_result(ctx: Ctx, method: str) -> dict | None:
+    path = ctx.method_dir(method) / "result.json"
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# AdamW training with the plain HF Trainer (dense and the peer's retraining)
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def train_adamw(model, train_args, data, run_dir: Path, max_steps: int | None = None):
+    """Plain `Trainer` (optim adamw_torch = torch.optim.AdamW, same decay/no-decay groups as OTOTrainer), linear
+    schedule with warm-up from the YAML. Resumes from the last checkpoint in run_dir."""
+    from dataclasses import replace
+
+    from transformers import Trainer, default_data_collator
+    from transformers.trainer_utils import get_last_checkpoint
+
+    if max_steps is not None:
+        train_args = replace(train_args, max_steps=int(max_steps))
+    trainer = Trainer(model=model, args=train_args, train_dataset=data["train_features"],
+                      processing_class=data["tokenizer"], data_collator=default_data_collator)
+    resume = get_last_checkpoint(str(run_dir)) if run_dir.exists() else None
+    if resume:
+        log(f"resuming from {resume}")
+    torch.set_num_threads(THREADS)
+    start_step = int(Path(resume).name.split("-")[-1]) if resume else 0
+    meter = foreign_load_meter()
+    t0 = time.perf_counter()
+    out = trainer.train(resume_from_checkpoint=resume)
+    wall = time.perf_counter() - t0
+    foreign = meter.stop() if meter else None
+    opt = trainer.optimizer
+    opt = getattr(opt, "optimizer", opt)  # accelerate wraps it
+    info = {"train_runtime_s": out.metrics.get("train_runtime"), "train_wall_s_this_session": wall,
+            "resumed_from_checkpoint": resume, "steps": trainer.state.global_step,
+            "steps_this_session": trainer.state.global_step - start_step,
+            "other_processes_cpu_cores_during_training": foreign,
+            "train_loss": out.metrics.get("train_loss"), "optimizer": f"{type(opt).__module__}.{type(opt).__name__}",
+            "lr_scheduler": str(train_args.lr_scheduler_type), "learning_rate": train_args.learning_rate,
+            "warmup_steps": train_args.warmup_steps, "weight_decay": train_args.weight_decay,
+            "per_device_train_batch_size": train_args.per_device_train_batch_size,
+            "num_train_epochs": train_args.num_train_epochs, "max_steps": train_args.max_steps, "seed": train_args.seed}
+    if not isinstance(opt, torch.optim.AdamW):
+        raise RuntimeError(f"expected torch.optim.AdamW, the Trainer built {type(opt)}")
+    return trainer, info
+
+
+def save_model_atomic(model, tokenizer, final: Path) -> None:
+    partial = final.with_name(final.name + ".partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    model.save_pretrained(partial)
+    tokenizer.save_pretrained(partial)
+    if final.exists():
+        shutil.rmtree(final)
+    os.replace(partial, final)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# dense
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def run_dense(ctx: Ctx) -> dict:
+    from transformers import AutoModelForQuestionAnswering, set_seed
+
+    mdir = ctx.method_dir("dense")
+    run_dir = mdir / "run"
+    model_args, data_args, train_args, run_args, _ = parse_settings(ctx, run_dir)
+    data = load_data(model_args, data_args)
+    set_seed(train_args.seed)  # seeds the new QA head, as run_squad.main does
+    model = AutoModelForQuestionAnswering.from_pretrained(data["model_path"],
+                                                          attn_implementation=model_args.attn_implementation)
+    trainer, training = train_adamw(model, train_args, data, run_dir)
+    model = trainer.model
+    save_model_atomic(model, data["tokenizer"], mdir / "model")
+    metrics = evaluate(model, data, data_args, train_args, "evaluating dense")
+    log(f"dense: EM {metrics['exact_match']:.2f} F1 {metrics['f1']:.2f}")
+    ref = dense_reference_stats(data["model_path"])
+    st = stats_dict(model)
+    # Dense against a copy of itself: the ratio should be ~1; it shows the timing noise of this run.
+    lat = measure_latency(ctx, copy.deepcopy(model), data["tokenizer"].vocab_size)
+    return {
+        "label": "dense fine-tuning (HF Trainer, torch.optim.AdamW)",
+        "family": "dense",
+        "command": f"{SCRIPT} --methods dense{ctx.cli_suffix()}",
+        "quality": metrics, "questions": len(data["eval_examples"]),
+        "stats": st, "kept": kept(st, ref), "latency": lat,
+        "latency_note": "dense vs a copy of itself (noise check; the ratio of dense is 1 by definition)",
+        "training": training, "model_dir": str(mdir / "model"),
+        "data": {**{k: str(v) for k, v in data["data_files"].items()},
+                 "train_questions": len(data["train_examples"]), "train_features": len(data["train_features"]),
+                 "eval_questions": len(data["eval_examples"]), "eval_features": len(data["eval_features"])},
+        "config": str(CONFIG.relative_to(REPO_ROOT)), "overrides": ctx.overrides,
+    }
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# OTO (run_squad.main)
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def oto_argv(ctx: Ctx, target: float, run_dir: Path) -> list[str]:
+    return yaml_argv(ctx, "--oto_target", str(target), "--output_dir", str(run_dir), "--report_latency_repeats", "0")
+
+
+def run_oto(ctx: Ctx, method: str) -> dict:
+    target = int(method[3:]) / 100
+    mdir = ctx.method_dir(method)
+    run_dir = mdir / "run"
+    argv = oto_argv(ctx, target, run_dir)
+    report_path = run_dir / "report.json"
+    wall = foreign = None
+    if report_path.exists():
+        log(f"{method}: {report_path} exists (finished run_squad); reading it")
+    else:
+        log(f"{method}: run_squad.main({argv})")
+        torch.set_num_threads(THREADS)
+        meter = foreign_load_meter()
+        t0 = time.perf_counter()
+        run_squad.main(argv)
+        wall = time.perf_counter() - t0
+        foreign = meter.stop() if meter else None
+    report = json.loads(report_path.read_text())
+    settings = run_squad.parse_arguments(argv)[2]  # the OTOTrainingArguments run_squad.main used
+    model = load_model(run_dir / "compressed_model")
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(str(run_dir / "compressed_model"))
+    st = stats_dict(model)
+    before = report["model"]["before"]
+    lat = measure_latency(ctx, model, tokenizer.vocab_size)
+    rel_argv = [os.path.relpath(a, REPO_ROOT) if os.path.isabs(a) else a for a in argv]
+    return {
+        "label": f"OTO (HSPG, oto_hf) target {target:.0%} encoder FLOPs removed",
+        "family": "oto", "target_flops_removed": target,
+        "command": f"{SCRIPT} --methods {method}{ctx.cli_suffix()}",
+        "run_squad_command": "python run_squad.py " + shlex.join(rel_argv),
+        "quality": report["quality"]["compressed"], "quality_group_sparse": report["quality"]["group_sparse"],
+        "identical_predictions": report["quality"]["identical_predictions"],
+        "questions": report["quality"]["questions"],
+        "stats": st, "stats_from_report": report["model"]["after"], "kept": kept(st, before),
+        "latency": lat,
+        "training": {**report["training"], "run_squad_wall_s_this_session": wall,
+                     "other_processes_cpu_cores_during_run": foreign,
+                     "optimizer": "oto_hf.HSPG (direction adamw)", "learning_rate": settings.learning_rate,
+                     "lr_scheduler": str(settings.lr_scheduler_type), "warmup_steps": settings.warmup_steps,
+                     "weight_decay": settings.weight_decay,
+                     "per_device_train_batch_size": settings.per_device_train_batch_size,
+                     "num_train_epochs": settings.num_train_epochs, "seed": settings.seed,
+                     "oto_settings": report.get("oto_settings")},
+        "model_dir": str(run_dir / "compressed_model"), "data": report["data"],
+    }
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The peer: one-shot Taylor head + neuron pruning of the dense model, then AdamW for the OTO run's step count
+# ----------------------------------------------------------------------------------------------------------------
+
+from p1_peer import prune_peer  # noqa: E402  (kept in its own module: the Torch-Pruning specifics)
+
+
+def oto_steps_for(ctx: Ctx, method: str) -> tuple[int | None, float | None, str]:
+    """Steps and encoder FLOPs kept of the matching OTO point (from its result, else from its run report)."""
+    oto = "oto" + method[2:]
+    res = read_result(ctx, oto)
+    if res:
+        return res["training"]["steps"], res["kept"]["encoder_flops"], oto
+    rep = ctx.method_dir(oto) / "run" / "report.json"
+    if rep.exists():
+        r = json.loads(rep.read_text())
+        return r["training"]["steps"], r["model"]["kept"]["encoder_flops"], oto
+    return None, None, oto
+
+
+def run_tp(ctx: Ctx, method: str, allow_without_oto: bool) -> dict:
+    from transformers import set_seed
+
+    target = int(method[2:]) / 100
+    mdir = ctx.method_dir(method)
+    run_dir = mdir / "run"
+    dense_dir = ctx.method_dir("dense") / "model"
+    if not (dense_dir / "config.json").exists():
+        raise SystemExit(f"{method} needs the dense fine-tuned model ({dense_dir}); run --methods dense first")
+    steps, oto_flops_kept, oto = oto_steps_for(ctx, method)
+    if steps is None:
+        if not allow_without_oto:
+            raise SystemExit(f"{method} needs the finished {oto} run (its FLOPs and step count); run it first, or "
+                             "pass --tp_without_oto to use the nominal target and the dense step count")
+        log(f"{method}: no {oto} result: nominal target {1 - target:.2f} FLOPs kept, dense step count")
+        dense = read_result(ctx, "dense")
+        steps, oto_flops_kept = dense["training"]["steps"], 1 - target
+    model_args, data_args, train_args, run_args, _ = parse_settings(ctx, run_dir)
+    data = load_data(model_args, data_args)
+    ref = dense_reference_stats(data["model_path"])
+
+    pruned_dir = mdir / "pruned_model"
+    info_path = mdir / "pruning.json"
+    if (pruned_dir / "config.json").exists() and info_path.exists():
+        log(f"{method}: one-shot pruned model exists, loading it")
+        model = load_model(pruned_dir).train()
+        pruning = json.loads(info_path.read_text())
+    else:
+        set_seed(train_args.seed)
+        dense = load_model(dense_dir)
+        model, pruning = prune_peer(dense, data, train_args, target_flops_kept=oto_flops_kept, seq_len=384,
+                                    calib_batches=pruning_batches(ctx), log=log)
+        metrics0 = evaluate(model, data, data_args, train_args, f"evaluating {method} before retraining")
+        pruning["quality_before_retraining"] = metrics0
+        save_model_atomic(model, data["tokenizer"], pruned_dir)
+        info_path.write_text(json.dumps(pruning, indent=2, default=str) + "\n")
+        model = load_model(pruned_dir).train()  # from disk, so a resumed run starts from exactly the same weights
+    set_seed(train_args.seed)
+    trainer, training = train_adamw(model, train_args, data, run_dir, max_steps=steps)
+    model = trainer.model
+    save_model_atomic(model, data["tokenizer"], mdir / "model")
+    metrics = evaluate(model, data, data_args, train_args, f"evaluating {method}")
+    log(f"{method}: EM {metrics['exact_match']:.2f} F1 {metrics['f1']:.2f}")
+    st = stats_dict(model)
+    lat = measure_latency(ctx, model, data["tokenizer"].vocab_size)
+    return {
+        "label": pruning["label"], "family": "tp", "criterion": pruning["criterion"],
+        "target_flops_kept": oto_flops_kept, "matched_to": oto,
+        "command": f"{SCRIPT} --methods {method}{ctx.cli_suffix()}",
+        "quality": metrics, "questions": len(data["eval_examples"]),
+        "stats": st, "kept": kept(st, ref), "latency": lat, "training": training, "pruning": pruning,
+        "model_dir": str(mdir / "model"),
+    }
+
+
+def pruning_batches(ctx: Ctx) -> int:
+    return 4 if ctx.smoke else 200
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Summary
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def fmt_layers(values: list[int]) -> str:
+    return "/".join(str(v) for v in values)
+
+
+def summarize(ctx: Ctx) -> None:
+    results = [r for m in METHODS if (r := read_result(ctx, m))]
+    lines = [
+        "# P1 — quality at a compute budget (all-MiniLM-L6-v2, SQuAD v1.1)" + (" — SMOKE (tiny, not a result)" if ctx.smoke else ""),
+        "",
+        "Protocol P1 of `../shared/docs/benchmark-protocol.md`; settings from `configs/minilm_squad_p1.yaml` "
+        "(4,000 train questions, seed 0; 2 epochs, batch 16, lr 1e-4 linear, 10% warm-up; eval on 1,000 sampled dev "
+        "questions at 384 tokens). Learning rate not tuned: 1e-4 (the YAML's) for every method.",
+        "EM/F1: official SQuAD v1.1 on the sampled dev questions. FLOPs: encoder FLOPs per 384-token example "
+        "(`oto_hf.model_stats`). Latency ratio: dense fine-tuned model time / this model's time, batch 32 × 384, "
+        "5 interleaved repeats, medians, 2 threads, whole model (`oto_hf.report.latency_ratio`); for dense it is "
+        "dense vs a copy of itself (noise check). Wall time: training only, on a shared 2-core CPU.",
+        "",
+        "| method | EM | F1 | enc. FLOPs kept | enc. params kept | heads per layer | FFN width per layer | latency ratio | train wall (s) | steps |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in results:
+        lat = r.get("latency")
+        lat_s = f"{lat['speedup']:.2f}×" if lat else "not measured"
+        tr = r["training"]
+        wall = tr.get("train_runtime_s")
+        lines.append(
+            f"| {r['method']} | {r['quality']['exact_match']:.2f} | {r['quality']['f1']:.2f} | "
+            f"{r['kept']['encoder_flops']:.1%} | {r['kept']['encoder_params']:.1%} | "
+            f"{fmt_layers(r['stats']['heads_per_layer'])} | {fmt_layers(r['stats']['ffn_width_per_layer'])} | "
+            f"{lat_s} | {wall:.0f} | {tr['steps']} |" if wall is not None else
+            f"| {r['method']} | {r['quality']['exact_match']:.2f} | {r['quality']['f1']:.2f} | "
+            f"{r['kept']['encoder_flops']:.1%} | {r['kept']['encoder_params']:.1%} | "
+            f"{fmt_layers(r['stats']['heads_per_layer'])} | {fmt_layers(r['stats']['ffn_width_per_layer'])} | "
+            f"{lat_s} | n/a | {tr['steps']} |")
+    lines += ["", "## Commands", ""]
+    for r in results:
+        lines.append(f"- **{r['method']}** ({r['label']}): `{r['command']}`")
+        if r.get("run_squad_command"):
+            lines.append(f"  - runs: `{r['run_squad_command']}`")
+        if r.get("criterion"):
+            lines.append(f"  - criterion: {r['criterion']}")
+    notes = [(r["method"], n) for r in results for n in ([r["latency_note"]] if r.get("latency_note") else [])
+             + r.get("notes", [])]
+    if notes:
+        lines += ["", "## Notes", ""] + [f"- {m}: {n}" for m, n in notes]
+    missing = [m for m in METHODS if not read_result(ctx, m)]
+    lines += ["", "## Absolute values", "",
+              "| method | encoder FLOPs / example | encoder params | total params | other processes' CPU during training (cores of 2) | resumed | finished |",
+              "|---|---|---|---|---|---|---|"]
+    for r in results:
+        s, tr = r["stats"], r["training"]
+        resumed = tr.get("resumed_from_checkpoint")
+        foreign = tr.get("other_processes_cpu_cores_during_training", tr.get("other_processes_cpu_cores_during_run"))
+        foreign_s = f"{foreign:.2f}" if foreign is not None else "not recorded"
+        lines.append(f"| {r['method']} | {s['encoder_flops']:,} | {s['encoder_params']:,} | {s['total_params']:,} | "
+                     f"{foreign_s} | {'yes' if resumed else 'no'} | {r['finished_at']} |")
+    peers = [r for r in results if r["family"] == "tp"]
+    if peers:
+        lines += ["", "Peer before retraining (one-shot pruned, no training yet): " + ", ".join(
+            f"{r['method']} F1 {r['pruning']['quality_before_retraining']['f1']:.2f} "
+            f"(ratio {r['pruning']['ratio']:.4f})" for r in peers) + "."]
+    env = results[0]["environment"] if results else {}
+    lines += ["", f"Not run yet: {', '.join(missing) if missing else 'none'}.", "",
+              f"Machine: {env.get('cpu_model', '?')}, {env.get('logical_cpus', '?')} logical CPUs, torch "
+              f"{env.get('torch_version', '?')}, transformers {env.get('transformers_version', '?')}, "
+              f"commit {env.get('git_commit', '?')}.", ""]
+    ctx.results.mkdir(parents=True, exist_ok=True)
+    (ctx.results / "summary.md").write_text("\n".join(lines))
+    plot(ctx, results)
+    log(f"wrote {ctx.results / 'summary.md'} and {ctx.results / 'f1_vs_flops.png'}")
+
+
+def plot(ctx: Ctx, results: list[dict]) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    style = {"dense": ("k", "*", "dense (AdamW)"), "oto": ("tab:red", "o", "OTO (HSPG)"),
+             "tp": ("tab:blue", "s", "peer: one-shot Taylor + AdamW")}
+    fig, ax = plt.subplots(figsize=(6, 4.2))
+    for fam, (color, marker, label) in style.items():
+        rs = sorted([r for r in results if r["family"] == fam], key=lambda r: r["kept"]["encoder_flops"])
+        if not rs:
+            continue
+        x = [100 * r["kept"]["encoder_flops"] for r in rs]
+        y = [r["quality"]["f1"] for r in rs]
+        ax.plot(x, y, color=color, marker=marker, markersize=10 if marker == "*" else 7, label=label,
+                linestyle="-" if len(rs) > 1 else "none")
+        for r, xi, yi in zip(rs, x, y):
+            ax.annotate(r["method"], (xi, yi), textcoords="offset points", xytext=(5, 4), fontsize=8)
+    ax.set_xlabel("encoder FLOPs kept (%, per 384-token example)")
+    n_q = sorted({r.get("questions") for r in results if r.get("questions")})
+    ax.set_ylabel(f"F1 (SQuAD v1.1, {'/'.join(f'{n:,}' for n in n_q) or '?'} dev questions)")
+    dense = [r for r in results if r["family"] == "dense"]
+    if dense:
+        ax.axhline(dense[0]["quality"]["f1"], color="k", linestyle=":", linewidth=1)
+    ax.set_xlim(20, 105)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="lower right")
+    ax.set_title("P1: all-MiniLM-L6-v2 on SQuAD" + (" (smoke)" if ctx.smoke else ""))
+    fig.tight_layout()
+    fig.savefig(ctx.results / "f1_vs_flops.png", dpi=120)
+    plt.close(fig)
+
+
+def fill_latency(ctx: Ctx) -> None:
+    """Measure the latency ratio of finished methods that have none (e.g. run before the dense model existed)."""
+    from transformers import AutoTokenizer
+
+    for m in METHODS:
+        r = read_result(ctx, m)
+        if r and r.get("latency") is None and Path(r["model_dir"]).exists():
+            model = load_model(Path(r["model_dir"]))
+            if m == "dense":
+                model = copy.deepcopy(model)
+            r["latency"] = measure_latency(ctx, model, AutoTokenizer.from_pretrained(r["model_dir"]).vocab_size)
+            if r["latency"] is not None:
+                path = ctx.method_dir(m) / "result.json"
+                path.write_text(json.dumps(r, indent=2, default=str) + "\n")
+
+
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--methods", nargs="*", default=[], choices=METHODS, help="methods to run, in this order")
+    p.add_argument("--force", action="store_true", help="rerun methods whose result.json exists")
+    p.add_argument("--summarize", action="store_true", help="write summary.md and f1_vs_flops.png")
+    p.add_argument("--fill_latency", action="store_true", help="measure missing latency ratios of finished methods")
+    p.add_argument("--smoke", action="store_true", help="tiny setting (2-layer MiniLM, a few questions), results "
+                   "under benchmarks/results/tmp/p1_smoke")
+    p.add_argument("--results", type=Path, default=None, help="results folder (default benchmarks/results/p1)")
+    p.add_argument("--tp_without_oto", action="store_true", help="let tp* run without its OTO point (nominal "
+                   "target, dense step count); for checks only")
+    args = p.parse_args(argv)
+    ctx = Ctx(args.smoke, args.results)
+    for m in args.methods:
+        if read_result(ctx, m) and not args.force:
+            log(f"{m}: result.json exists, skipped (--force to rerun)")
+            continue
+        if args.force:  # rerun from scratch: drop the method's run folder and outputs
+            for sub in ("run", "model", "pruned_model", "pruning.json", "result.json"):
+                target = ctx.method_dir(m) / sub
+                if target.is_dir():
+                    shutil.rmtree(target)
+                elif target.exists():
+                    target.unlink()
+        log(f"==== {m} ====")
+        t0 = time.perf_counter()
+        if m == "dense":
+            result = run_dense(ctx)
+        elif m.startswith("oto"):
+            result = run_oto(ctx, m)
+        else:
+            result = run_tp(ctx, m, args.tp_without_oto)
+        result["method_wall_s_this_session"] = time.perf_counter() - t0
+        write_result(ctx, m, result)
+    if args.fill_latency:
+        fill_latency(ctx)
+    if args.summarize:
+        summarize(ctx)
+
+
+if __name__ == "__main__":
+    main()
