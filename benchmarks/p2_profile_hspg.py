@@ -27,7 +27,6 @@ import common  # noqa: E402
 import torch  # noqa: E402
 from torch.profiler import ProfilerActivity, profile  # noqa: E402
 
-import oto_hf  # noqa: E402
 import oto_hf.hspg as hspg_module  # noqa: E402
 from p2_optimizer_overhead import build_model, make_optimizer  # noqa: E402
 

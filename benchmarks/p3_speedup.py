@@ -19,7 +19,6 @@ Measured:
 """
 
 import argparse
-import copy
 import gc
 import os
 import statistics
