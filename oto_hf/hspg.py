@@ -15,8 +15,13 @@ x̂ = x − α·Adam(∇f) − α·λ·x_g/‖x_g‖, so λ means "norm removed 
 
 **Target mode** (`target` set: the fraction of encoder FLOPs or parameters to remove). λ alone cannot promise a
 size, so, in the spirit of DHSPG (OTO v2), stage 2 becomes a pruning window of `prune_steps` steps split into
-`num_periods` periods. At the start of each period the non-zero groups with the lowest saliency per unit of cost
-are marked redundant until the period's share of the target is covered (never more). Redundant groups take the
+`num_periods` periods. At the start of each period the least salient non-zero groups are marked redundant until the
+period's share of the target is covered (never more). With the default `allocation="balanced"`, heads and FFN
+neurons each give up the same fraction of their cost, and within a kind the groups are ranked across layers by their
+saliency relative to their layer's mean; `allocation="global"` ranks all groups by saliency per unit of cost
+instead. (Saliency scores of a head and of a neuron are not on a common scale: per unit of FLOPs, |x_gᵀ∇_g| made
+heads look ~10× cheaper than neurons and the squared score the opposite, and both lost to the balanced split when
+measured; see docs/benchmarks.md, "allocation probe".) Redundant groups take the
 subgradient step with an adaptive λ_g large enough to bring them to zero by the end of the period (linearly in
 norm), and the half-space projection; whatever is left of them at the period's end is projected. Other groups take
 the plain base step. After the window the zero set is frozen, so the target is reached to within one group's cost
@@ -34,7 +39,8 @@ from .groups import HEAD, NEURON, ZeroInvariantGroups
 
 DIRECTIONS = ("adamw", "sgd")
 TARGET_UNITS = ("flops", "params")
-SALIENCIES = ("taylor", "magnitude")
+SALIENCIES = ("taylor", "fisher", "magnitude")
+ALLOCATIONS = ("balanced", "global")
 
 
 class HSPG(Optimizer):
@@ -54,8 +60,11 @@ class HSPG(Optimizer):
         target_unit: "flops" (per example at `seq_len` tokens) or "params".
         prune_steps: length of the pruning window that starts at `half_space_start` (required with a target).
         num_periods: the window is split into this many periods; the target grows in equal steps per period.
-        saliency: how redundant groups are chosen: "taylor" (|x_gᵀ∇_g f| averaged over steps, per unit of cost)
-            or "magnitude" (‖x_g‖²/|g|, per unit of cost).
+        saliency: how redundant groups are scored: "taylor" (|x_gᵀ∇_g f|, averaged over steps), "fisher"
+            ((x_gᵀ∇_g f)², averaged) or "magnitude" (‖x_g‖²/|g|).
+        allocation: how the target is shared between kinds of groups: "balanced" (heads and neurons each remove the
+            same fraction of their cost; groups ranked across layers by saliency / its layer's mean) or "global"
+            (all groups ranked by saliency per unit of cost).
         betas, eps: AdamW moments. momentum: SGD momentum. weight_decay: as in AdamW / SGD.
     """
 
@@ -75,6 +84,7 @@ class HSPG(Optimizer):
         prune_steps: int | None = None,
         num_periods: int = 1,
         saliency: str = "taylor",
+        allocation: str = "balanced",
         betas: tuple[float, float] = (0.9, 0.999),
         eps: float = 1e-8,
         momentum: float = 0.0,
@@ -82,7 +92,7 @@ class HSPG(Optimizer):
         taylor_decay: float = 0.99,
     ):
         _check_arguments(lr, direction, lmbda, epsilon, half_space_start, target, target_unit, prune_steps,
-                         num_periods, saliency, betas, momentum, weight_decay, taylor_decay)
+                         num_periods, saliency, allocation, betas, momentum, weight_decay, taylor_decay)
         defaults = dict(lr=lr, betas=betas, eps=eps, momentum=momentum, weight_decay=weight_decay)
         super().__init__(params, defaults)
 
@@ -97,6 +107,7 @@ class HSPG(Optimizer):
         self.prune_steps = prune_steps
         self.num_periods = int(num_periods)
         self.saliency = saliency
+        self.allocation = allocation
         self.taylor_decay = taylor_decay
 
         optimized = {p for group in self.param_groups for p in group["params"]}
@@ -206,7 +217,8 @@ class HSPG(Optimizer):
                 taylor[t.span] += t.per_group_sum(t.param.grad.float() * x)
         if self.target is not None:
             decay = self.taylor_decay if k > 0 else 0.0
-            state["taylor"].mul_(decay).add_(taylor.abs(), alpha=1 - decay)
+            score = taylor.square() if self.saliency == "fisher" else taylor.abs()
+            state["taylor"].mul_(decay).add_(score, alpha=1 - decay)
 
         zero = state["zero"]
         nonzero = ~zero
@@ -305,25 +317,55 @@ class HSPG(Optimizer):
         return d * lr
 
     def _choose_redundant(self, period: int, sq: torch.Tensor) -> None:
-        """Mark the least salient non-zero groups (per unit of cost) redundant, until the zero groups and the
-        redundant ones together hold this period's share of the target. Never more: a group that would overshoot
-        is skipped and smaller ones fill the rest."""
+        """Mark the least salient non-zero groups redundant, until the zero groups and the redundant ones together
+        hold this period's share of the target. Never more: a group that would overshoot is skipped and smaller ones
+        fill the rest."""
         state = self.hspg_state
         zero = state["zero"]
-        costs = self.costs.to(zero.device)
-        need = self.target * (period + 1) / self.num_periods * self.total_cost - float(costs[zero].sum())
-        if self.saliency == "taylor":
-            importance = state["taylor"].double()
+        device = zero.device
+        costs = self.costs.to(device).double()
+        kinds = self.groups.kinds.to(device)
+        goal = self.target * (period + 1) / self.num_periods * self.total_cost
+        if self.saliency == "magnitude":
+            importance = sq.double() / self.groups.sizes.to(device)
         else:
-            importance = sq.double() / self.groups.sizes.to(zero.device)
-        score = importance / costs
-        score[zero] = math.inf
-        order = torch.argsort(score)
-        order = order[~zero[order]]
-        chosen = _fill_budget(costs[order], need)
+            importance = state["taylor"].double()
+
         redundant = torch.zeros_like(zero)
-        redundant[order[chosen]] = True
+        if self.allocation == "global":
+            pools = [(torch.ones_like(zero), goal, importance / costs)]
+        else:
+            # Each kind's share of the goal is its share of the removable cost; scores are compared within a kind.
+            score = self._layer_relative(importance, ~zero)
+            removable = float(costs.sum())
+            pools = [(kinds == k, goal * float(costs[kinds == k].sum()) / removable, score)
+                     for k in torch.unique(kinds).tolist()]
+        for member, share, score in pools:
+            need = share - float(costs[zero & member].sum())
+            candidates = torch.nonzero(member & ~zero).flatten()
+            order = candidates[torch.argsort(score[candidates])]
+            redundant[order[_fill_budget(costs[order], need)]] = True
+        if self.allocation == "balanced":
+            # Each pool stops short of its share by less than one of its groups; the cheapest groups (neurons), least
+            # salient first, fill what is left, so the target is met to within one neuron.
+            need = goal - float(costs[zero | redundant].sum())
+            candidates = torch.nonzero(~zero & ~redundant).flatten()
+            order = candidates[torch.argsort(score[candidates])]
+            order = order[torch.argsort(costs[order], stable=True)]
+            redundant[order[_fill_budget(costs[order], need)]] = True
         state["redundant"] = redundant
+
+    def _layer_relative(self, importance: torch.Tensor, alive: torch.Tensor) -> torch.Tensor:
+        """Each group's importance divided by the mean importance of the live groups of its kind in its layer, so
+        that layers whose scores run larger or smaller as a whole are ranked fairly against each other."""
+        device = importance.device
+        key = self.groups.kinds.to(device) * (self.groups.num_layers + 1) + self.groups.layers.to(device)
+        slots = int(key.max()) + 1
+        total = torch.zeros(slots, dtype=importance.dtype, device=device).index_add_(0, key[alive], importance[alive])
+        count = torch.zeros(slots, dtype=importance.dtype, device=device).index_add_(
+            0, key[alive], torch.ones_like(importance[alive]))
+        mean = total / count.clamp_min(1)
+        return importance / mean[key].clamp_min(torch.finfo(importance.dtype).tiny)
 
     # ---- reporting ----
 
@@ -404,7 +446,7 @@ def _fill_budget(costs: torch.Tensor, budget: float) -> torch.Tensor:
 
 
 def _check_arguments(lr, direction, lmbda, epsilon, half_space_start, target, target_unit, prune_steps, num_periods,
-                     saliency, betas, momentum, weight_decay, taylor_decay):
+                     saliency, allocation, betas, momentum, weight_decay, taylor_decay):
     def fail(message):
         raise ValueError(f"HSPG: {message}")
 
@@ -429,6 +471,8 @@ def _check_arguments(lr, direction, lmbda, epsilon, half_space_start, target, ta
         fail(f"target_unit must be one of {TARGET_UNITS}, got {target_unit!r}.")
     if saliency not in SALIENCIES:
         fail(f"saliency must be one of {SALIENCIES}, got {saliency!r}.")
+    if allocation not in ALLOCATIONS:
+        fail(f"allocation must be one of {ALLOCATIONS}, got {allocation!r}.")
     if not (0 <= betas[0] < 1 and 0 <= betas[1] < 1):
         fail(f"betas must lie in [0, 1), got {betas}.")
     if not 0 <= momentum < 1:

@@ -13,7 +13,7 @@ from transformers.training_args import OptimizerNames
 
 from .compress import compress
 from .groups import zero_invariant_groups
-from .hspg import DIRECTIONS, HSPG, SALIENCIES, TARGET_UNITS
+from .hspg import ALLOCATIONS, DIRECTIONS, HSPG, SALIENCIES, TARGET_UNITS
 from .stats import model_stats
 
 
@@ -70,8 +70,14 @@ class OTOTrainingArguments(TrainingArguments):
     oto_momentum: float = field(default=0.9, metadata={"help": "Momentum of the 'sgd' direction."})
     oto_saliency: str = field(
         default="taylor",
-        metadata={"help": "How redundant groups are chosen per unit of cost: 'taylor' or 'magnitude'.",
-                  "choices": list(SALIENCIES)},
+        metadata={"help": "How groups are scored when the target mode picks what to remove: 'taylor' (|x_g·grad_g|), "
+                  "'fisher' ((x_g·grad_g)^2) or 'magnitude'.", "choices": list(SALIENCIES)},
+    )
+    oto_allocation: str = field(
+        default="balanced",
+        metadata={"help": "How the target is shared between heads and FFN neurons: 'balanced' (each removes the same "
+                  "fraction of its cost) or 'global' (one ranking by saliency per unit of cost).",
+                  "choices": list(ALLOCATIONS)},
     )
     oto_prune_heads: bool = field(default=True, metadata={"help": "Prune whole attention heads."})
     oto_prune_neurons: bool = field(default=True, metadata={"help": "Prune FFN neurons."})
@@ -111,6 +117,8 @@ class OTOTrainingArguments(TrainingArguments):
             problems.append(f"--oto_direction must be one of {DIRECTIONS}, got {self.oto_direction!r}")
         if self.oto_saliency not in SALIENCIES:
             problems.append(f"--oto_saliency must be one of {SALIENCIES}, got {self.oto_saliency!r}")
+        if self.oto_allocation not in ALLOCATIONS:
+            problems.append(f"--oto_allocation must be one of {ALLOCATIONS}, got {self.oto_allocation!r}")
         if self.optim not in _DEFAULT_OPTIMS:
             problems.append(
                 f"--optim {self.optim.value if hasattr(self.optim, 'value') else self.optim} cannot be combined with OTO: "
@@ -195,6 +203,7 @@ class OTOTrainer(Trainer):
             prune_steps=prune_steps if args.oto_effective_target is not None else None,
             num_periods=min(args.oto_num_periods, prune_steps),
             saliency=args.oto_saliency,
+            allocation=args.oto_allocation,
             betas=(args.adam_beta1, args.adam_beta2),
             eps=args.adam_epsilon,
             momentum=args.oto_momentum if args.oto_direction == "sgd" else 0.0,

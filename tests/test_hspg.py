@@ -86,11 +86,16 @@ def train(model, opt, steps, first_step=0, on_step=None):
     return float(loss.detach())
 
 
-@pytest.mark.parametrize("target,unit,direction", [(0.3, "flops", "adamw"), (0.5, "flops", "sgd"), (0.7, "params", "adamw")])
-def test_target_is_reached_not_overshot_and_held(target, unit, direction):
+@pytest.mark.parametrize(
+    "target,unit,direction,allocation,saliency",
+    [(0.3, "flops", "adamw", "balanced", "taylor"), (0.5, "flops", "sgd", "balanced", "fisher"),
+     (0.7, "params", "adamw", "balanced", "magnitude"), (0.5, "flops", "adamw", "global", "taylor")],
+)
+def test_target_is_reached_not_overshot_and_held(target, unit, direction, allocation, saliency):
     lr = 1e-3 if direction == "adamw" else 0.05
     model, groups, opt = make(target=target, target_unit=unit, seq_len=32, prune_steps=30, half_space_start=10,
-                              num_periods=3, direction=direction, lr=lr, momentum=0.9 if direction == "sgd" else 0.0)
+                              num_periods=3, direction=direction, lr=lr, momentum=0.9 if direction == "sgd" else 0.0,
+                              allocation=allocation, saliency=saliency)
     history = []
 
     def record(k):
@@ -109,6 +114,44 @@ def test_target_is_reached_not_overshot_and_held(target, unit, direction):
     # Each period reaches its share of the target.
     at_first_period_end = float(groups.costs(unit, 32)[history[19]].sum()) / groups.total_cost(unit, 32)
     assert abs(at_first_period_end - target / 3) <= 0.01 + 1e-9
+
+
+def layer_relative(groups, score, kind):
+    """Reference for the balanced ranking: the score over its (kind, layer) mean, for the groups of `kind`."""
+    out = {}
+    for layer in range(groups.num_layers):
+        idx = torch.nonzero((groups.kinds == kind) & (groups.layers == layer)).flatten()
+        for i in idx.tolist():
+            out[i] = float(score[i] / score[idx].mean())
+    return out
+
+
+def test_balanced_allocation_shares_the_target_and_ranks_within_each_kind():
+    from oto_hf.groups import HEAD, NEURON
+
+    model, groups, opt = make(target=0.4, seq_len=32, prune_steps=10, half_space_start=0, num_periods=2)
+    g = torch.Generator().manual_seed(3)
+    # Layer 1 scores run 100x larger as a whole: a raw ranking would spare it; a layer-relative one must not.
+    score = torch.rand(groups.num_groups, generator=g) + 0.05
+    score[groups.layers == 1] *= 100
+    opt.hspg_state["taylor"] = score
+    opt._choose_redundant(0, groups.sq_norms())
+    chosen = opt.hspg_state["redundant"]
+    costs = groups.costs("flops", 32).double()
+    goal = 0.2 * groups.total_cost("flops", 32)  # period 0 of 2 holds half of the 40% target
+    neuron_cost = float(costs[groups.kinds == NEURON][0])
+    head_cost = float(costs[groups.kinds == HEAD][0])
+    assert goal - neuron_cost <= float(costs[chosen].sum()) <= goal + 1e-6
+    for kind, unit in ((HEAD, head_cost), (NEURON, neuron_cost)):
+        of_kind = groups.kinds == kind
+        share = float(costs[chosen & of_kind].sum()) / float(costs[of_kind].sum())
+        # Each kind gives up the period's fraction; heads to within one head, neurons also fill the remainder.
+        assert abs(share - 0.2) <= (unit + head_cost) / float(costs[of_kind].sum()), (kind, share)
+    heads = layer_relative(groups, score, HEAD)
+    kept_heads = [heads[i] for i in heads if not chosen[i]]
+    cut_heads = [heads[i] for i in heads if chosen[i]]
+    assert cut_heads and max(cut_heads) <= min(kept_heads)
+    assert chosen[groups.layers == 1].any(), "a layer with larger raw scores must still be pruned"
 
 
 def test_lambda_mode_projects_only_in_stage_two():
@@ -176,6 +219,8 @@ def test_state_from_another_model_is_refused():
         (dict(target=0.5), "prune_steps"),
         (dict(target=0.5, prune_steps=10, target_unit="latency"), "target_unit"),
         (dict(direction="adam"), "direction"),
+        (dict(saliency="random"), "saliency"),
+        (dict(allocation="even"), "allocation"),
     ],
 )
 def test_bad_arguments_are_refused_with_the_reason(kwargs, message):
