@@ -230,6 +230,18 @@ def ratio_summary(num: list[float], den: list[float]) -> dict:
     }
 
 
+def add_timing_arguments(parser, patience: float, out: str) -> None:
+    """The options every timing benchmark shares: threads, seed, how quiet the machine must be, where to write."""
+    parser.add_argument("--threads", type=int, default=THREADS)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--quiet-threshold", type=float, default=0.25,
+                        help="a repeat during which other processes used this many cores or more is redone (while "
+                             "patience lasts), and each repeat waits for the machine to be this quiet")
+    parser.add_argument("--patience", type=float, default=patience,
+                        help="seconds per measurement block that may go to waiting for quiet and redoing noisy repeats")
+    parser.add_argument("--out", default=out)
+
+
 def write_json(path: str | os.PathLike, payload: dict) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -165,14 +165,7 @@ def main(argv=None) -> None:
                              "the step-alone comparison); default minilm only, to keep bert-base's run short")
     parser.add_argument("--aa-control", nargs="*", default=["minilm"], choices=["minilm", "bert-base"],
                         help="models whose full-step comparison also includes a second AdamW copy (A/A control)")
-    parser.add_argument("--threads", type=int, default=common.THREADS)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--quiet-threshold", type=float, default=0.25,
-                        help="a repeat during which other processes used this many cores or more is redone (while "
-                             "patience lasts), and each repeat waits for the machine to be this quiet")
-    parser.add_argument("--patience", type=float, default=120.0,
-                        help="seconds per measurement block that may go to waiting for quiet and redoing noisy repeats")
-    parser.add_argument("--out", default="benchmarks/results/p2.json")
+    common.add_timing_arguments(parser, patience=120.0, out="benchmarks/results/p2.json")
     args = parser.parse_args(argv)
 
     common.setup_threads(args.threads)

@@ -203,14 +203,7 @@ def main(argv=None) -> None:
     parser.add_argument("--selection", choices=["norm", "random"], default="norm")
     parser.add_argument("--compress-repeats", type=int, default=5)
     parser.add_argument("--check-examples", type=int, default=16)
-    parser.add_argument("--threads", type=int, default=common.THREADS)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--quiet-threshold", type=float, default=0.25,
-                        help="a repeat during which other processes used this many cores or more is redone (while "
-                             "patience lasts), and each repeat waits for the machine to be this quiet")
-    parser.add_argument("--patience", type=float, default=45.0,
-                        help="seconds per measurement block that may go to waiting for quiet and redoing noisy repeats")
-    parser.add_argument("--out", default="benchmarks/results/p3.json")
+    common.add_timing_arguments(parser, patience=45.0, out="benchmarks/results/p3.json")
     args = parser.parse_args(argv)
 
     common.setup_threads(args.threads)
