@@ -488,8 +488,16 @@ def fmt_layers(values: list[int]) -> str:
     return "/".join(str(v) for v in values)
 
 
+def read_history(ctx: Ctx) -> list[dict]:
+    """Results of earlier method versions kept for comparison (history/*_result.json, each with a "superseded"
+    note saying what changed since)."""
+    return [json.loads(p.read_text()) for p in sorted((ctx.results / "history").glob("*_result.json"))]
+
+
 def summarize(ctx: Ctx) -> None:
-    results = [r for m in METHODS if (r := read_result(ctx, m))]
+    current = [r for m in METHODS if (r := read_result(ctx, m))]
+    history = read_history(ctx)
+    results = current + history
     lines = [
         "# P1 — quality at a compute budget (all-MiniLM-L6-v2, SQuAD v1.1)" + (" — SMOKE (tiny, not a result)" if ctx.smoke else ""),
         "",
@@ -526,7 +534,7 @@ def summarize(ctx: Ctx) -> None:
         if r.get("criterion"):
             lines.append(f"  - criterion: {r['criterion']}")
     notes = [(r["method"], n) for r in results for n in ([r["latency_note"]] if r.get("latency_note") else [])
-             + r.get("notes", [])]
+             + r.get("notes", []) + ([f"superseded: {r['superseded']}"] if r.get("superseded") else [])]
     if notes:
         lines += ["", "## Notes", ""] + [f"- {m}: {n}" for m, n in notes]
     missing = [m for m in METHODS if not read_result(ctx, m)]
@@ -545,7 +553,7 @@ def summarize(ctx: Ctx) -> None:
         lines += ["", "Peer before retraining (one-shot pruned, no training yet): " + ", ".join(
             f"{r['method']} F1 {r['pruning']['quality_before_retraining']['f1']:.2f} "
             f"(ratio {r['pruning']['ratio']:.4f})" for r in peers) + "."]
-    env = results[0]["environment"] if results else {}
+    env = current[0]["environment"] if current else {}
     lines += ["", f"Not run yet: {', '.join(missing) if missing else 'none'}.", "",
               f"Machine: {env.get('cpu_model', '?')}, {env.get('logical_cpus', '?')} logical CPUs, torch "
               f"{env.get('torch_version', '?')}, transformers {env.get('transformers_version', '?')}, "
@@ -563,10 +571,12 @@ def plot(ctx: Ctx, results: list[dict]) -> None:
     import matplotlib.pyplot as plt
 
     style = {"dense": ("k", "*", "dense (AdamW)"), "oto": ("tab:red", "o", "OTO (HSPG)"),
-             "tp": ("tab:blue", "s", "peer: one-shot Taylor + AdamW")}
+             "tp": ("tab:blue", "s", "peer: one-shot Taylor + AdamW"),
+             "superseded": ("tab:gray", "x", "OTO, earlier version (superseded)")}
     fig, ax = plt.subplots(figsize=(6, 4.2))
     for fam, (color, marker, label) in style.items():
-        rs = sorted([r for r in results if r["family"] == fam], key=lambda r: r["kept"]["encoder_flops"])
+        rs = sorted([r for r in results if ("superseded" if r.get("superseded") else r["family"]) == fam],
+                    key=lambda r: r["kept"]["encoder_flops"])
         if not rs:
             continue
         x = [100 * r["kept"]["encoder_flops"] for r in rs]
