@@ -142,10 +142,11 @@ def test_arguments_round_trip_through_hf_argument_parser(tmp_path):
     parser = HfArgumentParser(OTOTrainingArguments)
     (args,) = parser.parse_args_into_dataclasses(
         ["--output_dir", str(tmp_path), "--oto_target", "0.3", "--oto_target_unit", "params", "--oto_direction",
-         "sgd", "--no_oto_prune_heads", "--oto_epsilon", "0.5", "--use_cpu"]
+         "sgd", "--no_oto_prune_heads", "--oto_epsilon", "0.5", "--oto_allocation", "global", "--oto_saliency",
+         "fisher", "--use_cpu"]
     )
-    assert (args.oto_target, args.oto_target_unit, args.oto_direction, args.oto_prune_heads, args.oto_epsilon) == (
-        0.3, "params", "sgd", False, 0.5)
+    assert (args.oto_target, args.oto_target_unit, args.oto_direction, args.oto_prune_heads, args.oto_epsilon,
+            args.oto_allocation, args.oto_saliency) == (0.3, "params", "sgd", False, 0.5, "global", "fisher")
     (lambda_only,) = parser.parse_args_into_dataclasses(["--output_dir", str(tmp_path), "--oto_lambda_only"])
     assert lambda_only.oto_effective_target is None
 
@@ -172,6 +173,8 @@ def _write_json(path, values):
         (dict(oto_lambda=-1.0), "--oto_lambda"),
         (dict(oto_half_space_start=0.6, oto_prune_fraction=0.5), "--oto_prune_fraction"),
         (dict(optim="adafactor"), "--oto_direction"),
+        (dict(oto_allocation="even"), "--oto_allocation"),
+        (dict(oto_saliency="random"), "--oto_saliency"),
         (dict(oto_prune_heads=False, oto_prune_neurons=False), "nothing would be pruned"),
     ],
 )
