@@ -507,7 +507,8 @@ def summarize(ctx: Ctx) -> None:
         "EM/F1: official SQuAD v1.1 on the sampled dev questions. FLOPs: encoder FLOPs per 384-token example "
         "(`oto_hf.model_stats`). Latency ratio: dense fine-tuned model time / this model's time, batch 32 × 384, "
         "5 interleaved repeats, medians, 2 threads, whole model (`oto_hf.report.latency_ratio`); for dense it is "
-        "dense vs a copy of itself (noise check). Wall time: training only, on a shared 2-core CPU.",
+        "dense vs a copy of itself (noise check); \"again\": re-measured with `--remeasure_latency`, all models one "
+        "after another on an idle machine. Wall time: training only, on a shared 2-core CPU.",
         "",
         "| method | EM | F1 | enc. FLOPs kept | enc. params kept | heads per layer | FFN width per layer | latency ratio | train wall (s) | steps |",
         "|---|---|---|---|---|---|---|---|---|---|",
@@ -515,6 +516,8 @@ def summarize(ctx: Ctx) -> None:
     for r in results:
         lat = r.get("latency")
         lat_s = f"{lat['speedup']:.2f}×" if lat else "not measured"
+        if r.get("latency_remeasured"):
+            lat_s += f" (again: {r['latency_remeasured']['speedup']:.2f}×)"
         tr = r["training"]
         wall = tr.get("train_runtime_s")
         lines.append(
@@ -600,6 +603,25 @@ def plot(ctx: Ctx, results: list[dict]) -> None:
     plt.close(fig)
 
 
+def remeasure_latency(ctx: Ctx) -> None:
+    """Measure every finished method's latency ratio again, one after another on an otherwise idle machine, and keep
+    it beside the first measurement (taken at the end of each run, whatever else was running then)."""
+    from transformers import AutoTokenizer
+
+    for m in METHODS:
+        r = read_result(ctx, m)
+        if not r or not Path(r["model_dir"]).exists():
+            continue
+        model = load_model(Path(r["model_dir"]))
+        if m == "dense":
+            model = copy.deepcopy(model)
+        lat = measure_latency(ctx, model, AutoTokenizer.from_pretrained(r["model_dir"]).vocab_size)
+        if lat is not None:
+            lat["measured_at"] = time.strftime("%Y-%m-%d %H:%M:%S")
+            r["latency_remeasured"] = lat
+            (ctx.method_dir(m) / "result.json").write_text(json.dumps(r, indent=2, default=str) + "\n")
+
+
 def fill_latency(ctx: Ctx) -> None:
     """Measure the latency ratio of finished methods that have none (e.g. run before the dense model existed)."""
     from transformers import AutoTokenizer
@@ -625,6 +647,8 @@ def main(argv=None) -> None:
     p.add_argument("--force", action="store_true", help="rerun methods whose result.json exists")
     p.add_argument("--summarize", action="store_true", help="write summary.md and f1_vs_flops.png")
     p.add_argument("--fill_latency", action="store_true", help="measure missing latency ratios of finished methods")
+    p.add_argument("--remeasure_latency", action="store_true", help="measure every finished method's latency ratio "
+                   "again (run it on an idle machine) and keep it beside the first")
     p.add_argument("--smoke", action="store_true", help="tiny setting (2-layer MiniLM, a few questions), results "
                    "under benchmarks/results/tmp/p1_smoke")
     p.add_argument("--results", type=Path, default=None, help="results folder (default benchmarks/results/p1)")
@@ -655,6 +679,8 @@ def main(argv=None) -> None:
         write_result(ctx, m, result)
     if args.fill_latency:
         fill_latency(ctx)
+    if args.remeasure_latency:
+        remeasure_latency(ctx)
     if args.summarize:
         summarize(ctx)
 
