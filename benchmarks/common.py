@@ -13,6 +13,7 @@ import platform
 import random
 import statistics
 import subprocess
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -228,6 +229,17 @@ def ratio_summary(num: list[float], den: list[float]) -> dict:
         "paired_max": q["max"],
         "n": len(pairs),
     }
+
+
+def command_line(script: str, argv: list[str] | None) -> str:
+    """How a benchmark was invoked, with its path relative to the repository root (recorded in every result file)."""
+    return "python " + " ".join([os.path.relpath(script, REPO_ROOT)] + (argv or sys.argv[1:]))
+
+
+def result_header(benchmark: str, script: str, argv: list[str] | None, protocol: str) -> dict:
+    """The start of a timing benchmark's result file: what, how invoked, on which machine, how measured."""
+    return {"benchmark": benchmark, "command": command_line(script, argv), "machine": machine_info(),
+            "protocol": protocol, "results": {}}
 
 
 def add_timing_arguments(parser, patience: float, out: str) -> None:

@@ -29,6 +29,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
+import common  # noqa: E402
 import p1_quality as p1  # noqa: E402  (sets threads, offline mode, paths)
 import torch  # noqa: E402
 
@@ -144,7 +145,7 @@ def main(argv=None) -> None:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         torch.save(stats, cache)
     results = {"target": args.target, "batches": args.batches, "questions": args.questions,
-               "command": "python benchmarks/p1_allocation_probe.py " + " ".join(argv or sys.argv[1:]), "rows": []}
+               "command": common.command_line(__file__, argv), "rows": []}
     dense_metrics = p1.evaluate(dense, data, data_args, train_args, "dense")
     results["dense"] = dense_metrics
     p1.log(f"dense: EM {dense_metrics['exact_match']:.2f} F1 {dense_metrics['f1']:.2f}")

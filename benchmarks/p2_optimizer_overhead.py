@@ -20,7 +20,6 @@ Absolute medians go to the JSON only.
 import argparse
 import copy
 import gc
-import os
 import statistics
 import sys
 import time
@@ -170,16 +169,13 @@ def main(argv=None) -> None:
 
     common.setup_threads(args.threads)
     t_start = time.perf_counter()
-    payload = {
-        "benchmark": "P2 optimizer overhead (HSPG vs torch.optim.AdamW)",
-        "command": "python " + " ".join([os.path.relpath(__file__, common.REPO_ROOT)] + (argv or sys.argv[1:])),
-        "machine": common.machine_info(),
-        "protocol": "variants interleaved, order rotated each repeat; 1 warm-up round (full step) / 2 (step alone); "
-                    "medians; ratios are HSPG / AdamW; paired = per-repeat ratio within one round; a repeat during "
-                    f"which other processes used >= {args.quiet_threshold} cores is redone while patience "
-                    f"({args.patience:.0f} s per block, 30 s for step alone) lasts",
-        "results": {},
-    }
+    payload = common.result_header(
+        "P2 optimizer overhead (HSPG vs torch.optim.AdamW)", __file__, argv,
+        "variants interleaved, order rotated each repeat; 1 warm-up round (full step) / 2 (step alone); "
+        "medians; ratios are HSPG / AdamW; paired = per-repeat ratio within one round; a repeat during "
+        f"which other processes used >= {args.quiet_threshold} cores is redone while patience "
+        f"({args.patience:.0f} s per block, 30 s for step alone) lasts"
+    )
     for name in args.models:
         batch = args.minilm_batch if name == "minilm" else args.bert_base_batch
         seq = args.minilm_seq_len if name == "minilm" else args.bert_base_seq_len

@@ -205,7 +205,7 @@ def main(argv=None) -> None:
     if args.out:
         common.write_json(args.out, {
             "benchmark": "P2 companion: profile of HSPG.step",
-            "command": "python " + " ".join([os.path.relpath(__file__, common.REPO_ROOT)] + (argv or sys.argv[1:])),
+            "command": common.command_line(__file__, argv),
             "machine": common.machine_info(), "model": description, "batch": [batch_size, seq_len],
             "hspg_sections": {k: list(v) for k, v in section_map()[1].items()},
             "step_alone_median_s": wall, "step_alone_seconds": {k: times[k] for k in opts},

@@ -20,7 +20,6 @@ Measured:
 
 import argparse
 import gc
-import os
 import statistics
 import sys
 import time
@@ -208,16 +207,13 @@ def main(argv=None) -> None:
 
     common.setup_threads(args.threads)
     t_start = time.perf_counter()
-    payload = {
-        "benchmark": "P3 real speedup of the compressed model",
-        "command": "python " + " ".join([os.path.relpath(__file__, common.REPO_ROOT)] + (argv or sys.argv[1:])),
-        "machine": common.machine_info(),
-        "protocol": "dense (group-sparse) and compressed interleaved, order alternating each repeat, 1 warm-up round; "
-                    "torch.no_grad, eval mode; speedup = dense / compressed (paired per-repeat ratios: median, IQR); a "
-                    f"repeat during which other processes used >= {args.quiet_threshold} cores is redone while "
-                    f"patience ({args.patience:.0f} s per block) lasts",
-        "results": {},
-    }
+    payload = common.result_header(
+        "P3 real speedup of the compressed model", __file__, argv,
+        "dense (group-sparse) and compressed interleaved, order alternating each repeat, 1 warm-up round; "
+        "torch.no_grad, eval mode; speedup = dense / compressed (paired per-repeat ratios: median, IQR); a "
+        f"repeat during which other processes used >= {args.quiet_threshold} cores is redone while "
+        f"patience ({args.patience:.0f} s per block) lasts"
+    )
     for name in args.models:
         payload["results"][name] = bench_model(name, args)
         common.write_json(args.out, payload)
