@@ -9,6 +9,8 @@ Methods (each writes benchmarks/results/p1/<method>/result.json; a method with a
                    it, and it is the reference of every latency ratio).
 * oto30/50/70      `run_squad.main([configs/minilm_squad_p1.yaml, --oto_target 0.X, --output_dir <method>/run,
                    --report_latency_repeats 0])`; EM/F1/params/FLOPs/heads/widths from its report.json.
+* oto50x2          oto50 trained for twice the YAML's epochs: the peer's total step count (its dense fine-tuning
+                   plus its retraining), so that OTO and the peer are also compared at equal training compute.
 * tp30/50/70       the peer: one-shot structured pruning (attention heads + FFN neurons) of the dense fine-tuned
                    model with a Taylor criterion, to the encoder FLOPs of the OTO point, then the same number of
                    AdamW steps as the OTO run (same schedule), then the same evaluation. See `prune_peer`.
@@ -54,7 +56,10 @@ from oto_hf.report import latency_ratio  # noqa: E402
 CONFIG = REPO_ROOT / "configs" / "minilm_squad_p1.yaml"
 RESULTS = REPO_ROOT / "benchmarks" / "results" / "p1"
 SMOKE_RESULTS = REPO_ROOT / "benchmarks" / "results" / "tmp" / "p1_smoke"
-METHODS = ["dense", "oto30", "oto50", "oto70", "tp30", "tp50", "tp70"]
+# OTO points: method -> (fraction of encoder FLOPs removed, multiple of the YAML's epochs). oto50x2 trains for the
+# peer's total step count (dense fine-tuning + retraining = 2 x the YAML's), so OTO and the peer spend equal compute.
+OTO_METHODS = {"oto30": (0.3, 1), "oto50": (0.5, 1), "oto70": (0.7, 1), "oto50x2": (0.5, 2)}
+METHODS = ["dense", "oto30", "oto50", "oto70", "tp30", "tp50", "tp70", "oto50x2"]
 LATENCY = dict(batch_size=32, seq_len=384, repeats=5)
 SCRIPT = "python benchmarks/p1_quality.py"
 
@@ -347,15 +352,21 @@ def run_dense(ctx: Ctx) -> dict:
 # ----------------------------------------------------------------------------------------------------------------
 
 
-def oto_argv(ctx: Ctx, target: float, run_dir: Path) -> list[str]:
-    return yaml_argv(ctx, "--oto_target", str(target), "--output_dir", str(run_dir), "--report_latency_repeats", "0")
+def oto_argv(ctx: Ctx, method: str, run_dir: Path) -> list[str]:
+    target, epoch_multiple = OTO_METHODS[method]
+    extra = []
+    if epoch_multiple != 1:
+        epochs = parse_settings(ctx, run_dir)[2].num_train_epochs * epoch_multiple
+        extra = ["--num_train_epochs", f"{epochs:g}"]
+    return yaml_argv(ctx, "--oto_target", str(target), *extra, "--output_dir", str(run_dir),
+                     "--report_latency_repeats", "0")
 
 
 def run_oto(ctx: Ctx, method: str) -> dict:
-    target = int(method[3:]) / 100
+    target, epoch_multiple = OTO_METHODS[method]
     mdir = ctx.method_dir(method)
     run_dir = mdir / "run"
-    argv = oto_argv(ctx, target, run_dir)
+    argv = oto_argv(ctx, method, run_dir)
     report_path = run_dir / "report.json"
     wall = foreign = None
     if report_path.exists():
@@ -379,8 +390,10 @@ def run_oto(ctx: Ctx, method: str) -> dict:
     lat = measure_latency(ctx, model, tokenizer.vocab_size)
     rel_argv = [os.path.relpath(a, REPO_ROOT) if os.path.isabs(a) else a for a in argv]
     return {
-        "label": f"OTO (HSPG, oto_hf) target {target:.0%} encoder FLOPs removed",
-        "family": "oto", "target_flops_removed": target,
+        "label": f"OTO (HSPG, oto_hf) target {target:.0%} encoder FLOPs removed" + (
+            f", {epoch_multiple}x the YAML's epochs (the peer's total step count: dense + retraining)"
+            if epoch_multiple != 1 else ""),
+        "family": "oto" if epoch_multiple == 1 else "oto_equal_compute", "target_flops_removed": target,
         "command": f"{SCRIPT} --methods {method}{ctx.cli_suffix()}",
         "run_squad_command": "python run_squad.py " + shlex.join(rel_argv),
         "quality": report["quality"]["compressed"], "quality_group_sparse": report["quality"]["group_sparse"],
@@ -575,6 +588,7 @@ def plot(ctx: Ctx, results: list[dict]) -> None:
 
     style = {"dense": ("k", "*", "dense (AdamW)"), "oto": ("tab:red", "o", "OTO (HSPG)"),
              "tp": ("tab:blue", "s", "peer: one-shot Taylor + AdamW"),
+             "oto_equal_compute": ("tab:orange", "D", "OTO, peer's total steps (2x)"),
              "superseded": ("tab:gray", "x", "OTO, earlier version (superseded)")}
     fig, ax = plt.subplots(figsize=(6, 4.2))
     for fam, (color, marker, label) in style.items():
@@ -671,7 +685,7 @@ def main(argv=None) -> None:
         t0 = time.perf_counter()
         if m == "dense":
             result = run_dense(ctx)
-        elif m.startswith("oto"):
+        elif m in OTO_METHODS:
             result = run_oto(ctx, m)
         else:
             result = run_tp(ctx, m, args.tp_without_oto)
