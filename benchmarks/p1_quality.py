@@ -19,6 +19,7 @@ Methods (each writes benchmarks/results/p1/<method>/result.json; a method with a
     python benchmarks/p1_quality.py --methods tp50 --force         # rerun one
     python benchmarks/p1_quality.py --summarize                    # summary.md + f1_vs_flops.png from what exists
     python benchmarks/p1_quality.py --smoke --methods dense oto50 tp50 --summarize   # tiny check, results/tmp/
+    python benchmarks/p1_quality.py --learning_rate 2e-4 --methods dense oto50 tp50  # lr sweep: results/p1_lr0.0002
 
 All CPU work runs with 2 threads. The latency ratio is oto_hf.report.latency_ratio (batch 32 x 384, 5 interleaved
 repeats, medians) of the dense fine-tuned model against the method's final model.
@@ -76,9 +77,13 @@ def log(msg: str) -> None:
 class Ctx:
     """Where results go and which overrides apply (smoke mode shrinks everything)."""
 
-    def __init__(self, smoke: bool, results: Path | None = None):
+    def __init__(self, smoke: bool, results: Path | None = None, learning_rate: float | None = None):
         self.smoke = smoke
-        self.results = Path(results) if results else (SMOKE_RESULTS if smoke else RESULTS)
+        self.learning_rate = learning_rate
+        default = SMOKE_RESULTS if smoke else RESULTS
+        if learning_rate is not None:  # an lr sweep point: its own folder, so results of different lrs never mix
+            default = default.with_name(f"{default.name}_lr{learning_rate:g}")
+        self.results = Path(results) if results else default
         self.overrides: list[str] = []
         self.latency = dict(LATENCY)
         if smoke:
@@ -87,12 +92,15 @@ class Ctx:
                               "--per_device_train_batch_size", "8", "--max_seq_length", "192", "--doc_stride", "64",
                               "--eval_max_seq_length", "192", "--save_steps", "3", "--logging_steps", "2"]
             self.latency = dict(batch_size=4, seq_len=128, repeats=2)
+        if learning_rate is not None:
+            self.overrides += ["--learning_rate", f"{learning_rate:g}"]
 
     def method_dir(self, method: str) -> Path:
         return self.results / method
 
     def cli_suffix(self) -> str:
-        return " --smoke" if self.smoke else ""
+        return (" --smoke" if self.smoke else "") + (
+            f" --learning_rate {self.learning_rate:g}" if self.learning_rate is not None else "")
 
 
 def tiny_minilm(path: Path) -> Path:
@@ -511,12 +519,14 @@ def summarize(ctx: Ctx) -> None:
     current = [r for m in METHODS if (r := read_result(ctx, m))]
     history = read_history(ctx)
     results = current + history
+    lrs = "/".join(sorted({f"{r['training'].get('learning_rate'):g}" for r in current})) or "?"
     lines = [
         "# P1 — quality at a compute budget (all-MiniLM-L6-v2, SQuAD v1.1)" + (" — SMOKE (tiny, not a result)" if ctx.smoke else ""),
         "",
         "Protocol P1 of `../shared/docs/benchmark-protocol.md`; settings from `configs/minilm_squad_p1.yaml` "
-        "(4,000 train questions, seed 0; 2 epochs, batch 16, lr 1e-4 linear, 10% warm-up; eval on 1,000 sampled dev "
-        "questions at 384 tokens). Learning rate not tuned: 1e-4 (the YAML's) for every method.",
+        "(4,000 train questions, seed 0; 2 epochs, batch 16, linear lr schedule, 10% warm-up; eval on 1,000 sampled dev "
+        f"questions at 384 tokens). Learning rate {lrs} for every method"
+        + (" (the YAML's, untuned)." if ctx.learning_rate is None else " (`--learning_rate`, an lr sweep point)."),
         "EM/F1: official SQuAD v1.1 on the sampled dev questions. FLOPs: encoder FLOPs per 384-token example "
         "(`oto_hf.model_stats`). Latency ratio: dense fine-tuned model time / this model's time, batch 32 × 384, "
         "5 interleaved repeats, medians, 2 threads, whole model (`oto_hf.report.latency_ratio`); for dense it is "
@@ -666,10 +676,12 @@ def main(argv=None) -> None:
     p.add_argument("--smoke", action="store_true", help="tiny setting (2-layer MiniLM, a few questions), results "
                    "under benchmarks/results/tmp/p1_smoke")
     p.add_argument("--results", type=Path, default=None, help="results folder (default benchmarks/results/p1)")
+    p.add_argument("--learning_rate", type=float, default=None, help="lr for every method instead of the YAML's "
+                   "(the protocol's equal tuning budget); results go to benchmarks/results/p1_lr<LR> unless --results")
     p.add_argument("--tp_without_oto", action="store_true", help="let tp* run without its OTO point (nominal "
                    "target, dense step count); for checks only")
     args = p.parse_args(argv)
-    ctx = Ctx(args.smoke, args.results)
+    ctx = Ctx(args.smoke, args.results, args.learning_rate)
     for m in args.methods:
         if read_result(ctx, m) and not args.force:
             log(f"{m}: result.json exists, skipped (--force to rerun)")

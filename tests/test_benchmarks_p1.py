@@ -50,3 +50,26 @@ def test_torch_pruning_peer_gives_an_equal_compressed_model():
     small, info = p1_peer.to_oto_bert(dense, pruned)
     assert info["max_abs_logit_diff_tp_vs_compressed"] < 1e-5
     assert oto_hf.model_stats(small, 384) == stats
+
+
+def test_learning_rate_sweep_point_has_its_own_folder_and_lr(tmp_path):
+    import p1_quality
+
+    ctx = p1_quality.Ctx(smoke=False, learning_rate=2e-4)
+    assert ctx.results.name == "p1_lr0.0002" and ctx.results != p1_quality.RESULTS
+    assert "--learning_rate 0.0002" in ctx.cli_suffix()
+    train_args = p1_quality.parse_settings(ctx, tmp_path / "run")[2]
+    assert train_args.learning_rate == 2e-4
+    argv = p1_quality.oto_argv(ctx, "oto50", tmp_path / "run")
+    assert argv[argv.index("--learning_rate") + 1] == "0.0002"
+
+
+def test_oto50x2_trains_twice_the_yaml_epochs(tmp_path):
+    import run_squad
+    import p1_quality
+
+    ctx = p1_quality.Ctx(smoke=False, results=tmp_path)
+    settings = run_squad.parse_arguments(p1_quality.oto_argv(ctx, "oto50x2", tmp_path / "run"))[2]
+    assert settings.num_train_epochs == 4 and settings.oto_target == 0.5
+    settings = run_squad.parse_arguments(p1_quality.oto_argv(ctx, "oto50", tmp_path / "run"))[2]
+    assert settings.num_train_epochs == 2
