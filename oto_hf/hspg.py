@@ -187,18 +187,18 @@ class HSPG(Optimizer):
         k = state["step"]
         groups = self.groups
 
-        # 1. Base direction for every parameter; ungrouped ones step now, grouped ones keep their trial update.
+        # 1. Base direction for every parameter; ungrouped ones step now (in place, like torch's AdamW), grouped ones
+        #    keep their trial update Δ for the half-space test.
         deltas: dict[torch.Tensor, torch.Tensor] = {}
         lrs: dict[torch.Tensor, float] = {}
         for param_group in self.param_groups:
             for p in param_group["params"]:
                 if p.grad is None:
                     continue
-                delta = self._base_update(p, param_group)
                 if p in self._grouped:
-                    deltas[p], lrs[p] = delta, param_group["lr"]
+                    deltas[p], lrs[p] = self._base_update(p, param_group), param_group["lr"]
                 else:
-                    p.sub_(delta)
+                    self._base_update(p, param_group, apply=True)
 
         # 2. Per-group quantities, accumulated tensor by tensor: ‖x_g‖², x_gᵀΔ_g, Σ α_t‖x_t‖², and Taylor x_gᵀ∇_g.
         num = groups.num_groups
@@ -266,12 +266,18 @@ class HSPG(Optimizer):
             project = candidates & (trial_dot < self.epsilon * sq)
             zero |= project | forced
 
-        # 5. Apply: x ← (1 − c)·x − Δ, then hold every zero group (and its moments) at exactly zero.
+        # 5. Apply: x ← (1 − c)·x − Δ, then hold every zero group (and its moments) at exactly zero. Tensors whose
+        #    groups all have c = 0, or none of which is zero, skip those passes (one small host copy decides).
+        penalised = ((lam_over_norm != 0) | (shrink != 0)).cpu()
+        zero_host = zero.cpu()
         for p, t in self._grouped.items():
-            coeff = lam_over_norm[t.span] * lrs.get(p, 0.0) + shrink[t.span]
-            t.view(p.data).mul_(t.broadcast(1 - coeff).to(p.dtype))
+            if penalised[t.span].any():
+                coeff = lam_over_norm[t.span] * lrs.get(p, 0.0) + shrink[t.span]
+                t.view(p.data).mul_(t.broadcast(1 - coeff).to(p.dtype))
             if p in deltas:
                 p.sub_(deltas[p])
+            if not zero_host[t.span].any():
+                continue
             mask = t.broadcast(zero[t.span])
             t.view(p.data).masked_fill_(mask, 0.0)
             for buffer_name in ("exp_avg", "exp_avg_sq", "momentum_buffer"):
@@ -282,8 +288,9 @@ class HSPG(Optimizer):
         state["step"] = k + 1
         return loss
 
-    def _base_update(self, p: torch.Tensor, param_group: dict) -> torch.Tensor:
-        """The base optimizer's step Δ (x_new = x − Δ) for one parameter, updating its moments."""
+    def _base_update(self, p: torch.Tensor, param_group: dict, apply: bool = False) -> torch.Tensor | None:
+        """The base optimizer's step Δ (x_new = x − Δ) for one parameter, updating its moments. With `apply`, the
+        step is taken in place instead and nothing is returned (no full-size Δ is kept)."""
         grad = p.grad
         lr, weight_decay = param_group["lr"], param_group["weight_decay"]
         state = self.state[p]
@@ -299,8 +306,14 @@ class HSPG(Optimizer):
             state["exp_avg_sq"].mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
             bias1 = 1 - beta1**step
             bias2_sqrt = math.sqrt(1 - beta2**step)
-            denom = (state["exp_avg_sq"].sqrt() / bias2_sqrt).add_(param_group["eps"])
-            delta = (state["exp_avg"] / denom).mul_(lr / bias1)
+            # One full-size temporary: denom, which then becomes Δ in place.
+            denom = state["exp_avg_sq"].sqrt().div_(bias2_sqrt).add_(param_group["eps"])
+            if apply:
+                if weight_decay:
+                    p.mul_(1 - lr * weight_decay)
+                p.addcdiv_(state["exp_avg"], denom, value=-lr / bias1)
+                return None
+            delta = torch.div(state["exp_avg"], denom, out=denom).mul_(lr / bias1)
             if weight_decay:
                 delta.add_(p, alpha=lr * weight_decay)
             return delta
@@ -314,6 +327,9 @@ class HSPG(Optimizer):
             else:
                 buffer.mul_(momentum).add_(d)
             d = buffer
+        if apply:
+            p.sub_(d, alpha=lr)
+            return None
         return d * lr
 
     def _choose_redundant(self, period: int, sq: torch.Tensor) -> None:
