@@ -15,6 +15,8 @@ Per-batch statistic of group g: t_g = x_gᵀ∇_g L_B (first-order change of the
                     mean (Torch-Pruning's default shape: GroupTaylorImportance, global ranking);
                     same_ratio_raw without the layer normalisation, same_ratio_sq with t² instead of |t_g|
   headsXX           XX% of the heads removed (same ranking as same_ratio), the rest of the budget from neurons
+  zero_set:DIR      the groups that are zero in the group-sparse model saved in DIR (e.g. an OTO run's last
+                    checkpoint): what OTO chose during training, judged on the same dense model (--target unused)
 
     python benchmarks/p1_allocation_probe.py --out benchmarks/results/p1_probe/probe50.json
 """
@@ -95,6 +97,13 @@ def _bisect(make, costs: torch.Tensor, budget: float) -> torch.Tensor:
 
 def choose(criterion: str, stats: dict, groups, costs: torch.Tensor, budget: float) -> torch.Tensor:
     """Boolean mask of the groups the criterion removes."""
+    if criterion.startswith("zero_set:"):
+        trained = p1.load_model(Path(criterion.split(":", 1)[1]))
+        trained_groups = oto_hf.zero_invariant_groups(trained)
+        if trained_groups.num_groups != groups.num_groups:
+            raise SystemExit(f"{criterion}: that model has {trained_groups.num_groups} groups, the dense model "
+                             f"{groups.num_groups}; give the full-size group-sparse checkpoint, not the compressed one")
+        return trained_groups.is_zero().cpu()
     if criterion.startswith("same_ratio"):
         # One ratio r for heads and neurons alike, bisected to the FLOPs budget.
         raw = stats["sq"] if criterion.endswith("_sq") else stats["abs"]

@@ -11,6 +11,7 @@ Methods (each writes benchmarks/results/p1/<method>/result.json; a method with a
                    --report_latency_repeats 0])`; EM/F1/params/FLOPs/heads/widths from its report.json.
 * oto50x2          oto50 trained for twice the YAML's epochs: the peer's total step count (its dense fine-tuning
                    plus its retraining), so that OTO and the peer are also compared at equal training compute.
+* oto50late        oto50 with the pruning window at 30%-70% of the steps instead of 10%-60% (LATE_WINDOW).
 * tp30/50/70       the peer: one-shot structured pruning (attention heads + FFN neurons) of the dense fine-tuned
                    model with a Taylor criterion, to the encoder FLOPs of the OTO point, then the same number of
                    AdamW steps as the OTO run (same schedule), then the same evaluation. See `prune_peer`.
@@ -57,10 +58,14 @@ from oto_hf.report import latency_ratio  # noqa: E402
 CONFIG = REPO_ROOT / "configs" / "minilm_squad_p1.yaml"
 RESULTS = REPO_ROOT / "benchmarks" / "results" / "p1"
 SMOKE_RESULTS = REPO_ROOT / "benchmarks" / "results" / "tmp" / "p1_smoke"
-# OTO points: method -> (fraction of encoder FLOPs removed, multiple of the YAML's epochs). oto50x2 trains for the
-# peer's total step count (dense fine-tuning + retraining = 2 x the YAML's), so OTO and the peer spend equal compute.
-OTO_METHODS = {"oto30": (0.3, 1), "oto50": (0.5, 1), "oto70": (0.7, 1), "oto50x2": (0.5, 2)}
-METHODS = ["dense", "oto30", "oto50", "oto70", "tp30", "tp50", "tp70", "oto50x2"]
+# OTO points: method -> (fraction of encoder FLOPs removed, multiple of the YAML's epochs, extra run_squad options).
+# oto50x2 trains for the peer's total step count (dense fine-tuning + retraining = 2 x the YAML's), so OTO and the
+# peer spend equal compute. oto50late opens the pruning window at 30% of the steps instead of 10% (and closes it at
+# 70%), so the groups are chosen from a model that has learned more of the task.
+LATE_WINDOW = ("--oto_half_space_start", "0.3", "--oto_prune_fraction", "0.4")
+OTO_METHODS = {"oto30": (0.3, 1, ()), "oto50": (0.5, 1, ()), "oto70": (0.7, 1, ()), "oto50x2": (0.5, 2, ()),
+               "oto50late": (0.5, 1, LATE_WINDOW)}
+METHODS = ["dense", "oto30", "oto50", "oto70", "tp30", "tp50", "tp70", "oto50x2", "oto50late"]
 LATENCY = dict(batch_size=32, seq_len=384, repeats=5)
 SCRIPT = "python benchmarks/p1_quality.py"
 
@@ -361,17 +366,17 @@ def run_dense(ctx: Ctx) -> dict:
 
 
 def oto_argv(ctx: Ctx, method: str, run_dir: Path) -> list[str]:
-    target, epoch_multiple = OTO_METHODS[method]
-    extra = []
+    target, epoch_multiple, options = OTO_METHODS[method]
+    extra = list(options)
     if epoch_multiple != 1:
         epochs = parse_settings(ctx, run_dir)[2].num_train_epochs * epoch_multiple
-        extra = ["--num_train_epochs", f"{epochs:g}"]
+        extra += ["--num_train_epochs", f"{epochs:g}"]
     return yaml_argv(ctx, "--oto_target", str(target), *extra, "--output_dir", str(run_dir),
                      "--report_latency_repeats", "0")
 
 
 def run_oto(ctx: Ctx, method: str) -> dict:
-    target, epoch_multiple = OTO_METHODS[method]
+    target, epoch_multiple, options = OTO_METHODS[method]
     mdir = ctx.method_dir(method)
     run_dir = mdir / "run"
     argv = oto_argv(ctx, method, run_dir)
@@ -400,8 +405,8 @@ def run_oto(ctx: Ctx, method: str) -> dict:
     return {
         "label": f"OTO (HSPG, oto_hf) target {target:.0%} encoder FLOPs removed" + (
             f", {epoch_multiple}x the YAML's epochs (the peer's total step count: dense + retraining)"
-            if epoch_multiple != 1 else ""),
-        "family": "oto" if epoch_multiple == 1 else "oto_equal_compute", "target_flops_removed": target,
+            if epoch_multiple != 1 else "") + (f", {' '.join(options)}" if options else ""),
+        "family": "oto" if epoch_multiple == 1 and not options else "oto_variant", "target_flops_removed": target,
         "command": f"{SCRIPT} --methods {method}{ctx.cli_suffix()}",
         "run_squad_command": "python run_squad.py " + shlex.join(rel_argv),
         "quality": report["quality"]["compressed"], "quality_group_sparse": report["quality"]["group_sparse"],
@@ -598,7 +603,7 @@ def plot(ctx: Ctx, results: list[dict]) -> None:
 
     style = {"dense": ("k", "*", "dense (AdamW)"), "oto": ("tab:red", "o", "OTO (HSPG)"),
              "tp": ("tab:blue", "s", "peer: one-shot Taylor + AdamW"),
-             "oto_equal_compute": ("tab:orange", "D", "OTO, peer's total steps (2x)"),
+             "oto_variant": ("tab:orange", "D", "OTO, variant (see its name)"),
              "superseded": ("tab:gray", "x", "OTO, earlier version (superseded)")}
     fig, ax = plt.subplots(figsize=(6, 4.2))
     for fam, (color, marker, label) in style.items():

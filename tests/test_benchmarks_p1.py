@@ -73,3 +73,13 @@ def test_oto50x2_trains_twice_the_yaml_epochs(tmp_path):
     assert settings.num_train_epochs == 4 and settings.oto_target == 0.5
     settings = run_squad.parse_arguments(p1_quality.oto_argv(ctx, "oto50", tmp_path / "run"))[2]
     assert settings.num_train_epochs == 2
+
+
+def test_oto50late_opens_the_window_later(tmp_path):
+    import run_squad
+    import p1_quality
+
+    ctx = p1_quality.Ctx(smoke=False, results=tmp_path)
+    settings = run_squad.parse_arguments(p1_quality.oto_argv(ctx, "oto50late", tmp_path / "run"))[2]
+    assert settings.oto_half_space_start == 0.3 and settings.oto_prune_fraction == 0.4
+    assert settings.oto_target == 0.5 and settings.num_train_epochs == 2
