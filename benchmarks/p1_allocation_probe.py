@@ -19,6 +19,10 @@ Per-batch statistic of group g: t_g = x_gᵀ∇_g L_B (first-order change of the
                     checkpoint): what OTO chose during training, judged on the same dense model (--target unused)
 
     python benchmarks/p1_allocation_probe.py --out benchmarks/results/p1_probe/probe50.json
+
+`--stats_from pretrained` takes the statistics from the pretrained model before any training (its QA head seeded
+as in the runs) instead of the dense fine-tuned one, and still zeroes and evaluates the dense model: how good a
+choice made at the start of training is.
 """
 
 import argparse
@@ -129,6 +133,8 @@ def main(argv=None) -> None:
     p.add_argument("--questions", type=int, default=300, help="P1 dev questions evaluated")
     p.add_argument("--criteria", nargs="*", default=["taylor_abs/cost", "taylor_sq/cost", "magnitude/cost",
                                                      "same_ratio"])
+    p.add_argument("--stats_from", choices=["dense", "pretrained"], default="dense",
+                   help="model whose training-batch statistics rank the groups (evaluation is always on dense)")
     p.add_argument("--out", type=Path, required=True)
     args = p.parse_args(argv)
 
@@ -143,17 +149,25 @@ def main(argv=None) -> None:
     costs = groups.costs("flops", 384).double().cpu()
     budget = args.target * groups.total_cost("flops", 384)
 
-    cache = args.out.parent / f"group_statistics_{args.batches}.pt"  # criteria can be added without recomputing
+    suffix = "" if args.stats_from == "dense" else f"_{args.stats_from}"
+    cache = args.out.parent / f"group_statistics_{args.batches}{suffix}.pt"  # criteria can be added without recomputing
     if cache.exists():
         stats = torch.load(cache)
     else:
         t0 = time.perf_counter()
-        stats = group_statistics(dense, groups, data["train_features"], train_args.per_device_train_batch_size,
-                                 args.batches)
+        source = dense
+        if args.stats_from == "pretrained":
+            from transformers import AutoModelForQuestionAnswering, set_seed
+
+            set_seed(train_args.seed)  # the QA head the runs start from
+            source = AutoModelForQuestionAnswering.from_pretrained(data["model_path"])
+        stats = group_statistics(source, groups if source is dense else oto_hf.zero_invariant_groups(source),
+                                 data["train_features"], train_args.per_device_train_batch_size, args.batches)
         p1.log(f"statistics over {args.batches} batches: {time.perf_counter() - t0:.0f}s")
         args.out.parent.mkdir(parents=True, exist_ok=True)
         torch.save(stats, cache)
     results = {"target": args.target, "batches": args.batches, "questions": args.questions,
+               "stats_from": args.stats_from,
                "command": common.command_line(__file__, argv), "rows": []}
     dense_metrics = p1.evaluate(dense, data, data_args, train_args, "dense")
     results["dense"] = dense_metrics
