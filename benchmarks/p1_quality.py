@@ -616,7 +616,10 @@ def plot(ctx: Ctx, results: list[dict]) -> None:
         ax.plot(x, y, color=color, marker=marker, markersize=10 if marker == "*" else 7, label=label,
                 linestyle="-" if len(rs) > 1 else "none")
         for r, xi, yi in zip(rs, x, y):
-            ax.annotate(r["method"], (xi, yi), textcoords="offset points", xytext=(5, 4), fontsize=8)
+            # Variants sit on the same FLOPs as their base point: label them on the left so the names do not overlap.
+            offset = (-8, 4) if fam == "oto_variant" else (5, 4)
+            ax.annotate(r["method"], (xi, yi), textcoords="offset points", xytext=offset, fontsize=8,
+                        ha="right" if fam == "oto_variant" else "left")
     ax.set_xlabel("encoder FLOPs kept (%, per 384-token example)")
     n_q = sorted({r.get("questions") for r in results if r.get("questions")})
     ax.set_ylabel(f"F1 (SQuAD v1.1, {'/'.join(f'{n:,}' for n in n_q) or '?'} dev questions)")
