@@ -635,39 +635,42 @@ def plot(ctx: Ctx, results: list[dict]) -> None:
     plt.close(fig)
 
 
+def latency_of_saved_model(ctx: Ctx, method: str, result: dict) -> dict | None:
+    """Latency ratio of a finished method's saved model against dense (dense: against a copy of itself)."""
+    from transformers import AutoTokenizer
+
+    model = load_model(Path(result["model_dir"]))
+    if method == "dense":
+        model = copy.deepcopy(model)
+    return measure_latency(ctx, model, AutoTokenizer.from_pretrained(result["model_dir"]).vocab_size)
+
+
+def rewrite_result(ctx: Ctx, method: str, result: dict) -> None:
+    (ctx.method_dir(method) / "result.json").write_text(json.dumps(result, indent=2, default=str) + "\n")
+
+
 def remeasure_latency(ctx: Ctx) -> None:
     """Measure every finished method's latency ratio again, one after another on an otherwise idle machine, and keep
     it beside the first measurement (taken at the end of each run, whatever else was running then)."""
-    from transformers import AutoTokenizer
-
     for m in METHODS:
         r = read_result(ctx, m)
         if not r or not Path(r["model_dir"]).exists():
             continue
-        model = load_model(Path(r["model_dir"]))
-        if m == "dense":
-            model = copy.deepcopy(model)
-        lat = measure_latency(ctx, model, AutoTokenizer.from_pretrained(r["model_dir"]).vocab_size)
+        lat = latency_of_saved_model(ctx, m, r)
         if lat is not None:
             lat["measured_at"] = time.strftime("%Y-%m-%d %H:%M:%S")
             r["latency_remeasured"] = lat
-            (ctx.method_dir(m) / "result.json").write_text(json.dumps(r, indent=2, default=str) + "\n")
+            rewrite_result(ctx, m, r)
 
 
 def fill_latency(ctx: Ctx) -> None:
     """Measure the latency ratio of finished methods that have none (e.g. run before the dense model existed)."""
-    from transformers import AutoTokenizer
-
     for m in METHODS:
         r = read_result(ctx, m)
         if r and r.get("latency") is None and Path(r["model_dir"]).exists():
-            model = load_model(Path(r["model_dir"]))
-            if m == "dense":
-                model = copy.deepcopy(model)
-            r["latency"] = measure_latency(ctx, model, AutoTokenizer.from_pretrained(r["model_dir"]).vocab_size)
+            r["latency"] = latency_of_saved_model(ctx, m, r)
             if r["latency"] is not None:
-                path = ctx.method_dir(m) / "result.json"
-                path.write_text(json.dumps(r, indent=2, default=str) + "\n")
+                rewrite_result(ctx, m, r)
 
 
 # ----------------------------------------------------------------------------------------------------------------
