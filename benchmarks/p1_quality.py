@@ -12,6 +12,8 @@ Methods (each writes benchmarks/results/p1/<method>/result.json; a method with a
 * oto50x2          oto50 trained for twice the YAML's epochs: the peer's total step count (its dense fine-tuning
                    plus its retraining), so that OTO and the peer are also compared at equal training compute.
 * oto50late        oto50 with the pruning window at 30%-70% of the steps instead of 10%-60% (LATE_WINDOW).
+* oto50hold        oto50 with `--oto_hold_lr_through_window`: peak lr until the window ends (step 330 of 550), then
+                   a linear decay, so the pruned model trains at a high lr instead of the linear schedule's tail.
 * tp30/50/70       the peer: one-shot structured pruning (attention heads + FFN neurons) of the dense fine-tuned
                    model with a Taylor criterion, to the encoder FLOPs of the OTO point, then the same number of
                    AdamW steps as the OTO run (same schedule), then the same evaluation. See `prune_peer`.
@@ -61,11 +63,14 @@ SMOKE_RESULTS = REPO_ROOT / "benchmarks" / "results" / "tmp" / "p1_smoke"
 # OTO points: method -> (fraction of encoder FLOPs removed, multiple of the YAML's epochs, extra run_squad options).
 # oto50x2 trains for the peer's total step count (dense fine-tuning + retraining = 2 x the YAML's), so OTO and the
 # peer spend equal compute. oto50late opens the pruning window at 30% of the steps instead of 10% (and closes it at
-# 70%), so the groups are chosen from a model that has learned more of the task.
+# 70%), so the groups are chosen from a model that has learned more of the task. oto50hold keeps the peak lr through
+# the pruning window and decays it afterwards: OTO's train loss lags because the pruned model trains only in the
+# linear schedule's tail (lr ≤ 44% of the peak after step 330).
 LATE_WINDOW = ("--oto_half_space_start", "0.3", "--oto_prune_fraction", "0.4")
+HOLD_LR = ("--oto_hold_lr_through_window",)
 OTO_METHODS = {"oto30": (0.3, 1, ()), "oto50": (0.5, 1, ()), "oto70": (0.7, 1, ()), "oto50x2": (0.5, 2, ()),
-               "oto50late": (0.5, 1, LATE_WINDOW)}
-METHODS = ["dense", "oto30", "oto50", "oto70", "tp30", "tp50", "tp70", "oto50x2", "oto50late"]
+               "oto50late": (0.5, 1, LATE_WINDOW), "oto50hold": (0.5, 1, HOLD_LR)}
+METHODS = ["dense", "oto30", "oto50", "oto70", "tp30", "tp50", "tp70", "oto50x2", "oto50late", "oto50hold"]
 LATENCY = dict(batch_size=32, seq_len=384, repeats=5)
 SCRIPT = "python benchmarks/p1_quality.py"
 

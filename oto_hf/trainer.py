@@ -9,6 +9,8 @@ from dataclasses import dataclass, field
 
 import torch
 from transformers import Trainer, TrainingArguments
+from transformers.optimization import get_wsd_schedule
+from transformers.trainer_utils import SchedulerType
 from transformers.training_args import OptimizerNames
 
 from .compress import compress
@@ -62,6 +64,12 @@ class OTOTrainingArguments(TrainingArguments):
     oto_num_periods: int = field(
         default=4, metadata={"help": "With a target: the removed share grows in this many equal periods."}
     )
+    oto_hold_lr_through_window: bool = field(
+        default=False,
+        metadata={"help": "With a target: keep the learning rate at its peak (after warm-up) until the pruning window "
+                  "ends, then decay it (linearly, or cosine with --lr_scheduler_type cosine) to 0 over the remaining "
+                  "steps, so that the pruned model trains at full learning rate. Replaces --lr_scheduler_type."},
+    )
     oto_direction: str = field(
         default="adamw",
         metadata={"help": "Base direction of HSPG: 'adamw' (uses --adam_beta1/2, --adam_epsilon, --weight_decay) "
@@ -111,6 +119,14 @@ class OTOTrainingArguments(TrainingArguments):
                 )
             if self.oto_num_periods < 1:
                 problems.append(f"--oto_num_periods must be ≥ 1, got {self.oto_num_periods}")
+        if self.oto_hold_lr_through_window:
+            if self.oto_effective_target is None:
+                problems.append("--oto_hold_lr_through_window needs a target (it aligns the schedule with the pruning window)")
+            if SchedulerType(self.lr_scheduler_type) not in (SchedulerType.LINEAR, SchedulerType.COSINE):
+                problems.append(
+                    f"--oto_hold_lr_through_window decays linearly or by cosine after the window; it cannot follow "
+                    f"--lr_scheduler_type {SchedulerType(self.lr_scheduler_type).value}. Use linear or cosine, or drop the flag"
+                )
         if not (self.oto_prune_heads or self.oto_prune_neurons):
             problems.append("--oto_prune_heads and --oto_prune_neurons are both off: nothing would be pruned")
         if self.oto_direction not in DIRECTIONS:
@@ -187,8 +203,7 @@ class OTOTrainer(Trainer):
             {"params": [p for n, p in params if n not in decay], "weight_decay": 0.0},
         ]
         max_steps = max(1, self.state.max_steps or args.max_steps or 1)
-        start = int(round(args.oto_half_space_start * max_steps))
-        prune_steps = max(1, int(round(args.oto_prune_fraction * max_steps)))
+        start, prune_steps = self._pruning_window(max_steps)
         self.optimizer = HSPG(
             grouped_parameters,
             self.oto_groups,
@@ -210,6 +225,35 @@ class OTOTrainer(Trainer):
             weight_decay=args.weight_decay,
         )
         return self.optimizer
+
+    def _pruning_window(self, max_steps: int) -> tuple[int, int]:
+        """(first step, length) of the pruning window in optimizer steps."""
+        start = int(round(self.args.oto_half_space_start * max_steps))
+        return start, max(1, int(round(self.args.oto_prune_fraction * max_steps)))
+
+    def create_scheduler(self, num_training_steps: int, optimizer=None):
+        if self.lr_scheduler is not None or not self.args.oto_hold_lr_through_window:
+            return super().create_scheduler(num_training_steps, optimizer)
+        # Warm up, hold the peak through the pruning window, decay over what is left: the steps after the window are
+        # the only ones that train the final (pruned) architecture, and a linear schedule would leave them little lr.
+        start, prune_steps = self._pruning_window(max(1, num_training_steps))
+        window_end = min(start + prune_steps, num_training_steps)
+        warmup = self.args.get_warmup_steps(num_training_steps)
+        if warmup > window_end:
+            raise ValueError(
+                f"--oto_hold_lr_through_window: the warm-up ({warmup} steps) outlasts the pruning window (ends at step "
+                f"{window_end} of {num_training_steps}); shorten --warmup_steps or move the window later"
+            )
+        decay = "cosine" if SchedulerType(self.args.lr_scheduler_type) == SchedulerType.COSINE else "linear"
+        self.lr_scheduler = get_wsd_schedule(
+            self.optimizer if optimizer is None else optimizer,
+            num_warmup_steps=warmup,
+            num_stable_steps=window_end - warmup,
+            num_decay_steps=num_training_steps - window_end,
+            decay_type=decay,
+        )
+        self._created_lr_scheduler = True
+        return self.lr_scheduler
 
     @property
     def hspg(self) -> HSPG | None:

@@ -83,3 +83,14 @@ def test_oto50late_opens_the_window_later(tmp_path):
     settings = run_squad.parse_arguments(p1_quality.oto_argv(ctx, "oto50late", tmp_path / "run"))[2]
     assert settings.oto_half_space_start == 0.3 and settings.oto_prune_fraction == 0.4
     assert settings.oto_target == 0.5 and settings.num_train_epochs == 2
+
+
+def test_oto50hold_holds_the_lr_through_the_window(tmp_path):
+    import run_squad
+    import p1_quality
+
+    ctx = p1_quality.Ctx(smoke=False, results=tmp_path)
+    settings = run_squad.parse_arguments(p1_quality.oto_argv(ctx, "oto50hold", tmp_path / "run"))[2]
+    assert settings.oto_hold_lr_through_window and settings.oto_target == 0.5
+    assert (settings.oto_half_space_start, settings.oto_prune_fraction) == (0.1, 0.5)
+    assert not run_squad.parse_arguments(p1_quality.oto_argv(ctx, "oto50", tmp_path / "run"))[2].oto_hold_lr_through_window

@@ -1,6 +1,7 @@
 """OTOTrainer on a small real BERT (MiniLM cut to 2 layers) and a small real SQuAD sample."""
 
 import json
+import math
 import subprocess
 import sys
 from pathlib import Path
@@ -176,11 +177,41 @@ def _write_json(path, values):
         (dict(oto_allocation="even"), "--oto_allocation"),
         (dict(oto_saliency="random"), "--oto_saliency"),
         (dict(oto_prune_heads=False, oto_prune_neurons=False), "nothing would be pruned"),
+        (dict(oto_hold_lr_through_window=True, lr_scheduler_type="constant"), "cannot follow --lr_scheduler_type constant"),
+        (dict(oto_hold_lr_through_window=True, oto_lambda_only=True), "needs a target"),
     ],
 )
 def test_bad_settings_are_refused_with_what_to_change(overrides, message, tmp_path):
     with pytest.raises(ValueError, match=message):
         make_args(tmp_path, **overrides)
+
+
+@pytest.mark.parametrize("scheduler_type", ["linear", "cosine"])
+def test_hold_lr_through_window_keeps_the_peak_until_the_window_ends(scheduler_type, tmp_path):
+    # 20 steps, warm-up 2, pruning window [2, 12): peak lr for steps 2..12, then a decay to 0 over the last 8 steps.
+    args = make_args(tmp_path, max_steps=20, warmup_steps=2, oto_half_space_start=0.1, oto_prune_fraction=0.5,
+                     oto_hold_lr_through_window=True, lr_scheduler_type=scheduler_type)
+    trainer = OTOTrainer(model=BertForQuestionAnswering(tiny_bert_config()), args=args)
+    trainer.create_optimizer_and_scheduler(num_training_steps=20)
+    factor = [trainer.lr_scheduler.lr_lambdas[0](step) for step in range(21)]
+    assert factor[0] == 0 and 0 < factor[1] < 1
+    assert factor[2:13] == [1.0] * 11
+    assert all(a > b for a, b in zip(factor[12:20], factor[13:20])) and factor[20] == 0
+    assert factor[16] == pytest.approx(0.5)  # half-way through the decay, for linear and cosine alike
+    assert factor[14] == pytest.approx(0.75 if scheduler_type == "linear" else 0.5 * (1 + math.cos(math.pi / 4)))
+    # The plain linear schedule would already be below half the peak when the window ends.
+    plain = make_args(tmp_path, max_steps=20, warmup_steps=2, oto_half_space_start=0.1, oto_prune_fraction=0.5)
+    linear = OTOTrainer(model=BertForQuestionAnswering(tiny_bert_config()), args=plain)
+    linear.create_optimizer_and_scheduler(num_training_steps=20)
+    assert linear.lr_scheduler.lr_lambdas[0](12) < 0.5
+
+
+def test_hold_lr_through_window_refuses_a_warmup_longer_than_the_window(tmp_path):
+    args = make_args(tmp_path, max_steps=20, warmup_steps=15, oto_half_space_start=0.1, oto_prune_fraction=0.5,
+                     oto_hold_lr_through_window=True)
+    trainer = OTOTrainer(model=BertForQuestionAnswering(tiny_bert_config()), args=args)
+    with pytest.raises(ValueError, match="warm-up \\(15 steps\\) outlasts the pruning window"):
+        trainer.create_optimizer_and_scheduler(num_training_steps=20)
 
 
 def test_refused_before_any_training(tmp_path):
