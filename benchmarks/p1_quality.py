@@ -553,15 +553,12 @@ def summarize(ctx: Ctx) -> None:
             lat_s += f" (again: {r['latency_remeasured']['speedup']:.2f}×)"
         tr = r["training"]
         wall = tr.get("train_runtime_s")
+        wall_s = f"{wall:.0f}" if wall is not None else "n/a"
         lines.append(
             f"| {r['method']} | {r['quality']['exact_match']:.2f} | {r['quality']['f1']:.2f} | "
             f"{r['kept']['encoder_flops']:.1%} | {r['kept']['encoder_params']:.1%} | "
             f"{fmt_layers(r['stats']['heads_per_layer'])} | {fmt_layers(r['stats']['ffn_width_per_layer'])} | "
-            f"{lat_s} | {wall:.0f} | {tr['steps']} |" if wall is not None else
-            f"| {r['method']} | {r['quality']['exact_match']:.2f} | {r['quality']['f1']:.2f} | "
-            f"{r['kept']['encoder_flops']:.1%} | {r['kept']['encoder_params']:.1%} | "
-            f"{fmt_layers(r['stats']['heads_per_layer'])} | {fmt_layers(r['stats']['ffn_width_per_layer'])} | "
-            f"{lat_s} | n/a | {tr['steps']} |")
+            f"{lat_s} | {wall_s} | {tr['steps']} |")
     lines += ["", "## Commands", ""]
     for r in results:
         lines.append(f"- **{r['method']}** ({r['label']}): `{r['command']}`")
