@@ -235,7 +235,8 @@ class OTOTrainer(Trainer):
         if self.lr_scheduler is not None or not self.args.oto_hold_lr_through_window:
             return super().create_scheduler(num_training_steps, optimizer)
         # Warm up, hold the peak through the pruning window, decay over what is left: the steps after the window are
-        # the only ones that train the final (pruned) architecture, and a linear schedule would leave them little lr.
+        # the only ones that train the final (pruned) architecture, and a linear schedule leaves them little lr. (On
+        # P1 at lr 2e-4 it gained nothing over the linear schedule, docs/benchmarks.md; hence off by default.)
         start, prune_steps = self._pruning_window(max(1, num_training_steps))
         window_end = min(start + prune_steps, num_training_steps)
         warmup = self.args.get_warmup_steps(num_training_steps)
