@@ -203,7 +203,8 @@ class OTOTrainer(Trainer):
             {"params": [p for n, p in params if n not in decay], "weight_decay": 0.0},
         ]
         max_steps = max(1, self.state.max_steps or args.max_steps or 1)
-        start, prune_steps = self._pruning_window(max_steps)
+        start = int(round(args.oto_half_space_start * max_steps))
+        prune_steps = max(1, int(round(args.oto_prune_fraction * max_steps)))
         self.optimizer = HSPG(
             grouped_parameters,
             self.oto_groups,
@@ -226,19 +227,14 @@ class OTOTrainer(Trainer):
         )
         return self.optimizer
 
-    def _pruning_window(self, max_steps: int) -> tuple[int, int]:
-        """(first step, length) of the pruning window in optimizer steps."""
-        start = int(round(self.args.oto_half_space_start * max_steps))
-        return start, max(1, int(round(self.args.oto_prune_fraction * max_steps)))
-
     def create_scheduler(self, num_training_steps: int, optimizer=None):
         if self.lr_scheduler is not None or not self.args.oto_hold_lr_through_window:
             return super().create_scheduler(num_training_steps, optimizer)
         # Warm up, hold the peak through the pruning window, decay over what is left: the steps after the window are
         # the only ones that train the final (pruned) architecture, and a linear schedule leaves them little lr. (On
         # P1 at lr 2e-4 it gained nothing over the linear schedule, docs/benchmarks.md; hence off by default.)
-        start, prune_steps = self._pruning_window(max(1, num_training_steps))
-        window_end = min(start + prune_steps, num_training_steps)
+        # The window is HSPG's own (create_optimizer has built it), so schedule and pruning cannot disagree.
+        window_end = min(self.hspg.half_space_start + self.hspg.prune_steps, num_training_steps)
         warmup = self.args.get_warmup_steps(num_training_steps)
         if warmup > window_end:
             raise ValueError(
