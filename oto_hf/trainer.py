@@ -122,10 +122,11 @@ class OTOTrainingArguments(TrainingArguments):
         if self.oto_hold_lr_through_window:
             if self.oto_effective_target is None:
                 problems.append("--oto_hold_lr_through_window needs a target (it aligns the schedule with the pruning window)")
-            if SchedulerType(self.lr_scheduler_type) not in (SchedulerType.LINEAR, SchedulerType.COSINE):
+            scheduler = SchedulerType(self.lr_scheduler_type)
+            if scheduler not in (SchedulerType.LINEAR, SchedulerType.COSINE):
                 problems.append(
                     f"--oto_hold_lr_through_window decays linearly or by cosine after the window; it cannot follow "
-                    f"--lr_scheduler_type {SchedulerType(self.lr_scheduler_type).value}. Use linear or cosine, or drop the flag"
+                    f"--lr_scheduler_type {scheduler.value}. Use linear or cosine, or drop the flag"
                 )
         if not (self.oto_prune_heads or self.oto_prune_neurons):
             problems.append("--oto_prune_heads and --oto_prune_neurons are both off: nothing would be pruned")
