@@ -13,6 +13,7 @@ again), `compressed_model/` (the pruned model, loadable with `from_pretrained`),
 `plots/`. The report is written last: a folder with a report.json holds a finished run.
 """
 
+import json
 import logging
 import os
 import shutil
@@ -236,6 +237,10 @@ def main(argv: list[str] | None = None) -> dict:
     if final.exists():
         shutil.rmtree(final)
     os.replace(partial, final)
+
+    # The compressed model's answers, {question id: text} (the file name HF's run_qa.py uses), so that two runs can be
+    # compared question by question (paired differences) without re-running either model.
+    (out / "eval_predictions.json").write_text(json.dumps(small_answers, indent=1, ensure_ascii=False) + "\n")
 
     before = oto_hf.model_stats(trainer.model, training_args.oto_seq_len, exclude_zero_groups=False)
     after = oto_hf.model_stats(compressed, training_args.oto_seq_len)

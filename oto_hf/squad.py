@@ -18,7 +18,8 @@ This module gathers everything the pruning experiments need around SQuAD v1.1:
 * **Post-processing** (:func:`postprocess_predictions`): from start/end logits of
   all windows of a question back to an answer string, vectorised with numpy.
 * **The official SQuAD v1.1 metric** (:func:`normalize_answer`,
-  :func:`exact_match_score`, :func:`f1_score`, :func:`squad_v1_metrics`), and an
+  :func:`exact_match_score`, :func:`f1_score`, :func:`squad_v1_metrics`; per question:
+  :func:`squad_v1_scores`), and an
   ``evaluate`` wrapper around the same functions in ``oto_hf/metrics/squad_v1``
   (:func:`squad_metric_path`), so there is one copy of the metric code.
 * **A tiny QA "pipeline"** (:func:`answer_question`), replacing the
@@ -70,6 +71,7 @@ __all__ = [
     "exact_match_score",
     "f1_score",
     "metric_max_over_ground_truths",
+    "squad_v1_scores",
     "squad_v1_metrics",
     "squad_metric_path",
     "answer_question",
@@ -863,6 +865,43 @@ def _preview(ids: Sequence[str], n: int = 5) -> str:
     return ", ".join(map(repr, ids[:n])) + (f" ... ({len(ids)} in all)" if len(ids) > n else "")
 
 
+def squad_v1_scores(predictions, references, allow_unanswered: bool = False) -> dict[str, dict[str, float]]:
+    """Per-question exact match (0 or 1) and F1 (in [0, 1]), as the official SQuAD v1.1 script scores each one.
+
+    Args and errors as `squad_v1_metrics`. A reference question without a prediction (only with
+    ``allow_unanswered``) scores 0 for both. Used for paired comparisons of two models on the same questions.
+
+    Returns:
+        ``{question id: {"exact_match": 0/1, "f1": f1}}`` for every reference question.
+    """
+    if not isinstance(predictions, Mapping):
+        predictions = {str(p["id"]): p["prediction_text"] for p in predictions}
+    golds = _references_to_dict(references)
+    if not golds:
+        raise ValueError("no reference questions to score")
+    unknown = [qid for qid in predictions if qid not in golds]
+    if unknown:
+        raise ValueError(f"prediction ids missing from the references: {_preview(unknown)}")
+    no_gold = [qid for qid, g in golds.items() if not g]
+    if no_gold:
+        raise ValueError(f"references without any gold answer: {_preview(no_gold)}")
+    unanswered = [qid for qid in golds if qid not in predictions]
+    if unanswered and not allow_unanswered:
+        raise ValueError(
+            f"{len(unanswered)} of {len(golds)} reference questions have no prediction: {_preview(unanswered)} "
+            "(pass allow_unanswered=True to score them 0 as the official script does)"
+        )
+    scores = {}
+    for qid, gold in golds.items():
+        if qid not in predictions:  # official behaviour: counts in the total with score 0
+            scores[qid] = {"exact_match": 0.0, "f1": 0.0}
+            continue
+        pred = predictions[qid]
+        scores[qid] = {"exact_match": metric_max_over_ground_truths(exact_match_score, pred, gold),
+                       "f1": metric_max_over_ground_truths(f1_score, pred, gold)}
+    return scores
+
+
 def squad_v1_metrics(predictions, references, allow_unanswered: bool = False) -> dict[str, float]:
     """Exact match and F1 in percent, as the official SQuAD v1.1 script computes them.
 
@@ -883,32 +922,10 @@ def squad_v1_metrics(predictions, references, allow_unanswered: bool = False) ->
         ValueError: a prediction id is not among the references, a reference has no
             gold answer, or (unless ``allow_unanswered``) a reference has no prediction.
     """
-    if not isinstance(predictions, Mapping):
-        predictions = {str(p["id"]): p["prediction_text"] for p in predictions}
-    golds = _references_to_dict(references)
-    unknown = [qid for qid in predictions if qid not in golds]
-    if unknown:
-        raise ValueError(f"prediction ids missing from the references: {_preview(unknown)}")
-    no_gold = [qid for qid, g in golds.items() if not g]
-    if no_gold:
-        raise ValueError(f"references without any gold answer: {_preview(no_gold)}")
-    unanswered = [qid for qid in golds if qid not in predictions]
-    if unanswered and not allow_unanswered:
-        raise ValueError(
-            f"{len(unanswered)} of {len(golds)} reference questions have no prediction: {_preview(unanswered)} "
-            "(pass allow_unanswered=True to score them 0 as the official script does)"
-        )
-    em = f1 = 0.0
-    for qid, gold in golds.items():
-        if qid not in predictions:
-            continue  # official behaviour: counts in the total with score 0
-        pred = predictions[qid]
-        em += metric_max_over_ground_truths(exact_match_score, pred, gold)
-        f1 += metric_max_over_ground_truths(f1_score, pred, gold)
-    total = len(golds)
-    if total == 0:
-        raise ValueError("no reference questions to score")
-    return {"exact_match": 100.0 * em / total, "f1": 100.0 * f1 / total, "n": total}
+    scores = squad_v1_scores(predictions, references, allow_unanswered)
+    total = len(scores)
+    return {"exact_match": 100.0 * sum(s["exact_match"] for s in scores.values()) / total,
+            "f1": 100.0 * sum(s["f1"] for s in scores.values()) / total, "n": total}
 
 
 # --------------------------------------------------------------------------------------

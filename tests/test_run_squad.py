@@ -62,8 +62,9 @@ def test_tiny_end_to_end_run(small_model_dir, squad_dir, tmp_path):
     examples = squad.sample_questions(raw["validation"], 24, 0)
     features = squad.tokenize_squad(examples, tokenizer, "validation", max_seq_length=128, doc_stride=32,
                                     max_query_length=32)
-    metrics, _ = squad.evaluate_squad(model, examples, features)
+    metrics, answers = squad.evaluate_squad(model, examples, features)
     assert metrics == report["quality"]["compressed"]
+    assert json.loads((out / "eval_predictions.json").read_text()) == answers
 
     # A second start on the same folder refuses to overwrite the finished run.
     with pytest.raises(run_squad.RunError, match="already holds a finished run"):

@@ -454,6 +454,18 @@ def test_squad_v1_metrics_by_hand():
     assert partial == {"exact_match": 25.0, "f1": 25.0, "n": 4}
 
 
+def test_squad_v1_scores_per_question():
+    refs = {"a": ["Eiffel Tower", "the tower"], "b": ["1990"], "c": ["Denver Broncos"], "d": ["x"]}
+    preds = {"a": "tower", "b": "in the year 1990", "c": "Denver Broncos!", "d": ""}
+    scores = S.squad_v1_scores(preds, refs)
+    assert scores == {"a": {"exact_match": 1.0, "f1": 1.0}, "b": {"exact_match": 0.0, "f1": 0.5},
+                      "c": {"exact_match": 1.0, "f1": 1.0}, "d": {"exact_match": 0.0, "f1": 0.0}}
+    # unanswered questions score 0 only when allowed, as in squad_v1_metrics
+    assert S.squad_v1_scores({"a": "tower"}, refs, allow_unanswered=True)["b"] == {"exact_match": 0.0, "f1": 0.0}
+    with pytest.raises(ValueError, match="no prediction"):
+        S.squad_v1_scores({"a": "tower"}, refs)
+
+
 def test_evaluate_metric_offline_matches(genuine, tmp_path):
     """evaluate.load(<local script>) works offline, from a fresh cache, and agrees."""
     dev = S.sample_questions(genuine["validation"], 300, seed=5)
