@@ -23,6 +23,11 @@ Methods (each writes benchmarks/results/p1/<method>/result.json; a method with a
     python benchmarks/p1_quality.py --summarize                    # summary.md + f1_vs_flops.png from what exists
     python benchmarks/p1_quality.py --smoke --methods dense oto50 tp50 --summarize   # tiny check, results/tmp/
     python benchmarks/p1_quality.py --learning_rate 2e-4 --methods dense oto50 tp50  # lr sweep: results/p1_lr0.0002
+    python benchmarks/p1_quality.py --fill_predictions --summarize  # predictions.json for runs that predate it
+
+Every method also keeps its answer to each dev question (<method>/predictions.json), and the summary compares
+methods question by question: the mean F1 difference with a 95% paired bootstrap interval, so that a difference of
+one or two F1 points on 1,000 questions can be told apart from sampling noise.
 
 All CPU work runs with 2 threads. The latency ratio is oto_hf.report.latency_ratio (batch 32 x 384, 5 interleaved
 repeats, medians) of the dense fine-tuned model against the method's final model.
@@ -73,6 +78,8 @@ OTO_METHODS = {"oto30": (0.3, 1, ()), "oto50": (0.5, 1, ()), "oto70": (0.7, 1, (
 METHODS = ["dense", "oto30", "oto50", "oto70", "tp30", "tp50", "tp70", "oto50x2", "oto50late", "oto50hold"]
 LATENCY = dict(batch_size=32, seq_len=384, repeats=5)
 SCRIPT = "python benchmarks/p1_quality.py"
+PREDICTIONS = "predictions.json"
+BOOTSTRAP_RESAMPLES = 10_000
 
 
 def log(msg: str) -> None:
@@ -155,8 +162,8 @@ def parse_settings(ctx: Ctx, output_dir: Path):
     return model_args, data_args, train_args, run_args, oto
 
 
-def load_data(model_args, data_args):
-    """The same questions and features as run_squad.main."""
+def load_data(model_args, data_args, train: bool = True):
+    """The same questions and features as run_squad.main (without the training features if not `train`)."""
     from transformers import AutoTokenizer
 
     model_path = run_squad.resolve_model_path(model_args.model_name_or_path)
@@ -169,18 +176,30 @@ def load_data(model_args, data_args):
     window = dict(doc_stride=data_args.doc_stride, max_query_length=data_args.max_query_length,
                   num_proc=data_args.preprocessing_num_workers)
     train_features = squad.tokenize_squad(train_examples, tokenizer, "train",
-                                          max_seq_length=data_args.max_seq_length, **window)
+                                          max_seq_length=data_args.max_seq_length, **window) if train else None
     eval_features = squad.tokenize_squad(eval_examples, tokenizer, "validation", max_seq_length=eval_seq, **window)
     return dict(model_path=model_path, data_files=data_files, tokenizer=tokenizer, train_examples=train_examples,
                 eval_examples=eval_examples, train_features=train_features, eval_features=eval_features)
 
 
 def evaluate(model, data, data_args, train_args, desc):
-    metrics, _ = squad.evaluate_squad(model, data["eval_examples"], data["eval_features"],
-                                      batch_size=train_args.per_device_eval_batch_size,
-                                      n_best_size=data_args.n_best_size, max_answer_length=data_args.max_answer_length,
-                                      desc=desc)
-    return metrics
+    """(EM/F1, {question id: answer}) of `model` on the P1 dev questions."""
+    return squad.evaluate_squad(model, data["eval_examples"], data["eval_features"],
+                                batch_size=train_args.per_device_eval_batch_size,
+                                n_best_size=data_args.n_best_size, max_answer_length=data_args.max_answer_length,
+                                desc=desc)
+
+
+def write_predictions(ctx: Ctx, method: str, answers: dict) -> None:
+    """The method's answer to each dev question (`<method>/predictions.json`), for paired comparisons."""
+    path = ctx.method_dir(method) / PREDICTIONS
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(answers, indent=1, ensure_ascii=False) + "\n")
+
+
+def read_predictions(ctx: Ctx, method: str) -> dict | None:
+    path = ctx.method_dir(method) / PREDICTIONS
+    return json.loads(path.read_text()) if path.exists() else None
 
 
 def stats_dict(model, seq_len: int = 384) -> dict:
@@ -344,7 +363,8 @@ def run_dense(ctx: Ctx) -> dict:
     trainer, training = train_adamw(model, train_args, data, run_dir)
     model = trainer.model
     save_model_atomic(model, data["tokenizer"], mdir / "model")
-    metrics = evaluate(model, data, data_args, train_args, "evaluating dense")
+    metrics, answers = evaluate(model, data, data_args, train_args, "evaluating dense")
+    write_predictions(ctx, "dense", answers)
     log(f"dense: EM {metrics['exact_match']:.2f} F1 {metrics['f1']:.2f}")
     ref = dense_reference_stats(data["model_path"])
     st = stats_dict(model)
@@ -398,6 +418,8 @@ def run_oto(ctx: Ctx, method: str) -> dict:
         wall = time.perf_counter() - t0
         foreign = meter.stop() if meter else None
     report = json.loads(report_path.read_text())
+    if (run_dir / "eval_predictions.json").exists():  # runs before 0daf637 wrote none: --fill_predictions
+        shutil.copyfile(run_dir / "eval_predictions.json", mdir / PREDICTIONS)
     settings = run_squad.parse_arguments(argv)[2]  # the OTOTrainingArguments run_squad.main used
     model = load_model(run_dir / "compressed_model")
     from transformers import AutoTokenizer
@@ -483,7 +505,7 @@ def run_tp(ctx: Ctx, method: str, allow_without_oto: bool) -> dict:
         dense = load_model(dense_dir)
         model, pruning = prune_peer(dense, data, train_args, target_flops_kept=oto_flops_kept, seq_len=384,
                                     calib_batches=pruning_batches(ctx), log=log)
-        metrics0 = evaluate(model, data, data_args, train_args, f"evaluating {method} before retraining")
+        metrics0, _ = evaluate(model, data, data_args, train_args, f"evaluating {method} before retraining")
         pruning["quality_before_retraining"] = metrics0
         save_model_atomic(model, data["tokenizer"], pruned_dir)
         info_path.write_text(json.dumps(pruning, indent=2, default=str) + "\n")
@@ -492,7 +514,8 @@ def run_tp(ctx: Ctx, method: str, allow_without_oto: bool) -> dict:
     trainer, training = train_adamw(model, train_args, data, run_dir, max_steps=steps)
     model = trainer.model
     save_model_atomic(model, data["tokenizer"], mdir / "model")
-    metrics = evaluate(model, data, data_args, train_args, f"evaluating {method}")
+    metrics, answers = evaluate(model, data, data_args, train_args, f"evaluating {method}")
+    write_predictions(ctx, method, answers)
     log(f"{method}: EM {metrics['exact_match']:.2f} F1 {metrics['f1']:.2f}")
     st = stats_dict(model)
     lat = measure_latency(ctx, model, data["tokenizer"].vocab_size)
@@ -559,6 +582,7 @@ def summarize(ctx: Ctx) -> None:
             f"{r['kept']['encoder_flops']:.1%} | {r['kept']['encoder_params']:.1%} | "
             f"{fmt_layers(r['stats']['heads_per_layer'])} | {fmt_layers(r['stats']['ffn_width_per_layer'])} | "
             f"{lat_s} | {wall_s} | {tr['steps']} |")
+    lines += paired_lines(ctx, current)
     lines += ["", "## Commands", ""]
     for r in results:
         lines.append(f"- **{r['method']}** ({r['label']}): `{r['command']}`")
@@ -675,6 +699,85 @@ def fill_latency(ctx: Ctx) -> None:
                 rewrite_result(ctx, m, r)
 
 
+def fill_predictions(ctx: Ctx) -> None:
+    """Write predictions.json for finished methods that have none (runs before predictions were kept): the saved
+    model, evaluated again on the same questions. The F1 of those answers is checked against the result's F1, so
+    the file is known to be what the method scored."""
+    todo = [m for m in METHODS if (r := read_result(ctx, m)) and read_predictions(ctx, m) is None
+            and Path(r["model_dir"]).exists()]
+    if not todo:
+        return
+    model_args, data_args, train_args, _, _ = parse_settings(ctx, ctx.results / "fill_predictions")
+    data = load_data(model_args, data_args, train=False)
+    for m in todo:
+        r = read_result(ctx, m)
+        metrics, answers = evaluate(load_model(Path(r["model_dir"])), data, data_args, train_args, f"evaluating {m}")
+        if abs(metrics["f1"] - r["quality"]["f1"]) > 1e-9 or abs(metrics["exact_match"] - r["quality"]["exact_match"]) > 1e-9:
+            raise SystemExit(f"{m}: the saved model scores EM {metrics['exact_match']:.4f} F1 {metrics['f1']:.4f} now, "
+                             f"its result.json says EM {r['quality']['exact_match']:.4f} F1 {r['quality']['f1']:.4f}; "
+                             "predictions not written (is the model or the question sample a different one?)")
+        write_predictions(ctx, m, answers)
+        log(f"{m}: predictions.json written (F1 {metrics['f1']:.2f}, as in its result.json)")
+
+
+def reference_answers(ctx: Ctx) -> dict[str, list[str]]:
+    """{question id: gold answers} of the P1 dev sample (the questions every method was scored on)."""
+    data_args = parse_settings(ctx, ctx.results / "references")[1]
+    files = run_squad.resolve_data_files(data_args)
+    raw = squad.load_squad(validation_file=files["validation_file"]) if "validation_file" in files else squad.load_squad(**files)
+    sample = squad.sample_questions(raw["validation"], data_args.max_eval_samples, data_args.sample_seed)
+    return {row["id"]: list(row["answers"]["text"]) for row in sample}
+
+
+def paired_difference(scores_a: list[float], scores_b: list[float], resamples: int = BOOTSTRAP_RESAMPLES,
+                      seed: int = 0) -> dict:
+    """Mean of a - b over the same questions, in F1 points, with a 95% paired bootstrap interval (questions
+    resampled with replacement, the two methods' scores kept together)."""
+    import numpy as np
+
+    diff = 100.0 * (np.asarray(scores_a, dtype=np.float64) - np.asarray(scores_b, dtype=np.float64))
+    rng = np.random.default_rng(seed)
+    means = diff[rng.integers(0, len(diff), size=(resamples, len(diff)))].mean(axis=1)
+    low, high = np.percentile(means, [2.5, 97.5])
+    return {"difference": float(diff.mean()), "ci95": (float(low), float(high)), "questions": len(diff),
+            "a_better": int((diff > 0).sum()), "b_better": int((diff < 0).sum())}
+
+
+def comparison_pairs(results: list[dict]) -> list[tuple[str, str]]:
+    """(method, reference) pairs worth a paired test: every method against dense, each OTO point (and variant)
+    against the peer at the same target."""
+    names = {r["method"] for r in results}
+    pairs = [(r["method"], "dense") for r in results if r["method"] != "dense" and "dense" in names]
+    for r in results:
+        if r["family"] in ("oto", "oto_variant"):
+            peer = f"tp{round(100 * r['target_flops_removed'])}"
+            if peer in names:
+                pairs.append((r["method"], peer))
+    return pairs
+
+
+def paired_lines(ctx: Ctx, results: list[dict]) -> list[str]:
+    """The summary's table of paired F1 differences (only pairs whose both predictions.json exist)."""
+    predictions = {r["method"]: p for r in results if (p := read_predictions(ctx, r["method"])) is not None}
+    pairs = [(a, b) for a, b in comparison_pairs(results) if a in predictions and b in predictions]
+    if not pairs:
+        return []
+    golds = reference_answers(ctx)
+    f1 = {m: {q: s["f1"] for q, s in squad.squad_v1_scores(p, golds).items()} for m, p in predictions.items()}
+    lines = ["", "## Paired F1 differences (same dev questions)", "",
+             f"Mean per-question F1 of the method minus the reference's, with a 95% paired bootstrap interval "
+             f"({BOOTSTRAP_RESAMPLES:,} resamples of the questions, numpy seed 0; `paired_difference`). An interval "
+             "that contains 0 means this sample cannot tell the two apart.", "",
+             "| method | reference | ΔF1 | 95% interval | questions method better / reference better |",
+             "|---|---|---|---|---|"]
+    for a, b in pairs:
+        ids = sorted(golds)
+        d = paired_difference([f1[a][q] for q in ids], [f1[b][q] for q in ids])
+        lines.append(f"| {a} | {b} | {d['difference']:+.2f} | [{d['ci95'][0]:+.2f}, {d['ci95'][1]:+.2f}] | "
+                     f"{d['a_better']} / {d['b_better']} |")
+    return lines
+
+
 # ----------------------------------------------------------------------------------------------------------------
 
 
@@ -684,6 +787,8 @@ def main(argv=None) -> None:
     p.add_argument("--force", action="store_true", help="rerun methods whose result.json exists")
     p.add_argument("--summarize", action="store_true", help="write summary.md and f1_vs_flops.png")
     p.add_argument("--fill_latency", action="store_true", help="measure missing latency ratios of finished methods")
+    p.add_argument("--fill_predictions", action="store_true", help="write predictions.json of finished methods that "
+                   "have none, by evaluating their saved model again (checked against their result.json)")
     p.add_argument("--remeasure_latency", action="store_true", help="measure every finished method's latency ratio "
                    "again (run it on an idle machine) and keep it beside the first")
     p.add_argument("--smoke", action="store_true", help="tiny setting (2-layer MiniLM, a few questions), results "
@@ -716,6 +821,8 @@ def main(argv=None) -> None:
             result = run_tp(ctx, m, args.tp_without_oto)
         result["method_wall_s_this_session"] = time.perf_counter() - t0
         write_result(ctx, m, result)
+    if args.fill_predictions:
+        fill_predictions(ctx)
     if args.fill_latency:
         fill_latency(ctx)
     if args.remeasure_latency:

@@ -94,3 +94,43 @@ def test_oto50hold_holds_the_lr_through_the_window(tmp_path):
     assert settings.oto_hold_lr_through_window and settings.oto_target == 0.5
     assert (settings.oto_half_space_start, settings.oto_prune_fraction) == (0.1, 0.5)
     assert not run_squad.parse_arguments(p1_quality.oto_argv(ctx, "oto50", tmp_path / "run"))[2].oto_hold_lr_through_window
+
+
+def test_paired_difference_and_its_interval():
+    import p1_quality
+
+    same = p1_quality.paired_difference([0.5, 1.0, 0.0], [0.5, 1.0, 0.0])
+    assert same["difference"] == 0 and same["ci95"] == (0.0, 0.0) and same["a_better"] == same["b_better"] == 0
+    shifted = p1_quality.paired_difference([0.6] * 50, [0.5] * 50)  # the same +10 F1 points on every question
+    assert shifted["difference"] == pytest.approx(10.0) and shifted["ci95"] == pytest.approx((10.0, 10.0))
+    # a wins half the questions and loses the other half: no difference, and an interval on both sides of 0
+    split = p1_quality.paired_difference([1.0, 0.0] * 500, [0.0, 1.0] * 500)
+    assert split["difference"] == 0 and split["ci95"][0] < -3 and split["ci95"][1] > 3
+    assert (split["a_better"], split["b_better"], split["questions"]) == (500, 500, 1000)
+
+
+def test_paired_lines_score_saved_predictions_against_the_p1_questions(tmp_path, squad_dir):
+    import json
+
+    import p1_quality
+
+    ctx = p1_quality.Ctx(smoke=False, results=tmp_path)
+    golds = p1_quality.reference_answers(ctx)
+    assert len(golds) == 1000  # the P1 YAML's dev sample
+    ids = sorted(golds)
+    # dense answers everything right; oto50 the first half; the peer nothing
+    answers = {"dense": {q: golds[q][0] for q in ids},
+               "oto50": {q: golds[q][0] if i < 500 else "" for i, q in enumerate(ids)},
+               "tp50": {q: "" for q in ids}}
+    for method, preds in answers.items():
+        (tmp_path / method).mkdir()
+        (tmp_path / method / "predictions.json").write_text(json.dumps(preds))
+    results = [{"method": "dense", "family": "dense"}, {"method": "oto50", "family": "oto", "target_flops_removed": 0.5},
+               {"method": "tp50", "family": "tp"}, {"method": "oto70", "family": "oto", "target_flops_removed": 0.7}]
+    assert p1_quality.comparison_pairs(results) == [("oto50", "dense"), ("tp50", "dense"), ("oto70", "dense"),
+                                                    ("oto50", "tp50")]
+    rows = [line for line in p1_quality.paired_lines(ctx, results) if line.startswith("| oto") or line.startswith("| tp")]
+    # oto70 has no predictions: no row; the others' differences follow from the answers above
+    assert [r.split(" | ")[:3] for r in rows] == [["| oto50", "dense", "-50.00"], ["| tp50", "dense", "-100.00"],
+                                                  ["| oto50", "tp50", "+50.00"]]
+    assert rows[0].endswith("| 0 / 500 |") and rows[2].endswith("| 500 / 0 |")
