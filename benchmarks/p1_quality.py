@@ -9,7 +9,7 @@ Methods (each writes benchmarks/results/p1/<method>/result.json; a method with a
                    it, and it is the reference of every latency ratio).
 * oto30/50/70      `run_squad.main([configs/minilm_squad_p1.yaml, --oto_target 0.X, --output_dir <method>/run,
                    --report_latency_repeats 0])`; EM/F1/params/FLOPs/heads/widths from its report.json.
-* oto50x2          oto50 trained for twice the YAML's epochs: the peer's total step count (its dense fine-tuning
+* oto50x2, oto70x2 oto50 / oto70 trained for twice the YAML's epochs: the peer's total step count (its dense fine-tuning
                    plus its retraining), so that OTO and the peer are also compared at equal training compute.
 * oto50late        oto50 with the pruning window at 30%-70% of the steps instead of 10%-60% (LATE_WINDOW).
 * oto50hold        oto50 with `--oto_hold_lr_through_window`: peak lr until the window ends (step 330 of 550), then
@@ -66,7 +66,7 @@ CONFIG = REPO_ROOT / "configs" / "minilm_squad_p1.yaml"
 RESULTS = REPO_ROOT / "benchmarks" / "results" / "p1"
 SMOKE_RESULTS = REPO_ROOT / "benchmarks" / "results" / "tmp" / "p1_smoke"
 # OTO points: method -> (fraction of encoder FLOPs removed, multiple of the YAML's epochs, extra run_squad options).
-# oto50x2 trains for the peer's total step count (dense fine-tuning + retraining = 2 x the YAML's), so OTO and the
+# oto50x2 / oto70x2 train for the peer's total step count (dense fine-tuning + retraining = 2 x the YAML's), so OTO and the
 # peer spend equal compute. oto50late opens the pruning window at 30% of the steps instead of 10% (and closes it at
 # 70%), so the groups are chosen from a model that has learned more of the task. oto50hold keeps the peak lr through
 # the pruning window and decays it afterwards, testing whether OTO's train loss lags because the pruned model trains
@@ -74,8 +74,9 @@ SMOKE_RESULTS = REPO_ROOT / "benchmarks" / "results" / "tmp" / "p1_smoke"
 LATE_WINDOW = ("--oto_half_space_start", "0.3", "--oto_prune_fraction", "0.4")
 HOLD_LR = ("--oto_hold_lr_through_window",)
 OTO_METHODS = {"oto30": (0.3, 1, ()), "oto50": (0.5, 1, ()), "oto70": (0.7, 1, ()), "oto50x2": (0.5, 2, ()),
+               "oto70x2": (0.7, 2, ()),
                "oto50late": (0.5, 1, LATE_WINDOW), "oto50hold": (0.5, 1, HOLD_LR)}
-METHODS = ["dense", "oto30", "oto50", "oto70", "tp30", "tp50", "tp70", "oto50x2", "oto50late", "oto50hold"]
+METHODS = ["dense", "oto30", "oto50", "oto70", "tp30", "tp50", "tp70", "oto50x2", "oto70x2", "oto50late", "oto50hold"]
 LATENCY = dict(batch_size=32, seq_len=384, repeats=5)
 SCRIPT = "python benchmarks/p1_quality.py"
 PREDICTIONS = "predictions.json"

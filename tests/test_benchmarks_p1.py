@@ -64,13 +64,14 @@ def test_learning_rate_sweep_point_has_its_own_folder_and_lr(tmp_path):
     assert argv[argv.index("--learning_rate") + 1] == "0.0002"
 
 
-def test_oto50x2_trains_twice_the_yaml_epochs(tmp_path):
+def test_equal_compute_points_train_twice_the_yaml_epochs(tmp_path):
     import run_squad
     import p1_quality
 
     ctx = p1_quality.Ctx(smoke=False, results=tmp_path)
-    settings = run_squad.parse_arguments(p1_quality.oto_argv(ctx, "oto50x2", tmp_path / "run"))[2]
-    assert settings.num_train_epochs == 4 and settings.oto_target == 0.5
+    for method, target in (("oto50x2", 0.5), ("oto70x2", 0.7)):
+        settings = run_squad.parse_arguments(p1_quality.oto_argv(ctx, method, tmp_path / "run"))[2]
+        assert settings.num_train_epochs == 4 and settings.oto_target == target
     settings = run_squad.parse_arguments(p1_quality.oto_argv(ctx, "oto50", tmp_path / "run"))[2]
     assert settings.num_train_epochs == 2
 
