@@ -24,6 +24,7 @@ Methods (each writes benchmarks/results/p1/<method>/result.json; a method with a
     python benchmarks/p1_quality.py --smoke --methods dense oto50 tp50 --summarize   # tiny check, results/tmp/
     python benchmarks/p1_quality.py --learning_rate 2e-4 --methods dense oto50 tp50  # lr sweep: results/p1_lr0.0002
     python benchmarks/p1_quality.py --fill_predictions --summarize  # predictions.json for runs that predate it
+    python benchmarks/p1_quality.py --compare benchmarks/results/p1_lr0.0004/oto50 benchmarks/results/p1_lr0.0002/oto50
 
 Every method also keeps its answer to each dev question (<method>/predictions.json), and the summary compares
 methods question by question: the mean F1 difference with a 95% paired bootstrap interval, so that a difference of
@@ -757,6 +758,23 @@ def comparison_pairs(results: list[dict]) -> list[tuple[str, str]]:
     return pairs
 
 
+def compare_folders(ctx: Ctx, folder_a: Path, folder_b: Path) -> dict:
+    """Paired F1 difference of two method folders (e.g. one method at two learning rates), from their
+    predictions.json; both must answer the P1 dev sample."""
+    golds = reference_answers(ctx)
+    f1 = []
+    for folder in (folder_a, folder_b):
+        path = Path(folder) / PREDICTIONS
+        if not path.exists():
+            raise SystemExit(f"{path} not found: run --fill_predictions for that results folder first")
+        scores = squad.squad_v1_scores(json.loads(path.read_text()), golds)
+        f1.append([scores[q]["f1"] for q in sorted(golds)])
+    d = paired_difference(*f1)
+    log(f"{folder_a} minus {folder_b}: ΔF1 {d['difference']:+.2f}, 95% interval [{d['ci95'][0]:+.2f}, "
+        f"{d['ci95'][1]:+.2f}], better on {d['a_better']} / worse on {d['b_better']} of {d['questions']} questions")
+    return d
+
+
 def paired_lines(ctx: Ctx, results: list[dict]) -> list[str]:
     """The summary's table of paired F1 differences (only pairs whose both predictions.json exist)."""
     predictions = {r["method"]: p for r in results if (p := read_predictions(ctx, r["method"])) is not None}
@@ -790,6 +808,9 @@ def main(argv=None) -> None:
     p.add_argument("--fill_latency", action="store_true", help="measure missing latency ratios of finished methods")
     p.add_argument("--fill_predictions", action="store_true", help="write predictions.json of finished methods that "
                    "have none, by evaluating their saved model again (checked against their result.json)")
+    p.add_argument("--compare", nargs=2, type=Path, metavar=("FOLDER_A", "FOLDER_B"), help="paired F1 difference "
+                   "A - B of two method folders with predictions.json (e.g. results/p1_lr0.0004/oto50 "
+                   "results/p1_lr0.0002/oto50)")
     p.add_argument("--remeasure_latency", action="store_true", help="measure every finished method's latency ratio "
                    "again (run it on an idle machine) and keep it beside the first")
     p.add_argument("--smoke", action="store_true", help="tiny setting (2-layer MiniLM, a few questions), results "
@@ -830,6 +851,8 @@ def main(argv=None) -> None:
         remeasure_latency(ctx)
     if args.summarize:
         summarize(ctx)
+    if args.compare:
+        compare_folders(ctx, *args.compare)
 
 
 if __name__ == "__main__":

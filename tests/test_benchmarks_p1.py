@@ -135,3 +135,20 @@ def test_paired_lines_score_saved_predictions_against_the_p1_questions(tmp_path,
     assert [r.split(" | ")[:3] for r in rows] == [["| oto50", "dense", "-50.00"], ["| tp50", "dense", "-100.00"],
                                                   ["| oto50", "tp50", "+50.00"]]
     assert rows[0].endswith("| 0 / 500 |") and rows[2].endswith("| 500 / 0 |")
+
+
+def test_compare_folders_pairs_two_runs_and_names_a_missing_file(tmp_path, squad_dir):
+    import json
+
+    import p1_quality
+
+    ctx = p1_quality.Ctx(smoke=False, results=tmp_path)
+    golds = p1_quality.reference_answers(ctx)
+    for name, right in (("a", 300), ("b", 100)):  # a answers the first 300 questions right, b the first 100
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "predictions.json").write_text(json.dumps(
+            {q: golds[q][0] if i < right else "" for i, q in enumerate(sorted(golds))}))
+    d = p1_quality.compare_folders(ctx, tmp_path / "a", tmp_path / "b")
+    assert d["difference"] == pytest.approx(20.0) and (d["a_better"], d["b_better"]) == (200, 0)
+    with pytest.raises(SystemExit, match="--fill_predictions"):
+        p1_quality.compare_folders(ctx, tmp_path / "a", tmp_path / "missing")
