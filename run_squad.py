@@ -9,8 +9,9 @@
     python run_squad.py --help                            # every option
 
 Writes into --output_dir: checkpoints while training (an interrupted run resumes from the last one when started
-again), `compressed_model/` (the pruned model, loadable with `from_pretrained`), `report.json`, `report.md` and
-`plots/`. The report is written last: a folder with a report.json holds a finished run.
+again), `compressed_model/` (the pruned model, loadable with `from_pretrained`), `eval_predictions.json` (its answer to each
+dev question), `report.json`, `report.md` and `plots/`. The report is written last: a folder with a report.json holds
+a finished run.
 """
 
 import json
