@@ -705,14 +705,13 @@ def fill_predictions(ctx: Ctx) -> None:
     """Write predictions.json for finished methods that have none (runs before predictions were kept): the saved
     model, evaluated again on the same questions. The F1 of those answers is checked against the result's F1, so
     the file is known to be what the method scored."""
-    todo = [m for m in METHODS if (r := read_result(ctx, m)) and read_predictions(ctx, m) is None
+    todo = [(m, r) for m in METHODS if (r := read_result(ctx, m)) and read_predictions(ctx, m) is None
             and Path(r["model_dir"]).exists()]
     if not todo:
         return
     model_args, data_args, train_args, _, _ = parse_settings(ctx, ctx.results / "fill_predictions")
     data = load_data(model_args, data_args, train=False)
-    for m in todo:
-        r = read_result(ctx, m)
+    for m, r in todo:
         metrics, answers = evaluate(load_model(Path(r["model_dir"])), data, data_args, train_args, f"evaluating {m}")
         if abs(metrics["f1"] - r["quality"]["f1"]) > 1e-9 or abs(metrics["exact_match"] - r["quality"]["exact_match"]) > 1e-9:
             raise SystemExit(f"{m}: the saved model scores EM {metrics['exact_match']:.4f} F1 {metrics['f1']:.4f} now, "
@@ -729,6 +728,12 @@ def reference_answers(ctx: Ctx) -> dict[str, list[str]]:
     raw = squad.load_squad(validation_file=files["validation_file"]) if "validation_file" in files else squad.load_squad(**files)
     sample = squad.sample_questions(raw["validation"], data_args.max_eval_samples, data_args.sample_seed)
     return {row["id"]: list(row["answers"]["text"]) for row in sample}
+
+
+def f1_in_question_order(predictions: dict, golds: dict[str, list[str]]) -> list[float]:
+    """Per-question F1 of `predictions`, in the sorted order of the question ids, so that two methods' lists pair up."""
+    scores = squad.squad_v1_scores(predictions, golds)
+    return [scores[q]["f1"] for q in sorted(golds)]
 
 
 def paired_difference(scores_a: list[float], scores_b: list[float], resamples: int = BOOTSTRAP_RESAMPLES,
@@ -767,8 +772,7 @@ def compare_folders(ctx: Ctx, folder_a: Path, folder_b: Path) -> dict:
         path = Path(folder) / PREDICTIONS
         if not path.exists():
             raise SystemExit(f"{path} not found: run --fill_predictions for that results folder first")
-        scores = squad.squad_v1_scores(json.loads(path.read_text()), golds)
-        f1.append([scores[q]["f1"] for q in sorted(golds)])
+        f1.append(f1_in_question_order(json.loads(path.read_text()), golds))
     d = paired_difference(*f1)
     log(f"{folder_a} minus {folder_b}: ΔF1 {d['difference']:+.2f}, 95% interval [{d['ci95'][0]:+.2f}, "
         f"{d['ci95'][1]:+.2f}], better on {d['a_better']} / worse on {d['b_better']} of {d['questions']} questions")
@@ -782,7 +786,7 @@ def paired_lines(ctx: Ctx, results: list[dict]) -> list[str]:
     if not pairs:
         return []
     golds = reference_answers(ctx)
-    f1 = {m: {q: s["f1"] for q, s in squad.squad_v1_scores(p, golds).items()} for m, p in predictions.items()}
+    f1 = {m: f1_in_question_order(p, golds) for m, p in predictions.items()}
     lines = ["", "## Paired F1 differences (same dev questions)", "",
              f"Mean per-question F1 of the method minus the reference's, with a 95% paired bootstrap interval "
              f"({BOOTSTRAP_RESAMPLES:,} resamples of the questions, numpy seed 0; `paired_difference`). An interval "
@@ -790,8 +794,7 @@ def paired_lines(ctx: Ctx, results: list[dict]) -> list[str]:
              "| method | reference | ΔF1 | 95% interval | questions method better / reference better |",
              "|---|---|---|---|---|"]
     for a, b in pairs:
-        ids = sorted(golds)
-        d = paired_difference([f1[a][q] for q in ids], [f1[b][q] for q in ids])
+        d = paired_difference(f1[a], f1[b])
         lines.append(f"| {a} | {b} | {d['difference']:+.2f} | [{d['ci95'][0]:+.2f}, {d['ci95'][1]:+.2f}] | "
                      f"{d['a_better']} / {d['b_better']} |")
     return lines
