@@ -18,8 +18,10 @@ size, so, in the spirit of DHSPG (OTO v2), stage 2 becomes a pruning window of `
 `num_periods` periods. At the start of each period the least salient non-zero groups are marked redundant until the
 period's share of the target is covered (never more). With the default `allocation="balanced"`, heads and FFN
 neurons each give up the same fraction of their cost, and within a kind the groups are ranked across layers by their
-saliency relative to their layer's mean; `allocation="global"` ranks all groups by saliency per unit of cost
-instead. (Saliency scores of a head and of a neuron are not on a common scale: per unit of FLOPs, |x_gᵀ∇_g| made
+saliency relative to their layer's mean; `allocation="uniform"` makes every layer give up the target's fraction of
+its cost, its heads the nearest whole number of their share and its neurons the rest (the layout is fixed, only which
+heads and neurons go is learned); `allocation="global"` ranks all groups by saliency per unit of cost instead.
+(Saliency scores of a head and of a neuron are not on a common scale: per unit of FLOPs, |x_gᵀ∇_g| made
 heads look ~10× cheaper than neurons and the squared score the opposite, and both lost to the balanced split when
 measured; see docs/benchmarks.md, "allocation probe".) Redundant groups take the
 subgradient step with an adaptive λ_g large enough to bring them to zero by the end of the period (linearly in
@@ -40,7 +42,7 @@ from .groups import HEAD, NEURON, ZeroInvariantGroups
 DIRECTIONS = ("adamw", "sgd")
 TARGET_UNITS = ("flops", "params")
 SALIENCIES = ("taylor", "fisher", "magnitude")
-ALLOCATIONS = ("balanced", "global")
+ALLOCATIONS = ("balanced", "global", "uniform")
 
 
 class HSPG(Optimizer):
@@ -63,7 +65,9 @@ class HSPG(Optimizer):
         saliency: how redundant groups are scored: "taylor" (|x_gᵀ∇_g f|, averaged over steps), "fisher"
             ((x_gᵀ∇_g f)², averaged) or "magnitude" (‖x_g‖²/|g|).
         allocation: how the target is shared between kinds of groups: "balanced" (heads and neurons each remove the
-            same fraction of their cost; groups ranked across layers by saliency / its layer's mean) or "global"
+            same fraction of their cost; groups ranked across layers by saliency / its layer's mean), "uniform"
+            (every layer removes the same fraction of its cost, heads and neurons alike; least salient first within
+            the layer) or "global"
             (all groups ranked by saliency per unit of cost).
         betas, eps: AdamW moments. momentum: SGD momentum. weight_decay: as in AdamW / SGD.
     """
@@ -348,20 +352,36 @@ class HSPG(Optimizer):
             importance = state["taylor"].double()
 
         redundant = torch.zeros_like(zero)
+        removable = float(costs.sum())
+        # Within one layer a layer-relative score ranks like the raw one, so "uniform" uses it too (for the fill).
+        score = importance / costs if self.allocation == "global" else self._layer_relative(importance, ~zero)
         if self.allocation == "global":
-            pools = [(torch.ones_like(zero), goal, importance / costs)]
-        else:
+            _mark_least_salient(redundant, torch.ones_like(zero), goal, score, costs, zero)
+        elif self.allocation == "balanced":
             # Each kind's share of the goal is its share of the removable cost; scores are compared within a kind.
-            score = self._layer_relative(importance, ~zero)
-            removable = float(costs.sum())
-            pools = [(kinds == k, goal * float(costs[kinds == k].sum()) / removable, score)
-                     for k in torch.unique(kinds).tolist()]
-        for member, share, score in pools:
-            need = share - float(costs[zero & member].sum())
-            candidates = torch.nonzero(member & ~zero).flatten()
-            order = candidates[torch.argsort(score[candidates])]
-            redundant[order[_fill_budget(costs[order], need)]] = True
-        if self.allocation == "balanced":
+            for kind in torch.unique(kinds).tolist():
+                member = kinds == kind
+                _mark_least_salient(redundant, member, goal * float(costs[member].sum()) / removable, score, costs,
+                                    zero)
+        else:
+            # Every layer gives up its share of the goal: the coarse groups (heads) the nearest whole number of theirs
+            # (never more than the layer's share), the fine ones (neurons) the rest of the layer's share.
+            layers = self.groups.layers.to(device)
+            for layer in range(self.groups.num_layers):
+                in_layer = layers == layer
+                layer_cost = float(costs[in_layer].sum())
+                layer_goal = goal * layer_cost / removable
+                layer_kinds = sorted(torch.unique(kinds[in_layer]).tolist(),
+                                     key=lambda k: -float(costs[in_layer & (kinds == k)].max()))
+                for i, kind in enumerate(layer_kinds):
+                    member = in_layer & (kinds == kind)
+                    taken = float(costs[in_layer & ~member & (zero | redundant)].sum())
+                    share = layer_goal - taken
+                    if i < len(layer_kinds) - 1:
+                        unit = float(costs[member].max())
+                        share = min(round(layer_goal * float(costs[member].sum()) / layer_cost / unit) * unit, share)
+                    _mark_least_salient(redundant, member, share, score, costs, zero)
+        if self.allocation != "global":
             # Each pool stops short of its share by less than one of its groups; the cheapest groups (neurons), least
             # salient first, fill what is left, so the target is met to within one neuron.
             need = goal - float(costs[zero | redundant].sum())
@@ -435,6 +455,16 @@ class HSPG(Optimizer):
             self.hspg_state[key] = hspg[key].to(device)
         for key in ("step", "period", "last_lambda"):
             self.hspg_state[key] = hspg[key]
+
+
+def _mark_least_salient(redundant: torch.Tensor, member: torch.Tensor, share: float, score: torch.Tensor,
+                        costs: torch.Tensor, zero: torch.Tensor) -> None:
+    """Mark the least salient live groups of `member` redundant until the pool's zero and newly marked groups hold
+    `share` of the cost (never more)."""
+    need = share - float(costs[zero & member].sum())
+    candidates = torch.nonzero(member & ~zero & ~redundant).flatten()
+    order = candidates[torch.argsort(score[candidates])]
+    redundant[order[_fill_budget(costs[order], need)]] = True
 
 
 def _fill_budget(costs: torch.Tensor, budget: float) -> torch.Tensor:

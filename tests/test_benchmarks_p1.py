@@ -97,6 +97,17 @@ def test_oto50hold_holds_the_lr_through_the_window(tmp_path):
     assert not run_squad.parse_arguments(p1_quality.oto_argv(ctx, "oto50", tmp_path / "run"))[2].oto_hold_lr_through_window
 
 
+def test_uniform_points_use_the_uniform_allocation(tmp_path):
+    import run_squad
+    import p1_quality
+
+    ctx = p1_quality.Ctx(smoke=False, results=tmp_path)
+    for method, target in (("oto50uniform", 0.5), ("oto70uniform", 0.7)):
+        settings = run_squad.parse_arguments(p1_quality.oto_argv(ctx, method, tmp_path / "run"))[2]
+        assert settings.oto_allocation == "uniform" and settings.oto_target == target
+    assert run_squad.parse_arguments(p1_quality.oto_argv(ctx, "oto70", tmp_path / "run"))[2].oto_allocation == "balanced"
+
+
 def test_paired_difference_and_its_interval():
     import p1_quality
 

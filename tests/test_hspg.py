@@ -89,7 +89,8 @@ def train(model, opt, steps, first_step=0, on_step=None):
 @pytest.mark.parametrize(
     "target,unit,direction,allocation,saliency",
     [(0.3, "flops", "adamw", "balanced", "taylor"), (0.5, "flops", "sgd", "balanced", "fisher"),
-     (0.7, "params", "adamw", "balanced", "magnitude"), (0.5, "flops", "adamw", "global", "taylor")],
+     (0.7, "params", "adamw", "balanced", "magnitude"), (0.5, "flops", "adamw", "global", "taylor"),
+     (0.7, "flops", "adamw", "uniform", "taylor")],
 )
 def test_target_is_reached_not_overshot_and_held(target, unit, direction, allocation, saliency):
     lr = 1e-3 if direction == "adamw" else 0.05
@@ -152,6 +153,37 @@ def test_balanced_allocation_shares_the_target_and_ranks_within_each_kind():
     cut_heads = [heads[i] for i in heads if chosen[i]]
     assert cut_heads and max(cut_heads) <= min(kept_heads)
     assert chosen[groups.layers == 1].any(), "a layer with larger raw scores must still be pruned"
+
+
+def test_uniform_allocation_removes_the_same_fraction_of_every_layer():
+    from oto_hf.groups import HEAD, NEURON
+
+    torch.manual_seed(0)
+    model = BertForQuestionAnswering(tiny_bert_config(num_attention_heads=8, intermediate_size=96))
+    groups = zero_invariant_groups(model)
+    opt = HSPG(model.parameters(), groups, lr=1e-3, target=0.6, seq_len=32, prune_steps=10, allocation="uniform")
+    g = torch.Generator().manual_seed(4)
+    # Layer 1's scores run 100x larger and layer 0's heads are all nearly useless: neither may change the layout.
+    score = torch.rand(groups.num_groups, generator=g) + 0.05
+    score[groups.layers == 1] *= 100
+    score[(groups.layers == 0) & (groups.kinds == HEAD)] *= 1e-3
+    opt.hspg_state["taylor"] = score
+    opt._choose_redundant(0, groups.sq_norms())
+    chosen = opt.hspg_state["redundant"]
+    costs = groups.costs("flops", 32).double()
+    neuron_cost = float(costs[groups.kinds == NEURON][0])
+    goal = 0.6 * groups.total_cost("flops", 32)
+    assert goal - neuron_cost <= float(costs[chosen].sum()) <= goal + 1e-6
+    for layer in range(groups.num_layers):
+        in_layer = groups.layers == layer
+        layer_goal = 0.6 * float(costs[in_layer].sum())
+        assert layer_goal - neuron_cost <= float(costs[chosen & in_layer].sum()) <= layer_goal + 1e-6, layer
+        heads = torch.nonzero(in_layer & (groups.kinds == HEAD)).flatten()
+        assert int(chosen[heads].sum()) == round(0.6 * len(heads)), (layer, int(chosen[heads].sum()))
+        for kind in (HEAD, NEURON):  # within a layer, the least salient go first
+            pool = torch.nonzero(in_layer & (groups.kinds == kind)).flatten()
+            cut = chosen[pool]
+            assert float(score[pool[cut]].max()) <= float(score[pool[~cut]].min()), (layer, kind)
 
 
 def test_lambda_mode_projects_only_in_stage_two():
