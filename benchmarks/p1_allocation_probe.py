@@ -1,7 +1,7 @@
 """P1 side probe: which saliency criterion should HSPG's target mode use to choose the groups it removes?
 
 A full P1 run takes ~35 min here, so criteria are compared one-shot first: the dense P1 model
-(benchmarks/results/p1/dense/model) gets per-group statistics over `--batches` training batches, each criterion
+(benchmarks/results/p1_lr<lr>/dense/model) gets per-group statistics over `--batches` training batches, each criterion
 picks groups until `--target` of encoder FLOPs (384 tokens) is removed (the optimizer's own `_fill_budget`), the
 picked groups are zeroed, and EM/F1 are measured on the first `--questions` P1 dev questions, with no retraining.
 That isolates the choice (how many heads vs neurons, which layers) from the training schedule. It says nothing
@@ -135,10 +135,12 @@ def main(argv=None) -> None:
                                                      "same_ratio"])
     p.add_argument("--stats_from", choices=["dense", "pretrained"], default="dense",
                    help="model whose training-batch statistics rank the groups (evaluation is always on dense)")
+    p.add_argument("--learning_rate", type=float, default=None,
+                   help="the P1 lr whose dense model is probed (benchmarks/results/p1_lr<LR>/dense); default the YAML's")
     p.add_argument("--out", type=Path, required=True)
     args = p.parse_args(argv)
 
-    ctx = p1.Ctx(False, None)
+    ctx = p1.Ctx(False, None, learning_rate=args.learning_rate)
     model_args, data_args, train_args, _, _ = p1.parse_settings(ctx, ctx.method_dir("probe") / "unused")
     data = p1.load_data(model_args, data_args)
     data["eval_examples"] = data["eval_examples"].select(range(args.questions))

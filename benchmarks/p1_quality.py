@@ -1,7 +1,8 @@
 """P1 — quality at a compute budget (benchmark protocol, section P1; CPU proxy of the paper's BERT/SQuAD run).
 
-Methods (each writes benchmarks/results/p1/<method>/result.json; a method with a result.json is skipped unless
---force, so the script is resumable; an interrupted method resumes from its last Trainer checkpoint):
+Methods (each writes benchmarks/results/p1_lr<lr>/<method>/result.json, <lr> being the YAML's learning rate or
+--learning_rate's; a method with a result.json is skipped unless --force, so the script is resumable; an interrupted
+method resumes from its last Trainer checkpoint):
 
 * dense            the plain Hugging Face `Trainer` with `torch.optim.AdamW` (optim "adamw_torch"), no oto_hf
                    optimizer; model, data, features, schedule, lr, batch, seed and evaluation all read from
@@ -24,7 +25,7 @@ Methods (each writes benchmarks/results/p1/<method>/result.json; a method with a
     python benchmarks/p1_quality.py --methods tp50 --force         # rerun one
     python benchmarks/p1_quality.py --summarize                    # summary.md + f1_vs_flops.png from what exists
     python benchmarks/p1_quality.py --smoke --methods dense oto50 tp50 --summarize   # tiny check, results/tmp/
-    python benchmarks/p1_quality.py --learning_rate 2e-4 --methods dense oto50 tp50  # lr sweep: results/p1_lr0.0002
+    python benchmarks/p1_quality.py --learning_rate 1e-4 --methods dense oto50 tp50  # another lr: results/p1_lr0.0001
     python benchmarks/p1_quality.py --fill_predictions --summarize  # predictions.json for runs that predate it
     python benchmarks/p1_quality.py --compare benchmarks/results/p1_lr0.0004/oto50 benchmarks/results/p1_lr0.0002/oto50
 
@@ -66,6 +67,8 @@ from oto_hf import squad  # noqa: E402
 from oto_hf.report import latency_ratio  # noqa: E402
 
 CONFIG = REPO_ROOT / "configs" / "minilm_squad_p1.yaml"
+# Results of each learning rate live in their own folder, p1_lr<lr> (the lr given, or the YAML's), so runs at
+# different lrs never mix, and a change of the YAML's lr does not send new runs into an older lr's folder.
 RESULTS = REPO_ROOT / "benchmarks" / "results" / "p1"
 SMOKE_RESULTS = REPO_ROOT / "benchmarks" / "results" / "tmp" / "p1_smoke"
 # OTO points: method -> (fraction of encoder FLOPs removed, multiple of the YAML's epochs, extra run_squad options).
@@ -106,9 +109,8 @@ class Ctx:
         self.smoke = smoke
         self.learning_rate = learning_rate
         default = SMOKE_RESULTS if smoke else RESULTS
-        if learning_rate is not None:  # an lr sweep point: its own folder, so results of different lrs never mix
-            default = default.with_name(f"{default.name}_lr{learning_rate:g}")
-        self.results = Path(results) if results else default
+        lr = learning_rate if learning_rate is not None else yaml_learning_rate()
+        self.results = Path(results) if results else default.with_name(f"{default.name}_lr{lr:g}")
         self.overrides: list[str] = []
         self.latency = dict(LATENCY)
         if smoke:
@@ -126,6 +128,12 @@ class Ctx:
     def cli_suffix(self) -> str:
         return (" --smoke" if self.smoke else "") + (
             f" --learning_rate {self.learning_rate:g}" if self.learning_rate is not None else "")
+
+
+def yaml_learning_rate() -> float:
+    import yaml
+
+    return float(yaml.safe_load(CONFIG.read_text())["learning_rate"])
 
 
 def tiny_minilm(path: Path) -> Path:
@@ -566,8 +574,8 @@ def summarize(ctx: Ctx) -> None:
         "",
         "Protocol P1 of `../shared/docs/benchmark-protocol.md`; settings from `configs/minilm_squad_p1.yaml` "
         "(4,000 train questions, seed 0; 2 epochs, batch 16, linear lr schedule, 10% warm-up; eval on 1,000 sampled dev "
-        f"questions at 384 tokens). Learning rate {lrs} for every method"
-        + (" (the YAML's, untuned)." if ctx.learning_rate is None else " (`--learning_rate`, an lr sweep point)."),
+        f"questions at 384 tokens). Learning rate {lrs} for every method; docs/benchmarks.md compares the lrs swept "
+        "(1e-4, 2e-4, 4e-4), each in its own results folder.",
         "EM/F1: official SQuAD v1.1 on the sampled dev questions. FLOPs: encoder FLOPs per 384-token example "
         "(`oto_hf.model_stats`). Latency ratio: dense fine-tuned model time / this model's time, batch 32 × 384, "
         "5 interleaved repeats, medians, 2 threads, whole model (`oto_hf.report.latency_ratio`); for dense it is "
@@ -669,14 +677,21 @@ def plot(ctx: Ctx, results: list[dict]) -> None:
     plt.close(fig)
 
 
-def latency_of_saved_model(ctx: Ctx, method: str, result: dict) -> dict | None:
+def saved_model_dir(ctx: Ctx, method: str) -> Path:
+    """Where a finished method's model lies, found from the results folder (not from result.json's `model_dir`, the
+    absolute path it was written to), so that a renamed or cloned results folder still works."""
+    mdir = ctx.method_dir(method)
+    return mdir / "run" / "compressed_model" if method in OTO_METHODS else mdir / "model"
+
+
+def latency_of_saved_model(ctx: Ctx, method: str) -> dict | None:
     """Latency ratio of a finished method's saved model against dense (dense: against a copy of itself)."""
     from transformers import AutoTokenizer
 
-    model = load_model(Path(result["model_dir"]))
+    model = load_model(saved_model_dir(ctx, method))
     if method == "dense":
         model = copy.deepcopy(model)
-    return measure_latency(ctx, model, AutoTokenizer.from_pretrained(result["model_dir"]).vocab_size)
+    return measure_latency(ctx, model, AutoTokenizer.from_pretrained(str(saved_model_dir(ctx, method))).vocab_size)
 
 
 def rewrite_result(ctx: Ctx, method: str, result: dict) -> None:
@@ -688,9 +703,9 @@ def remeasure_latency(ctx: Ctx) -> None:
     it beside the first measurement (taken at the end of each run, whatever else was running then)."""
     for m in METHODS:
         r = read_result(ctx, m)
-        if not r or not Path(r["model_dir"]).exists():
+        if not r or not saved_model_dir(ctx, m).exists():
             continue
-        lat = latency_of_saved_model(ctx, m, r)
+        lat = latency_of_saved_model(ctx, m)
         if lat is not None:
             lat["measured_at"] = time.strftime("%Y-%m-%d %H:%M:%S")
             r["latency_remeasured"] = lat
@@ -701,8 +716,8 @@ def fill_latency(ctx: Ctx) -> None:
     """Measure the latency ratio of finished methods that have none (e.g. run before the dense model existed)."""
     for m in METHODS:
         r = read_result(ctx, m)
-        if r and r.get("latency") is None and Path(r["model_dir"]).exists():
-            r["latency"] = latency_of_saved_model(ctx, m, r)
+        if r and r.get("latency") is None and saved_model_dir(ctx, m).exists():
+            r["latency"] = latency_of_saved_model(ctx, m)
             if r["latency"] is not None:
                 rewrite_result(ctx, m, r)
 
@@ -712,13 +727,13 @@ def fill_predictions(ctx: Ctx) -> None:
     model, evaluated again on the same questions. The F1 of those answers is checked against the result's F1, so
     the file is known to be what the method scored."""
     todo = [(m, r) for m in METHODS if (r := read_result(ctx, m)) and read_predictions(ctx, m) is None
-            and Path(r["model_dir"]).exists()]
+            and saved_model_dir(ctx, m).exists()]
     if not todo:
         return
     model_args, data_args, train_args, _, _ = parse_settings(ctx, ctx.results / "fill_predictions")
     data = load_data(model_args, data_args, train=False)
     for m, r in todo:
-        metrics, answers = evaluate(load_model(Path(r["model_dir"])), data, data_args, train_args, f"evaluating {m}")
+        metrics, answers = evaluate(load_model(saved_model_dir(ctx, m)), data, data_args, train_args, f"evaluating {m}")
         if abs(metrics["f1"] - r["quality"]["f1"]) > 1e-9 or abs(metrics["exact_match"] - r["quality"]["exact_match"]) > 1e-9:
             raise SystemExit(f"{m}: the saved model scores EM {metrics['exact_match']:.4f} F1 {metrics['f1']:.4f} now, "
                              f"its result.json says EM {r['quality']['exact_match']:.4f} F1 {r['quality']['f1']:.4f}; "
@@ -824,7 +839,7 @@ def main(argv=None) -> None:
                    "again (run it on an idle machine) and keep it beside the first")
     p.add_argument("--smoke", action="store_true", help="tiny setting (2-layer MiniLM, a few questions), results "
                    "under benchmarks/results/tmp/p1_smoke")
-    p.add_argument("--results", type=Path, default=None, help="results folder (default benchmarks/results/p1)")
+    p.add_argument("--results", type=Path, default=None, help="results folder (default benchmarks/results/p1_lr<LR>)")
     p.add_argument("--learning_rate", type=float, default=None, help="lr for every method instead of the YAML's "
                    "(the protocol's equal tuning budget); results go to benchmarks/results/p1_lr<LR> unless --results")
     p.add_argument("--tp_without_oto", action="store_true", help="let tp* run without its OTO point (nominal "

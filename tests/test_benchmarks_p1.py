@@ -18,7 +18,7 @@ def test_settings_come_from_the_p1_yaml(tmp_path):
 
     ctx = p1_quality.Ctx(smoke=False, results=tmp_path)
     model_args, data_args, train_args, run_args, oto = p1_quality.parse_settings(ctx, tmp_path / "run")
-    assert train_args.learning_rate == 1e-4 and train_args.per_device_train_batch_size == 16
+    assert train_args.learning_rate == 2e-4 and train_args.per_device_train_batch_size == 16
     assert train_args.num_train_epochs == 2 and train_args.seed == 0 and train_args.warmup_steps == 0.1
     assert str(train_args.lr_scheduler_type.value) == "linear" and str(train_args.optim.value) == "adamw_torch"
     assert data_args.max_train_samples == 4000 and data_args.max_eval_samples == 1000
@@ -55,13 +55,26 @@ def test_torch_pruning_peer_gives_an_equal_compressed_model():
 def test_learning_rate_sweep_point_has_its_own_folder_and_lr(tmp_path):
     import p1_quality
 
-    ctx = p1_quality.Ctx(smoke=False, learning_rate=2e-4)
-    assert ctx.results.name == "p1_lr0.0002" and ctx.results != p1_quality.RESULTS
-    assert "--learning_rate 0.0002" in ctx.cli_suffix()
+    ctx = p1_quality.Ctx(smoke=False, learning_rate=4e-4)
+    assert ctx.results.name == "p1_lr0.0004"
+    assert "--learning_rate 0.0004" in ctx.cli_suffix()
     train_args = p1_quality.parse_settings(ctx, tmp_path / "run")[2]
-    assert train_args.learning_rate == 2e-4
+    assert train_args.learning_rate == 4e-4
     argv = p1_quality.oto_argv(ctx, "oto50", tmp_path / "run")
-    assert argv[argv.index("--learning_rate") + 1] == "0.0002"
+    assert argv[argv.index("--learning_rate") + 1] == "0.0004"
+    # Without --learning_rate the folder is named by the YAML's lr, so a change of the YAML never mixes lrs.
+    default = p1_quality.Ctx(smoke=False)
+    yaml_lr = p1_quality.parse_settings(default, tmp_path / "run")[2].learning_rate
+    assert default.results.name == f"p1_lr{yaml_lr:g}" and default.cli_suffix() == ""
+
+
+def test_saved_models_are_found_from_the_results_folder(tmp_path):
+    import p1_quality
+
+    ctx = p1_quality.Ctx(smoke=False, results=tmp_path / "moved")
+    assert p1_quality.saved_model_dir(ctx, "dense") == tmp_path / "moved" / "dense" / "model"
+    assert p1_quality.saved_model_dir(ctx, "tp70") == tmp_path / "moved" / "tp70" / "model"
+    assert p1_quality.saved_model_dir(ctx, "oto70uniform") == tmp_path / "moved" / "oto70uniform" / "run" / "compressed_model"
 
 
 def test_equal_compute_points_train_twice_the_yaml_epochs(tmp_path):
