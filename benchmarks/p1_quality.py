@@ -688,10 +688,11 @@ def latency_of_saved_model(ctx: Ctx, method: str) -> dict | None:
     """Latency ratio of a finished method's saved model against dense (dense: against a copy of itself)."""
     from transformers import AutoTokenizer
 
-    model = load_model(saved_model_dir(ctx, method))
+    path = saved_model_dir(ctx, method)
+    model = load_model(path)
     if method == "dense":
         model = copy.deepcopy(model)
-    return measure_latency(ctx, model, AutoTokenizer.from_pretrained(str(saved_model_dir(ctx, method))).vocab_size)
+    return measure_latency(ctx, model, AutoTokenizer.from_pretrained(str(path)).vocab_size)
 
 
 def rewrite_result(ctx: Ctx, method: str, result: dict) -> None:
