@@ -22,13 +22,11 @@ saliency relative to their layer's mean; `allocation="uniform"` makes every laye
 its cost, its heads the nearest whole number of their share and its neurons the rest (the layout is fixed, only which
 heads and neurons go is learned; in P1 it gained 8.6 F1 over "balanced" at 70% removed, where "balanced" had left
 two layers with one head each, and lost 2.4 at 50%); `allocation="global"` ranks all groups by saliency per unit of
-cost instead.
-(Saliency scores of a head and of a neuron are not on a common scale: per unit of FLOPs, |x_gᵀ∇_g| made
-heads look ~10× cheaper than neurons and the squared score the opposite, and both lost to the balanced split when
-measured; see docs/benchmarks.md, "allocation probe".) Redundant groups take the
-subgradient step with an adaptive λ_g large enough to bring them to zero by the end of the period (linearly in
-norm), and the half-space projection; whatever is left of them at the period's end is projected. Other groups take
-the plain base step. After the window the zero set is frozen, so the target is reached to within one group's cost
+cost instead. (Saliency scores of a head and of a neuron are not on a common scale: per unit of FLOPs, |x_gᵀ∇_g|
+made heads look ~10× cheaper than neurons and the squared score the opposite, and both lost to the balanced split
+when measured; see docs/benchmarks.md, "allocation probe".) Redundant groups take the subgradient step with an
+adaptive λ_g large enough to bring them to zero by the end of the period (linearly in norm), and the half-space
+projection; whatever is left of them at the period's end is projected. Other groups take the plain base step. After the window the zero set is frozen, so the target is reached to within one group's cost
 and held. All group work is done with whole-tensor operations, never one group at a time.
 """
 
@@ -68,9 +66,8 @@ class HSPG(Optimizer):
             ((x_gᵀ∇_g f)², averaged) or "magnitude" (‖x_g‖²/|g|).
         allocation: how the target is shared between kinds of groups: "balanced" (heads and neurons each remove the
             same fraction of their cost; groups ranked across layers by saliency / its layer's mean), "uniform"
-            (every layer removes the same fraction of its cost, heads and neurons alike; least salient first within
-            the layer) or "global"
-            (all groups ranked by saliency per unit of cost).
+            (every layer removes the same fraction of its cost: the nearest whole number of heads, neurons for the
+            rest; least salient first within the layer) or "global" (all groups ranked by saliency per unit of cost).
         betas, eps: AdamW moments. momentum: SGD momentum. weight_decay: as in AdamW / SGD.
     """
 

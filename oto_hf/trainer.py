@@ -85,7 +85,8 @@ class OTOTrainingArguments(TrainingArguments):
         default="balanced",
         metadata={"help": "How the target is shared between heads and FFN neurons: 'balanced' (each removes the same "
                   "fraction of its cost, layers ranked against each other), 'uniform' (every layer removes that "
-                  "fraction of its heads and of its neurons) or 'global' (one ranking by saliency per unit of cost).",
+                  "fraction of its cost: the nearest whole number of heads, neurons for the rest) or 'global' (one "
+                  "ranking by saliency per unit of cost).",
                   "choices": list(ALLOCATIONS)},
     )
     oto_prune_heads: bool = field(default=True, metadata={"help": "Prune whole attention heads."})
