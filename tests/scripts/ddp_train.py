@@ -42,6 +42,11 @@ def main(output_dir: str) -> None:
         "flops_removed": float(groups.costs("flops", seq)[zero].sum()) / groups.total_cost("flops", seq),
     }
     Path(output_dir, f"rank{rank}.json").write_text(json.dumps(record))
+    # Leave the process group explicitly: a gloo group still alive at interpreter exit sometimes aborts a rank
+    # ("terminate called without an active exception") after all the work is done, failing the run for nothing.
+    if torch.distributed.is_initialized():
+        torch.distributed.barrier()
+        torch.distributed.destroy_process_group()
 
 
 if __name__ == "__main__":
