@@ -15,6 +15,8 @@ method resumes from its last Trainer checkpoint):
 * oto50late        oto50 with the pruning window at 30%-70% of the steps instead of 10%-60% (LATE_WINDOW).
 * oto50uniform, oto70uniform  oto50 / oto70 with `--oto_allocation uniform`: every layer gives up the target's
                    fraction of its cost (heads and neurons), instead of the balanced allocation's ranking across layers.
+* oto50floor, oto70floor  oto50 / oto70 with `--oto_layer_floor 0.25`: the balanced allocation, but every layer
+                   keeps at least a quarter of its heads and of its FFN neurons.
 * oto50hold        oto50 with `--oto_hold_lr_through_window`: peak lr until the window ends (step 330 of 550), then
                    a linear decay, so the pruned model trains at a high lr instead of the linear schedule's tail.
 * tp30/50/70       the peer: one-shot structured pruning (attention heads + FFN neurons) of the dense fine-tuned
@@ -82,11 +84,16 @@ HOLD_LR = ("--oto_hold_lr_through_window",)
 # oto50uniform / oto70uniform test whether the balanced allocation's freedom to move heads between layers hurts at
 # high sparsity: at 70% it left layers 1 and 2 with one head each (9/1/1/4/4/3), where the peer kept 4/2/3/4/4/4.
 UNIFORM = ("--oto_allocation", "uniform")
+# oto50floor / oto70floor keep the balanced ranking across layers but stop it below a quarter of any layer's heads and
+# neurons (3 of 12 heads, 384 of 1,536 neurons): the balanced oto50 layout (11/5/3/6/6/5, widths >= 693) is above that
+# floor, so the floor can only change the 70% point.
+FLOOR = ("--oto_layer_floor", "0.25")
 OTO_METHODS = {"oto30": (0.3, 1, ()), "oto50": (0.5, 1, ()), "oto70": (0.7, 1, ()), "oto50x2": (0.5, 2, ()),
                "oto70x2": (0.7, 2, ()), "oto50uniform": (0.5, 1, UNIFORM), "oto70uniform": (0.7, 1, UNIFORM),
+               "oto50floor": (0.5, 1, FLOOR), "oto70floor": (0.7, 1, FLOOR),
                "oto50late": (0.5, 1, LATE_WINDOW), "oto50hold": (0.5, 1, HOLD_LR)}
 METHODS = ["dense", "oto30", "oto50", "oto70", "tp30", "tp50", "tp70", "oto50x2", "oto70x2", "oto50uniform",
-           "oto70uniform", "oto50late", "oto50hold"]
+           "oto70uniform", "oto50floor", "oto70floor", "oto50late", "oto50hold"]
 LATENCY = dict(batch_size=32, seq_len=384, repeats=5)
 SCRIPT = "python benchmarks/p1_quality.py"
 PREDICTIONS = "predictions.json"

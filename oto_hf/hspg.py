@@ -22,7 +22,8 @@ saliency relative to their layer's mean; `allocation="uniform"` makes every laye
 its cost, its heads the nearest whole number of their share and its neurons the rest (the layout is fixed, only which
 heads and neurons go is learned; in P1 it gained 8.6 F1 over "balanced" at 70% removed, where "balanced" had left
 two layers with one head each, and lost 2.4 at 50%); `allocation="global"` ranks all groups by saliency per unit of
-cost instead. (Saliency scores of a head and of a neuron are not on a common scale: per unit of FLOPs, |x_gᵀ∇_g|
+cost instead. `layer_floor` keeps every layer at or above a fraction of its heads and of its neurons, whatever the
+allocation ranks. (Saliency scores of a head and of a neuron are not on a common scale: per unit of FLOPs, |x_gᵀ∇_g|
 made heads look ~10× cheaper than neurons and the squared score the opposite, and both lost to the balanced split
 when measured; see docs/benchmarks.md, "allocation probe".) Redundant groups take the subgradient step with an
 adaptive λ_g large enough to bring them to zero by the end of the period (linearly in norm), and the half-space
@@ -68,6 +69,10 @@ class HSPG(Optimizer):
             same fraction of their cost; groups ranked across layers by saliency / its layer's mean), "uniform"
             (every layer removes the same fraction of its cost: the nearest whole number of heads, neurons for the
             rest; least salient first within the layer) or "global" (all groups ranked by saliency per unit of cost).
+        layer_floor: every layer keeps at least ⌊f · n⌋ of its n heads and of its n FFN neurons, with
+            f = min(layer_floor, 1 − target). 0 sets no floor. It keeps the ranking across layers of "balanced" and
+            "global" from emptying a layer (see docs/benchmarks.md). The target comes first: at f = 1 − target,
+            where rounding can leave too little above the floors, the last few neurons come from below them.
         betas, eps: AdamW moments. momentum: SGD momentum. weight_decay: as in AdamW / SGD.
     """
 
@@ -88,6 +93,7 @@ class HSPG(Optimizer):
         num_periods: int = 1,
         saliency: str = "taylor",
         allocation: str = "balanced",
+        layer_floor: float = 0.0,
         betas: tuple[float, float] = (0.9, 0.999),
         eps: float = 1e-8,
         momentum: float = 0.0,
@@ -95,7 +101,7 @@ class HSPG(Optimizer):
         taylor_decay: float = 0.99,
     ):
         _check_arguments(lr, direction, lmbda, epsilon, half_space_start, target, target_unit, prune_steps,
-                         num_periods, saliency, allocation, betas, momentum, weight_decay, taylor_decay)
+                         num_periods, saliency, allocation, layer_floor, betas, momentum, weight_decay, taylor_decay)
         defaults = dict(lr=lr, betas=betas, eps=eps, momentum=momentum, weight_decay=weight_decay)
         super().__init__(params, defaults)
 
@@ -111,6 +117,7 @@ class HSPG(Optimizer):
         self.num_periods = int(num_periods)
         self.saliency = saliency
         self.allocation = allocation
+        self.layer_floor = float(layer_floor)
         self.taylor_decay = taylor_decay
 
         optimized = {p for group in self.param_groups for p in group["params"]}
@@ -354,14 +361,17 @@ class HSPG(Optimizer):
         removable = float(costs.sum())
         # Within one layer a layer-relative score ranks like the raw one, so "uniform" uses it too (for the fill).
         score = importance / costs if self.allocation == "global" else self._layer_relative(importance, ~zero)
+        # Groups that may go without taking their layer below its floor (all of them without a floor). Zero groups
+        # stay in every pool, so that what a pool already holds is counted.
+        allowed = self._above_layer_floor(score, zero) if self.layer_floor > 0 else torch.ones_like(zero)
         if self.allocation == "global":
-            _mark_least_salient(redundant, torch.ones_like(zero), goal, score, costs, zero)
+            _mark_least_salient(redundant, allowed, goal, score, costs, zero)
         elif self.allocation == "balanced":
             # Each kind's share of the goal is its share of the removable cost; scores are compared within a kind.
             for kind in torch.unique(kinds).tolist():
                 member = kinds == kind
-                _mark_least_salient(redundant, member, goal * float(costs[member].sum()) / removable, score, costs,
-                                    zero)
+                _mark_least_salient(redundant, member & allowed, goal * float(costs[member].sum()) / removable, score,
+                                    costs, zero)
         else:
             # Every layer gives up its share of the goal: the coarse groups (heads) the nearest whole number of theirs
             # (never more than the layer's share), the fine ones (neurons) the rest of the layer's share.
@@ -379,16 +389,39 @@ class HSPG(Optimizer):
                     if i < len(layer_kinds) - 1:
                         unit = float(costs[member].max())
                         share = min(round(layer_goal * float(costs[member].sum()) / layer_cost / unit) * unit, share)
-                    _mark_least_salient(redundant, member, share, score, costs, zero)
+                    _mark_least_salient(redundant, member & allowed, share, score, costs, zero)
         if self.allocation != "global":
             # Each pool stops short of its share by less than one of its groups; the cheapest groups (neurons), least
-            # salient first, fill what is left, so the target is met to within one neuron.
-            need = goal - float(costs[zero | redundant].sum())
-            candidates = torch.nonzero(~zero & ~redundant).flatten()
-            order = candidates[torch.argsort(score[candidates])]
-            order = order[torch.argsort(costs[order], stable=True)]
-            redundant[order[_fill_budget(costs[order], need)]] = True
+            # salient first, fill what is left, so the target is met to within one neuron. The floor yields to the
+            # target: only when it is at 1 − target can rounding leave the allowed groups short, and then the second
+            # pass takes the last few from below it.
+            for pool in (allowed, ~allowed) if self.layer_floor > 0 else (allowed,):
+                need = goal - float(costs[zero | redundant].sum())
+                candidates = torch.nonzero(pool & ~zero & ~redundant).flatten()
+                order = candidates[torch.argsort(score[candidates])]
+                order = order[torch.argsort(costs[order], stable=True)]
+                redundant[order[_fill_budget(costs[order], need)]] = True
         state["redundant"] = redundant
+
+    def _above_layer_floor(self, score: torch.Tensor, zero: torch.Tensor) -> torch.Tensor:
+        """The zero groups and, in each layer, the least salient live groups of each kind that can go before the
+        layer is down to ⌊f · n⌋ of its n groups of that kind, f = min(layer_floor, 1 − target)."""
+        device = zero.device
+        key = self.groups.kinds.to(device) * (self.groups.num_layers + 1) + self.groups.layers.to(device)
+        slots = int(key.max()) + 1
+        size = torch.bincount(key, minlength=slots)
+        keep = torch.floor(min(self.layer_floor, 1 - self.target) * size.double() + 1e-9).long()
+        removable = (size - keep - torch.bincount(key[zero], minlength=slots)).clamp_min(0)
+        # Rank the live groups within their (kind, layer) pool, least salient first: sort by score, then (stably) by
+        # pool, and subtract each pool's first position.
+        live = torch.nonzero(~zero).flatten()
+        order = live[torch.argsort(score[live])]
+        order = order[torch.argsort(key[order], stable=True)]
+        pool = key[order]
+        rank = torch.arange(len(order), device=device) - torch.searchsorted(pool, pool)
+        allowed = zero.clone()
+        allowed[order[rank < removable[pool]]] = True
+        return allowed
 
     def _layer_relative(self, importance: torch.Tensor, alive: torch.Tensor) -> torch.Tensor:
         """Each group's importance divided by the mean importance of the live groups of its kind in its layer, so
@@ -491,7 +524,7 @@ def _fill_budget(costs: torch.Tensor, budget: float) -> torch.Tensor:
 
 
 def _check_arguments(lr, direction, lmbda, epsilon, half_space_start, target, target_unit, prune_steps, num_periods,
-                     saliency, allocation, betas, momentum, weight_decay, taylor_decay):
+                     saliency, allocation, layer_floor, betas, momentum, weight_decay, taylor_decay):
     def fail(message):
         raise ValueError(f"HSPG: {message}")
 
@@ -518,6 +551,11 @@ def _check_arguments(lr, direction, lmbda, epsilon, half_space_start, target, ta
         fail(f"saliency must be one of {SALIENCIES}, got {saliency!r}.")
     if allocation not in ALLOCATIONS:
         fail(f"allocation must be one of {ALLOCATIONS}, got {allocation!r}.")
+    if not 0 <= layer_floor < 1:
+        fail(f"layer_floor must lie in [0, 1) (the fraction of each layer's heads and neurons kept at least), "
+             f"got {layer_floor}.")
+    if layer_floor > 0 and target is None:
+        fail("layer_floor needs a target: it bounds how the target is spread over layers.")
     if not (0 <= betas[0] < 1 and 0 <= betas[1] < 1):
         fail(f"betas must lie in [0, 1), got {betas}.")
     if not 0 <= momentum < 1:

@@ -89,6 +89,11 @@ class OTOTrainingArguments(TrainingArguments):
                   "ranking by saliency per unit of cost).",
                   "choices": list(ALLOCATIONS)},
     )
+    oto_layer_floor: float = field(
+        default=0.0,
+        metadata={"help": "Every layer keeps at least this fraction of its heads and of its FFN neurons (capped at "
+                  "1 - oto_target), so that 'balanced' or 'global' cannot empty a layer. 0: no floor."},
+    )
     oto_prune_heads: bool = field(default=True, metadata={"help": "Prune whole attention heads."})
     oto_prune_neurons: bool = field(default=True, metadata={"help": "Prune FFN neurons."})
     oto_save_group_sparse: bool = field(
@@ -121,6 +126,12 @@ class OTOTrainingArguments(TrainingArguments):
                 )
             if self.oto_num_periods < 1:
                 problems.append(f"--oto_num_periods must be ≥ 1, got {self.oto_num_periods}")
+        if not 0 <= self.oto_layer_floor < 1:
+            problems.append(f"--oto_layer_floor must lie in [0, 1) (a fraction of each layer's heads and neurons), "
+                            f"got {self.oto_layer_floor}")
+        elif self.oto_layer_floor > 0 and self.oto_effective_target is None:
+            problems.append("--oto_layer_floor needs a target (--oto_target): it bounds how the target is spread "
+                            "over layers")
         if self.oto_hold_lr_through_window:
             if self.oto_effective_target is None:
                 problems.append("--oto_hold_lr_through_window needs a target (it aligns the schedule with the pruning window)")
@@ -223,6 +234,7 @@ class OTOTrainer(Trainer):
             num_periods=min(args.oto_num_periods, prune_steps),
             saliency=args.oto_saliency,
             allocation=args.oto_allocation,
+            layer_floor=args.oto_layer_floor,
             betas=(args.adam_beta1, args.adam_beta2),
             eps=args.adam_epsilon,
             momentum=args.oto_momentum if args.oto_direction == "sgd" else 0.0,

@@ -121,6 +121,17 @@ def test_uniform_points_use_the_uniform_allocation(tmp_path):
     assert run_squad.parse_arguments(p1_quality.oto_argv(ctx, "oto70", tmp_path / "run"))[2].oto_allocation == "balanced"
 
 
+def test_floor_points_use_the_balanced_allocation_with_a_layer_floor(tmp_path):
+    import run_squad
+    import p1_quality
+
+    ctx = p1_quality.Ctx(smoke=False, results=tmp_path)
+    for method, target in (("oto50floor", 0.5), ("oto70floor", 0.7)):
+        settings = run_squad.parse_arguments(p1_quality.oto_argv(ctx, method, tmp_path / "run"))[2]
+        assert (settings.oto_allocation, settings.oto_layer_floor, settings.oto_target) == ("balanced", 0.25, target)
+    assert run_squad.parse_arguments(p1_quality.oto_argv(ctx, "oto70", tmp_path / "run"))[2].oto_layer_floor == 0.0
+
+
 def test_paired_difference_and_its_interval():
     import p1_quality
 

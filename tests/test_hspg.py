@@ -90,13 +90,15 @@ def train(model, opt, steps, first_step=0, on_step=None):
     "target,unit,direction,allocation,saliency",
     [(0.3, "flops", "adamw", "balanced", "taylor"), (0.5, "flops", "sgd", "balanced", "fisher"),
      (0.7, "params", "adamw", "balanced", "magnitude"), (0.5, "flops", "adamw", "global", "taylor"),
-     (0.7, "flops", "adamw", "uniform", "taylor")],
+     (0.7, "flops", "adamw", "uniform", "taylor"), (0.7, "flops", "adamw", "balanced-floor", "taylor"),
+     (0.6, "flops", "adamw", "global-floor", "taylor")],
 )
 def test_target_is_reached_not_overshot_and_held(target, unit, direction, allocation, saliency):
     lr = 1e-3 if direction == "adamw" else 0.05
+    allocation, _, floor = allocation.partition("-")
     model, groups, opt = make(target=target, target_unit=unit, seq_len=32, prune_steps=30, half_space_start=10,
                               num_periods=3, direction=direction, lr=lr, momentum=0.9 if direction == "sgd" else 0.0,
-                              allocation=allocation, saliency=saliency)
+                              allocation=allocation, saliency=saliency, layer_floor=0.35 if floor else 0.0)
     history = []
 
     def record(k):
@@ -186,6 +188,51 @@ def test_uniform_allocation_removes_the_same_fraction_of_every_layer():
             assert float(score[pool[cut]].max()) <= float(score[pool[~cut]].min()), (layer, kind)
 
 
+def test_layer_floor_keeps_every_layer_above_it_and_changes_nothing_where_it_does_not_bind():
+    from oto_hf.groups import HEAD, NEURON
+
+    def choose(layer_floor, target=0.6):
+        torch.manual_seed(0)
+        model = BertForQuestionAnswering(tiny_bert_config(num_attention_heads=8, intermediate_size=96))
+        groups = zero_invariant_groups(model)
+        opt = HSPG(model.parameters(), groups, lr=1e-3, target=target, seq_len=32, prune_steps=10,
+                   layer_floor=layer_floor)
+        g = torch.Generator().manual_seed(5)
+        # In layer 0 one head and one neuron carry all the score: relative to their layer's mean, the others look
+        # useless, so the balanced ranking empties layer 0 down to that one head and a few neurons.
+        score = torch.rand(groups.num_groups, generator=g) + 0.5
+        for kind in (HEAD, NEURON):
+            pool = torch.nonzero((groups.layers == 0) & (groups.kinds == kind)).flatten()
+            score[pool] *= 1e-3
+            score[pool[0]] = 1e3
+        opt.hspg_state["taylor"] = score
+        opt._choose_redundant(0, groups.sq_norms())
+        return groups, score, opt.hspg_state["redundant"]
+
+    groups, _, free = choose(0.0)
+    kept_heads_layer0 = int((~free & (groups.layers == 0) & (groups.kinds == HEAD)).sum())
+    assert kept_heads_layer0 < 3, "the setup must let the balanced ranking go below the floor tested next"
+
+    groups, score, chosen = choose(0.3)
+    costs = groups.costs("flops", 32).double()
+    neuron_cost = float(costs[groups.kinds == NEURON][0])
+    goal = 0.6 * groups.total_cost("flops", 32)
+    assert goal - neuron_cost <= float(costs[chosen].sum()) <= goal + 1e-6, "the floor must not cost the target"
+    for layer in range(groups.num_layers):
+        for kind, floor in ((HEAD, 2), (NEURON, 28)):  # ⌊0.3 · 8⌋ heads, ⌊0.3 · 96⌋ neurons
+            pool = torch.nonzero((groups.layers == layer) & (groups.kinds == kind)).flatten()
+            cut = chosen[pool]
+            assert int((~cut).sum()) >= floor, (layer, kind, int((~cut).sum()))
+            assert float(score[pool[cut]].max()) <= float(score[pool[~cut]].min()), "least salient go first"
+    # A floor above what the target leaves is lowered to it (0.9 acts as 0.4 at a 60% target). There rounding leaves
+    # the pools above the floors a little short, and the target still comes first.
+    groups, _, tight = choose(0.9)
+    assert goal - neuron_cost <= float(costs[tight].sum()) <= goal + 1e-6
+    assert int((~tight & (groups.layers == 0) & (groups.kinds == HEAD)).sum()) >= 3  # ⌊0.4 · 8⌋
+    # A floor below every layer's kept share does not change the choice at all.
+    assert torch.equal(choose(0.05, target=0.3)[2], choose(0.0, target=0.3)[2])
+
+
 def test_lambda_mode_projects_only_in_stage_two():
     model, groups, opt = make(lr=0.05, direction="sgd", lmbda=2.0, epsilon=0.9, half_space_start=15)
     train(model, opt, 15)
@@ -253,6 +300,8 @@ def test_state_from_another_model_is_refused():
         (dict(direction="adam"), "direction"),
         (dict(saliency="random"), "saliency"),
         (dict(allocation="even"), "allocation"),
+        (dict(target=0.5, prune_steps=10, layer_floor=1.0), "layer_floor must lie"),
+        (dict(layer_floor=0.2), "layer_floor needs a target"),
     ],
 )
 def test_bad_arguments_are_refused_with_the_reason(kwargs, message):
