@@ -30,6 +30,7 @@ method resumes from its last Trainer checkpoint):
     python benchmarks/p1_quality.py --learning_rate 1e-4 --methods dense oto50 tp50  # another lr: results/p1_lr0.0001
     python benchmarks/p1_quality.py --fill_predictions --summarize  # predictions.json for runs that predate it
     python benchmarks/p1_quality.py --compare benchmarks/results/p1_lr0.0004/oto50 benchmarks/results/p1_lr0.0002/oto50
+    python benchmarks/p1_quality.py --full_dev oto70 oto70uniform tp70 --summarize   # all 10,570 dev questions
 
 Every method also keeps its answer to each dev question (<method>/predictions.json), and the summary compares
 methods question by question: the mean F1 difference with a 95% paired bootstrap interval, so that a difference of
@@ -41,6 +42,7 @@ repeats, medians) of the dense fine-tuned model against the method's final model
 
 import argparse
 import copy
+import dataclasses
 import json
 import os
 import shlex
@@ -97,6 +99,9 @@ METHODS = ["dense", "oto30", "oto50", "oto70", "tp30", "tp50", "tp70", "oto50x2"
 LATENCY = dict(batch_size=32, seq_len=384, repeats=5)
 SCRIPT = "python benchmarks/p1_quality.py"
 PREDICTIONS = "predictions.json"
+# --full_dev: the saved model scored on every dev question (the 1,000-question sample is too small to separate
+# methods a few F1 apart: its paired intervals are about ±2.4 F1 wide).
+FULL_DEV_PREDICTIONS = "predictions_full_dev.json"
 BOOTSTRAP_RESAMPLES = 10_000
 
 
@@ -213,15 +218,15 @@ def evaluate(model, data, data_args, train_args, desc):
                                 desc=desc)
 
 
-def write_predictions(ctx: Ctx, method: str, answers: dict) -> None:
+def write_predictions(ctx: Ctx, method: str, answers: dict, name: str = PREDICTIONS) -> None:
     """The method's answer to each dev question (`<method>/predictions.json`), for paired comparisons."""
-    path = ctx.method_dir(method) / PREDICTIONS
+    path = ctx.method_dir(method) / name
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(answers, indent=1, ensure_ascii=False) + "\n")
 
 
-def read_predictions(ctx: Ctx, method: str) -> dict | None:
-    path = ctx.method_dir(method) / PREDICTIONS
+def read_predictions(ctx: Ctx, method: str, name: str = PREDICTIONS) -> dict | None:
+    path = ctx.method_dir(method) / name
     return json.loads(path.read_text()) if path.exists() else None
 
 
@@ -606,6 +611,15 @@ def summarize(ctx: Ctx) -> None:
             f"{fmt_layers(r['stats']['heads_per_layer'])} | {fmt_layers(r['stats']['ffn_width_per_layer'])} | "
             f"{lat_s} | {wall_s} | {tr['steps']} |")
     lines += paired_lines(ctx, current)
+    full = [r for r in current if r.get("quality_full_dev")]
+    if full:
+        lines += ["", "## Full dev set", "",
+                  "Saved models scored again on every dev question (`--full_dev`; their 1,000-question sample is part "
+                  "of it).", "", "| method | EM | F1 | questions | command |", "|---|---|---|---|---|"]
+        for r in full:
+            q = r["quality_full_dev"]
+            lines.append(f"| {r['method']} | {q['exact_match']:.2f} | {q['f1']:.2f} | {q['n']:,} | `{q['command']}` |")
+        lines += paired_lines(ctx, current, full_dev=True)
     lines += ["", "## Commands", ""]
     for r in results:
         lines.append(f"- **{r['method']}** ({r['label']}): `{r['command']}`")
@@ -750,13 +764,53 @@ def fill_predictions(ctx: Ctx) -> None:
         log(f"{m}: predictions.json written (F1 {metrics['f1']:.2f}, as in its result.json)")
 
 
-def reference_answers(ctx: Ctx) -> dict[str, list[str]]:
-    """{question id: gold answers} of the P1 dev sample (the questions every method was scored on)."""
+def reference_answers(ctx: Ctx, full_dev: bool = False) -> dict[str, list[str]]:
+    """{question id: gold answers} of the P1 dev sample (the questions every method was scored on), or of every dev
+    question with `full_dev`."""
     data_args = parse_settings(ctx, ctx.results / "references")[1]
     files = run_squad.resolve_data_files(data_args)
     raw = squad.load_squad(validation_file=files["validation_file"]) if "validation_file" in files else squad.load_squad(**files)
-    sample = squad.sample_questions(raw["validation"], data_args.max_eval_samples, data_args.sample_seed)
+    sample = squad.sample_questions(raw["validation"], None if full_dev else data_args.max_eval_samples,
+                                    data_args.sample_seed)
     return {row["id"]: list(row["answers"]["text"]) for row in sample}
+
+
+def evaluate_full_dev(ctx: Ctx, methods: list[str]) -> None:
+    """Score finished methods' saved models on every dev question: `<method>/predictions_full_dev.json` and
+    `quality_full_dev` in its result.json (a method that has them is skipped). On the P1 sample's questions the new
+    answers must agree with the method's predictions.json (at least 99%: only the batching differs), so the model
+    scored is the one the method trained."""
+    todo = []
+    for m in methods:
+        r = read_result(ctx, m)
+        if r is None or not saved_model_dir(ctx, m).exists():
+            raise SystemExit(f"--full_dev {m}: no finished run with a saved model in {ctx.method_dir(m)}; run "
+                             f"`--methods {m}` first")
+        if read_predictions(ctx, m, FULL_DEV_PREDICTIONS) is None:
+            todo.append((m, r))
+    if not todo:
+        return
+    model_args, data_args, train_args, _, _ = parse_settings(ctx, ctx.results / "full_dev")
+    data_args = dataclasses.replace(data_args, max_eval_samples=None)
+    data = load_data(model_args, data_args, train=False)
+    for m, r in todo:
+        t0 = time.perf_counter()
+        metrics, answers = evaluate(load_model(saved_model_dir(ctx, m)), data, data_args, train_args,
+                                    f"evaluating {m} on the full dev set")
+        sample = read_predictions(ctx, m)
+        agree = None
+        if sample is not None:
+            agree = sum(answers.get(q) == a for q, a in sample.items()) / len(sample)
+            if agree < 0.99:
+                raise SystemExit(f"{m}: on the P1 sample the saved model's answers agree with its predictions.json on "
+                                 f"only {agree:.1%} of the questions; is the model in {saved_model_dir(ctx, m)} the "
+                                 "one this method trained?")
+        write_predictions(ctx, m, answers, FULL_DEV_PREDICTIONS)
+        r["quality_full_dev"] = {**metrics, "n": len(answers), "agreement_with_sample_predictions": agree,
+                                 "eval_wall_s": time.perf_counter() - t0,
+                                 "command": f"{SCRIPT}{ctx.cli_suffix()} --full_dev {m}"}
+        rewrite_result(ctx, m, r)
+        log(f"{m}: full dev EM {metrics['exact_match']:.2f} F1 {metrics['f1']:.2f} on {len(answers)} questions")
 
 
 def f1_in_question_order(predictions: dict, golds: dict[str, list[str]]) -> list[float]:
@@ -792,15 +846,16 @@ def comparison_pairs(results: list[dict]) -> list[tuple[str, str]]:
     return pairs
 
 
-def compare_folders(ctx: Ctx, folder_a: Path, folder_b: Path) -> dict:
+def compare_folders(ctx: Ctx, folder_a: Path, folder_b: Path, full_dev: bool = False) -> dict:
     """Paired F1 difference of two method folders (e.g. one method at two learning rates), from their
-    predictions.json; both must answer the P1 dev sample."""
-    golds = reference_answers(ctx)
+    predictions.json (both must answer the P1 dev sample), or from predictions_full_dev.json with `full_dev`."""
+    golds = reference_answers(ctx, full_dev)
     f1 = []
     for folder in (folder_a, folder_b):
-        path = Path(folder) / PREDICTIONS
+        path = Path(folder) / (FULL_DEV_PREDICTIONS if full_dev else PREDICTIONS)
         if not path.exists():
-            raise SystemExit(f"{path} not found: run --fill_predictions for that results folder first")
+            fix = f"--full_dev {Path(folder).name}" if full_dev else "--fill_predictions"
+            raise SystemExit(f"{path} not found: run {fix} for that results folder first")
         f1.append(f1_in_question_order(json.loads(path.read_text()), golds))
     d = paired_difference(*f1)
     log(f"{folder_a} minus {folder_b}: ΔF1 {d['difference']:+.2f}, 95% interval [{d['ci95'][0]:+.2f}, "
@@ -808,15 +863,18 @@ def compare_folders(ctx: Ctx, folder_a: Path, folder_b: Path) -> dict:
     return d
 
 
-def paired_lines(ctx: Ctx, results: list[dict]) -> list[str]:
-    """The summary's table of paired F1 differences (only pairs whose both predictions.json exist)."""
-    predictions = {r["method"]: p for r in results if (p := read_predictions(ctx, r["method"])) is not None}
+def paired_lines(ctx: Ctx, results: list[dict], full_dev: bool = False) -> list[str]:
+    """The summary's table of paired F1 differences (only pairs whose both predictions.json exist; with `full_dev`,
+    their predictions_full_dev.json)."""
+    name = FULL_DEV_PREDICTIONS if full_dev else PREDICTIONS
+    predictions = {r["method"]: p for r in results if (p := read_predictions(ctx, r["method"], name)) is not None}
     pairs = [(a, b) for a, b in comparison_pairs(results) if a in predictions and b in predictions]
     if not pairs:
         return []
-    golds = reference_answers(ctx)
+    golds = reference_answers(ctx, full_dev)
     f1 = {m: f1_in_question_order(p, golds) for m, p in predictions.items()}
-    lines = ["", "## Paired F1 differences (same dev questions)", "",
+    title = "Paired F1 differences on the full dev set" if full_dev else "Paired F1 differences (same dev questions)"
+    lines = ["", f"## {title}", "",
              f"Mean per-question F1 of the method minus the reference's, with a 95% paired bootstrap interval "
              f"({BOOTSTRAP_RESAMPLES:,} resamples of the questions, numpy seed 0; `paired_difference`). An interval "
              "that contains 0 means this sample cannot tell the two apart.", "",
@@ -843,6 +901,9 @@ def main(argv=None) -> None:
     p.add_argument("--compare", nargs=2, type=Path, metavar=("FOLDER_A", "FOLDER_B"), help="paired F1 difference "
                    "A - B of two method folders with predictions.json (e.g. results/p1_lr0.0004/oto50 "
                    "results/p1_lr0.0002/oto50)")
+    p.add_argument("--full_dev", nargs="+", default=[], choices=METHODS, metavar="METHOD", help="score these "
+                   "finished methods' saved models on every dev question (predictions_full_dev.json); --compare "
+                   "then uses those files")
     p.add_argument("--remeasure_latency", action="store_true", help="measure every finished method's latency ratio "
                    "again (run it on an idle machine) and keep it beside the first")
     p.add_argument("--smoke", action="store_true", help="tiny setting (2-layer MiniLM, a few questions), results "
@@ -877,6 +938,8 @@ def main(argv=None) -> None:
         write_result(ctx, m, result)
     if args.fill_predictions:
         fill_predictions(ctx)
+    if args.full_dev:
+        evaluate_full_dev(ctx, args.full_dev)
     if args.fill_latency:
         fill_latency(ctx)
     if args.remeasure_latency:
@@ -884,7 +947,7 @@ def main(argv=None) -> None:
     if args.summarize:
         summarize(ctx)
     if args.compare:
-        compare_folders(ctx, *args.compare)
+        compare_folders(ctx, *args.compare, full_dev=bool(args.full_dev))
 
 
 if __name__ == "__main__":

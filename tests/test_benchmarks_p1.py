@@ -187,3 +187,29 @@ def test_compare_folders_pairs_two_runs_and_names_a_missing_file(tmp_path, squad
     assert d["difference"] == pytest.approx(20.0) and (d["a_better"], d["b_better"]) == (200, 0)
     with pytest.raises(SystemExit, match="--fill_predictions"):
         p1_quality.compare_folders(ctx, tmp_path / "a", tmp_path / "missing")
+
+
+def test_full_dev_scoring_uses_every_dev_question_and_its_own_predictions(tmp_path, squad_dir):
+    import json
+
+    import p1_quality
+
+    ctx = p1_quality.Ctx(smoke=False, results=tmp_path)
+    sample, full = p1_quality.reference_answers(ctx), p1_quality.reference_answers(ctx, full_dev=True)
+    assert len(full) == 10570 and set(sample) < set(full)
+    ids = sorted(full)
+    # On the full dev set oto70 answers the first 6,000 questions right and the peer the first 3,000; their
+    # 1,000-question predictions.json say the opposite, and must not be read.
+    for method, right in (("oto70", 6000), ("tp70", 3000)):
+        (tmp_path / method).mkdir()
+        (tmp_path / method / "predictions_full_dev.json").write_text(json.dumps(
+            {q: full[q][0] if i < right else "" for i, q in enumerate(ids)}))
+        (tmp_path / method / "predictions.json").write_text(json.dumps({q: "" for q in sample}))
+    results = [{"method": "oto70", "family": "oto", "target_flops_removed": 0.7}, {"method": "tp70", "family": "tp"}]
+    rows = [line for line in p1_quality.paired_lines(ctx, results, full_dev=True) if line.startswith("| oto70")]
+    assert len(rows) == 1 and rows[0].split(" | ")[2] == f"{100 * 3000 / 10570:+.2f}"
+    assert p1_quality.compare_folders(ctx, tmp_path / "oto70", tmp_path / "tp70", full_dev=True)["questions"] == 10570
+    with pytest.raises(SystemExit, match="--full_dev oto50"):
+        p1_quality.compare_folders(ctx, tmp_path / "oto70", tmp_path / "oto50", full_dev=True)
+    with pytest.raises(SystemExit, match="run `--methods oto50` first"):
+        p1_quality.evaluate_full_dev(ctx, ["oto50"])
