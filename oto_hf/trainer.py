@@ -90,9 +90,10 @@ class OTOTrainingArguments(TrainingArguments):
                   "choices": list(ALLOCATIONS)},
     )
     oto_layer_floor: float = field(
-        default=0.0,
-        metadata={"help": "Every layer keeps at least this fraction of its heads and of its FFN neurons (capped at "
-                  "1 - oto_target), so that 'balanced' or 'global' cannot empty a layer. 0: no floor."},
+        default=0.25,
+        metadata={"help": "With a target, every layer keeps at least this fraction of its heads and of its FFN "
+                  "neurons (capped at 1 - oto_target), so that 'balanced' or 'global' cannot empty a layer. 0: no "
+                  "floor."},
     )
     oto_prune_heads: bool = field(default=True, metadata={"help": "Prune whole attention heads."})
     oto_prune_neurons: bool = field(default=True, metadata={"help": "Prune FFN neurons."})
@@ -129,9 +130,6 @@ class OTOTrainingArguments(TrainingArguments):
         if not 0 <= self.oto_layer_floor < 1:
             problems.append(f"--oto_layer_floor must lie in [0, 1) (a fraction of each layer's heads and neurons), "
                             f"got {self.oto_layer_floor}")
-        elif self.oto_layer_floor > 0 and self.oto_effective_target is None:
-            problems.append("--oto_layer_floor needs a target (--oto_target): it bounds how the target is spread "
-                            "over layers")
         if self.oto_hold_lr_through_window:
             if self.oto_effective_target is None:
                 problems.append("--oto_hold_lr_through_window needs a target (it aligns the schedule with the pruning window)")

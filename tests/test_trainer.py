@@ -144,11 +144,11 @@ def test_arguments_round_trip_through_hf_argument_parser(tmp_path):
     (args,) = parser.parse_args_into_dataclasses(
         ["--output_dir", str(tmp_path), "--oto_target", "0.3", "--oto_target_unit", "params", "--oto_direction",
          "sgd", "--no_oto_prune_heads", "--oto_epsilon", "0.5", "--oto_allocation", "global", "--oto_saliency",
-         "fisher", "--oto_layer_floor", "0.25", "--use_cpu"]
+         "fisher", "--oto_layer_floor", "0.1", "--use_cpu"]
     )
     assert (args.oto_target, args.oto_target_unit, args.oto_direction, args.oto_prune_heads, args.oto_epsilon,
             args.oto_allocation, args.oto_saliency, args.oto_layer_floor) == (0.3, "params", "sgd", False, 0.5,
-                                                                              "global", "fisher", 0.25)
+                                                                              "global", "fisher", 0.1)
     (lambda_only,) = parser.parse_args_into_dataclasses(["--output_dir", str(tmp_path), "--oto_lambda_only"])
     assert lambda_only.oto_effective_target is None
 
@@ -178,7 +178,6 @@ def _write_json(path, values):
         (dict(oto_allocation="even"), "--oto_allocation"),
         (dict(oto_saliency="random"), "--oto_saliency"),
         (dict(oto_layer_floor=1.0), "--oto_layer_floor must lie"),
-        (dict(oto_layer_floor=0.2, oto_lambda_only=True), "--oto_layer_floor needs a target"),
         (dict(oto_prune_heads=False, oto_prune_neurons=False), "nothing would be pruned"),
         (dict(oto_hold_lr_through_window=True, lr_scheduler_type="constant"), "cannot follow --lr_scheduler_type constant"),
         (dict(oto_hold_lr_through_window=True, oto_lambda_only=True), "needs a target"),
@@ -234,9 +233,10 @@ def test_refused_before_any_training(tmp_path):
 
 
 def test_the_optimizer_is_built_from_the_oto_settings(tmp_path):
-    args = make_args(tmp_path, max_steps=20, oto_allocation="global", oto_saliency="fisher", oto_layer_floor=0.25)
+    args = make_args(tmp_path, max_steps=20, oto_allocation="global", oto_saliency="fisher", oto_layer_floor=0.1)
     trainer = OTOTrainer(model=BertForQuestionAnswering(tiny_bert_config()), args=args)
     trainer.create_optimizer_and_scheduler(num_training_steps=20)
     optimizer = trainer.optimizer
-    assert (optimizer.allocation, optimizer.saliency, optimizer.layer_floor) == ("global", "fisher", 0.25)
+    assert (optimizer.allocation, optimizer.saliency, optimizer.layer_floor) == ("global", "fisher", 0.1)
     assert optimizer.target == args.oto_target
+    assert make_args(tmp_path).oto_layer_floor == 0.25  # the default: a quarter of each layer's heads and neurons
