@@ -725,10 +725,11 @@ def rewrite_result(ctx: Ctx, method: str, result: dict) -> None:
     (ctx.method_dir(method) / "result.json").write_text(json.dumps(result, indent=2, default=str) + "\n")
 
 
-def remeasure_latency(ctx: Ctx) -> None:
-    """Measure every finished method's latency ratio again, one after another on an otherwise idle machine, and keep
-    it beside the first measurement (taken at the end of each run, whatever else was running then)."""
-    for m in METHODS:
+def remeasure_latency(ctx: Ctx, methods: list[str] | None = None) -> None:
+    """Measure every finished method's latency ratio again (or only `methods`'), one after another on an otherwise
+    idle machine, and keep it beside the first measurement (taken at the end of each run, whatever else was running
+    then)."""
+    for m in methods or METHODS:
         r = read_result(ctx, m)
         if not r or not saved_model_dir(ctx, m).exists():
             continue
@@ -909,8 +910,9 @@ def main(argv=None) -> None:
     p.add_argument("--full_dev", nargs="+", default=[], choices=METHODS, metavar="METHOD", help="score these "
                    "finished methods' saved models on every dev question (predictions_full_dev.json); --compare "
                    "then uses those files")
-    p.add_argument("--remeasure_latency", action="store_true", help="measure every finished method's latency ratio "
-                   "again (run it on an idle machine) and keep it beside the first")
+    p.add_argument("--remeasure_latency", nargs="*", default=None, choices=METHODS, metavar="METHOD",
+                   help="measure the latency ratio of every finished method (or of those named) again (run it on an "
+                   "idle machine) and keep it beside the first")
     p.add_argument("--smoke", action="store_true", help="tiny setting (2-layer MiniLM, a few questions), results "
                    "under benchmarks/results/tmp/p1_smoke")
     p.add_argument("--results", type=Path, default=None, help="results folder (default benchmarks/results/p1_lr<LR>)")
@@ -947,8 +949,8 @@ def main(argv=None) -> None:
         evaluate_full_dev(ctx, args.full_dev)
     if args.fill_latency:
         fill_latency(ctx)
-    if args.remeasure_latency:
-        remeasure_latency(ctx)
+    if args.remeasure_latency is not None:
+        remeasure_latency(ctx, args.remeasure_latency)
     if args.summarize:
         summarize(ctx)
     if args.compare:
