@@ -28,8 +28,9 @@ allocation ranks. (Saliency scores of a head and of a neuron are not on a common
 made heads look ~10× cheaper than neurons and the squared score the opposite, and both lost to the balanced split
 when measured; see docs/benchmarks.md, "allocation probe".) Redundant groups take the subgradient step with an
 adaptive λ_g large enough to bring them to zero by the end of the period (linearly in norm), and the half-space
-projection; whatever is left of them at the period's end is projected. Other groups take the plain base step. After the window the zero set is frozen, so the target is reached to within one group's cost
-and held. All group work is done with whole-tensor operations, never one group at a time.
+projection; whatever is left of them at the period's end is projected. Other groups take the plain base step.
+After the window the zero set is frozen, so the target is reached to within one group's cost and held. All group
+work is done with whole-tensor operations, never one group at a time.
 """
 
 import math
@@ -74,8 +75,8 @@ class HSPG(Optimizer):
             f = min(layer_floor, 1 − target); 0 sets no floor. It keeps the ranking across layers of "balanced" and
             "global" from emptying a layer: in P1 at 70% removed, "balanced" without a floor left two layers one head
             each and scored 8.7 F1 below the same run with the default 0.25 (full SQuAD dev set), which at 30% and
-            50% did not bind (see docs/benchmarks.md). The target comes first: at f = 1 − target, where rounding can leave too little
-            above the floors, the last few neurons come from below them.
+            50% did not bind (see docs/benchmarks.md). The target comes first: at f = 1 − target, where rounding
+            can leave too little above the floors, the last few neurons come from below them.
         betas, eps: AdamW moments. momentum: SGD momentum. weight_decay: as in AdamW / SGD.
     """
 
@@ -397,8 +398,9 @@ class HSPG(Optimizer):
             # Each pool stops short of its share by less than one of its groups; the cheapest groups (neurons), least
             # salient first, fill what is left, so the target is met to within one neuron. The floor yields to the
             # target: only when it is at 1 − target can rounding leave the allowed groups short, and then the second
-            # pass takes the last few from below it ("global" needs these passes only for that).
-            for pool in (allowed, ~allowed) if self.layer_floor > 0 else (allowed,):
+            # pass takes the last few from below it ("global" needs these passes only for that). Without a floor
+            # every group is allowed and the second pass finds nothing.
+            for pool in (allowed, ~allowed):
                 need = goal - float(costs[zero | redundant].sum())
                 candidates = torch.nonzero(pool & ~zero & ~redundant).flatten()
                 order = candidates[torch.argsort(score[candidates])]
@@ -409,9 +411,7 @@ class HSPG(Optimizer):
     def _above_layer_floor(self, score: torch.Tensor, zero: torch.Tensor) -> torch.Tensor:
         """The zero groups and, in each layer, the least salient live groups of each kind that can go before the
         layer is down to ⌊f · n⌋ of its n groups of that kind, f = min(layer_floor, 1 − target)."""
-        device = zero.device
-        key = self.groups.kinds.to(device) * (self.groups.num_layers + 1) + self.groups.layers.to(device)
-        slots = int(key.max()) + 1
+        key, slots = self._pool_keys(zero.device)
         size = torch.bincount(key, minlength=slots)
         keep = torch.floor(min(self.layer_floor, 1 - self.target) * size.double() + 1e-9).long()
         removable = (size - keep - torch.bincount(key[zero], minlength=slots)).clamp_min(0)
@@ -421,17 +421,21 @@ class HSPG(Optimizer):
         order = live[torch.argsort(score[live])]
         order = order[torch.argsort(key[order], stable=True)]
         pool = key[order]
-        rank = torch.arange(len(order), device=device) - torch.searchsorted(pool, pool)
+        rank = torch.arange(len(order), device=zero.device) - torch.searchsorted(pool, pool)
         allowed = zero.clone()
         allowed[order[rank < removable[pool]]] = True
         return allowed
+
+    def _pool_keys(self, device: torch.device) -> tuple[torch.Tensor, int]:
+        """Each group's (kind, layer) pool as one integer, and the number of possible pools."""
+        key = self.groups.kinds.to(device) * (self.groups.num_layers + 1) + self.groups.layers.to(device)
+        return key, int(key.max()) + 1
 
     def _layer_relative(self, importance: torch.Tensor, alive: torch.Tensor) -> torch.Tensor:
         """Each group's importance divided by the mean importance of the live groups of its kind in its layer, so
         that layers whose scores run larger or smaller as a whole are ranked fairly against each other."""
         device = importance.device
-        key = self.groups.kinds.to(device) * (self.groups.num_layers + 1) + self.groups.layers.to(device)
-        slots = int(key.max()) + 1
+        key, slots = self._pool_keys(device)
         total = torch.zeros(slots, dtype=importance.dtype, device=device).index_add_(0, key[alive], importance[alive])
         count = torch.zeros(slots, dtype=importance.dtype, device=device).index_add_(
             0, key[alive], torch.ones_like(importance[alive]))
