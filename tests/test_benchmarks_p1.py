@@ -132,6 +132,19 @@ def test_floor_points_use_the_balanced_allocation_with_a_layer_floor(tmp_path):
     assert run_squad.parse_arguments(p1_quality.oto_argv(ctx, "oto70", tmp_path / "run"))[2].oto_layer_floor == 0.0
 
 
+def test_seed_point_changes_only_the_training_seed(tmp_path):
+    import run_squad
+    import p1_quality
+
+    ctx = p1_quality.Ctx(smoke=False, results=tmp_path)
+    data, seeded = run_squad.parse_arguments(p1_quality.oto_argv(ctx, "oto50seed1", tmp_path / "run"))[1:3]
+    base_data, base = run_squad.parse_arguments(p1_quality.oto_argv(ctx, "oto50", tmp_path / "run"))[1:3]
+    assert (seeded.seed, base.seed) == (1, 0)
+    assert data == base_data  # same questions (sample_seed), same features
+    differing = {k for k, v in seeded.to_dict().items() if base.to_dict()[k] != v}
+    assert differing == {"seed"}, f"oto50seed1 must differ from oto50 in the seed alone, not in {differing}"
+
+
 def test_paired_difference_and_its_interval():
     import p1_quality
 
