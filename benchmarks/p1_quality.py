@@ -200,6 +200,11 @@ def parse_settings(ctx: Ctx, output_dir: Path):
     return model_args, data_args, train_args, run_args, oto
 
 
+def dev_questions(raw, data_args):
+    """The dev questions P1 scores on: the seeded sample of `max_eval_samples` (every question if None)."""
+    return squad.sample_questions(raw["validation"], data_args.max_eval_samples, data_args.sample_seed)
+
+
 def load_data(model_args, data_args, train: bool = True):
     """The same questions and features as run_squad.main (without the training features if not `train`)."""
     from transformers import AutoTokenizer
@@ -210,7 +215,7 @@ def load_data(model_args, data_args, train: bool = True):
     tokenizer = AutoTokenizer.from_pretrained(model_path)
     eval_seq = data_args.eval_max_seq_length or data_args.max_seq_length
     train_examples = squad.sample_questions(raw["train"], data_args.max_train_samples, data_args.sample_seed)
-    eval_examples = squad.sample_questions(raw["validation"], data_args.max_eval_samples, data_args.sample_seed)
+    eval_examples = dev_questions(raw, data_args)
     window = dict(doc_stride=data_args.doc_stride, max_query_length=data_args.max_query_length,
                   num_proc=data_args.preprocessing_num_workers)
     train_features = squad.tokenize_squad(train_examples, tokenizer, "train",
@@ -233,6 +238,10 @@ def write_predictions(ctx: Ctx, method: str, answers: dict, name: str = PREDICTI
     path = ctx.method_dir(method) / name
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(answers, indent=1, ensure_ascii=False) + "\n")
+
+
+def predictions_name(full_dev: bool) -> str:
+    return FULL_DEV_PREDICTIONS if full_dev else PREDICTIONS
 
 
 def read_predictions(ctx: Ctx, method: str, name: str = PREDICTIONS) -> dict | None:
@@ -781,9 +790,9 @@ def reference_answers(ctx: Ctx, full_dev: bool = False) -> dict[str, list[str]]:
     data_args = parse_settings(ctx, ctx.results / "references")[1]
     files = run_squad.resolve_data_files(data_args)
     raw = squad.load_squad(validation_file=files["validation_file"]) if "validation_file" in files else squad.load_squad(**files)
-    sample = squad.sample_questions(raw["validation"], None if full_dev else data_args.max_eval_samples,
-                                    data_args.sample_seed)
-    return {row["id"]: list(row["answers"]["text"]) for row in sample}
+    if full_dev:
+        data_args = dataclasses.replace(data_args, max_eval_samples=None)
+    return {row["id"]: list(row["answers"]["text"]) for row in dev_questions(raw, data_args)}
 
 
 def evaluate_full_dev(ctx: Ctx, methods: list[str]) -> None:
@@ -793,12 +802,13 @@ def evaluate_full_dev(ctx: Ctx, methods: list[str]) -> None:
     scored is the one the method trained."""
     todo = []
     for m in methods:
+        if read_predictions(ctx, m, FULL_DEV_PREDICTIONS) is not None:
+            continue  # scored already; its saved model need not be here (models are not committed)
         r = read_result(ctx, m)
         if r is None or not saved_model_dir(ctx, m).exists():
             raise SystemExit(f"--full_dev {m}: no finished run with a saved model in {ctx.method_dir(m)}; run "
                              f"`--methods {m}` first")
-        if read_predictions(ctx, m, FULL_DEV_PREDICTIONS) is None:
-            todo.append((m, r))
+        todo.append((m, r))
     if not todo:
         return
     model_args, data_args, train_args, _, _ = parse_settings(ctx, ctx.results / "full_dev")
@@ -863,7 +873,7 @@ def compare_folders(ctx: Ctx, folder_a: Path, folder_b: Path, full_dev: bool = F
     golds = reference_answers(ctx, full_dev)
     f1 = []
     for folder in (folder_a, folder_b):
-        path = Path(folder) / (FULL_DEV_PREDICTIONS if full_dev else PREDICTIONS)
+        path = Path(folder) / predictions_name(full_dev)
         if not path.exists():
             fix = f"--full_dev {Path(folder).name}" if full_dev else "--fill_predictions"
             raise SystemExit(f"{path} not found: run {fix} for that results folder first")
@@ -877,8 +887,8 @@ def compare_folders(ctx: Ctx, folder_a: Path, folder_b: Path, full_dev: bool = F
 def paired_lines(ctx: Ctx, results: list[dict], full_dev: bool = False) -> list[str]:
     """The summary's table of paired F1 differences (only pairs whose both predictions.json exist; with `full_dev`,
     their predictions_full_dev.json)."""
-    name = FULL_DEV_PREDICTIONS if full_dev else PREDICTIONS
-    predictions = {r["method"]: p for r in results if (p := read_predictions(ctx, r["method"], name)) is not None}
+    predictions = {r["method"]: p for r in results
+                   if (p := read_predictions(ctx, r["method"], predictions_name(full_dev))) is not None}
     pairs = [(a, b) for a, b in comparison_pairs(results) if a in predictions and b in predictions]
     if not pairs:
         return []

@@ -226,3 +226,6 @@ def test_full_dev_scoring_uses_every_dev_question_and_its_own_predictions(tmp_pa
         p1_quality.compare_folders(ctx, tmp_path / "oto70", tmp_path / "oto50", full_dev=True)
     with pytest.raises(SystemExit, match="run `--methods oto50` first"):
         p1_quality.evaluate_full_dev(ctx, ["oto50"])
+    # oto70 has its full-dev answers and no saved model (models are not committed): nothing to do, no error, so
+    # `--full_dev oto70 tp70 --compare …` works in a fresh checkout
+    p1_quality.evaluate_full_dev(ctx, ["oto70", "tp70"])
