@@ -38,6 +38,9 @@ Every method also keeps its answer to each dev question (<method>/predictions.js
 methods question by question: the mean F1 difference with a 95% paired bootstrap interval, so that a difference of
 one or two F1 points on 1,000 questions can be told apart from sampling noise.
 
+Saved models (<method>/model, <method>/run) are not committed, only result.json and the predictions files: score a
+model with --full_dev, and measure its latency (which needs dense/model), in the checkout that trained it.
+
 All CPU work runs with 2 threads. The latency ratio is oto_hf.report.latency_ratio (batch 32 x 384, 5 interleaved
 repeats, medians) of the dense fine-tuned model against the method's final model.
 """
