@@ -141,7 +141,8 @@ def test_seed_point_changes_only_the_training_seed(tmp_path):
     base_data, base = run_squad.parse_arguments(p1_quality.oto_argv(ctx, "oto50", tmp_path / "run"))[1:3]
     assert (seeded.seed, base.seed) == (1, 0)
     assert data == base_data  # same questions (sample_seed), same features
-    differing = {k for k, v in seeded.to_dict().items() if base.to_dict()[k] != v}
+    base_settings = base.to_dict()
+    differing = {k for k, v in seeded.to_dict().items() if base_settings[k] != v}
     assert differing == {"seed"}, f"oto50seed1 must differ from oto50 in the seed alone, not in {differing}"
 
 
