@@ -98,17 +98,33 @@ UNIFORM = ("--oto_allocation", "uniform")
 # reproduce.
 FLOOR = ("--oto_layer_floor", "0.25")
 NO_FLOOR = ("--oto_layer_floor", "0")
-# oto50seed1 is oto50 with the training seed 1 (QA head initialisation, batch order, dropout; the question samples
-# keep sample_seed 0): the run-to-run spread, which the bootstrap intervals over questions do not include.
-SEED1 = ("--seed", "1")
+# Seed variants: <method>seed<N> is <method> with the training seed N instead of the YAML's 0 (QA head
+# initialisation, batch order, dropout; the question samples keep sample_seed 0): the run-to-run spread, which the
+# bootstrap intervals over questions do not include. A peer variant (tp50seed1) prunes the same seed's dense model
+# (denseseed1) and trains for the same seed's OTO step count (oto50seed1), so each seed is a whole pipeline.
+SEEDS = (1, 2)
+SEEDED_METHODS = ("dense", "oto50", "tp50")
+
+
+def seed_option(seed: int) -> tuple[str, str]:
+    return ("--seed", str(seed))
+
+
+def split_seed(method: str) -> tuple[str, int | None]:
+    """("tp50", 1) for "tp50seed1"; (method, None) for a method without a seed suffix."""
+    base, sep, seed = method.rpartition("seed")
+    return (base, int(seed)) if sep and base and seed.isdigit() else (method, None)
+
+
 OTO_METHODS = {"oto30": (0.3, 1, NO_FLOOR), "oto50": (0.5, 1, NO_FLOOR), "oto70": (0.7, 1, NO_FLOOR),
                "oto50x2": (0.5, 2, NO_FLOOR), "oto70x2": (0.7, 2, NO_FLOOR),
                "oto50uniform": (0.5, 1, UNIFORM + NO_FLOOR), "oto70uniform": (0.7, 1, UNIFORM + NO_FLOOR),
                "oto50floor": (0.5, 1, FLOOR), "oto70floor": (0.7, 1, FLOOR),
                "oto50late": (0.5, 1, LATE_WINDOW + NO_FLOOR), "oto50hold": (0.5, 1, HOLD_LR + NO_FLOOR),
-               "oto50seed1": (0.5, 1, SEED1 + NO_FLOOR)}
+               **{f"oto50seed{s}": (0.5, 1, seed_option(s) + NO_FLOOR) for s in SEEDS}}
 METHODS = ["dense", "oto30", "oto50", "oto70", "tp30", "tp50", "tp70", "oto50x2", "oto70x2", "oto50uniform",
-           "oto70uniform", "oto50floor", "oto70floor", "oto50late", "oto50hold", "oto50seed1"]
+           "oto70uniform", "oto50floor", "oto70floor", "oto50late", "oto50hold",
+           *(f"{m}seed{s}" for s in SEEDS for m in SEEDED_METHODS)]
 LATENCY = dict(batch_size=32, seq_len=384, repeats=5)
 SCRIPT = "python benchmarks/p1_quality.py"
 PREDICTIONS = "predictions.json"
@@ -178,16 +194,18 @@ def yaml_argv(ctx: Ctx, *extra: str) -> list[str]:
     return [str(CONFIG), *ctx.overrides, *extra]
 
 
-def parse_settings(ctx: Ctx, output_dir: Path):
+def parse_settings(ctx: Ctx, output_dir: Path, seed: int | None = None):
     """(model_args, data_args, TrainingArguments, run_args, oto_options) from the P1 YAML, with the plain HF
     TrainingArguments for the AdamW methods: every TrainingArguments value comes from the YAML; the oto_* keys are
-    returned separately (unused by dense/tp)."""
+    returned separately (unused by dense/tp). `seed` replaces the YAML's training seed (seed variants)."""
     from transformers import HfArgumentParser, TrainingArguments
 
     # The YAML names no optimizer (OTO always uses HSPG); the AdamW methods use plain torch.optim.AdamW
     # ("adamw_torch"; transformers 5 would default to its fused variant).
     argv = run_squad.config_to_cli(str(CONFIG)) + ctx.overrides + ["--output_dir", str(output_dir),
                                                                    "--optim", "adamw_torch"]
+    if seed is not None:
+        argv += list(seed_option(seed))
     parser = HfArgumentParser((run_squad.ModelArguments, run_squad.DataArguments, TrainingArguments,
                                run_squad.RunArguments))
     model_args, data_args, train_args, run_args, rest = parser.parse_args_into_dataclasses(
@@ -277,8 +295,10 @@ def load_model(path: Path):
 
 
 def measure_latency(ctx: Ctx, model, vocab_size: int) -> dict | None:
-    """Dense fine-tuned model (A) against `model` (B), interleaved; None while the dense model does not exist."""
-    dense_dir = ctx.method_dir("dense") / "model"
+    """Dense fine-tuned model (A) against `model` (B), interleaved; None while no dense model exists. The ratio
+    depends on the shapes, not on the weights, so any seed's dense model will do (the first found)."""
+    dense_dir = next((d for m in ["dense", *(f"denseseed{s}" for s in SEEDS)]
+                      if ((d := ctx.method_dir(m) / "model") / "config.json").exists()), ctx.method_dir("dense") / "model")
     if not (dense_dir / "config.json").exists():
         log("no dense model yet: latency ratio left empty (fill it later with --fill_latency)")
         return None
@@ -400,12 +420,12 @@ def save_model_atomic(model, tokenizer, final: Path) -> None:
 # ----------------------------------------------------------------------------------------------------------------
 
 
-def run_dense(ctx: Ctx) -> dict:
+def run_dense(ctx: Ctx, method: str = "dense") -> dict:
     from transformers import AutoModelForQuestionAnswering, set_seed
 
-    mdir = ctx.method_dir("dense")
+    mdir = ctx.method_dir(method)
     run_dir = mdir / "run"
-    model_args, data_args, train_args, run_args, _ = parse_settings(ctx, run_dir)
+    model_args, data_args, train_args, run_args, _ = parse_settings(ctx, run_dir, split_seed(method)[1])
     data = load_data(model_args, data_args)
     set_seed(train_args.seed)  # seeds the new QA head, as run_squad.main does
     model = AutoModelForQuestionAnswering.from_pretrained(data["model_path"],
@@ -414,8 +434,8 @@ def run_dense(ctx: Ctx) -> dict:
     model = trainer.model
     save_model_atomic(model, data["tokenizer"], mdir / "model")
     metrics, answers = evaluate(model, data, data_args, train_args, "evaluating dense")
-    write_predictions(ctx, "dense", answers)
-    log(f"dense: EM {metrics['exact_match']:.2f} F1 {metrics['f1']:.2f}")
+    write_predictions(ctx, method, answers)
+    log(f"{method}: EM {metrics['exact_match']:.2f} F1 {metrics['f1']:.2f}")
     ref = dense_reference_stats(data["model_path"])
     st = stats_dict(model)
     # Dense against a copy of itself: the ratio should be ~1; it shows the timing noise of this run.
@@ -423,7 +443,7 @@ def run_dense(ctx: Ctx) -> dict:
     return {
         "label": "dense fine-tuning (HF Trainer, torch.optim.AdamW)",
         "family": "dense",
-        "command": f"{SCRIPT} --methods dense{ctx.cli_suffix()}",
+        "command": f"{SCRIPT} --methods {method}{ctx.cli_suffix()}",
         "quality": metrics, "questions": len(data["eval_examples"]),
         "stats": st, "kept": kept(st, ref), "latency": lat,
         "latency_note": "dense vs a copy of itself (noise check; the ratio of dense is 1 by definition)",
@@ -526,21 +546,24 @@ def oto_steps_for(ctx: Ctx, method: str) -> tuple[int | None, float | None, str]
 def run_tp(ctx: Ctx, method: str, allow_without_oto: bool) -> dict:
     from transformers import set_seed
 
-    target = int(method[2:]) / 100
+    base, seed = split_seed(method)
+    target = int(base[2:]) / 100
+    dense_method = "dense" + (f"seed{seed}" if seed is not None else "")
     mdir = ctx.method_dir(method)
     run_dir = mdir / "run"
-    dense_dir = ctx.method_dir("dense") / "model"
+    dense_dir = ctx.method_dir(dense_method) / "model"
     if not (dense_dir / "config.json").exists():
-        raise SystemExit(f"{method} needs the dense fine-tuned model ({dense_dir}); run --methods dense first")
+        raise SystemExit(f"{method} needs the dense fine-tuned model ({dense_dir}); run --methods {dense_method} "
+                         "first")
     steps, oto_flops_kept, oto = oto_steps_for(ctx, method)
     if steps is None:
         if not allow_without_oto:
             raise SystemExit(f"{method} needs the finished {oto} run (its FLOPs and step count); run it first, or "
                              "pass --tp_without_oto to use the nominal target and the dense step count")
         log(f"{method}: no {oto} result: nominal target {1 - target:.2f} FLOPs kept, dense step count")
-        dense = read_result(ctx, "dense")
+        dense = read_result(ctx, dense_method)
         steps, oto_flops_kept = dense["training"]["steps"], 1 - target
-    model_args, data_args, train_args, run_args, _ = parse_settings(ctx, run_dir)
+    model_args, data_args, train_args, run_args, _ = parse_settings(ctx, run_dir, seed)
     data = load_data(model_args, data_args)
     ref = dense_reference_stats(data["model_path"])
 
@@ -571,7 +594,7 @@ def run_tp(ctx: Ctx, method: str, allow_without_oto: bool) -> dict:
     lat = measure_latency(ctx, model, data["tokenizer"].vocab_size)
     return {
         "label": pruning["label"], "family": "tp", "criterion": pruning["criterion"],
-        "target_flops_kept": oto_flops_kept, "matched_to": oto,
+        "target_flops_kept": oto_flops_kept, "matched_to": oto, "pruned_from": dense_method,
         "command": f"{SCRIPT} --methods {method}{ctx.cli_suffix()}",
         "quality": metrics, "questions": len(data["eval_examples"]),
         "stats": st, "kept": kept(st, ref), "latency": lat, "training": training, "pruning": pruning,
@@ -733,7 +756,7 @@ def latency_of_saved_model(ctx: Ctx, method: str) -> dict | None:
 
     path = saved_model_dir(ctx, method)
     model = load_model(path)
-    if method == "dense":
+    if split_seed(method)[0] == "dense":
         model = copy.deepcopy(model)
     return measure_latency(ctx, model, AutoTokenizer.from_pretrained(str(path)).vocab_size)
 
@@ -953,8 +976,8 @@ def main(argv=None) -> None:
                     target.unlink()
         log(f"==== {m} ====")
         t0 = time.perf_counter()
-        if m == "dense":
-            result = run_dense(ctx)
+        if split_seed(m)[0] == "dense":
+            result = run_dense(ctx, m)
         elif m in OTO_METHODS:
             result = run_oto(ctx, m)
         else:
