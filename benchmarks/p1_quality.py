@@ -20,7 +20,9 @@ method resumes from its last Trainer checkpoint):
                    every other OTO method passes `--oto_layer_floor 0`, as they ran before the floor existed).
 * oto50hold        oto50 with `--oto_hold_lr_through_window`: peak lr until the window ends (step 330 of 550), then
                    a linear decay, so the pruned model trains at a high lr instead of the linear schedule's tail.
-* oto50seed1       oto50 with the training seed 1 instead of 0 (same questions): the run-to-run spread.
+* <m>seed1, <m>seed2  dense, oto50 and tp50 with the training seed 1 or 2 instead of 0 (same questions): the
+                   run-to-run spread. tp50seedN prunes denseseedN and trains for oto50seedN's step count; the summary
+                   lists each method's seeds, their mean and range (full dev set).
 * tp30/50/70       the peer: one-shot structured pruning (attention heads + FFN neurons) of the dense fine-tuned
                    model with a Taylor criterion, to the encoder FLOPs of the OTO point, then the same number of
                    AdamW steps as the OTO run (same schedule), then the same evaluation. See `prune_peer`.
@@ -665,6 +667,7 @@ def summarize(ctx: Ctx) -> None:
             q = r["quality_full_dev"]
             lines.append(f"| {r['method']} | {q['exact_match']:.2f} | {q['f1']:.2f} | {q['n']:,} | `{q['command']}` |")
         lines += paired_lines(ctx, current, full_dev=True)
+    lines += seed_lines(current)
     lines += ["", "## Commands", ""]
     for r in results:
         lines.append(f"- **{r['method']}** ({r['label']}): `{r['command']}`")
@@ -703,6 +706,28 @@ def summarize(ctx: Ctx) -> None:
     log(f"wrote {ctx.results / 'summary.md'} and {ctx.results / 'f1_vs_flops.png'}")
 
 
+def seed_lines(results: list[dict]) -> list[str]:
+    """The summary's table of each seeded method's runs (the YAML's seed 0 and the seed variants): F1 per seed on
+    the full dev set, their mean and their range (max - min), the run-to-run spread."""
+    by_method = {r["method"]: r for r in results}
+    rows = []
+    for base in SEEDED_METHODS:
+        runs = [(0 if s is None else s, r) for s in (None, *SEEDS)
+                if (r := by_method.get(base + (f"seed{s}" if s is not None else ""))) and r.get("quality_full_dev")]
+        if len(runs) < 2:
+            continue
+        f1 = [r["quality_full_dev"]["f1"] for _, r in runs]
+        rows.append(f"| {base} | {', '.join(f'{s}: {v:.2f}' for (s, _), v in zip(runs, f1))} | "
+                    f"{sum(f1) / len(f1):.2f} | {max(f1) - min(f1):.2f} |")
+    if not rows:
+        return []
+    return ["", "## Seeds (full dev set)", "",
+            "The same method with other training seeds (`<method>seed<N>`: QA head initialisation, batch order, "
+            "dropout; same questions). A peer seed prunes the same seed's dense model. The range is the run-to-run "
+            "spread that the paired intervals above, which resample questions only, do not include.", "",
+            "| method | F1 per seed | mean | range |", "|---|---|---|---|", *rows]
+
+
 def plot(ctx: Ctx, results: list[dict]) -> None:
     import matplotlib
 
@@ -715,8 +740,14 @@ def plot(ctx: Ctx, results: list[dict]) -> None:
              "superseded": ("tab:gray", "x", "OTO, earlier version (superseded)")}
     fig, ax = plt.subplots(figsize=(6, 4.2))
     for fam, (color, marker, label) in style.items():
-        rs = sorted([r for r in results if ("superseded" if r.get("superseded") else r["family"]) == fam],
-                    key=lambda r: r["kept"]["encoder_flops"])
+        members = [r for r in results if ("superseded" if r.get("superseded") else r["family"]) == fam]
+        # Seed variants: hollow markers of their family, not joined to its line (they repeat a point).
+        seeded = [r for r in members if split_seed(r["method"])[1] is not None]
+        if seeded:
+            ax.plot([100 * r["kept"]["encoder_flops"] for r in seeded], [r["quality"]["f1"] for r in seeded],
+                    color=color, marker=marker, markerfacecolor="none", linestyle="none",
+                    markersize=10 if marker == "*" else 7, label=f"{label}, other seeds")
+        rs = sorted([r for r in members if split_seed(r["method"])[1] is None], key=lambda r: r["kept"]["encoder_flops"])
         if not rs:
             continue
         x = [100 * r["kept"]["encoder_flops"] for r in rs]
@@ -731,7 +762,7 @@ def plot(ctx: Ctx, results: list[dict]) -> None:
     ax.set_xlabel("encoder FLOPs kept (%, per 384-token example)")
     n_q = sorted({r.get("questions") for r in results if r.get("questions")})
     ax.set_ylabel(f"F1 (SQuAD v1.1, {'/'.join(f'{n:,}' for n in n_q) or '?'} dev questions)")
-    dense = [r for r in results if r["family"] == "dense"]
+    dense = [r for r in results if r["method"] == "dense"]
     if dense:
         ax.axhline(dense[0]["quality"]["f1"], color="k", linestyle=":", linewidth=1)
     ax.set_xlim(20, 105)
@@ -880,14 +911,21 @@ def paired_difference(scores_a: list[float], scores_b: list[float], resamples: i
             "a_better": int((diff > 0).sum()), "b_better": int((diff < 0).sum())}
 
 
+def same_seed(reference: str, method: str) -> str:
+    """The reference run with `method`'s seed: same_seed("dense", "tp50seed1") == "denseseed1"."""
+    seed = split_seed(method)[1]
+    return reference + (f"seed{seed}" if seed is not None else "")
+
+
 def comparison_pairs(results: list[dict]) -> list[tuple[str, str]]:
     """(method, reference) pairs worth a paired test: every method against dense, each OTO point (and variant)
-    against the peer at the same target."""
+    against the peer at the same target; a seed variant against the same seed's dense and peer."""
     names = {r["method"] for r in results}
-    pairs = [(r["method"], "dense") for r in results if r["method"] != "dense" and "dense" in names]
+    pairs = [(r["method"], dense) for r in results
+             if (dense := same_seed("dense", r["method"])) != r["method"] and dense in names]
     for r in results:
         if r["family"] in ("oto", "oto_variant"):
-            peer = f"tp{round(100 * r['target_flops_removed'])}"
+            peer = same_seed(f"tp{round(100 * r['target_flops_removed'])}", r["method"])
             if peer in names:
                 pairs.append((r["method"], peer))
     return pairs

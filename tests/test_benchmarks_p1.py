@@ -132,18 +132,56 @@ def test_floor_points_use_the_balanced_allocation_with_a_layer_floor(tmp_path):
     assert run_squad.parse_arguments(p1_quality.oto_argv(ctx, "oto70", tmp_path / "run"))[2].oto_layer_floor == 0.0
 
 
-def test_seed_point_changes_only_the_training_seed(tmp_path):
+def _differing(settings, base_settings: dict) -> set[str]:
+    return {k for k, v in settings.to_dict().items() if base_settings[k] != v}
+
+
+def test_seed_points_change_only_the_training_seed(tmp_path):
     import run_squad
     import p1_quality
 
+    assert p1_quality.split_seed("tp50seed12") == ("tp50", 12) and p1_quality.split_seed("oto50") == ("oto50", None)
     ctx = p1_quality.Ctx(smoke=False, results=tmp_path)
-    data, seeded = run_squad.parse_arguments(p1_quality.oto_argv(ctx, "oto50seed1", tmp_path / "run"))[1:3]
     base_data, base = run_squad.parse_arguments(p1_quality.oto_argv(ctx, "oto50", tmp_path / "run"))[1:3]
-    assert (seeded.seed, base.seed) == (1, 0)
-    assert data == base_data  # same questions (sample_seed), same features
     base_settings = base.to_dict()
-    differing = {k for k, v in seeded.to_dict().items() if base_settings[k] != v}
-    assert differing == {"seed"}, f"oto50seed1 must differ from oto50 in the seed alone, not in {differing}"
+    for seed in p1_quality.SEEDS:
+        data, seeded = run_squad.parse_arguments(p1_quality.oto_argv(ctx, f"oto50seed{seed}", tmp_path / "run"))[1:3]
+        assert (seeded.seed, base.seed) == (seed, 0)
+        assert data == base_data  # same questions (sample_seed), same features
+        differing = _differing(seeded, base_settings)
+        assert differing == {"seed"}, f"oto50seed{seed} must differ from oto50 in the seed alone, not in {differing}"
+    # dense and the peer read their settings with parse_settings
+    _, dense_data, dense, _, _ = p1_quality.parse_settings(ctx, tmp_path / "run")
+    _, data, seeded, _, _ = p1_quality.parse_settings(ctx, tmp_path / "run", seed=2)
+    assert data == dense_data and seeded.seed == 2 and _differing(seeded, dense.to_dict()) == {"seed"}
+
+
+def test_a_peer_seed_prunes_the_same_seeds_dense_model(tmp_path):
+    import p1_quality
+
+    ctx = p1_quality.Ctx(smoke=False, results=tmp_path)
+    (tmp_path / "dense" / "model").mkdir(parents=True)
+    (tmp_path / "dense" / "model" / "config.json").write_text("{}")  # seed 0's dense model must not be used
+    with pytest.raises(SystemExit, match="run --methods denseseed1 first"):
+        p1_quality.run_tp(ctx, "tp50seed1", allow_without_oto=True)
+    assert p1_quality.oto_steps_for(ctx, "tp50seed1")[2] == "oto50seed1"
+
+
+def test_seed_variants_are_compared_with_the_same_seed_and_summarised_together():
+    import p1_quality
+
+    results = [{"method": m, "family": fam, "target_flops_removed": 0.5, "quality_full_dev": {"f1": f1}}
+               for m, fam, f1 in (("dense", "dense", 64.0), ("denseseed1", "dense", 65.0), ("oto50", "oto", 59.0),
+                                  ("oto50seed1", "oto_variant", 55.0), ("oto50seed2", "oto_variant", 57.0),
+                                  ("tp50", "tp", 60.0), ("tp50seed1", "tp", 61.0))]
+    pairs = p1_quality.comparison_pairs(results)
+    assert ("oto50seed1", "denseseed1") in pairs and ("tp50seed1", "denseseed1") in pairs
+    assert ("oto50seed1", "tp50seed1") in pairs and ("oto50", "tp50") in pairs
+    # oto50seed2 has neither a seed-2 dense nor a seed-2 peer: no pair, rather than one with another seed's run
+    assert not [p for p in pairs if p[0] == "oto50seed2"] and ("denseseed1", "dense") not in pairs
+    rows = {line.split(" | ")[0]: line for line in p1_quality.seed_lines(results) if line.startswith("| ")}
+    assert rows["| oto50"] == "| oto50 | 0: 59.00, 1: 55.00, 2: 57.00 | 57.00 | 4.00 |"
+    assert rows["| dense"] == "| dense | 0: 64.00, 1: 65.00 | 64.50 | 1.00 |" and "| tp50" in rows
 
 
 def test_paired_difference_and_its_interval():
