@@ -77,6 +77,11 @@ class HSPG(Optimizer):
             each and scored 8.7 F1 below the same run with the default 0.25 (full SQuAD dev set), which at 30% and
             50% did not bind (see docs/benchmarks.md). The target comes first: at f = 1 − target, where rounding
             can leave too little above the floors, the last few neurons come from below them.
+        taylor_decay: decay of the running average of the "taylor" / "fisher" scores (one update per step).
+        saliency_zero_init: start that average at zero, so that every step's score weighs (1 − decay)·decay^age.
+            By default it starts at the first step's score, which then keeps the weight decay^k at step k: 58% of
+            the average at step 55, where P1's first pruning period chooses, for one batch scored through a QA head
+            that is still random. (A common scale does not change a ranking, so no bias correction is needed.)
         betas, eps: AdamW moments. momentum: SGD momentum. weight_decay: as in AdamW / SGD.
     """
 
@@ -103,6 +108,7 @@ class HSPG(Optimizer):
         momentum: float = 0.0,
         weight_decay: float = 0.0,
         taylor_decay: float = 0.99,
+        saliency_zero_init: bool = False,
     ):
         _check_arguments(lr, direction, lmbda, epsilon, half_space_start, target, target_unit, prune_steps,
                          num_periods, saliency, allocation, layer_floor, betas, momentum, weight_decay, taylor_decay)
@@ -123,6 +129,7 @@ class HSPG(Optimizer):
         self.allocation = allocation
         self.layer_floor = float(layer_floor)
         self.taylor_decay = taylor_decay
+        self.saliency_zero_init = bool(saliency_zero_init)
 
         optimized = {p for group in self.param_groups for p in group["params"]}
         missing = [t.name for t in groups.tensors if t.param not in optimized]
@@ -230,7 +237,7 @@ class HSPG(Optimizer):
                 delta_dot[t.span] += t.per_group_sum(deltas[t.param].float() * x)
                 taylor[t.span] += t.per_group_sum(t.param.grad.float() * x)
         if self.target is not None:
-            decay = self.taylor_decay if k > 0 else 0.0
+            decay = self.taylor_decay if k > 0 or self.saliency_zero_init else 0.0
             score = taylor.square() if self.saliency == "fisher" else taylor.abs()
             state["taylor"].mul_(decay).add_(score, alpha=1 - decay)
 

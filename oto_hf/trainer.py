@@ -81,6 +81,12 @@ class OTOTrainingArguments(TrainingArguments):
         metadata={"help": "How groups are scored when the target mode picks what to remove: 'taylor' (|x_g·grad_g|), "
                   "'fisher' ((x_g·grad_g)^2) or 'magnitude'.", "choices": list(SALIENCIES)},
     )
+    oto_saliency_zero_init: bool = field(
+        default=False,
+        metadata={"help": "Start the running average of the saliency scores at zero, so that every step counts by "
+                  "its age, instead of at the first step's score (which, scored through a still-random task head, "
+                  "keeps over half the average's weight until ~70 steps)."},
+    )
     oto_allocation: str = field(
         default="balanced",
         metadata={"help": "How the target is shared between heads and FFN neurons: 'balanced' (each removes the same "
@@ -231,6 +237,7 @@ class OTOTrainer(Trainer):
             prune_steps=prune_steps if args.oto_effective_target is not None else None,
             num_periods=min(args.oto_num_periods, prune_steps),
             saliency=args.oto_saliency,
+            saliency_zero_init=args.oto_saliency_zero_init,
             allocation=args.oto_allocation,
             layer_floor=args.oto_layer_floor,
             betas=(args.adam_beta1, args.adam_beta2),

@@ -233,6 +233,24 @@ def test_layer_floor_keeps_every_layer_above_it_and_changes_nothing_where_it_doe
     assert torch.equal(choose(0.05, target=0.3)[2], choose(0.0, target=0.3)[2])
 
 
+def test_saliency_average_starts_at_zero_or_at_the_first_score():
+    # Before the window the saliency average does not change the updates, so both runs see the same parameters and
+    # gradients: their averages differ by decay^(k+1) times the first step's score s0 (the default starts at s0,
+    # the zero start weighs it (1 - decay)·decay^k like any other step).
+    kwargs = dict(target=0.5, half_space_start=50, prune_steps=10, taylor_decay=0.9, layer_floor=0.0)
+    first, zero_init = make(**kwargs), make(**kwargs, saliency_zero_init=True)
+    s0 = {}
+    for (model, groups, opt), name in ((first, "first"), (zero_init, "zero")):
+        train(model, opt, 1)
+        s0[name] = opt.hspg_state["taylor"].clone()
+        train(model, opt, 5, first_step=1)
+    assert torch.allclose(s0["zero"], 0.1 * s0["first"]) and bool((s0["first"] > 0).any())
+    averages = first[2].hspg_state["taylor"], zero_init[2].hspg_state["taylor"]
+    assert torch.equal(first[0].bert.encoder.layer[0].attention.self.query.weight,
+                       zero_init[0].bert.encoder.layer[0].attention.self.query.weight)
+    torch.testing.assert_close(averages[0] - averages[1], 0.9**6 * s0["first"], rtol=1e-4, atol=1e-9)
+
+
 def test_lambda_mode_projects_only_in_stage_two():
     model, groups, opt = make(lr=0.05, direction="sgd", lmbda=2.0, epsilon=0.9, half_space_start=15)
     train(model, opt, 15)
