@@ -23,6 +23,8 @@ method resumes from its last Trainer checkpoint):
 * <m>seed1, <m>seed2  dense, oto50 and tp50 with the training seed 1 or 2 instead of 0 (same questions): the
                    run-to-run spread. tp50seedN prunes denseseedN and trains for oto50seedN's step count; the summary
                    lists each method's seeds, their mean and range (full dev set).
+* oto50zero (and its seeds)  oto50 with `--oto_saliency_zero_init`: the saliency average starts at zero instead of
+                   at the first step's scores (see benchmarks/p1_saliency_probe.py).
 * tp30/50/70       the peer: one-shot structured pruning (attention heads + FFN neurons) of the dense fine-tuned
                    model with a Taylor criterion, to the encoder FLOPs of the OTO point, then the same number of
                    AdamW steps as the OTO run (same schedule), then the same evaluation. See `prune_peer`.
@@ -105,7 +107,11 @@ NO_FLOOR = ("--oto_layer_floor", "0")
 # bootstrap intervals over questions do not include. A peer variant (tp50seed1) prunes the same seed's dense model
 # (denseseed1) and trains for the same seed's OTO step count (oto50seed1), so each seed is a whole pipeline.
 SEEDS = (1, 2)
-SEEDED_METHODS = ("dense", "oto50", "tp50")
+SEEDED_METHODS = ("dense", "oto50", "tp50", "oto50zero")
+# oto50zero is oto50 with the saliency average started at zero (`--oto_saliency_zero_init`): by default the first
+# step's scores, taken through a QA head that is still random, hold 58% of the average that makes the first pruning
+# choice at step 55 (benchmarks/p1_saliency_probe.py measures how that choice varies with the seed).
+ZERO_INIT = ("--oto_saliency_zero_init",)
 
 
 def seed_option(seed: int) -> tuple[str, str]:
@@ -123,9 +129,11 @@ OTO_METHODS = {"oto30": (0.3, 1, NO_FLOOR), "oto50": (0.5, 1, NO_FLOOR), "oto70"
                "oto50uniform": (0.5, 1, UNIFORM + NO_FLOOR), "oto70uniform": (0.7, 1, UNIFORM + NO_FLOOR),
                "oto50floor": (0.5, 1, FLOOR), "oto70floor": (0.7, 1, FLOOR),
                "oto50late": (0.5, 1, LATE_WINDOW + NO_FLOOR), "oto50hold": (0.5, 1, HOLD_LR + NO_FLOOR),
-               **{f"oto50seed{s}": (0.5, 1, seed_option(s) + NO_FLOOR) for s in SEEDS}}
+               "oto50zero": (0.5, 1, ZERO_INIT + NO_FLOOR),
+               **{f"oto50seed{s}": (0.5, 1, seed_option(s) + NO_FLOOR) for s in SEEDS},
+               **{f"oto50zeroseed{s}": (0.5, 1, seed_option(s) + ZERO_INIT + NO_FLOOR) for s in SEEDS}}
 METHODS = ["dense", "oto30", "oto50", "oto70", "tp30", "tp50", "tp70", "oto50x2", "oto70x2", "oto50uniform",
-           "oto70uniform", "oto50floor", "oto70floor", "oto50late", "oto50hold",
+           "oto70uniform", "oto50floor", "oto70floor", "oto50late", "oto50hold", "oto50zero",
            *(f"{m}seed{s}" for s in SEEDS for m in SEEDED_METHODS)]
 LATENCY = dict(batch_size=32, seq_len=384, repeats=5)
 SCRIPT = "python benchmarks/p1_quality.py"

@@ -150,6 +150,10 @@ def test_seed_points_change_only_the_training_seed(tmp_path):
         assert data == base_data  # same questions (sample_seed), same features
         differing = _differing(seeded, base_settings)
         assert differing == {"seed"}, f"oto50seed{seed} must differ from oto50 in the seed alone, not in {differing}"
+    zero = run_squad.parse_arguments(p1_quality.oto_argv(ctx, "oto50zero", tmp_path / "run"))[2]
+    assert _differing(zero, base_settings) == {"oto_saliency_zero_init"} and zero.oto_saliency_zero_init
+    zero_seeded = run_squad.parse_arguments(p1_quality.oto_argv(ctx, "oto50zeroseed2", tmp_path / "run"))[2]
+    assert _differing(zero_seeded, zero.to_dict()) == {"seed"} and zero_seeded.seed == 2
     # dense and the peer read their settings with parse_settings
     _, dense_data, dense, _, _ = p1_quality.parse_settings(ctx, tmp_path / "run")
     _, data, seeded, _, _ = p1_quality.parse_settings(ctx, tmp_path / "run", seed=2)
