@@ -118,6 +118,11 @@ def seed_option(seed: int) -> tuple[str, str]:
     return ("--seed", str(seed))
 
 
+def with_seed(base: str, seed: int | None) -> str:
+    """The seed variant's name: with_seed("tp50", 1) == "tp50seed1"; the method itself for seed None."""
+    return base + (f"seed{seed}" if seed is not None else "")
+
+
 def split_seed(method: str) -> tuple[str, int | None]:
     """("tp50", 1) for "tp50seed1"; (method, None) for a method without a seed suffix."""
     base, sep, seed = method.rpartition("seed")
@@ -558,7 +563,7 @@ def run_tp(ctx: Ctx, method: str, allow_without_oto: bool) -> dict:
 
     base, seed = split_seed(method)
     target = int(base[2:]) / 100
-    dense_method = "dense" + (f"seed{seed}" if seed is not None else "")
+    dense_method = with_seed("dense", seed)
     mdir = ctx.method_dir(method)
     run_dir = mdir / "run"
     dense_dir = ctx.method_dir(dense_method) / "model"
@@ -721,7 +726,7 @@ def seed_lines(results: list[dict]) -> list[str]:
     rows = []
     for base in SEEDED_METHODS:
         runs = [(0 if s is None else s, r) for s in (None, *SEEDS)
-                if (r := by_method.get(base + (f"seed{s}" if s is not None else ""))) and r.get("quality_full_dev")]
+                if (r := by_method.get(with_seed(base, s))) and r.get("quality_full_dev")]
         if len(runs) < 2:
             continue
         f1 = [r["quality_full_dev"]["f1"] for _, r in runs]
@@ -921,8 +926,7 @@ def paired_difference(scores_a: list[float], scores_b: list[float], resamples: i
 
 def same_seed(reference: str, method: str) -> str:
     """The reference run with `method`'s seed: same_seed("dense", "tp50seed1") == "denseseed1"."""
-    seed = split_seed(method)[1]
-    return reference + (f"seed{seed}" if seed is not None else "")
+    return with_seed(reference, split_seed(method)[1])
 
 
 def comparison_pairs(results: list[dict]) -> list[tuple[str, str]]:
