@@ -134,12 +134,13 @@ OTO_METHODS = {"oto30": (0.3, 1, NO_FLOOR), "oto50": (0.5, 1, NO_FLOOR), "oto70"
                "oto50uniform": (0.5, 1, UNIFORM + NO_FLOOR), "oto70uniform": (0.7, 1, UNIFORM + NO_FLOOR),
                "oto50floor": (0.5, 1, FLOOR), "oto70floor": (0.7, 1, FLOOR),
                "oto50late": (0.5, 1, LATE_WINDOW + NO_FLOOR), "oto50hold": (0.5, 1, HOLD_LR + NO_FLOOR),
-               "oto50zero": (0.5, 1, ZERO_INIT + NO_FLOOR),
-               **{f"oto50seed{s}": (0.5, 1, seed_option(s) + NO_FLOOR) for s in SEEDS},
-               **{f"oto50zeroseed{s}": (0.5, 1, seed_option(s) + ZERO_INIT + NO_FLOOR) for s in SEEDS}}
+               "oto50zero": (0.5, 1, ZERO_INIT + NO_FLOOR)}
+# An OTO method's seed variant: its settings with the seed option in front.
+OTO_METHODS.update({with_seed(m, s): (target, epochs, seed_option(s) + options) for m in SEEDED_METHODS
+                    if m in OTO_METHODS for target, epochs, options in [OTO_METHODS[m]] for s in SEEDS})
 METHODS = ["dense", "oto30", "oto50", "oto70", "tp30", "tp50", "tp70", "oto50x2", "oto70x2", "oto50uniform",
            "oto70uniform", "oto50floor", "oto70floor", "oto50late", "oto50hold", "oto50zero",
-           *(f"{m}seed{s}" for s in SEEDS for m in SEEDED_METHODS)]
+           *(with_seed(m, s) for s in SEEDS for m in SEEDED_METHODS)]
 LATENCY = dict(batch_size=32, seq_len=384, repeats=5)
 SCRIPT = "python benchmarks/p1_quality.py"
 PREDICTIONS = "predictions.json"
@@ -312,8 +313,9 @@ def load_model(path: Path):
 def measure_latency(ctx: Ctx, model, vocab_size: int) -> dict | None:
     """Dense fine-tuned model (A) against `model` (B), interleaved; None while no dense model exists. The ratio
     depends on the shapes, not on the weights, so any seed's dense model will do (the first found)."""
-    dense_dir = next((d for m in ["dense", *(f"denseseed{s}" for s in SEEDS)]
-                      if ((d := ctx.method_dir(m) / "model") / "config.json").exists()), ctx.method_dir("dense") / "model")
+    dense_dir = next((d for s in (None, *SEEDS)
+                      if ((d := ctx.method_dir(with_seed("dense", s)) / "model") / "config.json").exists()),
+                     ctx.method_dir("dense") / "model")
     if not (dense_dir / "config.json").exists():
         log("no dense model yet: latency ratio left empty (fill it later with --fill_latency)")
         return None
