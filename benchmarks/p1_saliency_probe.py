@@ -65,12 +65,10 @@ def choose_with(hspg, average: torch.Tensor) -> torch.Tensor:
     return chosen
 
 
-def run_seed(seed: int, work: Path) -> dict:
-    ctx = p1.Ctx(smoke=False)
-    method = "oto50" if seed == 0 else f"oto50seed{seed}"
-    if method not in p1.OTO_METHODS:
-        p1.OTO_METHODS[method] = (0.5, 1, p1.seed_option(seed) + p1.NO_FLOOR)
-    argv = p1.oto_argv(ctx, method, work / f"seed{seed}")
+def run_seed(seed: int, work: Path) -> tuple[dict, "oto_hf.ZeroInvariantGroups"]:
+    """The first choice of oto50 at `seed` (as run, and from the zero-started average), and the model's groups."""
+    # oto50's settings with the seed given last (the last --seed wins), so any seed works, not only SEEDS'.
+    argv = p1.oto_argv(p1.Ctx(smoke=False), "oto50", work / f"seed{seed}") + list(p1.seed_option(seed))
     model_args, data_args, train_args, _ = run_squad.parse_arguments(argv)
     data = p1.load_data(model_args, data_args)
     set_seed(train_args.seed)  # seeds the new QA head, as run_squad.main does
@@ -88,9 +86,20 @@ def run_seed(seed: int, work: Path) -> dict:
     if not torch.equal(first_started, probe.chosen):
         raise RuntimeError("re-choosing from the run's own average does not give the run's choice")
     return {"seed": seed, "choice_step": k, "first_step_weight": hspg.taylor_decay ** k,
-            "chosen": {"first_step_start": probe.chosen.tolist(),
-                       "zero_start": choose_with(hspg, zero_started).tolist()},
+            # indices of the groups chosen (group order of oto_hf.zero_invariant_groups)
+            "chosen": {"first_step_start": indices(probe.chosen),
+                       "zero_start": indices(choose_with(hspg, zero_started))},
             "wall_s": time.perf_counter() - t0}, hspg.groups
+
+
+def indices(chosen: torch.Tensor) -> list[int]:
+    return torch.nonzero(chosen).flatten().tolist()
+
+
+def mask(chosen: list[int], num_groups: int) -> torch.Tensor:
+    out = torch.zeros(num_groups, dtype=torch.bool)
+    out[chosen] = True
+    return out
 
 
 def jaccard(a: torch.Tensor, b: torch.Tensor, weight: torch.Tensor) -> float:
@@ -118,7 +127,7 @@ def main(argv=None) -> None:
     heads = (groups.kinds == HEAD).double()
     summary = {}
     for start in ("first_step_start", "zero_start"):
-        chosen = {r["seed"]: torch.tensor(r["chosen"][start]) for r in runs}
+        chosen = {r["seed"]: mask(r["chosen"][start], groups.num_groups) for r in runs}
         pairs = {f"{a}-{b}": {"jaccard_flops": jaccard(chosen[a], chosen[b], flops),
                               "jaccard_heads": jaccard(chosen[a], chosen[b], heads)}
                  for a, b in itertools.combinations(sorted(chosen), 2)}
@@ -130,7 +139,7 @@ def main(argv=None) -> None:
                f"{summary[start]['mean_jaccard_heads']:.3f} (heads); heads removed per layer "
                f"{summary[start]['heads_removed_per_layer']}")
     for r in runs:
-        c = {k: torch.tensor(v) for k, v in r["chosen"].items()}
+        c = {k: mask(v, groups.num_groups) for k, v in r["chosen"].items()}
         r["first_vs_zero_start_jaccard_flops"] = jaccard(c["first_step_start"], c["zero_start"], flops)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps({"command": "python benchmarks/p1_saliency_probe.py --seeds "
