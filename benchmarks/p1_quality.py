@@ -25,6 +25,8 @@ method resumes from its last Trainer checkpoint):
                    lists each method's seeds, their mean and range (full dev set).
 * oto50zero (and its seeds)  oto50 with `--oto_saliency_zero_init`: the saliency average starts at zero instead of
                    at the first step's scores (see benchmarks/p1_saliency_probe.py).
+* oto50zerofloor (and its seeds)  both: the zero-started saliency and the default layer floor (0.25). oto50floor's
+                   seeds are the library's default settings at 50% over seeds.
 * tp30/50/70       the peer: one-shot structured pruning (attention heads + FFN neurons) of the dense fine-tuned
                    model with a Taylor criterion, to the encoder FLOPs of the OTO point, then the same number of
                    AdamW steps as the OTO run (same schedule), then the same evaluation. See `prune_peer`.
@@ -107,7 +109,7 @@ NO_FLOOR = ("--oto_layer_floor", "0")
 # bootstrap intervals over questions do not include. A peer variant (tp50seed1) prunes the same seed's dense model
 # (denseseed1) and trains for the same seed's OTO step count (oto50seed1), so each seed is a whole pipeline.
 SEEDS = (1, 2)
-SEEDED_METHODS = ("dense", "oto50", "tp50", "oto50zero")
+SEEDED_METHODS = ("dense", "oto50", "tp50", "oto50zero", "oto50floor", "oto50zerofloor")
 # oto50zero is oto50 with the saliency average started at zero (`--oto_saliency_zero_init`): by default the first
 # step's scores, taken through a QA head that is still random, hold 58% of the average that makes the first pruning
 # choice at step 55 (benchmarks/p1_saliency_probe.py measures how that choice varies with the seed).
@@ -134,13 +136,13 @@ OTO_METHODS = {"oto30": (0.3, 1, NO_FLOOR), "oto50": (0.5, 1, NO_FLOOR), "oto70"
                "oto50uniform": (0.5, 1, UNIFORM + NO_FLOOR), "oto70uniform": (0.7, 1, UNIFORM + NO_FLOOR),
                "oto50floor": (0.5, 1, FLOOR), "oto70floor": (0.7, 1, FLOOR),
                "oto50late": (0.5, 1, LATE_WINDOW + NO_FLOOR), "oto50hold": (0.5, 1, HOLD_LR + NO_FLOOR),
-               "oto50zero": (0.5, 1, ZERO_INIT + NO_FLOOR)}
+               "oto50zero": (0.5, 1, ZERO_INIT + NO_FLOOR), "oto50zerofloor": (0.5, 1, ZERO_INIT + FLOOR)}
 # An OTO method's seed variant: its settings with the seed option in front.
 OTO_METHODS.update({with_seed(m, s): (target, epochs, seed_option(s) + options) for m in SEEDED_METHODS
                     if m in OTO_METHODS for target, epochs, options in [OTO_METHODS[m]] for s in SEEDS})
 METHODS = ["dense", "oto30", "oto50", "oto70", "tp30", "tp50", "tp70", "oto50x2", "oto70x2", "oto50uniform",
            "oto70uniform", "oto50floor", "oto70floor", "oto50late", "oto50hold", "oto50zero",
-           *(with_seed(m, s) for s in SEEDS for m in SEEDED_METHODS)]
+           "oto50zerofloor", *(with_seed(m, s) for s in SEEDS for m in SEEDED_METHODS)]
 LATENCY = dict(batch_size=32, seq_len=384, repeats=5)
 SCRIPT = "python benchmarks/p1_quality.py"
 PREDICTIONS = "predictions.json"

@@ -154,6 +154,13 @@ def test_seed_points_change_only_the_training_seed(tmp_path):
     assert _differing(zero, base_settings) == {"oto_saliency_zero_init"} and zero.oto_saliency_zero_init
     zero_seeded = run_squad.parse_arguments(p1_quality.oto_argv(ctx, "oto50zeroseed2", tmp_path / "run"))[2]
     assert _differing(zero_seeded, zero.to_dict()) == {"seed"} and zero_seeded.seed == 2
+    # oto50floor runs the library's default floor; oto50zerofloor adds the zero start to it
+    floor = run_squad.parse_arguments(p1_quality.oto_argv(ctx, "oto50floorseed1", tmp_path / "run"))[2]
+    assert _differing(floor, base_settings) == {"seed", "oto_layer_floor"} and floor.oto_layer_floor == 0.25
+    from oto_hf.trainer import OTOTrainingArguments
+    assert floor.oto_layer_floor == OTOTrainingArguments.__dataclass_fields__["oto_layer_floor"].default  # the default
+    both = run_squad.parse_arguments(p1_quality.oto_argv(ctx, "oto50zerofloorseed1", tmp_path / "run"))[2]
+    assert _differing(both, floor.to_dict()) == {"oto_saliency_zero_init"} and both.oto_saliency_zero_init
     # dense and the peer read their settings with parse_settings
     _, dense_data, dense, _, _ = p1_quality.parse_settings(ctx, tmp_path / "run")
     _, data, seeded, _, _ = p1_quality.parse_settings(ctx, tmp_path / "run", seed=2)
