@@ -312,15 +312,21 @@ def load_model(path: Path):
     return AutoModelForQuestionAnswering.from_pretrained(str(path)).eval()
 
 
-def measure_latency(ctx: Ctx, model, vocab_size: int) -> dict | None:
-    """Dense fine-tuned model (A) against `model` (B), interleaved; None while no dense model exists. The ratio
-    depends on the shapes, not on the weights, so any seed's dense model will do (the first found)."""
-    dense_dir = next((d for s in (None, *SEEDS)
-                      if ((d := ctx.method_dir(with_seed("dense", s)) / "model") / "config.json").exists()),
-                     ctx.method_dir("dense") / "model")
-    if not (dense_dir / "config.json").exists():
-        log("no dense model yet: latency ratio left empty (fill it later with --fill_latency)")
-        return None
+def dense_latency_reference(ctx: Ctx) -> Path:
+    """The dense side of every latency ratio. The ratio depends on the shapes, not on the weights, so any seed's
+    fine-tuned dense model will do (the first found); where none exists (saved models are not committed, so a fresh
+    checkout has none), the pre-trained checkpoint the dense run starts from, which has exactly its shapes."""
+    found = next((d for s in (None, *SEEDS)
+                  if ((d := ctx.method_dir(with_seed("dense", s)) / "model") / "config.json").exists()), None)
+    if found is not None:
+        return found
+    model_args = parse_settings(ctx, ctx.results / "dense" / "run")[0]
+    return Path(run_squad.resolve_model_path(model_args.model_name_or_path))
+
+
+def measure_latency(ctx: Ctx, model, vocab_size: int) -> dict:
+    """Dense model (A, see dense_latency_reference) against `model` (B), interleaved."""
+    dense_dir = dense_latency_reference(ctx)
     torch.set_num_threads(THREADS)
     dense = load_model(dense_dir)
     log(f"latency: dense vs this model, batch {ctx.latency['batch_size']} x {ctx.latency['seq_len']}, "
@@ -653,7 +659,8 @@ def summarize(ctx: Ctx) -> None:
         f"questions at 384 tokens). Learning rate {lrs} for every method; docs/benchmarks.md compares the lrs swept "
         "(1e-4, 2e-4, 4e-4), each in its own results folder.",
         "EM/F1: official SQuAD v1.1 on the sampled dev questions. FLOPs: encoder FLOPs per 384-token example "
-        "(`oto_hf.model_stats`). Latency ratio: dense fine-tuned model time / this model's time, batch 32 × 384, "
+        "(`oto_hf.model_stats`). Latency ratio: dense model time / this model's time (the fine-tuned dense model, or "
+        "where none was saved in this checkout the pre-trained checkpoint, which has its shapes), batch 32 × 384, "
         "5 interleaved repeats, medians, 2 threads, whole model (`oto_hf.report.latency_ratio`); for dense it is "
         "dense vs a copy of itself (noise check); \"again\": re-measured with `--remeasure_latency`, all models one "
         "after another on an idle machine. Wall time: training only, on a shared 2-core CPU.",
@@ -798,7 +805,7 @@ def saved_model_dir(ctx: Ctx, method: str) -> Path:
     return mdir / "run" / "compressed_model" if method in OTO_METHODS else mdir / "model"
 
 
-def latency_of_saved_model(ctx: Ctx, method: str) -> dict | None:
+def latency_of_saved_model(ctx: Ctx, method: str) -> dict:
     """Latency ratio of a finished method's saved model against dense (dense: against a copy of itself)."""
     from transformers import AutoTokenizer
 
@@ -822,20 +829,19 @@ def remeasure_latency(ctx: Ctx, methods: list[str] | None = None) -> None:
         if not r or not saved_model_dir(ctx, m).exists():
             continue
         lat = latency_of_saved_model(ctx, m)
-        if lat is not None:
-            lat["measured_at"] = time.strftime("%Y-%m-%d %H:%M:%S")
-            r["latency_remeasured"] = lat
-            rewrite_result(ctx, m, r)
+        lat["measured_at"] = time.strftime("%Y-%m-%d %H:%M:%S")
+        r["latency_remeasured"] = lat
+        rewrite_result(ctx, m, r)
 
 
 def fill_latency(ctx: Ctx) -> None:
-    """Measure the latency ratio of finished methods that have none (e.g. run before the dense model existed)."""
+    """Measure the latency ratio of finished methods that have none (runs from before a latency reference always
+    existed)."""
     for m in METHODS:
         r = read_result(ctx, m)
         if r and r.get("latency") is None and saved_model_dir(ctx, m).exists():
             r["latency"] = latency_of_saved_model(ctx, m)
-            if r["latency"] is not None:
-                rewrite_result(ctx, m, r)
+            rewrite_result(ctx, m, r)
 
 
 def fill_predictions(ctx: Ctx) -> None:

@@ -77,6 +77,21 @@ def test_saved_models_are_found_from_the_results_folder(tmp_path):
     assert p1_quality.saved_model_dir(ctx, "oto70uniform") == tmp_path / "moved" / "oto70uniform" / "run" / "compressed_model"
 
 
+def test_latency_reference_is_a_saved_dense_model_else_the_pretrained_checkpoint(tmp_path):
+    import run_squad
+    import p1_quality
+
+    ctx = p1_quality.Ctx(smoke=False, results=tmp_path)
+    # a fresh checkout: no fine-tuned dense model, so the checkpoint the dense run starts from (same shapes)
+    pretrained = p1_quality.dense_latency_reference(ctx)
+    assert pretrained == Path(run_squad.resolve_model_path(p1_quality.parse_settings(ctx, tmp_path)[0].model_name_or_path))
+    assert (pretrained / "config.json").exists()
+    # any seed's fine-tuned dense model is preferred to it
+    (tmp_path / "denseseed2" / "model").mkdir(parents=True)
+    (tmp_path / "denseseed2" / "model" / "config.json").write_text("{}")
+    assert p1_quality.dense_latency_reference(ctx) == tmp_path / "denseseed2" / "model"
+
+
 def test_equal_compute_points_train_twice_the_yaml_epochs(tmp_path):
     import run_squad
     import p1_quality
