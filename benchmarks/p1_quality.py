@@ -26,7 +26,8 @@ method resumes from its last Trainer checkpoint):
 * oto50zero (and its seeds)  oto50 with `--oto_saliency_zero_init`: the saliency average starts at zero instead of
                    at the first step's scores (see benchmarks/p1_saliency_probe.py).
 * oto50zerofloor (and its seeds)  both: the zero-started saliency and the default layer floor (0.25). oto50floor's
-                   seeds are the library's default settings at 50% over seeds.
+                   seeds are the library's default settings at 50% over seeds; oto50uniform's, the fixed per-layer
+                   layout (the peer's kind of layout) over seeds.
 * tp30/50/70       the peer: one-shot structured pruning (attention heads + FFN neurons) of the dense fine-tuned
                    model with a Taylor criterion, to the encoder FLOPs of the OTO point, then the same number of
                    AdamW steps as the OTO run (same schedule), then the same evaluation. See `prune_peer`.
@@ -109,7 +110,7 @@ NO_FLOOR = ("--oto_layer_floor", "0")
 # bootstrap intervals over questions do not include. A peer variant (tp50seed1) prunes the same seed's dense model
 # (denseseed1) and trains for the same seed's OTO step count (oto50seed1), so each seed is a whole pipeline.
 SEEDS = (1, 2)
-SEEDED_METHODS = ("dense", "oto50", "tp50", "oto50zero", "oto50floor", "oto50zerofloor")
+SEEDED_METHODS = ("dense", "oto50", "tp50", "oto50zero", "oto50floor", "oto50zerofloor", "oto50uniform")
 # oto50zero is oto50 with the saliency average started at zero (`--oto_saliency_zero_init`): by default the first
 # step's scores, taken through a QA head that is still random, hold 58% of the average that makes the first pruning
 # choice at step 55 (benchmarks/p1_saliency_probe.py measures how that choice varies with the seed).

@@ -176,6 +176,8 @@ def test_seed_points_change_only_the_training_seed(tmp_path):
     assert floor.oto_layer_floor == OTOTrainingArguments.__dataclass_fields__["oto_layer_floor"].default  # the default
     both = run_squad.parse_arguments(p1_quality.oto_argv(ctx, "oto50zerofloorseed1", tmp_path / "run"))[2]
     assert _differing(both, floor.to_dict()) == {"oto_saliency_zero_init"} and both.oto_saliency_zero_init
+    uniform = run_squad.parse_arguments(p1_quality.oto_argv(ctx, "oto50uniformseed1", tmp_path / "run"))[2]
+    assert _differing(uniform, base_settings) == {"seed", "oto_allocation"} and uniform.oto_allocation == "uniform"
     # dense and the peer read their settings with parse_settings
     _, dense_data, dense, _, _ = p1_quality.parse_settings(ctx, tmp_path / "run")
     _, data, seeded, _, _ = p1_quality.parse_settings(ctx, tmp_path / "run", seed=2)
