@@ -167,6 +167,7 @@ def test_seed_points_change_only_the_training_seed(tmp_path):
         assert differing == {"seed"}, f"oto50seed{seed} must differ from oto50 in the seed alone, not in {differing}"
     zero = run_squad.parse_arguments(p1_quality.oto_argv(ctx, "oto50zero", tmp_path / "run"))[2]
     assert _differing(zero, base_settings) == {"oto_saliency_zero_init"} and zero.oto_saliency_zero_init
+    assert not base.oto_saliency_zero_init  # oto50 ran with the first-step start, before the default changed
     zero_seeded = run_squad.parse_arguments(p1_quality.oto_argv(ctx, "oto50zeroseed2", tmp_path / "run"))[2]
     assert _differing(zero_seeded, zero.to_dict()) == {"seed"} and zero_seeded.seed == 2
     # oto50floor runs the library's default floor; oto50zerofloor adds the zero start to it
@@ -296,3 +297,28 @@ def test_full_dev_scoring_uses_every_dev_question_and_its_own_predictions(tmp_pa
     # oto70 has its full-dev answers and no saved model (models are not committed): nothing to do, no error, so
     # `--full_dev oto70 tp70 --compare …` works in a fresh checkout
     p1_quality.evaluate_full_dev(ctx, ["oto70", "tp70"])
+
+
+def test_every_committed_oto_result_still_reproduces_from_its_methods_settings(tmp_path):
+    # A changed library default must not silently change what a published method runs: each committed P1 OTO result
+    # recorded its oto_* settings, and the method's argv today must give the same values.
+    import json
+
+    import run_squad
+    import p1_quality
+
+    # Options added after a run are absent from its record; the run behaved as their value here does.
+    before_they_existed = {"oto_layer_floor": 0.0, "oto_saliency_zero_init": False}
+    checked = 0
+    for result_file in sorted(p1_quality.RESULTS.parent.glob("p1_lr*/*/result.json")):
+        method = result_file.parent.name
+        recorded = (json.loads(result_file.read_text()).get("training") or {}).get("oto_settings")
+        if method not in p1_quality.OTO_METHODS or not recorded:
+            continue
+        lr = float(result_file.parent.parent.name.removeprefix("p1_lr"))
+        ctx = p1_quality.Ctx(smoke=False, results=tmp_path, learning_rate=lr)
+        today = run_squad.parse_arguments(p1_quality.oto_argv(ctx, method, tmp_path / "run"))[2].to_dict()
+        changed = {k: (v, today[k]) for k, v in {**before_they_existed, **recorded}.items() if today[k] != v}
+        assert not changed, f"{result_file}: recorded vs today's settings differ: {changed}"
+        checked += 1
+    assert checked >= 20
