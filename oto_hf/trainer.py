@@ -82,10 +82,10 @@ class OTOTrainingArguments(TrainingArguments):
                   "'fisher' ((x_g·grad_g)^2) or 'magnitude'.", "choices": list(SALIENCIES)},
     )
     oto_saliency_zero_init: bool = field(
-        default=False,
+        default=True,
         metadata={"help": "Start the running average of the saliency scores at zero, so that every step counts by "
-                  "its age, instead of at the first step's score (which, scored through a still-random task head, "
-                  "keeps over half the average's weight until ~70 steps)."},
+                  "its age (the default). False starts it at the first step's score, which, scored through a "
+                  "still-random task head, keeps over half the average's weight until ~70 steps."},
     )
     oto_allocation: str = field(
         default="balanced",

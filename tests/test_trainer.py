@@ -234,11 +234,12 @@ def test_refused_before_any_training(tmp_path):
 
 def test_the_optimizer_is_built_from_the_oto_settings(tmp_path):
     args = make_args(tmp_path, max_steps=20, oto_allocation="global", oto_saliency="fisher", oto_layer_floor=0.1,
-                     oto_saliency_zero_init=True)
+                     oto_saliency_zero_init=False)
     trainer = OTOTrainer(model=BertForQuestionAnswering(tiny_bert_config()), args=args)
     trainer.create_optimizer_and_scheduler(num_training_steps=20)
     optimizer = trainer.optimizer
     assert (optimizer.allocation, optimizer.saliency, optimizer.layer_floor, optimizer.saliency_zero_init) == (
-        "global", "fisher", 0.1, True)
+        "global", "fisher", 0.1, False)
     assert optimizer.target == args.oto_target
     assert make_args(tmp_path).oto_layer_floor == 0.25  # the default: a quarter of each layer's heads and neurons
+    assert make_args(tmp_path).oto_saliency_zero_init  # the default: the saliency average starts at zero
