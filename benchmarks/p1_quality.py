@@ -112,9 +112,10 @@ NO_FLOOR = ("--oto_layer_floor", "0")
 # (denseseed1) and trains for the same seed's OTO step count (oto50seed1), so each seed is a whole pipeline.
 SEEDS = (1, 2)
 SEEDED_METHODS = ("dense", "oto50", "tp50", "oto50zero", "oto50floor", "oto50zerofloor", "oto50uniform")
-# oto50zero is oto50 with the saliency average started at zero (`--oto_saliency_zero_init`): by default the first
-# step's scores, taken through a QA head that is still random, hold 58% of the average that makes the first pruning
-# choice at step 55 (benchmarks/p1_saliency_probe.py measures how that choice varies with the seed).
+# oto50zero is oto50 with the saliency average started at zero (`--oto_saliency_zero_init`): started at the first
+# step's scores (the default until these runs), that one step, taken through a QA head that is still random, holds
+# 58% of the average that makes the first pruning choice at step 55 (benchmarks/p1_saliency_probe.py measures how
+# that choice varies with the seed).
 ZERO_INIT = ("--oto_saliency_zero_init",)
 # The zero start became the default after oto50zerofloor scored +0.1 and +1.8 F1 over oto50floor at seeds 0 and 1;
 # the methods that ran before it with the first-step start say so (FIRST_STEP), so that they still reproduce.
