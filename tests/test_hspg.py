@@ -235,8 +235,8 @@ def test_layer_floor_keeps_every_layer_above_it_and_changes_nothing_where_it_doe
 
 def test_saliency_average_starts_at_zero_or_at_the_first_score():
     # Before the window the saliency average does not change the updates, so both runs see the same parameters and
-    # gradients: their averages differ by decay^(k+1) times the first step's score s0 (the default starts at s0,
-    # the zero start weighs it (1 - decay)·decay^k like any other step).
+    # gradients: their averages differ by decay^(k+1) times the first step's score s0 (the first-step start begins at
+    # s0, the zero start, the default, weighs it (1 - decay)·decay^k like any other step).
     kwargs = dict(target=0.5, half_space_start=50, prune_steps=10, taylor_decay=0.9, layer_floor=0.0)
     first, zero_init = make(**kwargs, saliency_zero_init=False), make(**kwargs)
     assert zero_init[2].saliency_zero_init  # the default
