@@ -20,15 +20,16 @@ method resumes from its last Trainer checkpoint):
                    every other OTO method passes `--oto_layer_floor 0`, as they ran before the floor existed).
 * oto50hold        oto50 with `--oto_hold_lr_through_window`: peak lr until the window ends (step 330 of 550), then
                    a linear decay, so the pruned model trains at a high lr instead of the linear schedule's tail.
-* <m>seed1, <m>seed2  dense, oto50 and tp50 with the training seed 1 or 2 instead of 0 (same questions): the
-                   run-to-run spread. tp50seedN prunes denseseedN and trains for oto50seedN's step count; the summary
+* <m>seed1, <m>seed2  dense, oto50 and tp50 (and the others in SEEDED_METHODS) with the training seed 1 or 2
+                   instead of 0 (same questions): the run-to-run spread. tp50seedN prunes denseseedN and trains for
+                   oto50seedN's step count (tp70seedN: oto70zerofloorseedN's, PEER_MATCHED_TO); the summary
                    lists each method's seeds, their mean and range (full dev set).
 * oto50zero (and its seeds)  oto50 with `--oto_saliency_zero_init`: the saliency average starts at zero instead of
                    at the first step's scores (see benchmarks/p1_saliency_probe.py).
-* oto50zerofloor (and its seeds)  both: the zero-started saliency and the layer floor 0.25, the library's default
-                   settings since these runs (the other OTO methods pass `--oto_saliency_zero_init False`, as they
-                   ran before); oto50floor's seeds are the default floor with the first-step start; oto50uniform's,
-                   the fixed per-layer layout (the peer's kind of layout) over seeds.
+* oto50zerofloor, oto70zerofloor (and their seeds)  both: the zero-started saliency and the layer floor 0.25,
+                   the library's default settings since these runs (the other OTO methods pass
+                   `--oto_saliency_zero_init False`, as they ran before); oto50floor's seeds are the default floor with
+                   the first-step start; oto50uniform's, the fixed per-layer layout (the peer's kind of layout).
 * tp30/50/70       the peer: one-shot structured pruning (attention heads + FFN neurons) of the dense fine-tuned
                    model with a Taylor criterion, to the encoder FLOPs of the OTO point, then the same number of
                    AdamW steps as the OTO run (same schedule), then the same evaluation. See `prune_peer`.
@@ -111,7 +112,8 @@ NO_FLOOR = ("--oto_layer_floor", "0")
 # bootstrap intervals over questions do not include. A peer variant (tp50seed1) prunes the same seed's dense model
 # (denseseed1) and trains for the same seed's OTO step count (oto50seed1), so each seed is a whole pipeline.
 SEEDS = (1, 2)
-SEEDED_METHODS = ("dense", "oto50", "tp50", "oto50zero", "oto50floor", "oto50zerofloor", "oto50uniform")
+SEEDED_METHODS = ("dense", "oto50", "tp50", "oto50zero", "oto50floor", "oto50zerofloor", "oto50uniform", "tp70",
+                  "oto70zerofloor")
 # oto50zero is oto50 with the saliency average started at zero (`--oto_saliency_zero_init`): started at the first
 # step's scores (the default until these runs), that one step, taken through a QA head that is still random, holds
 # 58% of the average that makes the first pruning choice at step 55 (benchmarks/p1_saliency_probe.py measures how
@@ -145,13 +147,14 @@ OTO_METHODS = {"oto30": (0.3, 1, NO_FLOOR + FIRST_STEP), "oto50": (0.5, 1, NO_FL
                "oto50floor": (0.5, 1, FLOOR + FIRST_STEP), "oto70floor": (0.7, 1, FLOOR + FIRST_STEP),
                "oto50late": (0.5, 1, LATE_WINDOW + NO_FLOOR + FIRST_STEP),
                "oto50hold": (0.5, 1, HOLD_LR + NO_FLOOR + FIRST_STEP),
-               "oto50zero": (0.5, 1, ZERO_INIT + NO_FLOOR), "oto50zerofloor": (0.5, 1, ZERO_INIT + FLOOR)}
+               "oto50zero": (0.5, 1, ZERO_INIT + NO_FLOOR), "oto50zerofloor": (0.5, 1, ZERO_INIT + FLOOR),
+               "oto70zerofloor": (0.7, 1, ZERO_INIT + FLOOR)}
 # An OTO method's seed variant: its settings with the seed option in front.
 OTO_METHODS.update({with_seed(m, s): (target, epochs, seed_option(s) + options) for m in SEEDED_METHODS
                     if m in OTO_METHODS for target, epochs, options in [OTO_METHODS[m]] for s in SEEDS})
 METHODS = ["dense", "oto30", "oto50", "oto70", "tp30", "tp50", "tp70", "oto50x2", "oto70x2", "oto50uniform",
            "oto70uniform", "oto50floor", "oto70floor", "oto50late", "oto50hold", "oto50zero",
-           "oto50zerofloor", *(with_seed(m, s) for s in SEEDS for m in SEEDED_METHODS)]
+           "oto50zerofloor", "oto70zerofloor", *(with_seed(m, s) for s in SEEDS for m in SEEDED_METHODS)]
 LATENCY = dict(batch_size=32, seq_len=384, repeats=5)
 SCRIPT = "python benchmarks/p1_quality.py"
 PREDICTIONS = "predictions.json"
@@ -564,9 +567,15 @@ def run_oto(ctx: Ctx, method: str) -> dict:
 from p1_peer import prune_peer  # noqa: E402  (kept in its own module: the Torch-Pruning specifics)
 
 
+# The OTO run a peer takes its FLOPs and step count from is "oto" + the peer's suffix (tp50seed1 -> oto50seed1), except
+# where that OTO method was never run at that seed: tp70's seeds were added with the default settings' oto70zerofloor
+# seeds, not with seeds of the old oto70 (every OTO variant at 70% kept the same encoder FLOPs, 0.30004, in 550 steps).
+PEER_MATCHED_TO = {with_seed("tp70", s): with_seed("oto70zerofloor", s) for s in SEEDS}
+
+
 def oto_steps_for(ctx: Ctx, method: str) -> tuple[int | None, float | None, str]:
     """Steps and encoder FLOPs kept of the matching OTO point (from its result, else from its run report)."""
-    oto = "oto" + method[2:]
+    oto = PEER_MATCHED_TO.get(method, "oto" + method[2:])
     res = read_result(ctx, oto)
     if res:
         return res["training"]["steps"], res["kept"]["encoder_flops"], oto

@@ -194,6 +194,23 @@ def test_a_peer_seed_prunes_the_same_seeds_dense_model(tmp_path):
     with pytest.raises(SystemExit, match="run --methods denseseed1 first"):
         p1_quality.run_tp(ctx, "tp50seed1", allow_without_oto=True)
     assert p1_quality.oto_steps_for(ctx, "tp50seed1")[2] == "oto50seed1"
+    # tp70's seeds follow the default settings' OTO seeds: the old oto70 never ran at another seed
+    assert p1_quality.oto_steps_for(ctx, "tp70seed2")[2] == "oto70zerofloorseed2"
+    assert p1_quality.oto_steps_for(ctx, "tp70")[2] == "oto70"
+
+
+def test_zerofloor_points_run_the_librarys_default_settings(tmp_path):
+    import run_squad
+    import p1_quality
+
+    ctx = p1_quality.Ctx(smoke=False, results=tmp_path)
+    for method, target in (("oto50zerofloor", "0.5"), ("oto70zerofloor", "0.7")):
+        settings = run_squad.parse_arguments(p1_quality.oto_argv(ctx, method, tmp_path / "run"))[2]
+        default = run_squad.parse_arguments(p1_quality.yaml_argv(
+            ctx, "--oto_target", target, "--output_dir", str(tmp_path / "run"), "--report_latency_repeats", "0"))[2]
+        assert _differing(settings, default.to_dict()) == set(), method
+        seeded = run_squad.parse_arguments(p1_quality.oto_argv(ctx, f"{method}seed1", tmp_path / "run"))[2]
+        assert _differing(seeded, default.to_dict()) == {"seed"} and seeded.seed == 1
 
 
 def test_seed_variants_are_compared_with_the_same_seed_and_summarised_together():
