@@ -30,6 +30,9 @@ method resumes from its last Trainer checkpoint):
                    the library's default settings since these runs (the other OTO methods pass
                    `--oto_saliency_zero_init False`, as they ran before); oto50floor's seeds are the default floor with
                    the first-step start; oto50uniform's, the fixed per-layer layout (the peer's kind of layout).
+* oto70zerouniform (and its seeds)  oto70zerofloor with `--oto_allocation uniform`: the uniform layout, which beat the
+                   balanced one at 70% with the first-step start, tested with today's zero-started saliency (the floor,
+                   0.25, is below uniform's 30% per layer and does not bind).
 * tp30/50/70       the peer: one-shot structured pruning (attention heads + FFN neurons) of the dense fine-tuned
                    model with a Taylor criterion, to the encoder FLOPs of the OTO point, then the same number of
                    AdamW steps as the OTO run (same schedule), then the same evaluation. See `prune_peer`.
@@ -113,7 +116,7 @@ NO_FLOOR = ("--oto_layer_floor", "0")
 # (denseseed1) and trains for the same seed's OTO step count (oto50seed1), so each seed is a whole pipeline.
 SEEDS = (1, 2)
 SEEDED_METHODS = ("dense", "oto50", "tp50", "oto50zero", "oto50floor", "oto50zerofloor", "oto50uniform", "tp70",
-                  "oto70zerofloor")
+                  "oto70zerofloor", "oto70zerouniform")
 # oto50zero is oto50 with the saliency average started at zero (`--oto_saliency_zero_init`): started at the first
 # step's scores (the default until these runs), that one step, taken through a QA head that is still random, holds
 # 58% of the average that makes the first pruning choice at step 55 (benchmarks/p1_saliency_probe.py measures how
@@ -148,13 +151,15 @@ OTO_METHODS = {"oto30": (0.3, 1, NO_FLOOR + FIRST_STEP), "oto50": (0.5, 1, NO_FL
                "oto50late": (0.5, 1, LATE_WINDOW + NO_FLOOR + FIRST_STEP),
                "oto50hold": (0.5, 1, HOLD_LR + NO_FLOOR + FIRST_STEP),
                "oto50zero": (0.5, 1, ZERO_INIT + NO_FLOOR), "oto50zerofloor": (0.5, 1, ZERO_INIT + FLOOR),
-               "oto70zerofloor": (0.7, 1, ZERO_INIT + FLOOR)}
+               "oto70zerofloor": (0.7, 1, ZERO_INIT + FLOOR),
+               "oto70zerouniform": (0.7, 1, ZERO_INIT + UNIFORM + FLOOR)}
 # An OTO method's seed variant: its settings with the seed option in front.
 OTO_METHODS.update({with_seed(m, s): (target, epochs, seed_option(s) + options) for m in SEEDED_METHODS
                     if m in OTO_METHODS for target, epochs, options in [OTO_METHODS[m]] for s in SEEDS})
 METHODS = ["dense", "oto30", "oto50", "oto70", "tp30", "tp50", "tp70", "oto50x2", "oto70x2", "oto50uniform",
            "oto70uniform", "oto50floor", "oto70floor", "oto50late", "oto50hold", "oto50zero",
-           "oto50zerofloor", "oto70zerofloor", *(with_seed(m, s) for s in SEEDS for m in SEEDED_METHODS)]
+           "oto50zerofloor", "oto70zerofloor", "oto70zerouniform",
+           *(with_seed(m, s) for s in SEEDS for m in SEEDED_METHODS)]
 LATENCY = dict(batch_size=32, seq_len=384, repeats=5)
 SCRIPT = "python benchmarks/p1_quality.py"
 PREDICTIONS = "predictions.json"
