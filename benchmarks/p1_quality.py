@@ -30,9 +30,10 @@ method resumes from its last Trainer checkpoint):
                    the library's default settings since these runs (the other OTO methods pass
                    `--oto_saliency_zero_init False`, as they ran before); oto50floor's seeds are the default floor with
                    the first-step start; oto50uniform's, the fixed per-layer layout (the peer's kind of layout).
-* oto70zerouniform (and its seeds)  oto70zerofloor with `--oto_allocation uniform`: the uniform layout, which beat the
-                   balanced one at 70% with the first-step start, tested with today's zero-started saliency (the floor,
-                   0.25, is below uniform's 30% per layer and does not bind).
+* oto70zerouniform (and its seeds), oto50zerouniform  oto70zerofloor / oto50zerofloor with `--oto_allocation
+                   uniform`: the uniform layout, which beat the balanced one at 70% with the first-step start, tested
+                   with today's zero-started saliency (the floor, 0.25, is below uniform's 30% or 50% per layer and
+                   does not bind).
 * oto70zeroshort   oto70zerofloor with the pruning window at 10%-40% of the steps instead of 10%-60%
                    (`--oto_prune_fraction 0.3`, SHORT_WINDOW): the pruned model gets 330 steps instead of 220.
 * tp30/50/70       the peer: one-shot structured pruning (attention heads + FFN neurons) of the dense fine-tuned
@@ -160,14 +161,15 @@ OTO_METHODS = {"oto30": (0.3, 1, NO_FLOOR + FIRST_STEP), "oto50": (0.5, 1, NO_FL
                "oto50zero": (0.5, 1, ZERO_INIT + NO_FLOOR), "oto50zerofloor": (0.5, 1, ZERO_INIT + FLOOR),
                "oto70zerofloor": (0.7, 1, ZERO_INIT + FLOOR),
                "oto70zerouniform": (0.7, 1, ZERO_INIT + UNIFORM + FLOOR),
+               "oto50zerouniform": (0.5, 1, ZERO_INIT + UNIFORM + FLOOR),
                "oto70zeroshort": (0.7, 1, ZERO_INIT + FLOOR + SHORT_WINDOW)}
 # An OTO method's seed variant: its settings with the seed option in front.
 OTO_METHODS.update({with_seed(m, s): (target, epochs, seed_option(s) + options) for m in SEEDED_METHODS
                     if m in OTO_METHODS for target, epochs, options in [OTO_METHODS[m]] for s in SEEDS})
 METHODS = ["dense", "oto30", "oto50", "oto70", "tp30", "tp50", "tp70", "oto50x2", "oto70x2", "oto50uniform",
            "oto70uniform", "oto50floor", "oto70floor", "oto50late", "oto50hold", "oto50zero",
-           "oto50zerofloor", "oto70zerofloor", "oto70zerouniform", "oto70zeroshort",
-           *(with_seed(m, s) for s in SEEDS for m in SEEDED_METHODS)]
+           "oto50zerofloor", "oto70zerofloor", "oto70zerouniform", "oto50zerouniform",
+           "oto70zeroshort", *(with_seed(m, s) for s in SEEDS for m in SEEDED_METHODS)]
 LATENCY = dict(batch_size=32, seq_len=384, repeats=5)
 SCRIPT = "python benchmarks/p1_quality.py"
 PREDICTIONS = "predictions.json"

@@ -224,6 +224,9 @@ def test_zerofloor_points_run_the_librarys_default_settings(tmp_path):
         assert _differing(seeded, default.to_dict()) == {"seed"} and seeded.seed == 1
     uniform = run_squad.parse_arguments(p1_quality.oto_argv(ctx, "oto70zerouniformseed1", tmp_path / "run"))[2]
     assert _differing(uniform, default.to_dict()) == {"seed", "oto_allocation"} and uniform.oto_allocation == "uniform"
+    default50 = run_squad.parse_arguments(p1_quality.oto_argv(ctx, "oto50zerofloor", tmp_path / "run"))[2]
+    uniform50 = run_squad.parse_arguments(p1_quality.oto_argv(ctx, "oto50zerouniform", tmp_path / "run"))[2]
+    assert _differing(uniform50, default50.to_dict()) == {"oto_allocation"} and uniform50.oto_allocation == "uniform"
 
 
 def test_seed_variants_are_compared_with_the_same_seed_and_summarised_together():
