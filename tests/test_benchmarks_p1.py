@@ -114,15 +114,15 @@ def test_oto50late_opens_the_window_later(tmp_path):
     assert settings.oto_target == 0.5 and settings.num_train_epochs == 2
 
 
-def test_oto70zeroshort_closes_the_window_earlier_and_changes_nothing_else(tmp_path):
+def test_oto70zerouniformshort_closes_the_window_earlier_and_changes_nothing_else(tmp_path):
     import run_squad
     import p1_quality
 
     ctx = p1_quality.Ctx(smoke=False, results=tmp_path)
-    short = run_squad.parse_arguments(p1_quality.oto_argv(ctx, "oto70zeroshort", tmp_path / "run"))[2]
-    default = run_squad.parse_arguments(p1_quality.oto_argv(ctx, "oto70zerofloor", tmp_path / "run"))[2]
-    assert (short.oto_half_space_start, short.oto_prune_fraction, default.oto_prune_fraction) == (0.1, 0.3, 0.5)
-    assert _differing(short, default.to_dict()) == {"oto_prune_fraction"}
+    short = run_squad.parse_arguments(p1_quality.oto_argv(ctx, "oto70zerouniformshort", tmp_path / "run"))[2]
+    uniform = run_squad.parse_arguments(p1_quality.oto_argv(ctx, "oto70zerouniform", tmp_path / "run"))[2]
+    assert (short.oto_half_space_start, short.oto_prune_fraction, uniform.oto_prune_fraction) == (0.1, 0.3, 0.5)
+    assert _differing(short, uniform.to_dict()) == {"oto_prune_fraction"}
 
 
 def test_oto50hold_holds_the_lr_through_the_window(tmp_path):
