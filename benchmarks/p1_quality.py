@@ -30,7 +30,7 @@ method resumes from its last Trainer checkpoint):
                    the library's default settings since these runs (the other OTO methods pass
                    `--oto_saliency_zero_init False`, as they ran before); oto50floor's seeds are the default floor with
                    the first-step start; oto50uniform's, the fixed per-layer layout (the peer's kind of layout).
-* oto70zerouniform (and its seeds), oto50zerouniform  oto70zerofloor / oto50zerofloor with `--oto_allocation
+* oto70zerouniform, oto50zerouniform (and their seeds)  oto70zerofloor / oto50zerofloor with `--oto_allocation
                    uniform`: the uniform layout, which beat the balanced one at 70% with the first-step start, tested
                    with today's zero-started saliency (the floor, 0.25, is below uniform's 30% or 50% per layer and
                    does not bind).
@@ -125,7 +125,7 @@ NO_FLOOR = ("--oto_layer_floor", "0")
 # (denseseed1) and trains for the same seed's OTO step count (oto50seed1), so each seed is a whole pipeline.
 SEEDS = (1, 2)
 SEEDED_METHODS = ("dense", "oto50", "tp50", "oto50zero", "oto50floor", "oto50zerofloor", "oto50uniform", "tp70",
-                  "oto70zerofloor", "oto70zerouniform")
+                  "oto70zerofloor", "oto70zerouniform", "oto50zerouniform")
 # oto50zero is oto50 with the saliency average started at zero (`--oto_saliency_zero_init`): started at the first
 # step's scores (the default until these runs), that one step, taken through a QA head that is still random, holds
 # 58% of the average that makes the first pruning choice at step 55 (benchmarks/p1_saliency_probe.py measures how

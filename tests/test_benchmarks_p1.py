@@ -227,6 +227,8 @@ def test_zerofloor_points_run_the_librarys_default_settings(tmp_path):
     default50 = run_squad.parse_arguments(p1_quality.oto_argv(ctx, "oto50zerofloor", tmp_path / "run"))[2]
     uniform50 = run_squad.parse_arguments(p1_quality.oto_argv(ctx, "oto50zerouniform", tmp_path / "run"))[2]
     assert _differing(uniform50, default50.to_dict()) == {"oto_allocation"} and uniform50.oto_allocation == "uniform"
+    uniform50seed1 = run_squad.parse_arguments(p1_quality.oto_argv(ctx, "oto50zerouniformseed1", tmp_path / "run"))[2]
+    assert _differing(uniform50seed1, uniform50.to_dict()) == {"seed"} and uniform50seed1.seed == 1
 
 
 def test_seed_variants_are_compared_with_the_same_seed_and_summarised_together():
