@@ -22,8 +22,8 @@ method resumes from its last Trainer checkpoint):
                    a linear decay, so the pruned model trains at a high lr instead of the linear schedule's tail.
 * <m>seed1, <m>seed2  dense, oto50 and tp50 (and the others in SEEDED_METHODS) with the training seed 1 or 2
                    instead of 0 (same questions): the run-to-run spread. tp50seedN prunes denseseedN and trains for
-                   oto50seedN's step count (tp70seedN: oto70zerofloorseedN's, PEER_MATCHED_TO); the summary
-                   lists each method's seeds, their mean and range (full dev set).
+                   oto50seedN's step count (tp70seedN: oto70zerofloorseedN's; tp30: oto30zerofloor's;
+                   PEER_MATCHED_TO); the summary lists each method's seeds, their mean and range (full dev set).
 * oto50zero (and its seeds)  oto50 with `--oto_saliency_zero_init`: the saliency average starts at zero instead of
                    at the first step's scores (see benchmarks/p1_saliency_probe.py).
 * oto50zerofloor, oto70zerofloor (and their seeds)  both: the zero-started saliency and the layer floor 0.25,
@@ -34,6 +34,9 @@ method resumes from its last Trainer checkpoint):
                    uniform`: the uniform layout, which beat the balanced one at 70% with the first-step start, tested
                    with today's zero-started saliency (the floor, 0.25, is below uniform's 30% or 50% per layer and
                    does not bind).
+* oto30zerofloor, oto30zerouniform  the default settings and the uniform layout (both with the zero start) at 30%
+                   removed, where the quickstart prunes: the uniform layout needs this point (and a second seed at 50%)
+                   before it can become the default. tp30 is their peer (PEER_MATCHED_TO).
 * oto70zerouniformshort  oto70zerouniform with the pruning window at 10%-40% of the steps instead of 10%-60%
                    (`--oto_prune_fraction 0.3`, SHORT_WINDOW): the pruned model gets 330 steps instead of 220.
 * tp30/50/70       the peer: one-shot structured pruning (attention heads + FFN neurons) of the dense fine-tuned
@@ -163,6 +166,8 @@ OTO_METHODS = {"oto30": (0.3, 1, NO_FLOOR + FIRST_STEP), "oto50": (0.5, 1, NO_FL
                "oto70zerofloor": (0.7, 1, ZERO_INIT + FLOOR),
                "oto70zerouniform": (0.7, 1, ZERO_INIT + UNIFORM + FLOOR),
                "oto50zerouniform": (0.5, 1, ZERO_INIT + UNIFORM + FLOOR),
+               "oto30zerofloor": (0.3, 1, ZERO_INIT + FLOOR),
+               "oto30zerouniform": (0.3, 1, ZERO_INIT + UNIFORM + FLOOR),
                "oto70zerouniformshort": (0.7, 1, ZERO_INIT + UNIFORM + FLOOR + SHORT_WINDOW)}
 # An OTO method's seed variant: its settings with the seed option in front.
 OTO_METHODS.update({with_seed(m, s): (target, epochs, seed_option(s) + options) for m in SEEDED_METHODS
@@ -170,7 +175,8 @@ OTO_METHODS.update({with_seed(m, s): (target, epochs, seed_option(s) + options) 
 METHODS = ["dense", "oto30", "oto50", "oto70", "tp30", "tp50", "tp70", "oto50x2", "oto70x2", "oto50uniform",
            "oto70uniform", "oto50floor", "oto70floor", "oto50late", "oto50hold", "oto50zero",
            "oto50zerofloor", "oto70zerofloor", "oto70zerouniform", "oto50zerouniform",
-           "oto70zerouniformshort", *(with_seed(m, s) for s in SEEDS for m in SEEDED_METHODS)]
+           "oto70zerouniformshort", "oto30zerofloor", "oto30zerouniform",
+           *(with_seed(m, s) for s in SEEDS for m in SEEDED_METHODS)]
 LATENCY = dict(batch_size=32, seq_len=384, repeats=5)
 SCRIPT = "python benchmarks/p1_quality.py"
 PREDICTIONS = "predictions.json"
@@ -586,7 +592,10 @@ from p1_peer import prune_peer  # noqa: E402  (kept in its own module: the Torch
 # The OTO run a peer takes its FLOPs and step count from is "oto" + the peer's suffix (tp50seed1 -> oto50seed1), except
 # where that OTO method was never run at that seed: tp70's seeds were added with the default settings' oto70zerofloor
 # seeds, not with seeds of the old oto70 (every OTO variant at 70% kept the same encoder FLOPs, 0.30004, in 550 steps).
-PEER_MATCHED_TO = {with_seed("tp70", s): with_seed("oto70zerofloor", s) for s in SEEDS}
+# tp30 at lr 2e-4 (the first 30% point at that lr) follows the default settings' oto30zerofloor for the same reason;
+# the lr-1e-4 tp30 was matched to oto30 and its result.json says so (matched_to). Both OTO30 runs are 550 steps at
+# the same encoder FLOPs target, so the peer's run is the same but for a FLOPs target a few parts in 10^4 apart.
+PEER_MATCHED_TO = {with_seed("tp70", s): with_seed("oto70zerofloor", s) for s in SEEDS} | {"tp30": "oto30zerofloor"}
 
 
 def oto_steps_for(ctx: Ctx, method: str) -> tuple[int | None, float | None, str]:

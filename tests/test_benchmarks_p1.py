@@ -208,6 +208,7 @@ def test_a_peer_seed_prunes_the_same_seeds_dense_model(tmp_path):
     # tp70's seeds follow the default settings' OTO seeds: the old oto70 never ran at another seed
     assert p1_quality.oto_steps_for(ctx, "tp70seed2")[2] == "oto70zerofloorseed2"
     assert p1_quality.oto_steps_for(ctx, "tp70")[2] == "oto70"
+    assert p1_quality.oto_steps_for(ctx, "tp30")[2] == "oto30zerofloor"  # the first 30% point at lr 2e-4
 
 
 def test_zerofloor_points_run_the_librarys_default_settings(tmp_path):
@@ -215,18 +216,21 @@ def test_zerofloor_points_run_the_librarys_default_settings(tmp_path):
     import p1_quality
 
     ctx = p1_quality.Ctx(smoke=False, results=tmp_path)
-    for method, target in (("oto50zerofloor", "0.5"), ("oto70zerofloor", "0.7")):
+    for method, target in (("oto30zerofloor", "0.3"), ("oto50zerofloor", "0.5"), ("oto70zerofloor", "0.7")):
         settings = run_squad.parse_arguments(p1_quality.oto_argv(ctx, method, tmp_path / "run"))[2]
         default = run_squad.parse_arguments(p1_quality.yaml_argv(
             ctx, "--oto_target", target, "--output_dir", str(tmp_path / "run"), "--report_latency_repeats", "0"))[2]
         assert _differing(settings, default.to_dict()) == set(), method
+        uniform = run_squad.parse_arguments(p1_quality.oto_argv(
+            ctx, method.replace("floor", "uniform"), tmp_path / "run"))[2]
+        assert _differing(uniform, default.to_dict()) == {"oto_allocation"} and uniform.oto_allocation == "uniform"
+        if method == "oto30zerofloor":
+            continue  # no seed variants at 30%
         seeded = run_squad.parse_arguments(p1_quality.oto_argv(ctx, f"{method}seed1", tmp_path / "run"))[2]
         assert _differing(seeded, default.to_dict()) == {"seed"} and seeded.seed == 1
     uniform = run_squad.parse_arguments(p1_quality.oto_argv(ctx, "oto70zerouniformseed1", tmp_path / "run"))[2]
     assert _differing(uniform, default.to_dict()) == {"seed", "oto_allocation"} and uniform.oto_allocation == "uniform"
-    default50 = run_squad.parse_arguments(p1_quality.oto_argv(ctx, "oto50zerofloor", tmp_path / "run"))[2]
     uniform50 = run_squad.parse_arguments(p1_quality.oto_argv(ctx, "oto50zerouniform", tmp_path / "run"))[2]
-    assert _differing(uniform50, default50.to_dict()) == {"oto_allocation"} and uniform50.oto_allocation == "uniform"
     uniform50seed1 = run_squad.parse_arguments(p1_quality.oto_argv(ctx, "oto50zerouniformseed1", tmp_path / "run"))[2]
     assert _differing(uniform50seed1, uniform50.to_dict()) == {"seed"} and uniform50seed1.seed == 1
 
