@@ -16,15 +16,17 @@ x̂ = x − α·Adam(∇f) − α·λ·x_g/‖x_g‖, so λ means "norm removed 
 **Target mode** (`target` set: the fraction of encoder FLOPs or parameters to remove). λ alone cannot promise a
 size, so, in the spirit of DHSPG (OTO v2), stage 2 becomes a pruning window of `prune_steps` steps split into
 `num_periods` periods. At the start of each period the least salient non-zero groups are marked redundant until the
-period's share of the target is covered (never more). With the default `allocation="balanced"`, heads and FFN
-neurons each give up the same fraction of their cost, and within a kind the groups are ranked across layers by their
-saliency relative to their layer's mean; `allocation="uniform"` makes every layer give up the target's fraction of
-its cost, its heads the nearest whole number of their share and its neurons the rest (the layout is fixed, only which
-heads and neurons go is learned; in P1, scored on the full SQuAD dev set, it was 9.7 F1 above "balanced" without a
-floor at 70% removed, where "balanced" had left two layers with one head each, and with every other setting at its
-default 1.7-1.8 above "balanced" at 70% (two seeds) and 1.4 above it at 50% (one seed); it has not been measured at
-30%, so it is not the default yet); `allocation="global"` ranks all groups by saliency per unit of cost instead. `layer_floor` keeps every layer at or above a fraction of its heads and of its neurons, whatever the
-allocation ranks. (Saliency scores of a head and of a neuron are not on a common scale: per unit of FLOPs, |x_gᵀ∇_g|
+period's share of the target is covered (never more). With the default `allocation="uniform"`, every layer gives up
+the target's fraction of its cost, its heads the nearest whole number of their share and its neurons the rest: the
+layout is fixed, and only which heads and neurons go is learned (least salient first within the layer).
+`allocation="balanced"` (the default before the P1 measurements below) lets heads and FFN neurons each give up the
+target's fraction of their cost, and ranks the groups of a kind across layers by their saliency relative to their
+layer's mean, so layers can end up at different sizes; `allocation="global"` ranks all groups by saliency per unit
+of cost instead. In P1 (docs/benchmarks.md), scored on the full SQuAD dev set with every other setting at its
+default, "uniform" beat "balanced" in all five comparisons: +1.2 F1 at 30% removed, +1.4 and +2.1 at 50% (seeds 0
+and 1), +1.7 and +1.8 at 70%; "balanced" without a floor had left two layers with one head each at 70%.
+`layer_floor` keeps every layer at or above a fraction of its heads and of its neurons, whatever "balanced" or
+"global" rank ("uniform" keeps every layer above it anyway). (Saliency scores of a head and of a neuron are not on a common scale: per unit of FLOPs, |x_gᵀ∇_g|
 made heads look ~10× cheaper than neurons and the squared score the opposite, and both lost to the balanced split
 when measured; see docs/benchmarks.md, "allocation probe".) Redundant groups take the subgradient step with an
 adaptive λ_g large enough to bring them to zero by the end of the period (linearly in norm), and the half-space
@@ -67,10 +69,10 @@ class HSPG(Optimizer):
         num_periods: the window is split into this many periods; the target grows in equal steps per period.
         saliency: how redundant groups are scored: "taylor" (|x_gᵀ∇_g f|, averaged over steps), "fisher"
             ((x_gᵀ∇_g f)², averaged) or "magnitude" (‖x_g‖²/|g|).
-        allocation: how the target is shared between kinds of groups: "balanced" (heads and neurons each remove the
-            same fraction of their cost; groups ranked across layers by saliency / its layer's mean), "uniform"
-            (every layer removes the same fraction of its cost: the nearest whole number of heads, neurons for the
-            rest; least salient first within the layer) or "global" (all groups ranked by saliency per unit of cost).
+        allocation: how the target is shared between kinds of groups: "uniform" (every layer removes the same
+            fraction of its cost: the nearest whole number of heads, neurons for the rest; least salient first within
+            the layer), "balanced" (heads and neurons each remove that fraction of their cost; groups ranked across
+            layers by saliency / its layer's mean) or "global" (all groups ranked by saliency per unit of cost).
         layer_floor: with a target, every layer keeps at least ⌊f · n⌋ of its n heads and of its n FFN neurons,
             f = min(layer_floor, 1 − target); 0 sets no floor. It keeps the ranking across layers of "balanced" and
             "global" from emptying a layer: in P1 at 70% removed, "balanced" without a floor left two layers one head
@@ -104,7 +106,7 @@ class HSPG(Optimizer):
         prune_steps: int | None = None,
         num_periods: int = 1,
         saliency: str = "taylor",
-        allocation: str = "balanced",
+        allocation: str = "uniform",
         layer_floor: float = 0.25,
         betas: tuple[float, float] = (0.9, 0.999),
         eps: float = 1e-8,

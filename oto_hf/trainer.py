@@ -88,11 +88,12 @@ class OTOTrainingArguments(TrainingArguments):
                   "still-random task head, keeps over half the average's weight until ~70 steps."},
     )
     oto_allocation: str = field(
-        default="balanced",
-        metadata={"help": "How the target is shared between heads and FFN neurons: 'balanced' (each removes the same "
-                  "fraction of its cost, layers ranked against each other), 'uniform' (every layer removes that "
-                  "fraction of its cost: the nearest whole number of heads, neurons for the rest) or 'global' (one "
-                  "ranking by saliency per unit of cost).",
+        default="uniform",
+        metadata={"help": "How the target is shared between heads and FFN neurons: 'uniform' (the default: every "
+                  "layer removes the target's fraction of its cost, the nearest whole number of heads and neurons "
+                  "for the rest; only which ones go is learned), 'balanced' (heads and neurons each remove that "
+                  "fraction of their cost, layers ranked against each other) or 'global' (one ranking by saliency "
+                  "per unit of cost).",
                   "choices": list(ALLOCATIONS)},
     )
     oto_layer_floor: float = field(

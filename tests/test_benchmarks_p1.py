@@ -211,28 +211,29 @@ def test_a_peer_seed_prunes_the_same_seeds_dense_model(tmp_path):
     assert p1_quality.oto_steps_for(ctx, "tp30")[2] == "oto30zerofloor"  # the first 30% point at lr 2e-4
 
 
-def test_zerofloor_points_run_the_librarys_default_settings(tmp_path):
+def test_zerouniform_points_run_the_librarys_default_settings_and_zerofloor_points_the_balanced_allocation(tmp_path):
     import run_squad
     import p1_quality
 
     ctx = p1_quality.Ctx(smoke=False, results=tmp_path)
-    for method, target in (("oto30zerofloor", "0.3"), ("oto50zerofloor", "0.5"), ("oto70zerofloor", "0.7")):
-        settings = run_squad.parse_arguments(p1_quality.oto_argv(ctx, method, tmp_path / "run"))[2]
+
+    def settings(method):
+        return run_squad.parse_arguments(p1_quality.oto_argv(ctx, method, tmp_path / "run"))[2]
+
+    for percent in (30, 50, 70):
         default = run_squad.parse_arguments(p1_quality.yaml_argv(
-            ctx, "--oto_target", target, "--output_dir", str(tmp_path / "run"), "--report_latency_repeats", "0"))[2]
-        assert _differing(settings, default.to_dict()) == set(), method
-        uniform = run_squad.parse_arguments(p1_quality.oto_argv(
-            ctx, method.replace("floor", "uniform"), tmp_path / "run"))[2]
-        assert _differing(uniform, default.to_dict()) == {"oto_allocation"} and uniform.oto_allocation == "uniform"
-        if method == "oto30zerofloor":
+            ctx, "--oto_target", str(percent / 100), "--output_dir", str(tmp_path / "run"),
+            "--report_latency_repeats", "0"))[2]
+        assert default.oto_allocation == "uniform"
+        uniform, balanced = settings(f"oto{percent}zerouniform"), settings(f"oto{percent}zerofloor")
+        assert _differing(uniform, default.to_dict()) == set(), percent  # a plain run_squad.py --oto_target 0.X
+        # the default before the uniform layout: the same run with the balanced allocation
+        assert _differing(balanced, default.to_dict()) == {"oto_allocation"} and balanced.oto_allocation == "balanced"
+        if percent == 30:
             continue  # no seed variants at 30%
-        seeded = run_squad.parse_arguments(p1_quality.oto_argv(ctx, f"{method}seed1", tmp_path / "run"))[2]
-        assert _differing(seeded, default.to_dict()) == {"seed"} and seeded.seed == 1
-    uniform = run_squad.parse_arguments(p1_quality.oto_argv(ctx, "oto70zerouniformseed1", tmp_path / "run"))[2]
-    assert _differing(uniform, default.to_dict()) == {"seed", "oto_allocation"} and uniform.oto_allocation == "uniform"
-    uniform50 = run_squad.parse_arguments(p1_quality.oto_argv(ctx, "oto50zerouniform", tmp_path / "run"))[2]
-    uniform50seed1 = run_squad.parse_arguments(p1_quality.oto_argv(ctx, "oto50zerouniformseed1", tmp_path / "run"))[2]
-    assert _differing(uniform50seed1, uniform50.to_dict()) == {"seed"} and uniform50seed1.seed == 1
+        for method in (f"oto{percent}zerouniform", f"oto{percent}zerofloor"):
+            seeded = settings(f"{method}seed1")
+            assert _differing(seeded, settings(method).to_dict()) == {"seed"} and seeded.seed == 1
 
 
 def test_seed_variants_are_compared_with_the_same_seed_and_summarised_together():

@@ -132,7 +132,8 @@ def layer_relative(groups, score, kind):
 def test_balanced_allocation_shares_the_target_and_ranks_within_each_kind():
     from oto_hf.groups import HEAD, NEURON
 
-    model, groups, opt = make(target=0.4, seq_len=32, prune_steps=10, half_space_start=0, num_periods=2)
+    model, groups, opt = make(target=0.4, seq_len=32, prune_steps=10, half_space_start=0, num_periods=2,
+                              allocation="balanced")
     g = torch.Generator().manual_seed(3)
     # Layer 1 scores run 100x larger as a whole: a raw ranking would spare it; a layer-relative one must not.
     score = torch.rand(groups.num_groups, generator=g) + 0.05
@@ -196,7 +197,7 @@ def test_layer_floor_keeps_every_layer_above_it_and_changes_nothing_where_it_doe
         model = BertForQuestionAnswering(tiny_bert_config(num_attention_heads=8, intermediate_size=96))
         groups = zero_invariant_groups(model)
         opt = HSPG(model.parameters(), groups, lr=1e-3, target=target, seq_len=32, prune_steps=10,
-                   layer_floor=layer_floor)
+                   layer_floor=layer_floor, allocation="balanced")
         g = torch.Generator().manual_seed(5)
         # In layer 0 one head and one neuron carry all the score: relative to their layer's mean, the others look
         # useless, so the balanced ranking empties layer 0 down to that one head and a few neurons.
