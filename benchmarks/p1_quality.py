@@ -12,6 +12,7 @@ method resumes from its last Trainer checkpoint):
                    --report_latency_repeats 0])`; EM/F1/params/FLOPs/heads/widths from its report.json.
 * oto50x2, oto70x2 oto50 / oto70 trained for twice the YAML's epochs: the peer's total step count (its dense fine-tuning
                    plus its retraining), so that OTO and the peer are also compared at equal training compute.
+                   oto50zerouniformx2, oto70zerouniformx2: the same with today's default settings (uniform layout).
 * oto50late        oto50 with the pruning window at 30%-70% of the steps instead of 10%-60% (LATE_WINDOW).
 * oto50uniform, oto70uniform  oto50 / oto70 with `--oto_allocation uniform`: every layer gives up the target's
                    fraction of its cost (heads and neurons), instead of the balanced allocation's ranking across layers.
@@ -177,14 +178,16 @@ OTO_METHODS = {"oto30": (0.3, 1, BALANCED + NO_FLOOR + FIRST_STEP),
                "oto50zerouniform": (0.5, 1, ZERO_INIT + UNIFORM + FLOOR),
                "oto30zerofloor": (0.3, 1, BALANCED + ZERO_INIT + FLOOR),
                "oto30zerouniform": (0.3, 1, ZERO_INIT + UNIFORM + FLOOR),
-               "oto70zerouniformshort": (0.7, 1, ZERO_INIT + UNIFORM + FLOOR + SHORT_WINDOW)}
+               "oto70zerouniformshort": (0.7, 1, ZERO_INIT + UNIFORM + FLOOR + SHORT_WINDOW),
+               "oto50zerouniformx2": (0.5, 2, ZERO_INIT + UNIFORM + FLOOR),
+               "oto70zerouniformx2": (0.7, 2, ZERO_INIT + UNIFORM + FLOOR)}
 # An OTO method's seed variant: its settings with the seed option in front.
 OTO_METHODS.update({with_seed(m, s): (target, epochs, seed_option(s) + options) for m in SEEDED_METHODS
                     if m in OTO_METHODS for target, epochs, options in [OTO_METHODS[m]] for s in SEEDS})
 METHODS = ["dense", "oto30", "oto50", "oto70", "tp30", "tp50", "tp70", "oto50x2", "oto70x2", "oto50uniform",
            "oto70uniform", "oto50floor", "oto70floor", "oto50late", "oto50hold", "oto50zero",
            "oto50zerofloor", "oto70zerofloor", "oto70zerouniform", "oto50zerouniform",
-           "oto70zerouniformshort", "oto30zerofloor", "oto30zerouniform",
+           "oto70zerouniformshort", "oto30zerofloor", "oto30zerouniform", "oto50zerouniformx2", "oto70zerouniformx2",
            *(with_seed(m, s) for s in SEEDS for m in SEEDED_METHODS)]
 LATENCY = dict(batch_size=32, seq_len=384, repeats=5)
 SCRIPT = "python benchmarks/p1_quality.py"

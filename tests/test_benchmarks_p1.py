@@ -100,6 +100,10 @@ def test_equal_compute_points_train_twice_the_yaml_epochs(tmp_path):
     for method, target in (("oto50x2", 0.5), ("oto70x2", 0.7)):
         settings = run_squad.parse_arguments(p1_quality.oto_argv(ctx, method, tmp_path / "run"))[2]
         assert settings.num_train_epochs == 4 and settings.oto_target == target
+    for percent in (50, 70):  # today's defaults at the peer's compute: the uniform point with twice the epochs alone
+        once = run_squad.parse_arguments(p1_quality.oto_argv(ctx, f"oto{percent}zerouniform", tmp_path / "run"))[2]
+        twice = run_squad.parse_arguments(p1_quality.oto_argv(ctx, f"oto{percent}zerouniformx2", tmp_path / "run"))[2]
+        assert _differing(twice, once.to_dict()) == {"num_train_epochs"} and twice.num_train_epochs == 4
     settings = run_squad.parse_arguments(p1_quality.oto_argv(ctx, "oto50", tmp_path / "run"))[2]
     assert settings.num_train_epochs == 2
 
