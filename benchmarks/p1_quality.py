@@ -782,7 +782,9 @@ def summarize(ctx: Ctx) -> None:
     ctx.results.mkdir(parents=True, exist_ok=True)
     (ctx.results / "summary.md").write_text("\n".join(lines))
     plot(ctx, results)
-    log(f"wrote {ctx.results / 'summary.md'} and {ctx.results / 'f1_vs_flops.png'}")
+    plot_curve(ctx, results)
+    log(f"wrote {ctx.results / 'summary.md'}, {ctx.results / 'f1_vs_flops.png'} and "
+        f"{ctx.results / 'f1_vs_flops_full_dev.png'}")
 
 
 def seed_lines(results: list[dict]) -> list[str]:
@@ -805,6 +807,62 @@ def seed_lines(results: list[dict]) -> list[str]:
             "dropout; same questions). A peer seed prunes the same seed's dense model. The range is the run-to-run "
             "spread that the paired intervals above, which resample questions only, do not include.", "",
             "| method | F1 per seed | mean | range |", "|---|---|---|---|", *rows]
+
+
+# The curve of f1_vs_flops_full_dev.png: each line one way to get a smaller model, its points the base methods at
+# 30/50/70% removed (and dense), each at the mean F1 over its seeds on the full dev set.
+CURVES = (("OTO, today's defaults (uniform layout)", "tab:red", "o",
+           ("oto30zerouniform", "oto50zerouniform", "oto70zerouniform")),
+          ("OTO, balanced allocation (the default before)", "tab:orange", "D",
+           ("oto30zerofloor", "oto50zerofloor", "oto70zerofloor")),
+          ("peer: Torch-Pruning Taylor + AdamW", "tab:blue", "s", ("tp30", "tp50", "tp70")),
+          ("dense (AdamW)", "k", "*", ("dense",)))
+
+
+def curve_points(results: list[dict]) -> dict[str, list[tuple[float, float, list[float]]]]:
+    """For each line of CURVES: (encoder FLOPs kept in %, mean full-dev F1 over the seeds, F1 per seed) for each of
+    its methods that has a full-dev score at some seed, in order of FLOPs kept."""
+    by_method = {r["method"]: r for r in results}
+    points = {}
+    for label, _, _, methods in CURVES:
+        line = []
+        for base in methods:
+            runs = [r for s in (None, *SEEDS) if (r := by_method.get(with_seed(base, s))) and r.get("quality_full_dev")]
+            if runs:
+                f1 = [r["quality_full_dev"]["f1"] for r in runs]
+                line.append((100 * runs[0]["kept"]["encoder_flops"], sum(f1) / len(f1), f1))
+        points[label] = sorted(line)
+    return points
+
+
+def plot_curve(ctx: Ctx, results: list[dict]) -> None:
+    """f1_vs_flops_full_dev.png: F1 on all dev questions against encoder FLOPs kept, one line per CURVES entry
+    (filled: the mean over seeds; hollow: each seed)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4.2))
+    for (label, color, marker, _), line in zip(CURVES, curve_points(results).values()):
+        if not line:
+            continue
+        size = 11 if marker == "*" else 7
+        ax.plot([x for x, _, _ in line], [m for _, m, _ in line], color=color, marker=marker, markersize=size,
+                label=label + (" (mean of seeds)" if any(len(f) > 1 for _, _, f in line) else ""))
+        seeds = [(x, f) for x, _, f1 in line if len(f1) > 1 for f in f1]
+        if seeds:
+            ax.plot(*zip(*seeds), color=color, marker=marker, markerfacecolor="none", linestyle="none",
+                    markersize=size - 2, alpha=0.6)
+    ax.set_xlabel("encoder FLOPs kept (%, per 384-token example)")
+    ax.set_ylabel("F1 (SQuAD v1.1, all 10,570 dev questions)")
+    ax.set_xlim(20, 105)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="lower right")
+    ax.set_title("P1: all-MiniLM-L6-v2 on SQuAD, full dev set" + (" (smoke)" if ctx.smoke else ""))
+    fig.tight_layout()
+    fig.savefig(ctx.results / "f1_vs_flops_full_dev.png", dpi=120)
+    plt.close(fig)
 
 
 def plot(ctx: Ctx, results: list[dict]) -> None:

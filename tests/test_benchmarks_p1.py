@@ -366,3 +366,22 @@ def test_every_committed_oto_result_still_reproduces_from_its_methods_settings(t
         assert not changed, f"{result_file}: recorded vs today's settings differ: {changed}"
         checked += 1
     assert checked >= 20
+
+
+def test_the_full_dev_curve_averages_each_methods_seeds_and_skips_runs_without_a_full_dev_score(tmp_path):
+    import p1_quality
+
+    def run(method, flops, f1):
+        return {"method": method, "kept": {"encoder_flops": flops},
+                "quality_full_dev": {"f1": f1} if f1 is not None else None}
+
+    results = [run("oto50zerouniform", 0.5, 60.0), run("oto50zerouniformseed1", 0.5, 58.0),
+               run("oto70zerouniform", 0.3, 55.0), run("oto30zerouniform", 0.7, None),  # no full-dev score
+               run("tp50", 0.499, 59.0), run("dense", 1.0, 64.0), run("oto50", 0.5, 1.0)]  # oto50: on no curve
+    points = p1_quality.curve_points(results)
+    default, balanced, peer, dense = (points[label] for label, *_ in p1_quality.CURVES)
+    assert default == [(30.0, 55.0, [55.0]), (50.0, 59.0, [60.0, 58.0])]  # ordered by FLOPs kept
+    assert balanced == [] and peer == [(49.9, 59.0, [59.0])] and dense == [(100.0, 64.0, [64.0])]
+    ctx = p1_quality.Ctx(smoke=True, results=tmp_path)
+    p1_quality.plot_curve(ctx, results)
+    assert (tmp_path / "f1_vs_flops_full_dev.png").stat().st_size > 10_000
