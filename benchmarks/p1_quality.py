@@ -854,14 +854,21 @@ def plot_curve(ctx: Ctx, results: list[dict]) -> None:
         if seeds:
             ax.plot(*zip(*seeds), color=color, marker=marker, markerfacecolor="none", linestyle="none",
                     markersize=size - 2, alpha=0.6)
-    ax.set_xlabel("encoder FLOPs kept (%, per 384-token example)")
     ax.set_ylabel("F1 (SQuAD v1.1, all 10,570 dev questions)")
+    save_plot(ctx, fig, ax, "P1: all-MiniLM-L6-v2 on SQuAD, full dev set", "f1_vs_flops_full_dev.png")
+
+
+def save_plot(ctx: Ctx, fig, ax, title: str, filename: str) -> None:
+    """The axes both P1 plots share (FLOPs kept on x), then the file in the results folder."""
+    import matplotlib.pyplot as plt
+
+    ax.set_xlabel("encoder FLOPs kept (%, per 384-token example)")
     ax.set_xlim(20, 105)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="lower right")
-    ax.set_title("P1: all-MiniLM-L6-v2 on SQuAD, full dev set" + (" (smoke)" if ctx.smoke else ""))
+    ax.set_title(title + (" (smoke)" if ctx.smoke else ""))
     fig.tight_layout()
-    fig.savefig(ctx.results / "f1_vs_flops_full_dev.png", dpi=120)
+    fig.savefig(ctx.results / filename, dpi=120)
     plt.close(fig)
 
 
@@ -896,19 +903,12 @@ def plot(ctx: Ctx, results: list[dict]) -> None:
             offset = (-8, 4) if fam == "oto_variant" else (5, 4)
             ax.annotate(r["method"], (xi, yi), textcoords="offset points", xytext=offset, fontsize=8,
                         ha="right" if fam == "oto_variant" else "left")
-    ax.set_xlabel("encoder FLOPs kept (%, per 384-token example)")
     n_q = sorted({r.get("questions") for r in results if r.get("questions")})
     ax.set_ylabel(f"F1 (SQuAD v1.1, {'/'.join(f'{n:,}' for n in n_q) or '?'} dev questions)")
     dense = [r for r in results if r["method"] == "dense"]
     if dense:
         ax.axhline(dense[0]["quality"]["f1"], color="k", linestyle=":", linewidth=1)
-    ax.set_xlim(20, 105)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8, loc="lower right")
-    ax.set_title("P1: all-MiniLM-L6-v2 on SQuAD" + (" (smoke)" if ctx.smoke else ""))
-    fig.tight_layout()
-    fig.savefig(ctx.results / "f1_vs_flops.png", dpi=120)
-    plt.close(fig)
+    save_plot(ctx, fig, ax, "P1: all-MiniLM-L6-v2 on SQuAD", "f1_vs_flops.png")
 
 
 def saved_model_dir(ctx: Ctx, method: str) -> Path:
