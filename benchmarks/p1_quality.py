@@ -23,7 +23,7 @@ method resumes from its last Trainer checkpoint):
                    a linear decay, so the pruned model trains at a high lr instead of the linear schedule's tail.
 * <m>seed1, <m>seed2  dense, oto50 and tp50 (and the others in SEEDED_METHODS) with the training seed 1 or 2
                    instead of 0 (same questions): the run-to-run spread. tp50seedN prunes denseseedN and trains for
-                   oto50seedN's step count (tp70seedN: oto70zerofloorseedN's; tp30: oto30zerofloor's;
+                   oto50seedN's step count (tp70seedN: oto70zerofloorseedN's; tp30(seedN): oto30zerofloor(seedN)'s;
                    PEER_MATCHED_TO); the summary lists each method's seeds, their mean and range (full dev set).
 * oto50zero (and its seeds)  oto50 with `--oto_saliency_zero_init`: the saliency average starts at zero instead of
                    at the first step's scores (see benchmarks/p1_saliency_probe.py).
@@ -134,7 +134,7 @@ NO_FLOOR = ("--oto_layer_floor", "0")
 # (denseseed1) and trains for the same seed's OTO step count (oto50seed1), so each seed is a whole pipeline.
 SEEDS = (1, 2)
 SEEDED_METHODS = ("dense", "oto50", "tp50", "oto50zero", "oto50floor", "oto50zerofloor", "oto50uniform", "tp70",
-                  "oto70zerofloor", "oto70zerouniform", "oto50zerouniform")
+                  "oto70zerofloor", "oto70zerouniform", "oto50zerouniform", "oto30zerouniform", "oto30zerofloor", "tp30")
 # oto50zero is oto50 with the saliency average started at zero (`--oto_saliency_zero_init`): started at the first
 # step's scores (the default until these runs), that one step, taken through a QA head that is still random, holds
 # 58% of the average that makes the first pruning choice at step 55 (benchmarks/p1_saliency_probe.py measures how
@@ -607,7 +607,11 @@ from p1_peer import prune_peer  # noqa: E402  (kept in its own module: the Torch
 # tp30 at lr 2e-4 (the first 30% point at that lr) follows the default settings' oto30zerofloor for the same reason;
 # the lr-1e-4 tp30 was matched to oto30 and its result.json says so (matched_to). Both OTO30 runs are 550 steps at
 # the same encoder FLOPs target, so the peer's run is the same but for a FLOPs target a few parts in 10^4 apart.
-PEER_MATCHED_TO = {with_seed("tp70", s): with_seed("oto70zerofloor", s) for s in SEEDS} | {"tp30": "oto30zerofloor"}
+# The seed-0 dense model that tp30 would prune is not in the checkout that ran oto30zero*, so the 30% peer is run at
+# seed 1 (tp30seed1 prunes denseseed1), matched like tp70's seeds.
+PEER_MATCHED_TO = ({with_seed(tp, s): with_seed(oto, s) for tp, oto in (("tp70", "oto70zerofloor"),
+                                                                         ("tp30", "oto30zerofloor")) for s in SEEDS}
+                   | {"tp30": "oto30zerofloor"})
 
 
 def oto_steps_for(ctx: Ctx, method: str) -> tuple[int | None, float | None, str]:
