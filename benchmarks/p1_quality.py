@@ -609,9 +609,9 @@ from p1_peer import prune_peer  # noqa: E402  (kept in its own module: the Torch
 # the same encoder FLOPs target, so the peer's run is the same but for a FLOPs target a few parts in 10^4 apart.
 # The seed-0 dense model that tp30 would prune is not in the checkout that ran oto30zero*, so the 30% peer is run at
 # seed 1 (tp30seed1 prunes denseseed1), matched like tp70's seeds.
-PEER_MATCHED_TO = ({with_seed(tp, s): with_seed(oto, s) for tp, oto in (("tp70", "oto70zerofloor"),
-                                                                         ("tp30", "oto30zerofloor")) for s in SEEDS}
-                   | {"tp30": "oto30zerofloor"})
+PEER_MATCHED_TO = {with_seed(tp, s): with_seed(oto, s)
+                   for tp, oto, seeds in (("tp70", "oto70zerofloor", SEEDS), ("tp30", "oto30zerofloor", (None, *SEEDS)))
+                   for s in seeds}
 
 
 def oto_steps_for(ctx: Ctx, method: str) -> tuple[int | None, float | None, str]:
@@ -791,14 +791,19 @@ def summarize(ctx: Ctx) -> None:
         f"{ctx.results / 'f1_vs_flops_full_dev.png'}")
 
 
+def full_dev_seeds(by_method: dict[str, dict], base: str) -> list[tuple[int, dict]]:
+    """(seed, result) of `base` and its seed variants (the YAML's seed counts as 0) that have a full-dev score."""
+    return [(0 if s is None else s, r) for s in (None, *SEEDS)
+            if (r := by_method.get(with_seed(base, s))) and r.get("quality_full_dev")]
+
+
 def seed_lines(results: list[dict]) -> list[str]:
     """The summary's table of each seeded method's runs (the YAML's seed 0 and the seed variants): F1 per seed on
     the full dev set, their mean and their range (max - min), the run-to-run spread."""
     by_method = {r["method"]: r for r in results}
     rows = []
     for base in SEEDED_METHODS:
-        runs = [(0 if s is None else s, r) for s in (None, *SEEDS)
-                if (r := by_method.get(with_seed(base, s))) and r.get("quality_full_dev")]
+        runs = full_dev_seeds(by_method, base)
         if len(runs) < 2:
             continue
         f1 = [r["quality_full_dev"]["f1"] for _, r in runs]
@@ -831,10 +836,9 @@ def curve_points(results: list[dict]) -> dict[str, list[tuple[float, float, list
     for label, _, _, methods in CURVES:
         line = []
         for base in methods:
-            runs = [r for s in (None, *SEEDS) if (r := by_method.get(with_seed(base, s))) and r.get("quality_full_dev")]
-            if runs:
-                f1 = [r["quality_full_dev"]["f1"] for r in runs]
-                line.append((100 * runs[0]["kept"]["encoder_flops"], sum(f1) / len(f1), f1))
+            if runs := full_dev_seeds(by_method, base):
+                f1 = [r["quality_full_dev"]["f1"] for _, r in runs]
+                line.append((100 * runs[0][1]["kept"]["encoder_flops"], sum(f1) / len(f1), f1))
         points[label] = sorted(line)
     return points
 

@@ -26,11 +26,12 @@ of cost instead. In P1 (docs/benchmarks.md), scored on the full SQuAD dev set wi
 default, "uniform" beat "balanced" in all five comparisons: +1.2 F1 at 30% removed, +1.4 and +2.1 at 50% (seeds 0
 and 1), +1.7 and +1.8 at 70%; "balanced" without a floor had left two layers with one head each at 70%.
 `layer_floor` keeps every layer at or above a fraction of its heads and of its neurons, whatever "balanced" or
-"global" rank ("uniform" keeps every layer above it anyway). (Saliency scores of a head and of a neuron are not on a common scale: per unit of FLOPs, |x_gᵀ∇_g|
-made heads look ~10× cheaper than neurons and the squared score the opposite, and both lost to the balanced split
-when measured; see docs/benchmarks.md, "allocation probe".) Redundant groups take the subgradient step with an
-adaptive λ_g large enough to bring them to zero by the end of the period (linearly in norm), and the half-space
-projection; whatever is left of them at the period's end is projected. Other groups take the plain base step.
+"global" rank ("uniform" keeps every layer above it anyway). (Saliency scores of a head and of a neuron are not on a
+common scale: per unit of FLOPs, |x_gᵀ∇_g| made heads look ~10× cheaper than neurons and the squared score the
+opposite, and both lost to the balanced split when measured; see docs/benchmarks.md, "allocation probe".)
+Redundant groups take the subgradient step with an adaptive λ_g large enough to bring them to zero by the end of
+the period (linearly in norm), and the half-space projection; whatever is left of them at the period's end is
+projected. Other groups take the plain base step.
 After the window the zero set is frozen, so the target is reached to within one group's cost and held. All group
 work is done with whole-tensor operations, never one group at a time.
 """
