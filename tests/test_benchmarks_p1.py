@@ -216,6 +216,29 @@ def test_a_peer_seed_prunes_the_same_seeds_dense_model(tmp_path):
     assert p1_quality.oto_steps_for(ctx, "tp30seed1")[2] == "oto30zerofloorseed1"
 
 
+def test_fromdense_points_start_from_the_same_seeds_dense_model_and_change_nothing_else(tmp_path):
+    import run_squad
+    import p1_quality
+
+    ctx = p1_quality.Ctx(smoke=False, results=tmp_path)
+    with pytest.raises(SystemExit, match="run --methods denseseed1 first"):
+        p1_quality.oto_argv(ctx, "oto50zerouniformfromdenseseed1", tmp_path / "run")
+    for dense in ("dense", "denseseed1"):
+        (tmp_path / dense / "model").mkdir(parents=True)
+        (tmp_path / dense / "model" / "config.json").write_text("{}")
+    for percent in (50, 70):
+        for seed in (None, 1):
+            method = p1_quality.with_seed(f"oto{percent}zerouniform", seed)
+            model_args, _, settings = run_squad.parse_arguments(
+                p1_quality.oto_argv(ctx, p1_quality.with_seed(f"oto{percent}zerouniformfromdense", seed),
+                                    tmp_path / "run"))[:3]
+            reference_model, _, reference = run_squad.parse_arguments(
+                p1_quality.oto_argv(ctx, method, tmp_path / "run"))[:3]
+            assert model_args.model_name_or_path == str(tmp_path / p1_quality.with_seed("dense", seed) / "model")
+            assert reference_model.model_name_or_path != model_args.model_name_or_path
+            assert _differing(settings, reference.to_dict()) == set(), method
+
+
 def test_zerouniform_points_run_the_librarys_default_settings_and_zerofloor_points_the_balanced_allocation(tmp_path):
     import run_squad
     import p1_quality
