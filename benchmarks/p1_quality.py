@@ -27,7 +27,7 @@ method resumes from its last Trainer checkpoint):
                    a linear decay, so the pruned model trains at a high lr instead of the linear schedule's tail.
 * <m>seed1, <m>seed2  dense, oto50 and tp50 (and the others in SEEDED_METHODS) with the training seed 1 or 2
                    instead of 0 (same questions): the run-to-run spread. tp50seedN prunes denseseedN and trains for
-                   oto50seedN's step count (tp70seedN: oto70zerofloorseedN's; tp30(seedN): oto30zerofloor(seedN)'s;
+                   oto50seedN's step count (tp70seedN: oto70zerofloorseedN's; tp30(seedN): oto30zerouniform(seedN)'s;
                    PEER_MATCHED_TO); the summary lists each method's seeds, their mean and range (full dev set).
 * oto50zero (and its seeds)  oto50 with `--oto_saliency_zero_init`: the saliency average starts at zero instead of
                    at the first step's scores (see benchmarks/p1_saliency_probe.py).
@@ -629,13 +629,13 @@ from p1_peer import prune_peer  # noqa: E402  (kept in its own module: the Torch
 # The OTO run a peer takes its FLOPs and step count from is "oto" + the peer's suffix (tp50seed1 -> oto50seed1), except
 # where that OTO method was never run at that seed: tp70's seeds were added with the default settings' oto70zerofloor
 # seeds, not with seeds of the old oto70 (every OTO variant at 70% kept the same encoder FLOPs, 0.30004, in 550 steps).
-# tp30 at lr 2e-4 (the first 30% point at that lr) follows the default settings' oto30zerofloor for the same reason;
-# the lr-1e-4 tp30 was matched to oto30 and its result.json says so (matched_to). Both OTO30 runs are 550 steps at
-# the same encoder FLOPs target, so the peer's run is the same but for a FLOPs target a few parts in 10^4 apart.
-# The seed-0 dense model that tp30 would prune is not in the checkout that ran oto30zero*, so the 30% peer is run at
-# seed 1 (tp30seed1 prunes denseseed1), matched like tp70's seeds.
+# tp30 at lr 2e-4 (the first 30% point at that lr) follows today's default settings, oto30zerouniform; the lr-1e-4
+# tp30 was matched to oto30 and its result.json says so (matched_to). Every OTO30 run is 550 steps at the same
+# encoder FLOPs target, so the peer's run is the same whichever it follows, but for a FLOPs target a few parts in 10^4
+# apart. The seed-0 dense model that tp30 would prune is not in the checkout that ran oto30zero*, so the 30% peer is
+# run at seed 1 (tp30seed1 prunes denseseed1 and follows oto30zerouniformseed1).
 PEER_MATCHED_TO = {with_seed(tp, s): with_seed(oto, s)
-                   for tp, oto, seeds in (("tp70", "oto70zerofloor", SEEDS), ("tp30", "oto30zerofloor", (None, *SEEDS)))
+                   for tp, oto, seeds in (("tp70", "oto70zerofloor", SEEDS), ("tp30", "oto30zerouniform", (None, *SEEDS)))
                    for s in seeds}
 
 

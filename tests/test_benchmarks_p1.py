@@ -212,8 +212,8 @@ def test_a_peer_seed_prunes_the_same_seeds_dense_model(tmp_path):
     # tp70's seeds follow the default settings' OTO seeds: the old oto70 never ran at another seed
     assert p1_quality.oto_steps_for(ctx, "tp70seed2")[2] == "oto70zerofloorseed2"
     assert p1_quality.oto_steps_for(ctx, "tp70")[2] == "oto70"
-    assert p1_quality.oto_steps_for(ctx, "tp30")[2] == "oto30zerofloor"  # the first 30% point at lr 2e-4
-    assert p1_quality.oto_steps_for(ctx, "tp30seed1")[2] == "oto30zerofloorseed1"
+    assert p1_quality.oto_steps_for(ctx, "tp30")[2] == "oto30zerouniform"  # the first 30% point at lr 2e-4
+    assert p1_quality.oto_steps_for(ctx, "tp30seed1")[2] == "oto30zerouniformseed1"
 
 
 def test_fromdense_points_start_from_the_same_seeds_dense_model_and_change_nothing_else(tmp_path):
