@@ -850,8 +850,8 @@ CURVES = (("OTO, today's defaults (uniform layout)", "tab:red", "o",
           ("dense (AdamW)", "k", "*", ("dense",)))
 
 
-def curve_points(results: list[dict]) -> dict[str, list[tuple[float, float, list[float]]]]:
-    """For each line of CURVES: (encoder FLOPs kept in %, mean full-dev F1 over the seeds, F1 per seed) for each of
+def curve_points(results: list[dict]) -> dict[str, list[tuple[float, float, dict[int, float]]]]:
+    """For each line of CURVES: (encoder FLOPs kept in %, mean full-dev F1 over the seeds, {seed: F1}) for each of
     its methods that has a full-dev score at some seed, in order of FLOPs kept."""
     by_method = {r["method"]: r for r in results}
     points = {}
@@ -859,33 +859,46 @@ def curve_points(results: list[dict]) -> dict[str, list[tuple[float, float, list
         line = []
         for base in methods:
             if runs := full_dev_seeds(by_method, base):
-                f1 = [r["quality_full_dev"]["f1"] for _, r in runs]
-                line.append((100 * runs[0][1]["kept"]["encoder_flops"], sum(f1) / len(f1), f1))
-        points[label] = sorted(line)
+                f1 = {seed: r["quality_full_dev"]["f1"] for seed, r in runs}
+                line.append((100 * runs[0][1]["kept"]["encoder_flops"], sum(f1.values()) / len(f1), f1))
+        points[label] = sorted(line, key=lambda point: point[0])
     return points
 
 
 def plot_curve(ctx: Ctx, results: list[dict]) -> None:
     """f1_vs_flops_full_dev.png: F1 on all dev questions against encoder FLOPs kept, one line per CURVES entry
-    (filled: the mean over seeds; hollow: each seed)."""
+    (filled: the mean over seeds; hollow: each seed). A point run at fewer seeds than dense is labelled with its seeds:
+    seeds move F1 by up to ~2 points here, so a one-seed point is not comparable to a mean of two one for one."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6, 4.2))
-    for (label, color, marker, _), line in zip(CURVES, curve_points(results).values()):
+    points = curve_points(results)
+    notes = seed_notes(points)
+    for (label, color, marker, _), line in zip(CURVES, points.values()):
         if not line:
             continue
         size = 11 if marker == "*" else 7
         ax.plot([x for x, _, _ in line], [m for _, m, _ in line], color=color, marker=marker, markersize=size,
                 label=label + (" (mean of seeds)" if any(len(f) > 1 for _, _, f in line) else ""))
-        seeds = [(x, f) for x, _, f1 in line if len(f1) > 1 for f in f1]
+        seeds = [(x, f) for x, _, f1 in line if len(f1) > 1 for f in f1.values()]
         if seeds:
             ax.plot(*zip(*seeds), color=color, marker=marker, markerfacecolor="none", linestyle="none",
                     markersize=size - 2, alpha=0.6)
+        for x, mean, _ in line:
+            if note := notes.get((label, x)):
+                ax.annotate(note, (x, mean), textcoords="offset points", xytext=(6, -3), fontsize=7, color=color)
     ax.set_ylabel("F1 (SQuAD v1.1, all 10,570 dev questions)")
     save_plot(ctx, fig, ax, "P1: all-MiniLM-L6-v2 on SQuAD, full dev set", "f1_vs_flops_full_dev.png")
+
+
+def seed_notes(points: dict[str, list[tuple[float, float, dict[int, float]]]]) -> dict[tuple[str, float], str]:
+    """{(line label, FLOPs kept): "seed 1"} for the curve's points that lack some seed another point has."""
+    all_seeds = set().union(*(f1 for line in points.values() for _, _, f1 in line))
+    return {(label, x): ("seed " if len(f1) == 1 else "seeds ") + ", ".join(map(str, sorted(f1)))
+            for label, line in points.items() for x, _, f1 in line if set(f1) != all_seeds}
 
 
 def save_plot(ctx: Ctx, fig, ax, title: str, filename: str) -> None:

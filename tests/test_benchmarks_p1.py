@@ -402,8 +402,12 @@ def test_the_full_dev_curve_averages_each_methods_seeds_and_skips_runs_without_a
                run("tp50", 0.499, 59.0), run("dense", 1.0, 64.0), run("oto50", 0.5, 1.0)]  # oto50: on no curve
     points = p1_quality.curve_points(results)
     default, balanced, peer, dense = (points[label] for label, *_ in p1_quality.CURVES)
-    assert default == [(30.0, 55.0, [55.0]), (50.0, 59.0, [60.0, 58.0])]  # ordered by FLOPs kept
-    assert balanced == [] and peer == [(49.9, 59.0, [59.0])] and dense == [(100.0, 64.0, [64.0])]
+    assert default == [(30.0, 55.0, {0: 55.0}), (50.0, 59.0, {0: 60.0, 1: 58.0})]  # ordered by FLOPs kept
+    assert balanced == [] and peer == [(49.9, 59.0, {0: 59.0})] and dense == [(100.0, 64.0, {0: 64.0})]
+    # a point without every seed the curve has is labelled with its own, not passed off as a mean of all of them
+    labels = [label for label, *_ in p1_quality.CURVES]
+    assert p1_quality.seed_notes(points) == {(labels[0], 30.0): "seed 0", (labels[2], 49.9): "seed 0",
+                                             (labels[3], 100.0): "seed 0"}
     ctx = p1_quality.Ctx(smoke=True, results=tmp_path)
     p1_quality.plot_curve(ctx, results)
     assert (tmp_path / "f1_vs_flops_full_dev.png").stat().st_size > 10_000
