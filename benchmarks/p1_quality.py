@@ -877,7 +877,7 @@ def plot_curve(ctx: Ctx, results: list[dict]) -> None:
     fig, ax = plt.subplots(figsize=(6, 4.2))
     points = curve_points(results)
     notes = seed_notes(points)
-    for (label, color, marker, _), line in zip(CURVES, points.values()):
+    for i, ((label, color, marker, _), line) in enumerate(zip(CURVES, points.values())):
         if not line:
             continue
         size = 11 if marker == "*" else 7
@@ -889,7 +889,9 @@ def plot_curve(ctx: Ctx, results: list[dict]) -> None:
                     markersize=size - 2, alpha=0.6)
         for x, mean, _ in line:
             if note := notes.get((label, x)):
-                ax.annotate(note, (x, mean), textcoords="offset points", xytext=(6, -3), fontsize=7, color=color)
+                # each line's labels at their own height, so that labels of close points do not overlap
+                ax.annotate(note, (x, mean), textcoords="offset points", xytext=(7, 8 - 10 * i), fontsize=7,
+                            color=color)
     ax.set_ylabel("F1 (SQuAD v1.1, all 10,570 dev questions)")
     save_plot(ctx, fig, ax, "P1: all-MiniLM-L6-v2 on SQuAD, full dev set", "f1_vs_flops_full_dev.png")
 
