@@ -15,6 +15,7 @@ from transformers import AutoConfig
 
 from .compress import compress, kept_indices
 from .configuration_oto_bert import OTOBertConfig
+from .distillation import DistillationTrainer, distillation_loss
 from .groups import GroupedTensor, UnsupportedModelError, ZeroInvariantGroups, zero_invariant_groups
 from .hspg import HSPG
 from .modeling_oto_bert import (
@@ -48,6 +49,7 @@ def _register_auto_classes() -> None:
 _register_auto_classes()
 
 __all__ = [
+    "DistillationTrainer",
     "HSPG",
     "GroupedTensor",
     "ModelStats",
@@ -66,6 +68,7 @@ __all__ = [
     "UnsupportedModelError",
     "ZeroInvariantGroups",
     "compress",
+    "distillation_loss",
     "kept_indices",
     "model_stats",
     "zero_invariant_groups",

@@ -14,6 +14,7 @@ from transformers.trainer_utils import SchedulerType
 from transformers.training_args import OptimizerNames
 
 from .compress import compress
+from .distillation import DistillationMixin
 from .groups import zero_invariant_groups
 from .hspg import ALLOCATIONS, DIRECTIONS, HSPG, SALIENCIES, TARGET_UNITS
 from .stats import model_stats
@@ -168,8 +169,11 @@ class OTOTrainingArguments(TrainingArguments):
             raise ValueError("Invalid OTO settings:\n  - " + "\n  - ".join(problems))
 
 
-class OTOTrainer(Trainer):
+class OTOTrainer(DistillationMixin, Trainer):
     """A `Trainer` whose optimizer is HSPG over the model's zero-invariant groups.
+
+    * `teacher_model=` (with `distillation_alpha=`, `distillation_temperature=`) adds a distillation term from a
+      trained dense model to the task loss; see `oto_hf.distillation`.
 
     * `trainer.compress()` returns the compressed model at any time (the trained model is left untouched).
     * `save_model()` (and so the end of `run_squad.py`, `push_to_hub()`) writes the compressed model with a model card;
@@ -333,7 +337,8 @@ class OTOTrainer(Trainer):
             before=dense,
             after=after,
             metrics=_latest_eval_metrics(self.state.log_history),
-            settings={k: v for k, v in self.args.to_dict().items() if k.startswith("oto_")},
+            settings={**{k: v for k, v in self.args.to_dict().items() if k.startswith("oto_")},
+                      **({"distillation": self.distillation_settings()} if self.teacher_model is not None else {})},
             dataset=kwargs.get("dataset"),
             tasks=kwargs.get("tasks"),
         )

@@ -1,0 +1,127 @@
+"""Distillation from a dense teacher: the loss itself, and OTOTrainer / DistillationTrainer with a real MiniLM teacher
+on real SQuAD features."""
+
+import copy
+import json
+import math
+
+import pytest
+import torch
+from transformers import BertForQuestionAnswering, TrainingArguments
+from transformers.modeling_outputs import QuestionAnsweringModelOutput, SequenceClassifierOutput
+
+from oto_hf import DistillationTrainer, OTOTrainer, distillation_loss
+from test_trainer import make_args, small_bert, squad_sample  # noqa: F401  (squad_sample is a fixture)
+
+
+def qa_outputs(start, end):
+    return QuestionAnsweringModelOutput(start_logits=torch.as_tensor(start), end_logits=torch.as_tensor(end))
+
+
+def test_loss_is_the_tempered_kl_times_t_squared_averaged_over_start_and_end():
+    student = qa_outputs([[1.0, 2.0, 0.5], [0.0, 0.0, 3.0]], [[2.0, 0.0, 1.0], [1.0, 1.0, 1.0]])
+    teacher = qa_outputs([[0.5, 2.5, 0.0], [1.0, 0.0, 2.0]], [[0.0, 0.0, 3.0], [2.0, 1.0, 0.0]])
+    temperature = 2.0
+
+    def kl(t_row, s_row):  # KL(teacher || student) of one row, written out
+        p = [math.exp(v / temperature) for v in t_row]
+        q = [math.exp(v / temperature) for v in s_row]
+        p = [v / sum(p) for v in p]
+        q = [v / sum(q) for v in q]
+        return sum(a * math.log(a / b) for a, b in zip(p, q))
+
+    expected = []
+    for name in ("start_logits", "end_logits"):
+        rows = zip(getattr(teacher, name).tolist(), getattr(student, name).tolist())
+        expected.append(sum(kl(t, s) for t, s in rows) / 2)  # mean over the 2 examples
+    expected = sum(expected) / 2 * temperature**2
+    assert distillation_loss(student, teacher, temperature).item() == pytest.approx(expected, rel=1e-6)
+    # A student that agrees with its teacher pays nothing; a shift of all logits changes no distribution.
+    assert distillation_loss(teacher, teacher, temperature).item() == pytest.approx(0.0, abs=1e-7)
+    shifted = qa_outputs(teacher.start_logits + 5.0, teacher.end_logits - 1.0)
+    assert distillation_loss(shifted, teacher, temperature).item() == pytest.approx(0.0, abs=1e-6)
+
+
+def test_classification_logits_and_clear_errors():
+    student = SequenceClassifierOutput(logits=torch.tensor([[1.0, 0.0], [0.0, 1.0]]))
+    teacher = SequenceClassifierOutput(logits=torch.tensor([[0.0, 1.0], [0.0, 1.0]]))
+    assert distillation_loss(student, teacher, 1.0).item() > 0
+    wrong = SequenceClassifierOutput(logits=torch.zeros(2, 3))
+    with pytest.raises(ValueError, match="disagree on 'logits'.*same label space"):
+        distillation_loss(student, wrong, 1.0)
+    with pytest.raises(ValueError, match="none of"):
+        distillation_loss({"hidden": torch.zeros(2)}, teacher, 1.0)
+
+
+def teacher_model(minilm_path):
+    """A different model of the same task and vocabulary: the student's weights moved by a fixed perturbation."""
+    teacher = small_bert(minilm_path)
+    generator = torch.Generator().manual_seed(7)
+    with torch.no_grad():
+        for p in teacher.parameters():
+            p.add_(0.05 * torch.randn(p.shape, generator=generator))
+    return teacher
+
+
+def plain_args(output_dir):
+    return TrainingArguments(output_dir=str(output_dir), per_device_train_batch_size=8, max_steps=6, learning_rate=1e-4,
+                             use_cpu=True, report_to=[], logging_steps=3, save_strategy="no", seed=0, disable_tqdm=True,
+                             optim="adamw_torch")
+
+
+@pytest.mark.parametrize("trainer_class", [OTOTrainer, DistillationTrainer])
+def test_training_with_a_teacher_blends_the_losses_and_leaves_the_teacher_alone(trainer_class, minilm_path,
+                                                                                 squad_sample, tmp_path):
+    tokenizer, features, _, _ = squad_sample
+    teacher = teacher_model(minilm_path)
+    before = copy.deepcopy(teacher.state_dict())
+    alpha = 0.7
+    args = make_args(tmp_path / "run", max_steps=6) if trainer_class is OTOTrainer else plain_args(tmp_path / "run")
+    trainer = trainer_class(model=small_bert(minilm_path), args=args, train_dataset=features,
+                            processing_class=tokenizer, teacher_model=teacher, distillation_alpha=alpha,
+                            distillation_temperature=3.0)
+    trainer.train()
+
+    logged = [entry for entry in trainer.state.log_history if "loss" in entry]
+    assert len(logged) == 2
+    for entry in logged:
+        task, kd = entry["distill_task_loss"], entry["distill_kd_loss"]
+        assert task > 0 and kd > 0
+        # The Trainer's own loss is the blend of the two terms it was built from (same steps, same weights).
+        assert entry["loss"] == pytest.approx((1 - alpha) * task + alpha * kd, rel=1e-3, abs=1e-3)
+    # The teacher is never trained: same weights, eval mode, no gradients.
+    assert not teacher.training and not any(p.requires_grad for p in teacher.parameters())
+    for name, value in teacher.state_dict().items():
+        assert torch.equal(value, before[name]), name
+    if trainer_class is OTOTrainer:
+        trainer.save_model()
+        card = (tmp_path / "run" / "README.md").read_text()
+        settings = json.loads(card.split("```json\n")[1].split("```")[0])
+        assert settings["distillation"]["alpha"] == alpha and settings["distillation"]["temperature"] == 3.0
+
+
+def test_a_teacher_pulls_the_student_towards_its_answers(minilm_path, squad_sample, tmp_path):
+    """alpha = 1 trains on the teacher's distributions alone: the KD term must fall as the student learns them."""
+    tokenizer, features, _, _ = squad_sample
+    args = make_args(tmp_path / "run", max_steps=12, logging_steps=6, oto_target=None, oto_lambda_only=True,
+                     oto_lambda=0.0, learning_rate=3e-4)
+    trainer = OTOTrainer(model=small_bert(minilm_path), args=args, train_dataset=features, processing_class=tokenizer,
+                         teacher_model=teacher_model(minilm_path), distillation_alpha=1.0, distillation_temperature=1.0)
+    trainer.train()
+    kd = [entry["distill_kd_loss"] for entry in trainer.state.log_history if "distill_kd_loss" in entry]
+    assert len(kd) == 2 and kd[1] < kd[0]
+
+
+def test_bad_teacher_or_settings_are_refused(minilm_path, squad_sample, tmp_path):
+    tokenizer, features, _, _ = squad_sample
+    other_vocab = BertForQuestionAnswering(small_bert(minilm_path).config.__class__(
+        vocab_size=100, hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=16))
+    with pytest.raises(ValueError, match="vocabulary"):
+        OTOTrainer(model=small_bert(minilm_path), args=make_args(tmp_path / "a"), train_dataset=features,
+                   teacher_model=other_vocab)
+    for alpha, temperature, message in ((0.0, 2.0, "alpha must lie in"), (1.5, 2.0, "alpha must lie in"),
+                                        (0.5, 0.0, "temperature must be > 0")):
+        with pytest.raises(ValueError, match=message):
+            DistillationTrainer(model=small_bert(minilm_path), args=plain_args(tmp_path / "b"), train_dataset=features,
+                                teacher_model=teacher_model(minilm_path), distillation_alpha=alpha,
+                                distillation_temperature=temperature)
