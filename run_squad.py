@@ -46,6 +46,18 @@ class ModelArguments:
                   "shipped by that PyPI package (works offline)."},
     )
     attn_implementation: str = field(default="sdpa", metadata={"help": "Attention kernel: 'sdpa' or 'eager'."})
+    teacher_model_name_or_path: str | None = field(
+        default=None,
+        metadata={"help": "Distil from this trained QA model (Hub id or folder, same vocabulary), e.g. the dense model "
+                  "fine-tuned on the same data: loss = (1 - alpha) * task loss + alpha * T^2 * KL(teacher || student). "
+                  "Default: no teacher."},
+    )
+    distillation_alpha: float = field(
+        default=0.5, metadata={"help": "With a teacher: weight alpha in (0, 1] of the distillation term."}
+    )
+    distillation_temperature: float = field(
+        default=2.0, metadata={"help": "With a teacher: softmax temperature T > 0 of the distillation term."}
+    )
 
 
 @dataclass
@@ -127,15 +139,15 @@ def resolve_model_path(name: str) -> str:
     return name
 
 
-def check_model(path: str) -> None:
+def check_model(path: str, what: str = "--model_name_or_path") -> None:
     try:
         config = AutoConfig.from_pretrained(path)
     except (OSError, ValueError) as error:
-        raise RunError(f"cannot read a model config at {path!r}: {error}") from error
+        raise RunError(f"{what}: cannot read a model config at {path!r}: {error}") from error
     if config.model_type not in ("bert", "oto_bert"):
         raise RunError(
-            f"{path!r} is a {config.model_type!r} model; run_squad.py prunes BERT models (model_type 'bert'), such "
-            "as bert-base-uncased or the packaged all-MiniLM-L6-v2."
+            f"{what}: {path!r} is a {config.model_type!r} model; run_squad.py prunes BERT models (model_type 'bert'), "
+            "such as bert-base-uncased or the packaged all-MiniLM-L6-v2."
         )
 
 
@@ -179,6 +191,15 @@ def main(argv: list[str] | None = None) -> dict:
     check_output_dir(training_args.output_dir, run_args.overwrite_output_dir)
     model_path = resolve_model_path(model_args.model_name_or_path)
     check_model(model_path)
+    teacher_path = None
+    if model_args.teacher_model_name_or_path:
+        teacher_path = resolve_model_path(model_args.teacher_model_name_or_path)
+        check_model(teacher_path, what="--teacher_model_name_or_path")
+        try:
+            oto_hf.distillation.check_distillation_settings(model_args.distillation_alpha,
+                                                            model_args.distillation_temperature)
+        except ValueError as error:
+            raise RunError(str(error)) from error
     data_files = resolve_data_files(data_args)
     try:
         raw = squad.load_squad(**data_files)
@@ -202,10 +223,19 @@ def main(argv: list[str] | None = None) -> dict:
     # ---- train with HSPG ----
     set_seed(training_args.seed)  # seeds the new QA head
     model = AutoModelForQuestionAnswering.from_pretrained(model_path, attn_implementation=model_args.attn_implementation)
-    trainer = oto_hf.OTOTrainer(
-        model=model, args=training_args, train_dataset=train_features, processing_class=tokenizer,
-        data_collator=default_data_collator,
-    )
+    distillation = {}
+    if teacher_path is not None:
+        teacher = AutoModelForQuestionAnswering.from_pretrained(teacher_path,
+                                                                attn_implementation=model_args.attn_implementation)
+        distillation = dict(teacher_model=teacher, distillation_alpha=model_args.distillation_alpha,
+                            distillation_temperature=model_args.distillation_temperature)
+    try:
+        trainer = oto_hf.OTOTrainer(
+            model=model, args=training_args, train_dataset=train_features, processing_class=tokenizer,
+            data_collator=default_data_collator, **distillation,
+        )
+    except ValueError as error:  # e.g. a teacher with another vocabulary
+        raise RunError(str(error)) from error
     resume = training_args.resume_from_checkpoint or get_last_checkpoint(training_args.output_dir)
     if resume:
         logger.info("resuming from %s", resume)
@@ -256,6 +286,9 @@ def main(argv: list[str] | None = None) -> dict:
         "data": {**data_files, "train_questions": len(train_examples), "train_features": len(train_features),
                  "eval_questions": len(eval_examples), "eval_features": len(eval_features)},
         "oto_settings": {k: v for k, v in training_args.to_dict().items() if k.startswith("oto_")},
+        "distillation": (None if teacher_path is None else
+                         {"teacher": model_args.teacher_model_name_or_path, "alpha": model_args.distillation_alpha,
+                          "temperature": model_args.distillation_temperature}),
         "finished_at": time.strftime("%Y-%m-%d %H:%M:%S"),
     }
     written = write_report(out, report, trainer.state.log_history)

@@ -91,6 +91,26 @@ def test_interrupted_run_resumes_from_its_last_checkpoint(small_model_dir, squad
     assert second["training"]["steps"] == 4 and first["training"]["steps"] == 2
 
 
+def test_distillation_from_a_teacher_folder(small_model_dir, squad_dir, tmp_path):
+    out = tmp_path / "run"
+    report = run_squad.main(tiny_argv(small_model_dir, out, squad_dir, max_steps=4, report_latency_repeats=0,
+                                      teacher_model_name_or_path=small_model_dir, distillation_alpha=0.6))
+    assert report["distillation"] == {"teacher": str(small_model_dir), "alpha": 0.6, "temperature": 2.0}
+    history = json.loads((out / "checkpoint-4" / "trainer_state.json").read_text())["log_history"]
+    kd = [entry["distill_kd_loss"] for entry in history if "distill_kd_loss" in entry]
+    assert len(kd) == 4 and all(value >= 0 for value in kd)  # logging_steps 1
+
+
+def test_bad_teacher_or_distillation_settings_are_refused_before_any_work(small_model_dir, squad_dir, tmp_path):
+    out = tmp_path / "run"
+    with pytest.raises(run_squad.RunError, match="--teacher_model_name_or_path: cannot read a model config"):
+        run_squad.main(tiny_argv(small_model_dir, out, squad_dir, teacher_model_name_or_path=tmp_path / "nowhere"))
+    with pytest.raises(run_squad.RunError, match="alpha must lie in"):
+        run_squad.main(tiny_argv(small_model_dir, out, squad_dir, teacher_model_name_or_path=small_model_dir,
+                                 distillation_alpha=0))
+    assert not (out / "report.json").exists() and not list(out.glob("checkpoint-*"))
+
+
 def write_gz(path, data):
     with gzip.open(path, "wt", encoding="utf-8") as f:
         f.write(data if isinstance(data, str) else json.dumps(data))
