@@ -17,6 +17,10 @@ method resumes from its last Trainer checkpoint):
                    fine-tuned model (dense/model, or the same seed's) instead of the pretrained checkpoint: the peer's
                    pipeline (550 dense steps, then 550 steps that prune) with OTO doing the pruning, so the two differ
                    in how they prune alone, at equal compute and from the same starting point.
+* oto50zerouniformkd, oto70zerouniformkd, tp50kd, tp70kd (and their seeds)  both pipelines distil from the same
+                   seed's dense fine-tuned model while they train (DISTILLED): OTO with today's defaults from the
+                   pretrained checkpoint plus `--teacher_model_name_or_path`, the peer's retraining with
+                   `oto_hf.DistillationTrainer`; alpha 0.5, T 2. tp<N>kd follows oto<N>zerouniformkd's FLOPs and steps.
 * oto50late        oto50 with the pruning window at 30%-70% of the steps instead of 10%-60% (LATE_WINDOW).
 * oto50uniform, oto70uniform  oto50 / oto70 with `--oto_allocation uniform`: every layer gives up the target's
                    fraction of its cost (heads and neurons), instead of the balanced allocation's ranking across layers.
@@ -132,6 +136,13 @@ BALANCED = ("--oto_allocation", "balanced")
 # reproduce.
 FLOOR = ("--oto_layer_floor", "0.25")
 NO_FLOOR = ("--oto_layer_floor", "0")
+# oto<N>zerouniformkd / tp<N>kd: both pipelines distil from the same seed's dense fine-tuned model (the peer's own
+# starting point) while they train: `--teacher_model_name_or_path <dense>/model` for OTO (from the pretrained
+# checkpoint, today's defaults), `oto_hf.DistillationTrainer` for the peer's retraining; alpha 0.5, temperature 2
+# (run_squad's defaults). The near-dense structured-pruning results in the reference table (block movement pruning,
+# CoFi) all distil; OTO and the peer did not. The peer follows the distilled OTO run's FLOPs and steps.
+DISTILLED = ("oto50zerouniformkd", "oto70zerouniformkd")
+DISTILLED_PEERS = ("tp50kd", "tp70kd")
 # Seed variants: <method>seed<N> is <method> with the training seed N instead of the YAML's 0 (QA head
 # initialisation, batch order, dropout; the question samples keep sample_seed 0): the run-to-run spread, which the
 # bootstrap intervals over questions do not include. A peer variant (tp50seed1) prunes the same seed's dense model
@@ -139,7 +150,7 @@ NO_FLOOR = ("--oto_layer_floor", "0")
 SEEDS = (1, 2)
 SEEDED_METHODS = ("dense", "oto50", "tp50", "oto50zero", "oto50floor", "oto50zerofloor", "oto50uniform", "tp70",
                   "oto70zerofloor", "oto70zerouniform", "oto50zerouniform", "oto30zerouniform", "oto30zerofloor", "tp30",
-                  "oto50zerouniformfromdense", "oto70zerouniformfromdense")
+                  "oto50zerouniformfromdense", "oto70zerouniformfromdense", *DISTILLED, *DISTILLED_PEERS)
 # oto<N>zerouniformfromdense: the peer starts from the dense fine-tuned model, which has had 550 steps, and OTO from the
 # pretrained checkpoint; at equal steps from there OTO trails the peer's 1,100 in the train loss (1.9 against 1.5 at
 # 70% removed), and a shorter pruning window did not help (oto70zerouniformshort). Started from the same fine-tuned
@@ -193,7 +204,9 @@ OTO_METHODS = {"oto30": (0.3, 1, BALANCED + NO_FLOOR + FIRST_STEP),
                "oto50zerouniformx2": (0.5, 2, ZERO_INIT + UNIFORM + FLOOR),
                "oto70zerouniformx2": (0.7, 2, ZERO_INIT + UNIFORM + FLOOR),
                "oto50zerouniformfromdense": (0.5, 1, ZERO_INIT + UNIFORM + FLOOR),
-               "oto70zerouniformfromdense": (0.7, 1, ZERO_INIT + UNIFORM + FLOOR)}
+               "oto70zerouniformfromdense": (0.7, 1, ZERO_INIT + UNIFORM + FLOOR),
+               "oto50zerouniformkd": (0.5, 1, ZERO_INIT + UNIFORM + FLOOR),
+               "oto70zerouniformkd": (0.7, 1, ZERO_INIT + UNIFORM + FLOOR)}
 # An OTO method's seed variant: its settings with the seed option in front.
 OTO_METHODS.update({with_seed(m, s): (target, epochs, seed_option(s) + options) for m in SEEDED_METHODS
                     if m in OTO_METHODS for target, epochs, options in [OTO_METHODS[m]] for s in SEEDS})
@@ -201,7 +214,7 @@ METHODS = ["dense", "oto30", "oto50", "oto70", "tp30", "tp50", "tp70", "oto50x2"
            "oto70uniform", "oto50floor", "oto70floor", "oto50late", "oto50hold", "oto50zero",
            "oto50zerofloor", "oto70zerofloor", "oto70zerouniform", "oto50zerouniform",
            "oto70zerouniformshort", "oto30zerofloor", "oto30zerouniform", "oto50zerouniformx2", "oto70zerouniformx2",
-           *FROM_DENSE, *(with_seed(m, s) for s in SEEDS for m in SEEDED_METHODS)]
+           *FROM_DENSE, *DISTILLED, *DISTILLED_PEERS, *(with_seed(m, s) for s in SEEDS for m in SEEDED_METHODS)]
 LATENCY = dict(batch_size=32, seq_len=384, repeats=5)
 SCRIPT = "python benchmarks/p1_quality.py"
 PREDICTIONS = "predictions.json"
@@ -451,9 +464,10 @@ def read_result(ctx: Ctx, method: str) -> dict | None:
 # ----------------------------------------------------------------------------------------------------------------
 
 
-def train_adamw(model, train_args, data, run_dir: Path, max_steps: int | None = None):
+def train_adamw(model, train_args, data, run_dir: Path, max_steps: int | None = None, teacher=None):
     """Plain `Trainer` (optim adamw_torch = torch.optim.AdamW, same decay/no-decay groups as OTOTrainer), linear
-    schedule with warm-up from the YAML. Resumes from the last checkpoint in run_dir."""
+    schedule with warm-up from the YAML. Resumes from the last checkpoint in run_dir. With a teacher,
+    `oto_hf.DistillationTrainer` (the same Trainer plus the distillation term, run_squad's default alpha and T)."""
     from dataclasses import replace
 
     from transformers import Trainer, default_data_collator
@@ -461,8 +475,15 @@ def train_adamw(model, train_args, data, run_dir: Path, max_steps: int | None = 
 
     if max_steps is not None:
         train_args = replace(train_args, max_steps=int(max_steps))
-    trainer = Trainer(model=model, args=train_args, train_dataset=data["train_features"],
-                      processing_class=data["tokenizer"], data_collator=default_data_collator)
+    common = dict(model=model, args=train_args, train_dataset=data["train_features"],
+                  processing_class=data["tokenizer"], data_collator=default_data_collator)
+    if teacher is None:
+        trainer = Trainer(**common)
+    else:
+        defaults = run_squad.ModelArguments()
+        trainer = oto_hf.DistillationTrainer(**common, teacher_model=teacher,
+                                             distillation_alpha=defaults.distillation_alpha,
+                                             distillation_temperature=defaults.distillation_temperature)
     resume = get_last_checkpoint(str(run_dir)) if run_dir.exists() else None
     if resume:
         log(f"resuming from {resume}")
@@ -483,7 +504,8 @@ def train_adamw(model, train_args, data, run_dir: Path, max_steps: int | None = 
             "lr_scheduler": str(train_args.lr_scheduler_type), "learning_rate": train_args.learning_rate,
             "warmup_steps": train_args.warmup_steps, "weight_decay": train_args.weight_decay,
             "per_device_train_batch_size": train_args.per_device_train_batch_size,
-            "num_train_epochs": train_args.num_train_epochs, "max_steps": train_args.max_steps, "seed": train_args.seed}
+            "num_train_epochs": train_args.num_train_epochs, "max_steps": train_args.max_steps, "seed": train_args.seed,
+            "distillation": trainer.distillation_settings() if teacher is not None else None}
     if not isinstance(opt, torch.optim.AdamW):
         raise RuntimeError(f"expected torch.optim.AdamW, the Trainer built {type(opt)}")
     return trainer, info
@@ -550,6 +572,8 @@ def oto_argv(ctx: Ctx, method: str, run_dir: Path) -> list[str]:
     base, seed = split_seed(method)
     if base in FROM_DENSE:
         extra += ["--model_name_or_path", str(dense_model_dir(ctx, method, with_seed("dense", seed)))]
+    if base in DISTILLED:
+        extra += ["--teacher_model_name_or_path", str(dense_model_dir(ctx, method, with_seed("dense", seed)))]
     if epoch_multiple != 1:
         epochs = parse_settings(ctx, run_dir)[2].num_train_epochs * epoch_multiple
         extra += ["--num_train_epochs", f"{epochs:g}"]
@@ -598,7 +622,8 @@ def run_oto(ctx: Ctx, method: str) -> dict:
         "label": f"OTO (HSPG, oto_hf) target {target:.0%} encoder FLOPs removed" + (
             f", {epoch_multiple}x the YAML's epochs (the peer's total step count: dense + retraining)"
             if epoch_multiple != 1 else "") + (f", {' '.join(options)}" if options else "") + (
-            ", started from the dense fine-tuned model" if split_seed(method)[0] in FROM_DENSE else ""),
+            ", started from the dense fine-tuned model" if split_seed(method)[0] in FROM_DENSE else "") + (
+            ", distilled from the dense fine-tuned model" if split_seed(method)[0] in DISTILLED else ""),
         "family": "oto" if epoch_multiple == 1 and not options else "oto_variant", "target_flops_removed": target,
         "command": f"{SCRIPT} --methods {method}{ctx.cli_suffix()}",
         "run_squad_command": "python run_squad.py " + shlex.join(rel_argv),
@@ -614,7 +639,7 @@ def run_oto(ctx: Ctx, method: str) -> dict:
                      "weight_decay": settings.weight_decay,
                      "per_device_train_batch_size": settings.per_device_train_batch_size,
                      "num_train_epochs": settings.num_train_epochs, "seed": settings.seed,
-                     "oto_settings": report.get("oto_settings")},
+                     "oto_settings": report.get("oto_settings"), "distillation": report.get("distillation")},
         "model_dir": str(run_dir / "compressed_model"), "data": report["data"],
     }
 
@@ -635,7 +660,8 @@ from p1_peer import prune_peer  # noqa: E402  (kept in its own module: the Torch
 # apart. The seed-0 dense model that tp30 would prune is not in the checkout that ran oto30zero*, so the 30% peer is
 # run at seed 1 (tp30seed1 prunes denseseed1 and follows oto30zerouniformseed1).
 PEER_MATCHED_TO = {with_seed(tp, s): with_seed(oto, s)
-                   for tp, oto, seeds in (("tp70", "oto70zerofloor", SEEDS), ("tp30", "oto30zerouniform", (None, *SEEDS)))
+                   for tp, oto, seeds in (("tp70", "oto70zerofloor", SEEDS), ("tp30", "oto30zerouniform", (None, *SEEDS)),
+                                          *((tp, oto, (None, *SEEDS)) for tp, oto in zip(DISTILLED_PEERS, DISTILLED)))
                    for s in seeds}
 
 
@@ -656,7 +682,8 @@ def run_tp(ctx: Ctx, method: str, allow_without_oto: bool) -> dict:
     from transformers import set_seed
 
     base, seed = split_seed(method)
-    target = int(base[2:]) / 100
+    distilled = base in DISTILLED_PEERS
+    target = int(base[2:].removesuffix("kd")) / 100
     dense_method = with_seed("dense", seed)
     mdir = ctx.method_dir(method)
     run_dir = mdir / "run"
@@ -690,7 +717,8 @@ def run_tp(ctx: Ctx, method: str, allow_without_oto: bool) -> dict:
         info_path.write_text(json.dumps(pruning, indent=2, default=str) + "\n")
         model = load_model(pruned_dir).train()  # from disk, so a resumed run starts from exactly the same weights
     set_seed(train_args.seed)
-    trainer, training = train_adamw(model, train_args, data, run_dir, max_steps=steps)
+    teacher = load_model(dense_dir) if distilled else None  # the model it was pruned from
+    trainer, training = train_adamw(model, train_args, data, run_dir, max_steps=steps, teacher=teacher)
     model = trainer.model
     save_model_atomic(model, data["tokenizer"], mdir / "model")
     metrics, answers = evaluate(model, data, data_args, train_args, f"evaluating {method}")
@@ -699,7 +727,8 @@ def run_tp(ctx: Ctx, method: str, allow_without_oto: bool) -> dict:
     st = stats_dict(model)
     lat = measure_latency(ctx, model, data["tokenizer"].vocab_size)
     return {
-        "label": pruning["label"], "family": "tp", "criterion": pruning["criterion"],
+        "label": pruning["label"] + (", retrained with distillation from the dense model" if distilled else ""),
+        "family": "tp_variant" if distilled else "tp", "criterion": pruning["criterion"],
         "target_flops_kept": oto_flops_kept, "matched_to": oto, "pruned_from": dense_method,
         "command": f"{SCRIPT} --methods {method}{ctx.cli_suffix()}",
         "quality": metrics, "questions": len(data["eval_examples"]),
@@ -795,7 +824,7 @@ def summarize(ctx: Ctx) -> None:
         foreign_s = f"{foreign:.2f}" if foreign is not None else "not recorded"
         lines.append(f"| {r['method']} | {s['encoder_flops']:,} | {s['encoder_params']:,} | {s['total_params']:,} | "
                      f"{foreign_s} | {'yes' if resumed else 'no'} | {r['finished_at']} |")
-    peers = [r for r in results if r["family"] == "tp"]
+    peers = [r for r in results if r["family"] in ("tp", "tp_variant")]
     if peers:
         lines += ["", "Peer before retraining (one-shot pruned, no training yet): " + ", ".join(
             f"{r['method']} F1 {r['pruning']['quality_before_retraining']['f1']:.2f} "
@@ -926,6 +955,7 @@ def plot(ctx: Ctx, results: list[dict]) -> None:
     style = {"dense": ("k", "*", "dense (AdamW)"), "oto": ("tab:red", "o", "OTO (HSPG)"),
              "tp": ("tab:blue", "s", "peer: one-shot Taylor + AdamW"),
              "oto_variant": ("tab:orange", "D", "OTO, variant (see its name)"),
+             "tp_variant": ("tab:cyan", "P", "peer, variant (see its name)"),
              "superseded": ("tab:gray", "x", "OTO, earlier version (superseded)")}
     fig, ax = plt.subplots(figsize=(6, 4.2))
     for fam, (color, marker, label) in style.items():
@@ -945,9 +975,9 @@ def plot(ctx: Ctx, results: list[dict]) -> None:
                 linestyle="-" if len(rs) > 1 else "none")
         for r, xi, yi in zip(rs, x, y):
             # Variants sit on the same FLOPs as their base point: label them on the left so the names do not overlap.
-            offset = (-8, 4) if fam == "oto_variant" else (5, 4)
-            ax.annotate(r["method"], (xi, yi), textcoords="offset points", xytext=offset, fontsize=8,
-                        ha="right" if fam == "oto_variant" else "left")
+            variant = fam in ("oto_variant", "tp_variant")
+            ax.annotate(r["method"], (xi, yi), textcoords="offset points", xytext=(-8, 4) if variant else (5, 4),
+                        fontsize=8, ha="right" if variant else "left")
     n_q = sorted({r.get("questions") for r in results if r.get("questions")})
     ax.set_ylabel(f"F1 (SQuAD v1.1, {'/'.join(f'{n:,}' for n in n_q) or '?'} dev questions)")
     dense = [r for r in results if r["method"] == "dense"]
@@ -1105,9 +1135,9 @@ def comparison_pairs(results: list[dict]) -> list[tuple[str, str]]:
              if (dense := same_seed("dense", r["method"])) != r["method"] and dense in names]
     for r in results:
         if r["family"] in ("oto", "oto_variant"):
-            peer = same_seed(f"tp{round(100 * r['target_flops_removed'])}", r["method"])
-            if peer in names:
-                pairs.append((r["method"], peer))
+            target = round(100 * r["target_flops_removed"])
+            peers = [f"tp{target}"] + ([f"tp{target}kd"] if split_seed(r["method"])[0] in DISTILLED else [])
+            pairs += [(r["method"], peer) for peer in (same_seed(p, r["method"]) for p in peers) if peer in names]
     return pairs
 
 

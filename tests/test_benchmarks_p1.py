@@ -239,6 +239,37 @@ def test_fromdense_points_start_from_the_same_seeds_dense_model_and_change_nothi
             assert _differing(settings, reference.to_dict()) == set(), method
 
 
+def test_distilled_points_add_the_same_seeds_dense_teacher_to_todays_defaults_and_pair_with_their_peer(tmp_path):
+    import run_squad
+    import p1_quality
+
+    ctx = p1_quality.Ctx(smoke=False, results=tmp_path)
+    with pytest.raises(SystemExit, match="run --methods denseseed1 first"):
+        p1_quality.oto_argv(ctx, "oto50zerouniformkdseed1", tmp_path / "run")
+    for dense in ("dense", "denseseed1"):
+        (tmp_path / dense / "model").mkdir(parents=True)
+        (tmp_path / dense / "model" / "config.json").write_text("{}")
+    for percent in (50, 70):
+        for seed in (None, 1):
+            distilled = p1_quality.with_seed(f"oto{percent}zerouniformkd", seed)
+            model_args, _, settings = run_squad.parse_arguments(p1_quality.oto_argv(ctx, distilled, tmp_path / "run"))[:3]
+            reference_model, _, reference = run_squad.parse_arguments(
+                p1_quality.oto_argv(ctx, p1_quality.with_seed(f"oto{percent}zerouniform", seed), tmp_path / "run"))[:3]
+            # From the pretrained checkpoint like today's defaults, taught by the same seed's dense model.
+            assert model_args.model_name_or_path == reference_model.model_name_or_path
+            assert model_args.teacher_model_name_or_path == str(tmp_path / p1_quality.with_seed("dense", seed) / "model")
+            assert reference_model.teacher_model_name_or_path is None
+            assert _differing(settings, reference.to_dict()) == set(), distilled
+            # The distilled peer follows the distilled OTO run (FLOPs and steps), and the two are compared.
+            peer = p1_quality.with_seed(f"tp{percent}kd", seed)
+            assert p1_quality.PEER_MATCHED_TO[peer] == distilled
+            results = [{"method": distilled, "family": "oto_variant", "target_flops_removed": percent / 100},
+                       {"method": peer, "family": "tp_variant"},
+                       {"method": p1_quality.with_seed(f"tp{percent}", seed), "family": "tp"}]
+            assert {(distilled, peer), (distilled, p1_quality.with_seed(f"tp{percent}", seed))} <= set(
+                p1_quality.comparison_pairs(results))
+
+
 def test_zerouniform_points_run_the_librarys_default_settings_and_zerofloor_points_the_balanced_allocation(tmp_path):
     import run_squad
     import p1_quality
