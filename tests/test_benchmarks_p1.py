@@ -216,6 +216,15 @@ def test_a_peer_seed_prunes_the_same_seeds_dense_model(tmp_path):
     assert p1_quality.oto_steps_for(ctx, "tp30seed1")[2] == "oto30zerouniformseed1"
 
 
+def _stand_in_dense_models(results):
+    """Folders where P1 looks for the dense fine-tuned models of every seed (a config.json is what it checks)."""
+    import p1_quality
+
+    for dense in ("dense", *(p1_quality.with_seed("dense", s) for s in p1_quality.SEEDS)):
+        (results / dense / "model").mkdir(parents=True)
+        (results / dense / "model" / "config.json").write_text("{}")
+
+
 def test_fromdense_points_start_from_the_same_seeds_dense_model_and_change_nothing_else(tmp_path):
     import run_squad
     import p1_quality
@@ -223,9 +232,7 @@ def test_fromdense_points_start_from_the_same_seeds_dense_model_and_change_nothi
     ctx = p1_quality.Ctx(smoke=False, results=tmp_path)
     with pytest.raises(SystemExit, match="run --methods denseseed1 first"):
         p1_quality.oto_argv(ctx, "oto50zerouniformfromdenseseed1", tmp_path / "run")
-    for dense in ("dense", "denseseed1"):
-        (tmp_path / dense / "model").mkdir(parents=True)
-        (tmp_path / dense / "model" / "config.json").write_text("{}")
+    _stand_in_dense_models(tmp_path)
     for percent in (50, 70):
         for seed in (None, 1):
             method = p1_quality.with_seed(f"oto{percent}zerouniform", seed)
@@ -246,9 +253,7 @@ def test_distilled_points_add_the_same_seeds_dense_teacher_to_todays_defaults_an
     ctx = p1_quality.Ctx(smoke=False, results=tmp_path)
     with pytest.raises(SystemExit, match="run --methods denseseed1 first"):
         p1_quality.oto_argv(ctx, "oto50zerouniformkdseed1", tmp_path / "run")
-    for dense in ("dense", "denseseed1"):
-        (tmp_path / dense / "model").mkdir(parents=True)
-        (tmp_path / dense / "model" / "config.json").write_text("{}")
+    _stand_in_dense_models(tmp_path)
     for percent in (50, 70):
         for seed in (None, 1):
             distilled = p1_quality.with_seed(f"oto{percent}zerouniformkd", seed)
@@ -408,9 +413,7 @@ def test_every_committed_oto_result_still_reproduces_from_its_methods_settings(t
     before_they_existed = {"oto_layer_floor": 0.0, "oto_saliency_zero_init": False}
     # Methods that start from (or distil from) a dense fine-tuned model name its folder; saved models are not
     # committed, so stand-ins let their argv be built.
-    for dense in ("dense", *(p1_quality.with_seed("dense", s) for s in p1_quality.SEEDS)):
-        (tmp_path / dense / "model").mkdir(parents=True)
-        (tmp_path / dense / "model" / "config.json").write_text("{}")
+    _stand_in_dense_models(tmp_path)
     checked = 0
     for result_file in sorted(p1_quality.RESULTS.parent.glob("p1_lr*/*/result.json")):
         method = result_file.parent.name
