@@ -225,54 +225,42 @@ def _stand_in_dense_models(results):
         (results / dense / "model" / "config.json").write_text("{}")
 
 
-def test_fromdense_points_start_from_the_same_seeds_dense_model_and_change_nothing_else(tmp_path):
+@pytest.mark.parametrize("suffix", ["fromdense", "kd"])
+def test_fromdense_and_distilled_points_name_the_same_seeds_dense_model_and_change_nothing_else(suffix, tmp_path):
     import run_squad
     import p1_quality
 
     ctx = p1_quality.Ctx(smoke=False, results=tmp_path)
     with pytest.raises(SystemExit, match="run --methods denseseed1 first"):
-        p1_quality.oto_argv(ctx, "oto50zerouniformfromdenseseed1", tmp_path / "run")
+        p1_quality.oto_argv(ctx, f"oto50zerouniform{suffix}seed1", tmp_path / "run")
     _stand_in_dense_models(tmp_path)
     for percent in (50, 70):
         for seed in (None, 1):
-            method = p1_quality.with_seed(f"oto{percent}zerouniform", seed)
-            model_args, _, settings = run_squad.parse_arguments(
-                p1_quality.oto_argv(ctx, p1_quality.with_seed(f"oto{percent}zerouniformfromdense", seed),
-                                    tmp_path / "run"))[:3]
+            variant = p1_quality.with_seed(f"oto{percent}zerouniform{suffix}", seed)
+            model_args, _, settings = run_squad.parse_arguments(p1_quality.oto_argv(ctx, variant, tmp_path / "run"))[:3]
             reference_model, _, reference = run_squad.parse_arguments(
-                p1_quality.oto_argv(ctx, method, tmp_path / "run"))[:3]
-            assert model_args.model_name_or_path == str(tmp_path / p1_quality.with_seed("dense", seed) / "model")
-            assert reference_model.model_name_or_path != model_args.model_name_or_path
-            assert _differing(settings, reference.to_dict()) == set(), method
+                p1_quality.oto_argv(ctx, p1_quality.with_seed(f"oto{percent}zerouniform", seed), tmp_path / "run"))[:3]
+            dense = str(tmp_path / p1_quality.with_seed("dense", seed) / "model")
+            if suffix == "fromdense":  # starts from the dense fine-tuned model, the peer's start
+                assert model_args.model_name_or_path == dense and model_args.teacher_model_name_or_path is None
+            else:  # starts from the pretrained checkpoint like today's defaults, taught by the dense model
+                assert model_args.model_name_or_path == reference_model.model_name_or_path
+                assert model_args.teacher_model_name_or_path == dense
+            assert reference_model.model_name_or_path != dense and reference_model.teacher_model_name_or_path is None
+            assert _differing(settings, reference.to_dict()) == set(), variant
 
 
-def test_distilled_points_add_the_same_seeds_dense_teacher_to_todays_defaults_and_pair_with_their_peer(tmp_path):
-    import run_squad
+def test_a_distilled_peer_follows_the_distilled_oto_run_and_is_compared_with_it():
     import p1_quality
 
-    ctx = p1_quality.Ctx(smoke=False, results=tmp_path)
-    with pytest.raises(SystemExit, match="run --methods denseseed1 first"):
-        p1_quality.oto_argv(ctx, "oto50zerouniformkdseed1", tmp_path / "run")
-    _stand_in_dense_models(tmp_path)
     for percent in (50, 70):
         for seed in (None, 1):
             distilled = p1_quality.with_seed(f"oto{percent}zerouniformkd", seed)
-            model_args, _, settings = run_squad.parse_arguments(p1_quality.oto_argv(ctx, distilled, tmp_path / "run"))[:3]
-            reference_model, _, reference = run_squad.parse_arguments(
-                p1_quality.oto_argv(ctx, p1_quality.with_seed(f"oto{percent}zerouniform", seed), tmp_path / "run"))[:3]
-            # From the pretrained checkpoint like today's defaults, taught by the same seed's dense model.
-            assert model_args.model_name_or_path == reference_model.model_name_or_path
-            assert model_args.teacher_model_name_or_path == str(tmp_path / p1_quality.with_seed("dense", seed) / "model")
-            assert reference_model.teacher_model_name_or_path is None
-            assert _differing(settings, reference.to_dict()) == set(), distilled
-            # The distilled peer follows the distilled OTO run (FLOPs and steps), and the two are compared.
-            peer = p1_quality.with_seed(f"tp{percent}kd", seed)
-            assert p1_quality.PEER_MATCHED_TO[peer] == distilled
+            peer, plain_peer = (p1_quality.with_seed(f"tp{percent}{kind}", seed) for kind in ("kd", ""))
+            assert p1_quality.PEER_MATCHED_TO[peer] == distilled  # its FLOPs target and step count
             results = [{"method": distilled, "family": "oto_variant", "target_flops_removed": percent / 100},
-                       {"method": peer, "family": "tp_variant"},
-                       {"method": p1_quality.with_seed(f"tp{percent}", seed), "family": "tp"}]
-            assert {(distilled, peer), (distilled, p1_quality.with_seed(f"tp{percent}", seed))} <= set(
-                p1_quality.comparison_pairs(results))
+                       {"method": peer, "family": "tp_variant"}, {"method": plain_peer, "family": "tp"}]
+            assert {(distilled, peer), (distilled, plain_peer)} <= set(p1_quality.comparison_pairs(results))
 
 
 def test_zerouniform_points_run_the_librarys_default_settings_and_zerofloor_points_the_balanced_allocation(tmp_path):
