@@ -1,5 +1,6 @@
 """Checks of the P1 benchmark script (benchmarks/p1_quality.py, benchmarks/p1_peer.py) that need no training."""
 
+import dataclasses
 import sys
 from pathlib import Path
 
@@ -261,6 +262,32 @@ def test_a_distilled_peer_follows_the_distilled_oto_run_and_is_compared_with_it(
             results = [{"method": distilled, "family": "oto_variant", "target_flops_removed": percent / 100},
                        {"method": peer, "family": "tp_variant"}, {"method": plain_peer, "family": "tp"}]
             assert {(distilled, peer), (distilled, plain_peer)} <= set(p1_quality.comparison_pairs(results))
+
+
+def test_more_data_points_train_twice_the_questions_for_half_the_epochs_and_are_compared_with_each_other(tmp_path):
+    import run_squad
+    import p1_quality
+
+    ctx = p1_quality.Ctx(smoke=False, results=tmp_path)
+    data, settings = run_squad.parse_arguments(p1_quality.oto_argv(ctx, "oto50zerouniform8k", tmp_path / "run"))[1:3]
+    base_data, base = run_squad.parse_arguments(p1_quality.oto_argv(ctx, "oto50zerouniform", tmp_path / "run"))[1:3]
+    assert (data.max_train_samples, base_data.max_train_samples) == (8000, 4000)
+    assert dataclasses.replace(data, max_train_samples=4000) == base_data  # same sample seed, eval set, features
+    assert _differing(settings, base.to_dict()) == {"num_train_epochs"}
+    assert (settings.num_train_epochs, base.num_train_epochs) == (1, 2)  # same steps: twice the features, one pass
+    # dense8k: the same change to the dense run's settings, and it is run as a dense method
+    _, dense_data, dense, _, _ = p1_quality.parse_settings(ctx, tmp_path / "run", None,
+                                                           p1_quality.MORE_DATA_DENSE["dense8k"])
+    _, plain_data, plain, _, _ = p1_quality.parse_settings(ctx, tmp_path / "run")
+    assert dense_data == data and _differing(dense, plain.to_dict()) == {"num_train_epochs"}
+    assert p1_quality.is_dense("dense8k") and p1_quality.is_dense("denseseed1") and not p1_quality.is_dense("tp50")
+    results = [{"method": m, "family": fam, "target_flops_removed": 0.5}
+               for m, fam in (("dense", "dense"), ("dense8k", "dense_variant"), ("tp50", "tp"),
+                              ("oto50zerouniform8k", "oto_variant"))]
+    pairs = p1_quality.comparison_pairs(results)
+    assert ("oto50zerouniform8k", "dense8k") in pairs and ("dense8k", "dense") in pairs
+    # the peer trained on the 4,000 questions: not a pair for a run on 8,000
+    assert ("oto50zerouniform8k", "tp50") not in pairs
 
 
 def test_zerouniform_points_run_the_librarys_default_settings_and_zerofloor_points_the_balanced_allocation(tmp_path):
