@@ -21,6 +21,9 @@ method resumes from its last Trainer checkpoint):
                    seed's dense fine-tuned model while they train (DISTILLED): OTO with today's defaults from the
                    pretrained checkpoint plus `--teacher_model_name_or_path`, the peer's retraining with
                    `oto_hf.DistillationTrainer`; alpha 0.5, T 2. tp<N>kd follows oto<N>zerouniformkd's FLOPs and steps.
+* oto50zerouniformfromdensekd, oto70zerouniformfromdensekd (and their seeds)  the peer's whole recipe for OTO: started
+                   from the same seed's dense fine-tuned model and distilled from it (FROM_DENSE_DISTILLED); compared
+                   with tp<N>kd, which does the same with one-shot pruning.
 * dense8k, oto50zerouniform8k  dense and today's OTO defaults at 50% on twice the questions (8,000, the same seeded
                    sample: the 4,000 plus 4,000 more) for one epoch instead of two: about the same 550 steps, so the same
                    compute, with no question seen twice (MORE_DATA). oto50zerouniform8k is compared with dense8k.
@@ -146,6 +149,10 @@ NO_FLOOR = ("--oto_layer_floor", "0")
 # CoFi) all distil; OTO and the peer did not. The peer follows the distilled OTO run's FLOPs and steps.
 DISTILLED = ("oto50zerouniformkd", "oto70zerouniformkd")
 DISTILLED_PEERS = ("tp50kd", "tp70kd")
+# oto<N>zerouniformfromdensekd: the distilled peer gained 1.1 F1 from the teacher (tp50kdseed1 against tp50seed1) where
+# OTO from the pretrained checkpoint gained nothing; the peer starts from the teacher's own weights. These runs give OTO
+# that same start and teacher (the peer's recipe, HSPG instead of the one-shot cut).
+FROM_DENSE_DISTILLED = ("oto50zerouniformfromdensekd", "oto70zerouniformfromdensekd")
 # dense8k / oto50zerouniform8k: OTO50 stays 3-4 F1 below dense whatever the steps (x2), the start (fromdense) or a
 # teacher (kd); its train loss falls to 0.7 in 1,100 steps over the 4,000 questions, with no dev gain. The paper trains
 # on all 87,599. Twice the questions for half the epochs keeps the compute and tests whether the gap is a small-data
@@ -160,13 +167,25 @@ MORE_DATA_REFERENCE = {"oto50zerouniform8k": "dense8k"}
 SEEDS = (1, 2)
 SEEDED_METHODS = ("dense", "oto50", "tp50", "oto50zero", "oto50floor", "oto50zerofloor", "oto50uniform", "tp70",
                   "oto70zerofloor", "oto70zerouniform", "oto50zerouniform", "oto30zerouniform", "oto30zerofloor", "tp30",
-                  "oto50zerouniformfromdense", "oto70zerouniformfromdense", *DISTILLED, *DISTILLED_PEERS)
+                  "oto50zerouniformfromdense", "oto70zerouniformfromdense", *DISTILLED, *DISTILLED_PEERS,
+                  *FROM_DENSE_DISTILLED)
 # oto<N>zerouniformfromdense: the peer starts from the dense fine-tuned model, which has had 550 steps, and OTO from the
 # pretrained checkpoint; at equal steps from there OTO trails the peer's 1,100 in the train loss (1.9 against 1.5 at
 # 70% removed), and a shorter pruning window did not help (oto70zerouniformshort). Started from the same fine-tuned
 # model (`--model_name_or_path <dense method>/model`), OTO prunes with the task already learned: the two pipelines then
 # differ only in how they prune (HSPG during 550 steps against one-shot Taylor pruning followed by 550 AdamW steps).
 FROM_DENSE = ("oto50zerouniformfromdense", "oto70zerouniformfromdense")
+
+
+def starts_from_dense(method: str) -> bool:
+    """Whether the OTO `method` starts from its seed's dense fine-tuned model instead of the pretrained checkpoint."""
+    return split_seed(method)[0] in (*FROM_DENSE, *FROM_DENSE_DISTILLED)
+
+
+def is_distilled(method: str) -> bool:
+    """Whether the OTO `method` distils from its seed's dense fine-tuned model."""
+    return split_seed(method)[0] in (*DISTILLED, *FROM_DENSE_DISTILLED)
+
 # oto50zero is oto50 with the saliency average started at zero (`--oto_saliency_zero_init`): started at the first
 # step's scores (the default until these runs), that one step, taken through a QA head that is still random, holds
 # 58% of the average that makes the first pruning choice at step 55 (benchmarks/p1_saliency_probe.py measures how
@@ -222,6 +241,8 @@ OTO_METHODS = {"oto30": (0.3, 1, BALANCED + NO_FLOOR + FIRST_STEP),
                "oto70zerouniformfromdense": (0.7, 1, ZERO_INIT + UNIFORM + FLOOR),
                "oto50zerouniformkd": (0.5, 1, ZERO_INIT + UNIFORM + FLOOR),
                "oto70zerouniformkd": (0.7, 1, ZERO_INIT + UNIFORM + FLOOR),
+               "oto50zerouniformfromdensekd": (0.5, 1, ZERO_INIT + UNIFORM + FLOOR),
+               "oto70zerouniformfromdensekd": (0.7, 1, ZERO_INIT + UNIFORM + FLOOR),
                "oto50zerouniform8k": (0.5, 1, ZERO_INIT + UNIFORM + FLOOR + MORE_DATA)}
 # An OTO method's seed variant: its settings with the seed option in front.
 OTO_METHODS.update({with_seed(m, s): (target, epochs, seed_option(s) + options) for m in SEEDED_METHODS
@@ -230,7 +251,7 @@ METHODS = ["dense", "oto30", "oto50", "oto70", "tp30", "tp50", "tp70", "oto50x2"
            "oto70uniform", "oto50floor", "oto70floor", "oto50late", "oto50hold", "oto50zero",
            "oto50zerofloor", "oto70zerofloor", "oto70zerouniform", "oto50zerouniform",
            "oto70zerouniformshort", "oto30zerofloor", "oto30zerouniform", "oto50zerouniformx2", "oto70zerouniformx2",
-           *FROM_DENSE, *DISTILLED, *DISTILLED_PEERS, *MORE_DATA_DENSE, *MORE_DATA_REFERENCE,
+           *FROM_DENSE, *DISTILLED, *DISTILLED_PEERS, *FROM_DENSE_DISTILLED, *MORE_DATA_DENSE, *MORE_DATA_REFERENCE,
            *(with_seed(m, s) for s in SEEDS for m in SEEDED_METHODS)]
 LATENCY = dict(batch_size=32, seq_len=384, repeats=5)
 SCRIPT = "python benchmarks/p1_quality.py"
@@ -590,10 +611,10 @@ def run_dense(ctx: Ctx, method: str = "dense") -> dict:
 def oto_argv(ctx: Ctx, method: str, run_dir: Path) -> list[str]:
     target, epoch_multiple, options = OTO_METHODS[method]
     extra = list(options)
-    base, seed = split_seed(method)
-    if base in FROM_DENSE:
+    seed = split_seed(method)[1]
+    if starts_from_dense(method):
         extra += ["--model_name_or_path", str(dense_model_dir(ctx, method, with_seed("dense", seed)))]
-    if base in DISTILLED:
+    if is_distilled(method):
         extra += ["--teacher_model_name_or_path", str(dense_model_dir(ctx, method, with_seed("dense", seed)))]
     if epoch_multiple != 1:
         epochs = parse_settings(ctx, run_dir)[2].num_train_epochs * epoch_multiple
@@ -643,8 +664,8 @@ def run_oto(ctx: Ctx, method: str) -> dict:
         "label": f"OTO (HSPG, oto_hf) target {target:.0%} encoder FLOPs removed" + (
             f", {epoch_multiple}x the YAML's epochs (the peer's total step count: dense + retraining)"
             if epoch_multiple != 1 else "") + (f", {' '.join(options)}" if options else "") + (
-            ", started from the dense fine-tuned model" if split_seed(method)[0] in FROM_DENSE else "") + (
-            ", distilled from the dense fine-tuned model" if split_seed(method)[0] in DISTILLED else ""),
+            ", started from the dense fine-tuned model" if starts_from_dense(method) else "") + (
+            ", distilled from the dense fine-tuned model" if is_distilled(method) else ""),
         "family": "oto" if epoch_multiple == 1 and not options else "oto_variant", "target_flops_removed": target,
         "command": f"{SCRIPT} --methods {method}{ctx.cli_suffix()}",
         "run_squad_command": "python run_squad.py " + shlex.join(rel_argv),
@@ -1162,7 +1183,7 @@ def comparison_pairs(results: list[dict]) -> list[tuple[str, str]]:
             continue
         if r["family"] in ("oto", "oto_variant"):
             target = round(100 * r["target_flops_removed"])
-            peers = [f"tp{target}"] + ([f"tp{target}kd"] if split_seed(r["method"])[0] in DISTILLED else [])
+            peers = [f"tp{target}"] + ([f"tp{target}kd"] if is_distilled(r["method"]) else [])
             pairs += [(r["method"], peer) for peer in (same_seed(p, r["method"]) for p in peers) if peer in names]
     return pairs
 

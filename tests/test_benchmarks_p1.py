@@ -226,7 +226,7 @@ def _stand_in_dense_models(results):
         (results / dense / "model" / "config.json").write_text("{}")
 
 
-@pytest.mark.parametrize("suffix", ["fromdense", "kd"])
+@pytest.mark.parametrize("suffix", ["fromdense", "kd", "fromdensekd"])
 def test_fromdense_and_distilled_points_name_the_same_seeds_dense_model_and_change_nothing_else(suffix, tmp_path):
     import run_squad
     import p1_quality
@@ -244,9 +244,11 @@ def test_fromdense_and_distilled_points_name_the_same_seeds_dense_model_and_chan
             dense = str(tmp_path / p1_quality.with_seed("dense", seed) / "model")
             if suffix == "fromdense":  # starts from the dense fine-tuned model, the peer's start
                 assert model_args.model_name_or_path == dense and model_args.teacher_model_name_or_path is None
-            else:  # starts from the pretrained checkpoint like today's defaults, taught by the dense model
+            elif suffix == "kd":  # starts from the pretrained checkpoint like today's defaults, taught by the dense model
                 assert model_args.model_name_or_path == reference_model.model_name_or_path
                 assert model_args.teacher_model_name_or_path == dense
+            else:  # the peer's recipe: starts from the dense model and is taught by it
+                assert model_args.model_name_or_path == dense == model_args.teacher_model_name_or_path
             assert reference_model.model_name_or_path != dense and reference_model.teacher_model_name_or_path is None
             assert _differing(settings, reference.to_dict()) == set(), variant
 
@@ -257,11 +259,16 @@ def test_a_distilled_peer_follows_the_distilled_oto_run_and_is_compared_with_it(
     for percent in (50, 70):
         for seed in (None, 1):
             distilled = p1_quality.with_seed(f"oto{percent}zerouniformkd", seed)
+            from_dense = p1_quality.with_seed(f"oto{percent}zerouniformfromdensekd", seed)
             peer, plain_peer = (p1_quality.with_seed(f"tp{percent}{kind}", seed) for kind in ("kd", ""))
             assert p1_quality.PEER_MATCHED_TO[peer] == distilled  # its FLOPs target and step count
-            results = [{"method": distilled, "family": "oto_variant", "target_flops_removed": percent / 100},
-                       {"method": peer, "family": "tp_variant"}, {"method": plain_peer, "family": "tp"}]
-            assert {(distilled, peer), (distilled, plain_peer)} <= set(p1_quality.comparison_pairs(results))
+            results = [{"method": m, "family": "oto_variant", "target_flops_removed": percent / 100}
+                       for m in (distilled, from_dense, p1_quality.with_seed(f"oto{percent}zerouniform", seed))]
+            results += [{"method": peer, "family": "tp_variant"}, {"method": plain_peer, "family": "tp"}]
+            pairs = set(p1_quality.comparison_pairs(results))
+            assert {(distilled, peer), (distilled, plain_peer), (from_dense, peer), (from_dense, plain_peer)} <= pairs
+            # a run without a teacher is not paired with the distilled peer
+            assert (p1_quality.with_seed(f"oto{percent}zerouniform", seed), peer) not in pairs
 
 
 def test_more_data_points_train_twice_the_questions_for_half_the_epochs_and_are_compared_with_each_other(tmp_path):
