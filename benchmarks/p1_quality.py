@@ -26,7 +26,7 @@ method resumes from its last Trainer checkpoint):
                    with tp<N>kd, which does the same with one-shot pruning.
 * dense8k, oto50zerouniform8k  dense and today's OTO defaults at 50% on twice the questions (8,000, the same seeded
                    sample: the 4,000 plus 4,000 more) for one epoch instead of two: about the same 550 steps, so the same
-                   compute, with no question seen twice (MORE_DATA). oto50zerouniform8k is compared with dense8k.
+                   compute, with no question seen twice (more_data_options). oto50zerouniform8k is compared with dense8k.
 * oto50late        oto50 with the pruning window at 30%-70% of the steps instead of 10%-60% (LATE_WINDOW).
 * oto50uniform, oto70uniform  oto50 / oto70 with `--oto_allocation uniform`: every layer gives up the target's
                    fraction of its cost (heads and neurons), instead of the balanced allocation's ranking across layers.
@@ -156,9 +156,9 @@ FROM_DENSE_DISTILLED = ("oto50zerouniformfromdensekd", "oto70zerouniformfromdens
 # dense8k / oto50zerouniform8k: OTO50 stays 3-4 F1 below dense whatever the steps (x2), the start (fromdense) or a
 # teacher (kd); its train loss falls to 0.7 in 1,100 steps over the 4,000 questions, with no dev gain. The paper trains
 # on all 87,599. Twice the questions for half the epochs keeps the compute and tests whether the gap is a small-data
-# effect: each method against its own-data dense run (MORE_DATA_REFERENCE).
-MORE_DATA = ("--max_train_samples", "8000", "--num_train_epochs", "1")
-MORE_DATA_DENSE = {"dense8k": MORE_DATA}
+# effect: each method against its own-data dense run (MORE_DATA_REFERENCE). "8k" names the P1 setting; --smoke doubles
+# its own few questions.
+MORE_DATA_DENSE = ("dense8k",)
 MORE_DATA_REFERENCE = {"oto50zerouniform8k": "dense8k"}
 # Seed variants: <method>seed<N> is <method> with the training seed N instead of the YAML's 0 (QA head
 # initialisation, batch order, dropout; the question samples keep sample_seed 0): the run-to-run spread, which the
@@ -243,7 +243,7 @@ OTO_METHODS = {"oto30": (0.3, 1, BALANCED + NO_FLOOR + FIRST_STEP),
                "oto70zerouniformkd": (0.7, 1, ZERO_INIT + UNIFORM + FLOOR),
                "oto50zerouniformfromdensekd": (0.5, 1, ZERO_INIT + UNIFORM + FLOOR),
                "oto70zerouniformfromdensekd": (0.7, 1, ZERO_INIT + UNIFORM + FLOOR),
-               "oto50zerouniform8k": (0.5, 1, ZERO_INIT + UNIFORM + FLOOR + MORE_DATA)}
+               "oto50zerouniform8k": (0.5, 1, ZERO_INIT + UNIFORM + FLOOR)}
 # An OTO method's seed variant: its settings with the seed option in front.
 OTO_METHODS.update({with_seed(m, s): (target, epochs, seed_option(s) + options) for m in SEEDED_METHODS
                     if m in OTO_METHODS for target, epochs, options in [OTO_METHODS[m]] for s in SEEDS})
@@ -326,7 +326,7 @@ def parse_settings(ctx: Ctx, output_dir: Path, seed: int | None = None, extra: t
     """(model_args, data_args, TrainingArguments, run_args, oto_options) from the P1 YAML, with the plain HF
     TrainingArguments for the AdamW methods: every TrainingArguments value comes from the YAML; the oto_* keys are
     returned separately (unused by dense/tp). `seed` replaces the YAML's training seed (seed variants); `extra`
-    options replace the YAML's values (MORE_DATA)."""
+    options replace the YAML's values (more_data_options)."""
     from transformers import HfArgumentParser, TrainingArguments
 
     # The YAML names no optimizer (OTO always uses HSPG); the AdamW methods use plain torch.optim.AdamW
@@ -349,6 +349,14 @@ def parse_settings(ctx: Ctx, output_dir: Path, seed: int | None = None, extra: t
     if str(train_args.optim.value if hasattr(train_args.optim, "value") else train_args.optim) != "adamw_torch":
         raise SystemExit(f"the AdamW baselines expect optim adamw_torch, got {train_args.optim}")
     return model_args, data_args, train_args, run_args, oto
+
+
+def more_data_options(ctx: Ctx, output_dir: Path) -> tuple[str, ...]:
+    """Twice the YAML's (or the smoke setting's) training questions for half its epochs: the same number of steps,
+    no question seen twice (dense8k, oto50zerouniform8k)."""
+    data_args, train_args = parse_settings(ctx, output_dir)[1:3]
+    return ("--max_train_samples", str(2 * data_args.max_train_samples),
+            "--num_train_epochs", f"{train_args.num_train_epochs / 2:g}")
 
 
 def dev_questions(raw, data_args):
@@ -572,7 +580,7 @@ def run_dense(ctx: Ctx, method: str = "dense") -> dict:
     mdir = ctx.method_dir(method)
     run_dir = mdir / "run"
     base, seed = split_seed(method)
-    extra = MORE_DATA_DENSE.get(base, ())
+    extra = more_data_options(ctx, run_dir) if base in MORE_DATA_DENSE else ()
     model_args, data_args, train_args, run_args, _ = parse_settings(ctx, run_dir, seed, extra)
     data = load_data(model_args, data_args)
     set_seed(train_args.seed)  # seeds the new QA head, as run_squad.main does
@@ -616,6 +624,8 @@ def oto_argv(ctx: Ctx, method: str, run_dir: Path) -> list[str]:
         extra += ["--model_name_or_path", str(dense_model_dir(ctx, method, with_seed("dense", seed)))]
     if is_distilled(method):
         extra += ["--teacher_model_name_or_path", str(dense_model_dir(ctx, method, with_seed("dense", seed)))]
+    if split_seed(method)[0] in MORE_DATA_REFERENCE:
+        extra += more_data_options(ctx, run_dir)
     if epoch_multiple != 1:
         epochs = parse_settings(ctx, run_dir)[2].num_train_epochs * epoch_multiple
         extra += ["--num_train_epochs", f"{epochs:g}"]
@@ -665,7 +675,8 @@ def run_oto(ctx: Ctx, method: str) -> dict:
             f", {epoch_multiple}x the YAML's epochs (the peer's total step count: dense + retraining)"
             if epoch_multiple != 1 else "") + (f", {' '.join(options)}" if options else "") + (
             ", started from the dense fine-tuned model" if starts_from_dense(method) else "") + (
-            ", distilled from the dense fine-tuned model" if is_distilled(method) else ""),
+            ", distilled from the dense fine-tuned model" if is_distilled(method) else "") + (
+            ", twice the questions for half the epochs" if split_seed(method)[0] in MORE_DATA_REFERENCE else ""),
         "family": "oto" if epoch_multiple == 1 and not options else "oto_variant", "target_flops_removed": target,
         "command": f"{SCRIPT} --methods {method}{ctx.cli_suffix()}",
         "run_squad_command": "python run_squad.py " + shlex.join(rel_argv),

@@ -284,7 +284,7 @@ def test_more_data_points_train_twice_the_questions_for_half_the_epochs_and_are_
     assert (settings.num_train_epochs, base.num_train_epochs) == (1, 2)  # same steps: twice the features, one pass
     # dense8k: the same change to the dense run's settings, and it is run as a dense method
     _, dense_data, dense, _, _ = p1_quality.parse_settings(ctx, tmp_path / "run", None,
-                                                           p1_quality.MORE_DATA_DENSE["dense8k"])
+                                                           p1_quality.more_data_options(ctx, tmp_path / "run"))
     _, plain_data, plain, _, _ = p1_quality.parse_settings(ctx, tmp_path / "run")
     assert dense_data == data and _differing(dense, plain.to_dict()) == {"num_train_epochs"}
     assert p1_quality.is_dense("dense8k") and p1_quality.is_dense("denseseed1") and not p1_quality.is_dense("tp50")
@@ -295,6 +295,10 @@ def test_more_data_points_train_twice_the_questions_for_half_the_epochs_and_are_
     assert ("oto50zerouniform8k", "dense8k") in pairs and ("dense8k", "dense") in pairs
     # the peer trained on the 4,000 questions: not a pair for a run on 8,000
     assert ("oto50zerouniform8k", "tp50") not in pairs
+    # --smoke doubles its own few questions instead of training on 8,000
+    smoke = p1_quality.Ctx(smoke=True, results=tmp_path / "smoke")
+    assert p1_quality.more_data_options(smoke, tmp_path / "run") == ("--max_train_samples", "96",
+                                                                     "--num_train_epochs", "0.5")
 
 
 def test_zerouniform_points_run_the_librarys_default_settings_and_zerofloor_points_the_balanced_allocation(tmp_path):
