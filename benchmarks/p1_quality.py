@@ -175,17 +175,6 @@ SEEDED_METHODS = ("dense", "oto50", "tp50", "oto50zero", "oto50floor", "oto50zer
 # model (`--model_name_or_path <dense method>/model`), OTO prunes with the task already learned: the two pipelines then
 # differ only in how they prune (HSPG during 550 steps against one-shot Taylor pruning followed by 550 AdamW steps).
 FROM_DENSE = ("oto50zerouniformfromdense", "oto70zerouniformfromdense")
-
-
-def starts_from_dense(method: str) -> bool:
-    """Whether the OTO `method` starts from its seed's dense fine-tuned model instead of the pretrained checkpoint."""
-    return split_seed(method)[0] in (*FROM_DENSE, *FROM_DENSE_DISTILLED)
-
-
-def is_distilled(method: str) -> bool:
-    """Whether the OTO `method` distils from its seed's dense fine-tuned model."""
-    return split_seed(method)[0] in (*DISTILLED, *FROM_DENSE_DISTILLED)
-
 # oto50zero is oto50 with the saliency average started at zero (`--oto_saliency_zero_init`): started at the first
 # step's scores (the default until these runs), that one step, taken through a QA head that is still random, holds
 # 58% of the average that makes the first pruning choice at step 55 (benchmarks/p1_saliency_probe.py measures how
@@ -203,6 +192,21 @@ def seed_option(seed: int) -> tuple[str, str]:
 def is_dense(method: str) -> bool:
     """Whether `method` is a dense AdamW run (dense, its seeds, its more-data variant)."""
     return split_seed(method)[0] in ("dense", *MORE_DATA_DENSE)
+
+
+def starts_from_dense(method: str) -> bool:
+    """Whether the OTO `method` starts from its seed's dense fine-tuned model instead of the pretrained checkpoint."""
+    return split_seed(method)[0] in (*FROM_DENSE, *FROM_DENSE_DISTILLED)
+
+
+def is_distilled(method: str) -> bool:
+    """Whether the OTO `method` distils from its seed's dense fine-tuned model."""
+    return split_seed(method)[0] in (*DISTILLED, *FROM_DENSE_DISTILLED)
+
+
+def trains_on_more_data(method: str) -> bool:
+    """Whether the OTO `method` trains on twice the questions for half the epochs (more_data_options)."""
+    return split_seed(method)[0] in MORE_DATA_REFERENCE
 
 
 def with_seed(base: str, seed: int | None) -> str:
@@ -619,12 +623,11 @@ def run_dense(ctx: Ctx, method: str = "dense") -> dict:
 def oto_argv(ctx: Ctx, method: str, run_dir: Path) -> list[str]:
     target, epoch_multiple, options = OTO_METHODS[method]
     extra = list(options)
-    seed = split_seed(method)[1]
-    if starts_from_dense(method):
-        extra += ["--model_name_or_path", str(dense_model_dir(ctx, method, with_seed("dense", seed)))]
-    if is_distilled(method):
-        extra += ["--teacher_model_name_or_path", str(dense_model_dir(ctx, method, with_seed("dense", seed)))]
-    if split_seed(method)[0] in MORE_DATA_REFERENCE:
+    if starts_from_dense(method) or is_distilled(method):
+        dense = str(dense_model_dir(ctx, method, same_seed("dense", method)))
+        extra += ["--model_name_or_path", dense] if starts_from_dense(method) else []
+        extra += ["--teacher_model_name_or_path", dense] if is_distilled(method) else []
+    if trains_on_more_data(method):
         extra += more_data_options(ctx, run_dir)
     if epoch_multiple != 1:
         epochs = parse_settings(ctx, run_dir)[2].num_train_epochs * epoch_multiple
@@ -676,7 +679,7 @@ def run_oto(ctx: Ctx, method: str) -> dict:
             if epoch_multiple != 1 else "") + (f", {' '.join(options)}" if options else "") + (
             ", started from the dense fine-tuned model" if starts_from_dense(method) else "") + (
             ", distilled from the dense fine-tuned model" if is_distilled(method) else "") + (
-            ", twice the questions for half the epochs" if split_seed(method)[0] in MORE_DATA_REFERENCE else ""),
+            ", twice the questions for half the epochs" if trains_on_more_data(method) else ""),
         "family": "oto" if epoch_multiple == 1 and not options else "oto_variant", "target_flops_removed": target,
         "command": f"{SCRIPT} --methods {method}{ctx.cli_suffix()}",
         "run_squad_command": "python run_squad.py " + shlex.join(rel_argv),
@@ -1190,7 +1193,7 @@ def comparison_pairs(results: list[dict]) -> list[tuple[str, str]]:
     pairs += [(r["method"], dense) for r in results
               if (dense := MORE_DATA_REFERENCE.get(r["method"])) and dense in names]
     for r in results:
-        if r["method"] in MORE_DATA_REFERENCE:  # trained on other questions than the peers: compared with dense8k
+        if trains_on_more_data(r["method"]):  # trained on other questions than the peers: compared with dense8k
             continue
         if r["family"] in ("oto", "oto_variant"):
             target = round(100 * r["target_flops_removed"])
