@@ -20,10 +20,11 @@ method resumes from its last Trainer checkpoint):
 * oto50zerouniformkd, oto70zerouniformkd, tp50kd, tp70kd (and their seeds)  both pipelines distil from the same
                    seed's dense fine-tuned model while they train (DISTILLED): OTO with today's defaults from the
                    pretrained checkpoint plus `--teacher_model_name_or_path`, the peer's retraining with
-                   `oto_hf.DistillationTrainer`; alpha 0.5, T 2. tp<N>kd follows oto<N>zerouniformkd's FLOPs and steps.
+                   `oto_hf.DistillationTrainer`; alpha 0.5, T 2.
 * oto50zerouniformfromdensekd, oto70zerouniformfromdensekd (and their seeds)  the peer's whole recipe for OTO: started
                    from the same seed's dense fine-tuned model and distilled from it (FROM_DENSE_DISTILLED); compared
-                   with tp<N>kd, which does the same with one-shot pruning.
+                   with tp<N>kd, which does the same with one-shot pruning and follows its FLOPs and steps
+                   (tp50kdseed1, run before it, followed oto50zerouniformkdseed1's: PEER_MATCHED_TO).
 * dense8k, oto50zerouniform8k  dense and today's OTO defaults at 50% on twice the questions (8,000, the same seeded
                    sample: the 4,000 plus 4,000 more) for one epoch instead of two: about the same 550 steps, so the same
                    compute, with no question seen twice (more_data_options). oto50zerouniform8k is compared with dense8k.
@@ -146,7 +147,7 @@ NO_FLOOR = ("--oto_layer_floor", "0")
 # starting point) while they train: `--teacher_model_name_or_path <dense>/model` for OTO (from the pretrained
 # checkpoint, today's defaults), `oto_hf.DistillationTrainer` for the peer's retraining; alpha 0.5, temperature 2
 # (run_squad's defaults). The near-dense structured-pruning results in the reference table (block movement pruning,
-# CoFi) all distil; OTO and the peer did not. The peer follows the distilled OTO run's FLOPs and steps.
+# CoFi) all distil; OTO and the peer did not.
 DISTILLED = ("oto50zerouniformkd", "oto70zerouniformkd")
 DISTILLED_PEERS = ("tp50kd", "tp70kd")
 # oto<N>zerouniformfromdensekd: the distilled peer gained 1.1 F1 from the teacher (tp50kdseed1 against tp50seed1) where
@@ -715,10 +716,15 @@ from p1_peer import prune_peer  # noqa: E402  (kept in its own module: the Torch
 # encoder FLOPs target, so the peer's run is the same whichever it follows, but for a FLOPs target a few parts in 10^4
 # apart. The seed-0 dense model that tp30 would prune is not in the checkout that ran oto30zero*, so the 30% peer is
 # run at seed 1 (tp30seed1 prunes denseseed1 and follows oto30zerouniformseed1).
+# A distilled peer follows the OTO run with the same recipe, oto<N>zerouniformfromdensekd (dense start and teacher,
+# FROM_DENSE_DISTILLED), except tp50kdseed1, which ran before that method existed and followed oto50zerouniformkdseed1
+# (its result.json says so); both are 550 steps at the same FLOPs target, so it is the same peer run either way.
 PEER_MATCHED_TO = {with_seed(tp, s): with_seed(oto, s)
                    for tp, oto, seeds in (("tp70", "oto70zerofloor", SEEDS), ("tp30", "oto30zerouniform", (None, *SEEDS)),
-                                          *((tp, oto, (None, *SEEDS)) for tp, oto in zip(DISTILLED_PEERS, DISTILLED)))
+                                          *((tp, oto, (None, *SEEDS))
+                                            for tp, oto in zip(DISTILLED_PEERS, FROM_DENSE_DISTILLED)))
                    for s in seeds}
+PEER_MATCHED_TO["tp50kdseed1"] = "oto50zerouniformkdseed1"
 
 
 def oto_steps_for(ctx: Ctx, method: str) -> tuple[int | None, float | None, str]:
