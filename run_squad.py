@@ -8,10 +8,16 @@
     python run_squad.py --oto_target 0.5 --output_dir runs/q50   # options alone override the quickstart config
     python run_squad.py --help                            # every option
 
+The dense-start + teacher recipe (the best OTO50 of benchmark P1; twice the training compute) is two runs:
+
+    python run_squad.py configs/minilm_squad_p1.yaml --dense --output_dir runs/dense    # plain AdamW, no pruning
+    python run_squad.py configs/minilm_squad_p1.yaml --model_name_or_path runs/dense/model \
+        --teacher_model_name_or_path runs/dense/model --output_dir runs/oto50_from_dense
+
 Writes into --output_dir: checkpoints while training (an interrupted run resumes from the last one when started
 again), `compressed_model/` (the pruned model, loadable with `from_pretrained`), `eval_predictions.json` (its answer to each
 dev question), `report.json`, `report.md` and `plots/`. The report is written last: a folder with a report.json holds
-a finished run.
+a finished run. With --dense, `model/` (the fine-tuned full-size model) instead of `compressed_model/`.
 """
 
 import json
@@ -24,7 +30,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
-from transformers import AutoConfig, AutoModelForQuestionAnswering, AutoTokenizer, HfArgumentParser, default_data_collator, set_seed
+from transformers import (AutoConfig, AutoModelForQuestionAnswering, AutoTokenizer, HfArgumentParser, Trainer,
+                          default_data_collator, set_seed)
 from transformers.trainer_utils import get_last_checkpoint
 
 import oto_hf
@@ -92,6 +99,13 @@ class RunArguments:
     )
     report_latency_batch_size: int = field(default=8, metadata={"help": "Batch size of the latency comparison."})
     report_latency_repeats: int = field(default=5, metadata={"help": "Interleaved repeats (0: skip latency)."})
+    dense: bool = field(
+        default=False,
+        metadata={"help": "Fine-tune without pruning: the plain Hugging Face Trainer with torch.optim.AdamW (the oto_* "
+                  "options are ignored), saved to <output_dir>/model. That model is the start and the teacher of a "
+                  "pruning run (--model_name_or_path and --teacher_model_name_or_path), the recipe that came closest "
+                  "to dense quality in benchmark P1."},
+    )
 
 
 class RunError(Exception):
@@ -192,6 +206,9 @@ def main(argv: list[str] | None = None) -> dict:
     model_path = resolve_model_path(model_args.model_name_or_path)
     check_model(model_path)
     teacher_path = None
+    if run_args.dense and model_args.teacher_model_name_or_path:
+        raise RunError("--dense fine-tunes the full model without a teacher; pass --teacher_model_name_or_path to the "
+                       "pruning run that starts from its model instead")
     if model_args.teacher_model_name_or_path:
         teacher_path = resolve_model_path(model_args.teacher_model_name_or_path)
         check_model(teacher_path, what="--teacher_model_name_or_path")
@@ -220,9 +237,16 @@ def main(argv: list[str] | None = None) -> dict:
     logger.info("%d training questions → %d features; %d evaluation questions → %d features",
                 len(train_examples), len(train_features), len(eval_examples), len(eval_features))
 
-    # ---- train with HSPG ----
+    # ---- train with HSPG (or, with --dense, plain AdamW) ----
     set_seed(training_args.seed)  # seeds the new QA head
     model = AutoModelForQuestionAnswering.from_pretrained(model_path, attn_implementation=model_args.attn_implementation)
+    eval_kwargs = dict(batch_size=training_args.per_device_eval_batch_size, n_best_size=data_args.n_best_size,
+                       max_answer_length=data_args.max_answer_length)
+    data_report = {**data_files, "train_questions": len(train_examples), "train_features": len(train_features),
+                   "eval_questions": len(eval_examples), "eval_features": len(eval_features)}
+    if run_args.dense:
+        return run_dense(model, tokenizer, train_features, eval_examples, eval_features, eval_kwargs, data_report,
+                         model_args, training_args)
     distillation = {}
     if teacher_path is not None:
         teacher = AutoModelForQuestionAnswering.from_pretrained(teacher_path,
@@ -242,8 +266,6 @@ def main(argv: list[str] | None = None) -> dict:
     train_result = trainer.train(resume_from_checkpoint=resume)
 
     # ---- evaluate the group-sparse model and the compressed one on the same questions ----
-    eval_kwargs = dict(batch_size=training_args.per_device_eval_batch_size, n_best_size=data_args.n_best_size,
-                       max_answer_length=data_args.max_answer_length)
     sparse_metrics, sparse_answers = squad.evaluate_squad(trainer.model, eval_examples, eval_features,
                                                           desc="evaluating group-sparse model", **eval_kwargs)
     compressed = trainer.compress()
@@ -262,20 +284,13 @@ def main(argv: list[str] | None = None) -> dict:
 
     # ---- save the compressed model, then the report (last) ----
     out = Path(training_args.output_dir)
-    final, partial = out / "compressed_model", out / "compressed_model.partial"
-    shutil.rmtree(partial, ignore_errors=True)
-    trainer.save_model(str(partial))
-    if final.exists():
-        shutil.rmtree(final)
-    os.replace(partial, final)
-
-    # The compressed model's answers, {question id: text} (the file name HF's run_qa.py uses), so that two runs can be
-    # compared question by question (paired differences) without re-running either model.
-    (out / "eval_predictions.json").write_text(json.dumps(small_answers, indent=1, ensure_ascii=False) + "\n")
+    final = save_model_atomic(trainer, out / "compressed_model")
+    write_predictions(out, small_answers)
 
     before = oto_hf.model_stats(trainer.model, training_args.oto_seq_len, exclude_zero_groups=False)
     after = oto_hf.model_stats(compressed, training_args.oto_seq_len)
     report = {
+        "mode": "oto",
         "model": {"name_or_path": model_args.model_name_or_path, "saved_to": str(final),
                   "before": before.to_dict(), "after": after.to_dict(), "kept": after.ratio_to(before)},
         "quality": {"group_sparse": sparse_metrics, "compressed": small_metrics, "questions": len(sparse_answers),
@@ -283,14 +298,68 @@ def main(argv: list[str] | None = None) -> dict:
         "latency": latency,
         "training": {"train_runtime_s": train_result.metrics.get("train_runtime"), "steps": trainer.state.global_step,
                      "train_loss": train_result.metrics.get("train_loss")},
-        "data": {**data_files, "train_questions": len(train_examples), "train_features": len(train_features),
-                 "eval_questions": len(eval_examples), "eval_features": len(eval_features)},
+        "data": data_report,
         "oto_settings": {k: v for k, v in training_args.to_dict().items() if k.startswith("oto_")},
         "distillation": (None if teacher_path is None else
                          {"teacher": model_args.teacher_model_name_or_path, "alpha": model_args.distillation_alpha,
                           "temperature": model_args.distillation_temperature}),
         "finished_at": time.strftime("%Y-%m-%d %H:%M:%S"),
     }
+    return finish(out, report, trainer)
+
+
+def run_dense(model, tokenizer, train_features, eval_examples, eval_features, eval_kwargs, data_report, model_args,
+              training_args) -> dict:
+    """--dense: fine-tune the full model with the plain `Trainer` and AdamW, evaluate it, save it, report."""
+    trainer = Trainer(model=model, args=training_args, train_dataset=train_features, processing_class=tokenizer,
+                      data_collator=default_data_collator)
+    resume = training_args.resume_from_checkpoint or get_last_checkpoint(training_args.output_dir)
+    if resume:
+        logger.info("resuming from %s", resume)
+    train_result = trainer.train(resume_from_checkpoint=resume)
+    metrics, answers = squad.evaluate_squad(trainer.model, eval_examples, eval_features, desc="evaluating dense model",
+                                            **eval_kwargs)
+    trainer.log({"eval_exact_match": metrics["exact_match"], "eval_f1": metrics["f1"]})
+    out = Path(training_args.output_dir)
+    final = save_model_atomic(trainer, out / "model")
+    write_predictions(out, answers)
+    stats = oto_hf.model_stats(trainer.model, training_args.oto_seq_len).to_dict()
+    optimizer = getattr(trainer.optimizer, "optimizer", trainer.optimizer)  # accelerate wraps it
+    report = {
+        "mode": "dense",
+        "model": {"name_or_path": model_args.model_name_or_path, "saved_to": str(final), "before": stats,
+                  "after": stats, "kept": {key: 1.0 for key in ("total_params", "encoder_params", "encoder_flops")}},
+        "quality": {"dense": metrics, "questions": len(answers)},
+        "latency": None,
+        "training": {"train_runtime_s": train_result.metrics.get("train_runtime"), "steps": trainer.state.global_step,
+                     "train_loss": train_result.metrics.get("train_loss"),
+                     "optimizer": f"{type(optimizer).__module__}.{type(optimizer).__name__}"},
+        "data": data_report,
+        "oto_settings": None,
+        "distillation": None,
+        "finished_at": time.strftime("%Y-%m-%d %H:%M:%S"),
+    }
+    return finish(out, report, trainer)
+
+
+def save_model_atomic(trainer, final: Path) -> Path:
+    """Save the trainer's model and tokenizer to `final` through a .partial folder, so that `final` is always whole."""
+    partial = final.with_name(final.name + ".partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    trainer.save_model(str(partial))
+    if final.exists():
+        shutil.rmtree(final)
+    os.replace(partial, final)
+    return final
+
+
+def write_predictions(out: Path, answers: dict) -> None:
+    # The saved model's answers, {question id: text} (the file name HF's run_qa.py uses), so that two runs can be
+    # compared question by question (paired differences) without re-running either model.
+    (out / "eval_predictions.json").write_text(json.dumps(answers, indent=1, ensure_ascii=False) + "\n")
+
+
+def finish(out: Path, report: dict, trainer) -> dict:
     written = write_report(out, report, trainer.state.log_history)
     print((out / "report.md").read_text())
     print("Written:", ", ".join(str(p) for p in written.values()))

@@ -70,18 +70,21 @@ def _plots(output_dir: Path, report: dict, log_history: list[dict]) -> dict[str,
     ax_loss.plot(steps, [e["loss"] for e in train_logs], color="tab:blue", marker=".", label="training loss")
     ax_loss.set_xlabel("optimizer step")
     ax_loss.set_ylabel("training loss", color="tab:blue")
-    ax_sparsity = ax_loss.twinx()
-    ax_sparsity.plot(steps, [e.get("oto/group_sparsity", 0.0) for e in train_logs], color="tab:red", marker=".",
-                     label="group sparsity")
-    ax_sparsity.plot(steps, [1 - e.get("oto/encoder_flops_kept", 1.0) for e in train_logs], color="tab:orange",
-                     linestyle="--", label="encoder FLOPs removed")
-    ax_sparsity.set_ylabel("fraction", color="tab:red")
-    ax_sparsity.set_ylim(0, 1)
+    if report.get("mode", "oto") == "oto":  # a dense run (--dense) has no sparsity to draw
+        ax_sparsity = ax_loss.twinx()
+        ax_sparsity.plot(steps, [e.get("oto/group_sparsity", 0.0) for e in train_logs], color="tab:red", marker=".",
+                         label="group sparsity")
+        ax_sparsity.plot(steps, [1 - e.get("oto/encoder_flops_kept", 1.0) for e in train_logs], color="tab:orange",
+                         linestyle="--", label="encoder FLOPs removed")
+        ax_sparsity.set_ylabel("fraction", color="tab:red")
+        ax_sparsity.set_ylim(0, 1)
     fig.legend(loc="upper center", ncol=3, fontsize=8)
     fig.tight_layout()
     paths["training"] = folder / "training.png"
     fig.savefig(paths["training"], dpi=120)
     plt.close(fig)
+    if report.get("mode", "oto") != "oto":
+        return paths
 
     before, after = report["model"]["before"], report["model"]["after"]
     layers = list(range(len(after["heads_per_layer"])))
@@ -101,6 +104,8 @@ def _plots(output_dir: Path, report: dict, log_history: list[dict]) -> dict[str,
 
 
 def render_markdown(report: dict) -> str:
+    if report.get("mode", "oto") == "dense":
+        return render_dense_markdown(report)
     q = report["quality"]
     before, after = report["model"]["before"], report["model"]["after"]
 
@@ -161,3 +166,36 @@ def render_markdown(report: dict) -> str:
         "",
     ]
     return "\n".join(lines)
+
+
+def render_dense_markdown(report: dict) -> str:
+    """The report of `run_squad.py --dense`: fine-tuning without pruning, the start and teacher of a pruning run."""
+    q, stats = report["quality"], report["model"]["after"]
+    saved = report["model"]["saved_to"]
+    return "\n".join([
+        "# Dense fine-tuning report",
+        "",
+        f"Model: `{report['model']['name_or_path']}` → `{saved}` (full size, no pruning; optimizer "
+        f"`{report['training']['optimizer']}`)",
+        f"Data: {report['data']['train_questions']} training questions ({report['data']['train_features']} features), "
+        f"{report['data']['eval_questions']} evaluation questions.",
+        "",
+        "## Quality (SQuAD v1.1, official EM/F1)",
+        "",
+        "| model | EM | F1 |",
+        "|---|---|---|",
+        f"| dense | {q['dense']['exact_match']:.2f} | {q['dense']['f1']:.2f} |",
+        "",
+        f"Parameters: {stats['total_params']:,} ({stats['encoder_params']:,} in the encoder); encoder FLOPs / example "
+        f"({stats['seq_len']} tokens): {stats['encoder_flops']:,}.",
+        "",
+        f"Training time: {report['training']['train_runtime_s']:.0f} s for {report['training']['steps']} steps.",
+        "",
+        "## Next: prune it",
+        "",
+        f"Start OTO from this model and distil from it: `python run_squad.py <config> --model_name_or_path {saved} "
+        f"--teacher_model_name_or_path {saved} --output_dir <new folder>`.",
+        "",
+        "![training](plots/training.png)",
+        "",
+    ])

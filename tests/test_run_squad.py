@@ -111,6 +111,48 @@ def test_bad_teacher_or_distillation_settings_are_refused_before_any_work(small_
     assert not (out / "report.json").exists() and not list(out.glob("checkpoint-*"))
 
 
+def test_dense_run_then_pruning_from_it_and_distilling_from_it(small_model_dir, squad_dir, tmp_path):
+    """The dense-start + teacher recipe with the CLI alone: --dense, then OTO from that model, taught by it."""
+    dense_out = tmp_path / "dense"
+    dense = run_squad.main(tiny_argv(small_model_dir, dense_out, squad_dir, dense="true", report_latency_repeats=0))
+    assert dense["mode"] == "dense" and dense["training"]["optimizer"] == "torch.optim.adamw.AdamW"
+    assert json.loads((dense_out / "report.json").read_text())["quality"] == dense["quality"]
+    assert "# Dense fine-tuning report" in (dense_out / "report.md").read_text()
+    assert not (dense_out / "compressed_model").exists() and not (dense_out / "model.partial").exists()
+
+    # Full size and trained: the saved model has every head and neuron, differs from its start, and scores what the
+    # report says.
+    model = AutoModelForQuestionAnswering.from_pretrained(dense_out / "model")
+    start = AutoModelForQuestionAnswering.from_pretrained(small_model_dir)
+    assert model.config.model_type == "bert"
+    assert dense["model"]["after"] == dense["model"]["before"]
+    assert dense["model"]["after"]["heads_per_layer"] == [start.config.num_attention_heads] * 2
+    assert not torch.equal(model.bert.encoder.layer[0].attention.self.query.weight,
+                           start.bert.encoder.layer[0].attention.self.query.weight)
+    raw = squad.load_squad(validation_file=squad_dir / squad.SQUAD_DEV_FILE)
+    examples = squad.sample_questions(raw["validation"], 24, 0)
+    features = squad.tokenize_squad(examples, AutoTokenizer.from_pretrained(dense_out / "model"), "validation",
+                                    max_seq_length=128, doc_stride=32, max_query_length=32)
+    metrics, answers = squad.evaluate_squad(model, examples, features)
+    assert metrics == dense["quality"]["dense"]
+    assert json.loads((dense_out / "eval_predictions.json").read_text()) == answers
+
+    # The second run of the recipe starts from that model and distils from it.
+    pruned = run_squad.main(tiny_argv(dense_out / "model", tmp_path / "oto", squad_dir, report_latency_repeats=0,
+                                      teacher_model_name_or_path=dense_out / "model"))
+    assert pruned["mode"] == "oto" and pruned["distillation"]["teacher"] == str(dense_out / "model")
+    assert abs(1 - pruned["model"]["kept"]["encoder_flops"] - 0.3) <= 0.01
+    assert pruned["quality"]["identical_predictions"] is True
+
+
+def test_dense_run_with_a_teacher_is_refused_before_any_work(small_model_dir, squad_dir, tmp_path):
+    out = tmp_path / "run"
+    with pytest.raises(run_squad.RunError, match="--dense fine-tunes the full model without a teacher"):
+        run_squad.main(tiny_argv(small_model_dir, out, squad_dir, dense="true",
+                                 teacher_model_name_or_path=small_model_dir))
+    assert not (out / "report.json").exists() and not list(out.glob("checkpoint-*"))
+
+
 def write_gz(path, data):
     with gzip.open(path, "wt", encoding="utf-8") as f:
         f.write(data if isinstance(data, str) else json.dumps(data))
