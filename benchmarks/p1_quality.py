@@ -1196,8 +1196,9 @@ def comparison_pairs(results: list[dict]) -> list[tuple[str, str]]:
     names = {r["method"] for r in results}
     pairs = [(r["method"], dense) for r in results
              if (dense := same_seed("dense", r["method"])) != r["method"] and dense in names]
-    pairs += [(r["method"], dense) for r in results
-              if (dense := MORE_DATA_REFERENCE.get(r["method"])) and dense in names]
+    pairs += [(r["method"], dense) for r in results  # a seeded more-data run against the same seed's dense8k
+              if (ref := MORE_DATA_REFERENCE.get(split_seed(r["method"])[0]))
+              and (dense := same_seed(ref, r["method"])) in names]
     for r in results:
         if trains_on_more_data(r["method"]):  # trained on other questions than the peers: compared with dense8k
             continue

@@ -296,6 +296,11 @@ def test_more_data_points_train_twice_the_questions_for_half_the_epochs_and_are_
     assert ("oto50zerouniform8k", "dense8k") in pairs and ("dense8k", "dense") in pairs
     # the peer trained on the 4,000 questions: not a pair for a run on 8,000
     assert ("oto50zerouniform8k", "tp50") not in pairs
+    # a seed of the more-data run is compared with the same seed's more-data dense run
+    seeded = [dict(r, method=p1_quality.with_seed(r["method"], 1)) for r in results]
+    seeded_pairs = p1_quality.comparison_pairs(results + seeded)
+    assert ("oto50zerouniform8kseed1", "dense8kseed1") in seeded_pairs
+    assert ("oto50zerouniform8kseed1", "dense8k") not in seeded_pairs
     # --smoke doubles its own few questions instead of training on 8,000
     smoke = p1_quality.Ctx(smoke=True, results=tmp_path / "smoke")
     assert p1_quality.more_data_options(smoke, tmp_path / "run") == ("--max_train_samples", "96",
