@@ -253,6 +253,25 @@ def test_fromdense_and_distilled_points_name_the_same_seeds_dense_model_and_chan
             assert _differing(settings, reference.to_dict()) == set(), variant
 
 
+def test_the_strong_teacher_point_is_the_recipe_with_alpha_0_9_and_nothing_else(tmp_path):
+    import run_squad
+    import p1_quality
+
+    ctx = p1_quality.Ctx(smoke=False, results=tmp_path)
+    _stand_in_dense_models(tmp_path)
+    for seed in (None, 1):
+        strong, recipe = (run_squad.parse_arguments(p1_quality.oto_argv(ctx, p1_quality.with_seed(m, seed), tmp_path / "run"))
+                          for m in ("oto50zerouniformfromdensekdalpha09", "oto50zerouniformfromdensekd"))
+        assert strong[0].distillation_alpha == 0.9 and recipe[0].distillation_alpha == 0.5
+        strong_model, recipe_model = dataclasses.asdict(strong[0]), dataclasses.asdict(recipe[0])
+        assert {k for k, v in strong_model.items() if recipe_model[k] != v} == {"distillation_alpha"}
+        assert _differing(strong[2], recipe[2].to_dict()) == set()
+    results = [{"method": "oto50zerouniformfromdensekdalpha09seed1", "family": "oto_variant", "target_flops_removed": 0.5},
+               {"method": "tp50kdseed1", "family": "tp_variant"}, {"method": "denseseed1", "family": "dense"}]
+    assert {("oto50zerouniformfromdensekdalpha09seed1", "tp50kdseed1"),
+            ("oto50zerouniformfromdensekdalpha09seed1", "denseseed1")} <= set(p1_quality.comparison_pairs(results))
+
+
 def test_a_distilled_peer_follows_the_distilled_oto_run_and_is_compared_with_it():
     import p1_quality
 
