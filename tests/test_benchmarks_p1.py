@@ -1,6 +1,7 @@
 """Checks of the P1 benchmark script (benchmarks/p1_quality.py, benchmarks/p1_peer.py) that need no training."""
 
 import dataclasses
+import json
 import sys
 from pathlib import Path
 
@@ -25,6 +26,23 @@ def test_settings_come_from_the_p1_yaml(tmp_path):
     assert data_args.max_train_samples == 4000 and data_args.max_eval_samples == 1000
     assert data_args.max_seq_length == 256 and data_args.eval_max_seq_length == 384
     assert oto["oto_target"] == "0.5"
+
+
+def test_the_clis_dense_mode_is_the_benchmarks_dense_baseline(tmp_path, squad_dir):
+    """`run_squad.py <P1 config> --dense --optim adamw_torch` trains the model P1's dense method trains (smoke
+    scale: real MiniLM layers, real questions), so the recipe run with the CLI starts from P1's dense baseline."""
+    import run_squad
+    import p1_quality
+
+    ctx = p1_quality.Ctx(smoke=True, results=tmp_path / "p1")
+    benchmark = p1_quality.run_dense(ctx, "dense")  # first: it sets the thread count both then train with
+    cli = run_squad.main(p1_quality.yaml_argv(ctx, "--dense", "--optim", "adamw_torch", "--output_dir",
+                                              str(tmp_path / "cli"), "--report_latency_repeats", "0"))
+    assert cli["training"]["steps"] == benchmark["training"]["steps"] > 0
+    assert cli["training"]["train_loss"] == benchmark["training"]["train_loss"]
+    assert cli["quality"]["dense"] == benchmark["quality"]
+    assert json.loads((tmp_path / "cli" / "eval_predictions.json").read_text()) == \
+        json.loads((tmp_path / "p1" / "dense" / p1_quality.PREDICTIONS).read_text())
 
 
 def _tiny_qa(seed=0):
