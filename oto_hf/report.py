@@ -113,16 +113,7 @@ def render_markdown(report: dict) -> str:
         return f"{after[key] / before[key]:.1%}" if before[key] else "n/a"
 
     lines = [
-        "# OTO run report",
-        "",
-        f"Model: `{report['model']['name_or_path']}` → `{report['model']['saved_to']}`",
-        f"Data: {report['data']['train_questions']} training questions ({report['data']['train_features']} features), "
-        f"{report['data']['eval_questions']} evaluation questions.",
-        "",
-        "## Quality (SQuAD v1.1, official EM/F1)",
-        "",
-        "| model | EM | F1 |",
-        "|---|---|---|",
+        *_report_head(report, "OTO run report"),
         f"| group-sparse (trained, full size) | {q['group_sparse']['exact_match']:.2f} | {q['group_sparse']['f1']:.2f} |",
         f"| compressed | {q['compressed']['exact_match']:.2f} | {q['compressed']['f1']:.2f} |",
         "",
@@ -173,17 +164,8 @@ def render_dense_markdown(report: dict) -> str:
     q, stats = report["quality"], report["model"]["after"]
     saved = report["model"]["saved_to"]
     return "\n".join([
-        "# Dense fine-tuning report",
-        "",
-        f"Model: `{report['model']['name_or_path']}` → `{saved}` (full size, no pruning; optimizer "
-        f"`{report['training']['optimizer']}`)",
-        f"Data: {report['data']['train_questions']} training questions ({report['data']['train_features']} features), "
-        f"{report['data']['eval_questions']} evaluation questions.",
-        "",
-        "## Quality (SQuAD v1.1, official EM/F1)",
-        "",
-        "| model | EM | F1 |",
-        "|---|---|---|",
+        *_report_head(report, "Dense fine-tuning report",
+                      f" (full size, no pruning; optimizer `{report['training']['optimizer']}`)"),
         f"| dense | {q['dense']['exact_match']:.2f} | {q['dense']['f1']:.2f} |",
         "",
         f"Parameters: {stats['total_params']:,} ({stats['encoder_params']:,} in the encoder); encoder FLOPs / example "
@@ -199,3 +181,19 @@ def render_dense_markdown(report: dict) -> str:
         "![training](plots/training.png)",
         "",
     ])
+
+
+def _report_head(report: dict, title: str, model_note: str = "") -> list[str]:
+    """Title, model, data and the head of the quality table: the same in both kinds of report."""
+    return [
+        f"# {title}",
+        "",
+        f"Model: `{report['model']['name_or_path']}` → `{report['model']['saved_to']}`{model_note}",
+        f"Data: {report['data']['train_questions']} training questions ({report['data']['train_features']} features), "
+        f"{report['data']['eval_questions']} evaluation questions.",
+        "",
+        "## Quality (SQuAD v1.1, official EM/F1)",
+        "",
+        "| model | EM | F1 |",
+        "|---|---|---|",
+    ]
