@@ -260,10 +260,7 @@ def main(argv: list[str] | None = None) -> dict:
         )
     except ValueError as error:  # e.g. a teacher with another vocabulary
         raise RunError(str(error)) from error
-    resume = training_args.resume_from_checkpoint or get_last_checkpoint(training_args.output_dir)
-    if resume:
-        logger.info("resuming from %s", resume)
-    train_result = trainer.train(resume_from_checkpoint=resume)
+    train_result = train_resuming(trainer, training_args)
 
     # ---- evaluate the group-sparse model and the compressed one on the same questions ----
     sparse_metrics, sparse_answers = squad.evaluate_squad(trainer.model, eval_examples, eval_features,
@@ -313,22 +310,19 @@ def run_dense(model, tokenizer, train_features, eval_examples, eval_features, ev
     """--dense: fine-tune the full model with the plain `Trainer` and AdamW, evaluate it, save it, report."""
     trainer = Trainer(model=model, args=training_args, train_dataset=train_features, processing_class=tokenizer,
                       data_collator=default_data_collator)
-    resume = training_args.resume_from_checkpoint or get_last_checkpoint(training_args.output_dir)
-    if resume:
-        logger.info("resuming from %s", resume)
-    train_result = trainer.train(resume_from_checkpoint=resume)
+    train_result = train_resuming(trainer, training_args)
     metrics, answers = squad.evaluate_squad(trainer.model, eval_examples, eval_features, desc="evaluating dense model",
                                             **eval_kwargs)
     trainer.log({"eval_exact_match": metrics["exact_match"], "eval_f1": metrics["f1"]})
     out = Path(training_args.output_dir)
     final = save_model_atomic(trainer, out / "model")
     write_predictions(out, answers)
-    stats = oto_hf.model_stats(trainer.model, training_args.oto_seq_len).to_dict()
+    stats = oto_hf.model_stats(trainer.model, training_args.oto_seq_len)
     optimizer = getattr(trainer.optimizer, "optimizer", trainer.optimizer)  # accelerate wraps it
     report = {
         "mode": "dense",
-        "model": {"name_or_path": model_args.model_name_or_path, "saved_to": str(final), "before": stats,
-                  "after": stats, "kept": {key: 1.0 for key in ("total_params", "encoder_params", "encoder_flops")}},
+        "model": {"name_or_path": model_args.model_name_or_path, "saved_to": str(final), "before": stats.to_dict(),
+                  "after": stats.to_dict(), "kept": stats.ratio_to(stats)},
         "quality": {"dense": metrics, "questions": len(answers)},
         "latency": None,
         "training": {"train_runtime_s": train_result.metrics.get("train_runtime"), "steps": trainer.state.global_step,
@@ -340,6 +334,14 @@ def run_dense(model, tokenizer, train_features, eval_examples, eval_features, ev
         "finished_at": time.strftime("%Y-%m-%d %H:%M:%S"),
     }
     return finish(out, report, trainer)
+
+
+def train_resuming(trainer, training_args):
+    """Train, resuming from --resume_from_checkpoint or else the last checkpoint in --output_dir (if any)."""
+    resume = training_args.resume_from_checkpoint or get_last_checkpoint(training_args.output_dir)
+    if resume:
+        logger.info("resuming from %s", resume)
+    return trainer.train(resume_from_checkpoint=resume)
 
 
 def save_model_atomic(trainer, final: Path) -> Path:

@@ -70,7 +70,8 @@ def _plots(output_dir: Path, report: dict, log_history: list[dict]) -> dict[str,
     ax_loss.plot(steps, [e["loss"] for e in train_logs], color="tab:blue", marker=".", label="training loss")
     ax_loss.set_xlabel("optimizer step")
     ax_loss.set_ylabel("training loss", color="tab:blue")
-    if report.get("mode", "oto") == "oto":  # a dense run (--dense) has no sparsity to draw
+    pruned = report.get("mode", "oto") == "oto"  # a dense run (--dense) has no sparsity and no layers to draw
+    if pruned:
         ax_sparsity = ax_loss.twinx()
         ax_sparsity.plot(steps, [e.get("oto/group_sparsity", 0.0) for e in train_logs], color="tab:red", marker=".",
                          label="group sparsity")
@@ -83,7 +84,7 @@ def _plots(output_dir: Path, report: dict, log_history: list[dict]) -> dict[str,
     paths["training"] = folder / "training.png"
     fig.savefig(paths["training"], dpi=120)
     plt.close(fig)
-    if report.get("mode", "oto") != "oto":
+    if not pruned:
         return paths
 
     before, after = report["model"]["before"], report["model"]["after"]
