@@ -65,6 +65,11 @@ class ModelArguments:
     distillation_temperature: float = field(
         default=2.0, metadata={"help": "With a teacher: softmax temperature T > 0 of the distillation term."}
     )
+    distillation_hidden_weight: float = field(
+        default=0.0,
+        metadata={"help": "With a teacher: weight beta >= 0 of a hidden-state term added to the loss, each encoder "
+                  "layer's output pulled toward the teacher's (relative squared error, mean over layers); 0: none."},
+    )
 
 
 @dataclass
@@ -214,7 +219,8 @@ def main(argv: list[str] | None = None) -> dict:
         check_model(teacher_path, what="--teacher_model_name_or_path")
         try:
             oto_hf.distillation.check_distillation_settings(model_args.distillation_alpha,
-                                                            model_args.distillation_temperature)
+                                                            model_args.distillation_temperature,
+                                                            model_args.distillation_hidden_weight)
         except ValueError as error:
             raise RunError(str(error)) from error
     data_files = resolve_data_files(data_args)
@@ -252,7 +258,8 @@ def main(argv: list[str] | None = None) -> dict:
         teacher = AutoModelForQuestionAnswering.from_pretrained(teacher_path,
                                                                 attn_implementation=model_args.attn_implementation)
         distillation = dict(teacher_model=teacher, distillation_alpha=model_args.distillation_alpha,
-                            distillation_temperature=model_args.distillation_temperature)
+                            distillation_temperature=model_args.distillation_temperature,
+                            distillation_hidden_weight=model_args.distillation_hidden_weight)
     try:
         trainer = oto_hf.OTOTrainer(
             model=model, args=training_args, train_dataset=train_features, processing_class=tokenizer,
@@ -299,7 +306,8 @@ def main(argv: list[str] | None = None) -> dict:
         "oto_settings": {k: v for k, v in training_args.to_dict().items() if k.startswith("oto_")},
         "distillation": (None if teacher_path is None else
                          {"teacher": model_args.teacher_model_name_or_path, "alpha": model_args.distillation_alpha,
-                          "temperature": model_args.distillation_temperature}),
+                          "temperature": model_args.distillation_temperature,
+                          "hidden_weight": model_args.distillation_hidden_weight}),
         "finished_at": time.strftime("%Y-%m-%d %H:%M:%S"),
     }
     return finish(out, report, trainer)

@@ -27,6 +27,9 @@ method resumes from its last Trainer checkpoint):
                    (tp50kdseed1, run before it, followed oto50zerouniformkdseed1's: PEER_MATCHED_TO).
 * oto50zerouniformfromdensekdalpha09 (and its seeds)  that recipe at 50% with the distillation weight alpha 0.9
                    instead of 0.5 (STRONG_TEACHER); compared with tp50kd, which keeps 0.5.
+* oto50zerouniformfromdensekdhidden, tp50kdhidden (and their seeds)  the recipe on both sides (as
+                   oto50zerouniformfromdensekd / tp50kd) plus the hidden-state term, weight 1 (LAYER_DISTILLED:
+                   `--distillation_hidden_weight 1` for OTO, the same weight in the peer's DistillationTrainer).
 * dense8k, oto50zerouniform8k  dense and today's OTO defaults at 50% on twice the questions (8,000, the same seeded
                    sample: the 4,000 plus 4,000 more) for one epoch instead of two: about the same 550 steps, so the same
                    compute, with no question seen twice (more_data_options). oto50zerouniform8k is compared with dense8k.
@@ -88,6 +91,7 @@ import copy
 import dataclasses
 import json
 import os
+import re
 import shlex
 import shutil
 import sys
@@ -161,6 +165,16 @@ FROM_DENSE_DISTILLED = ("oto50zerouniformfromdensekd", "oto70zerouniformfromdens
 # the 4,000 questions it sees for the 3rd and 4th time (task loss 1.5 both with and without it, dev F1 2.8 higher with
 # it): a heavier teacher term tests whether more of that helps. The peer (tp50kd) keeps alpha 0.5.
 STRONG_TEACHER = ("oto50zerouniformfromdensekdalpha09",)
+# oto50zerouniformfromdensekdhidden / tp50kdhidden: the recipe on both sides plus layer distillation (TinyBERT, CoFi):
+# each encoder layer's output pulled toward the teacher's, weight 1 on the relative squared error
+# (oto_hf.distillation.hidden_state_loss). Probed on 32 training features (eval mode), the recipe's OTO50 (seed 1) ends
+# with its layer outputs 6-27% (relative squared error, layers 1-6) away from its teacher's, the logit term at 0.2-0.3:
+# weight 1 puts the two terms on the same scale. Pruning heads and neurons keeps the hidden size, so no projection is
+# learned. OTO shrinks its redundant groups over each period; with the layer term, the groups that stay are told at
+# every layer what the shrinking ones did, where the logit term tells them only at the output.
+LAYER_DISTILLED = ("oto50zerouniformfromdensekdhidden",)
+LAYER_DISTILLED_PEERS = ("tp50kdhidden",)
+HIDDEN_WEIGHT = 1.0
 # dense8k / oto50zerouniform8k: OTO50 stays 3-4 F1 below dense whatever the steps (x2), the start (fromdense) or a
 # teacher (kd); its train loss falls to 0.7 in 1,100 steps over the 4,000 questions, with no dev gain. The paper trains
 # on all 87,599. Twice the questions for half the epochs keeps the compute and tests whether the gap is a small-data
@@ -176,7 +190,7 @@ SEEDS = (1, 2)
 SEEDED_METHODS = ("dense", "oto50", "tp50", "oto50zero", "oto50floor", "oto50zerofloor", "oto50uniform", "tp70",
                   "oto70zerofloor", "oto70zerouniform", "oto50zerouniform", "oto30zerouniform", "oto30zerofloor", "tp30",
                   "oto50zerouniformfromdense", "oto70zerouniformfromdense", *DISTILLED, *DISTILLED_PEERS,
-                  *FROM_DENSE_DISTILLED, *STRONG_TEACHER)
+                  *FROM_DENSE_DISTILLED, *STRONG_TEACHER, *LAYER_DISTILLED, *LAYER_DISTILLED_PEERS)
 # oto<N>zerouniformfromdense: the peer starts from the dense fine-tuned model, which has had 550 steps, and OTO from the
 # pretrained checkpoint; at equal steps from there OTO trails the peer's 1,100 in the train loss (1.9 against 1.5 at
 # 70% removed), and a shorter pruning window did not help (oto70zerouniformshort). Started from the same fine-tuned
@@ -204,12 +218,12 @@ def is_dense(method: str) -> bool:
 
 def starts_from_dense(method: str) -> bool:
     """Whether the OTO `method` starts from its seed's dense fine-tuned model instead of the pretrained checkpoint."""
-    return split_seed(method)[0] in (*FROM_DENSE, *FROM_DENSE_DISTILLED, *STRONG_TEACHER)
+    return split_seed(method)[0] in (*FROM_DENSE, *FROM_DENSE_DISTILLED, *STRONG_TEACHER, *LAYER_DISTILLED)
 
 
 def is_distilled(method: str) -> bool:
     """Whether the OTO `method` distils from its seed's dense fine-tuned model."""
-    return split_seed(method)[0] in (*DISTILLED, *FROM_DENSE_DISTILLED, *STRONG_TEACHER)
+    return split_seed(method)[0] in (*DISTILLED, *FROM_DENSE_DISTILLED, *STRONG_TEACHER, *LAYER_DISTILLED)
 
 
 def trains_on_more_data(method: str) -> bool:
@@ -256,6 +270,8 @@ OTO_METHODS = {"oto30": (0.3, 1, BALANCED + NO_FLOOR + FIRST_STEP),
                "oto50zerouniformfromdensekd": (0.5, 1, ZERO_INIT + UNIFORM + FLOOR),
                "oto70zerouniformfromdensekd": (0.7, 1, ZERO_INIT + UNIFORM + FLOOR),
                "oto50zerouniformfromdensekdalpha09": (0.5, 1, ZERO_INIT + UNIFORM + FLOOR + ("--distillation_alpha", "0.9")),
+               "oto50zerouniformfromdensekdhidden": (0.5, 1, ZERO_INIT + UNIFORM + FLOOR + (
+                   "--distillation_hidden_weight", f"{HIDDEN_WEIGHT:g}")),
                "oto50zerouniform8k": (0.5, 1, ZERO_INIT + UNIFORM + FLOOR)}
 # An OTO method's seed variant: its settings with the seed option in front.
 OTO_METHODS.update({with_seed(m, s): (target, epochs, seed_option(s) + options) for m in SEEDED_METHODS
@@ -264,7 +280,8 @@ METHODS = ["dense", "oto30", "oto50", "oto70", "tp30", "tp50", "tp70", "oto50x2"
            "oto70uniform", "oto50floor", "oto70floor", "oto50late", "oto50hold", "oto50zero",
            "oto50zerofloor", "oto70zerofloor", "oto70zerouniform", "oto50zerouniform",
            "oto70zerouniformshort", "oto30zerofloor", "oto30zerouniform", "oto50zerouniformx2", "oto70zerouniformx2",
-           *FROM_DENSE, *DISTILLED, *DISTILLED_PEERS, *FROM_DENSE_DISTILLED, *STRONG_TEACHER, *MORE_DATA_DENSE, *MORE_DATA_REFERENCE,
+           *FROM_DENSE, *DISTILLED, *DISTILLED_PEERS, *FROM_DENSE_DISTILLED, *STRONG_TEACHER, *LAYER_DISTILLED,
+           *LAYER_DISTILLED_PEERS, *MORE_DATA_DENSE, *MORE_DATA_REFERENCE,
            *(with_seed(m, s) for s in SEEDS for m in SEEDED_METHODS)]
 LATENCY = dict(batch_size=32, seq_len=384, repeats=5)
 SCRIPT = "python benchmarks/p1_quality.py"
@@ -525,10 +542,12 @@ def read_result(ctx: Ctx, method: str) -> dict | None:
 # ----------------------------------------------------------------------------------------------------------------
 
 
-def train_adamw(model, train_args, data, run_dir: Path, max_steps: int | None = None, teacher=None):
+def train_adamw(model, train_args, data, run_dir: Path, max_steps: int | None = None, teacher=None,
+                hidden_weight: float = 0.0):
     """Plain `Trainer` (optim adamw_torch = torch.optim.AdamW, same decay/no-decay groups as OTOTrainer), linear
     schedule with warm-up from the YAML. Resumes from the last checkpoint in run_dir. With a teacher,
-    `oto_hf.DistillationTrainer` (the same Trainer plus the distillation term, run_squad's default alpha and T)."""
+    `oto_hf.DistillationTrainer` (the same Trainer plus the distillation term, run_squad's default alpha and T, and
+    the hidden-state term with weight `hidden_weight`)."""
     from dataclasses import replace
 
     from transformers import Trainer, default_data_collator
@@ -544,7 +563,8 @@ def train_adamw(model, train_args, data, run_dir: Path, max_steps: int | None = 
         defaults = run_squad.ModelArguments()
         trainer = oto_hf.DistillationTrainer(**common, teacher_model=teacher,
                                              distillation_alpha=defaults.distillation_alpha,
-                                             distillation_temperature=defaults.distillation_temperature)
+                                             distillation_temperature=defaults.distillation_temperature,
+                                             distillation_hidden_weight=hidden_weight)
     resume = get_last_checkpoint(str(run_dir)) if run_dir.exists() else None
     if resume:
         log(f"resuming from {resume}")
@@ -727,10 +747,12 @@ from p1_peer import prune_peer  # noqa: E402  (kept in its own module: the Torch
 # A distilled peer follows the OTO run with the same recipe, oto<N>zerouniformfromdensekd (dense start and teacher,
 # FROM_DENSE_DISTILLED), except tp50kdseed1, which ran before that method existed and followed oto50zerouniformkdseed1
 # (its result.json says so); both are 550 steps at the same FLOPs target, so it is the same peer run either way.
+# The layer-distilled peer (tp50kdhidden) follows the layer-distilled OTO run (LAYER_DISTILLED).
 PEER_MATCHED_TO = {with_seed(tp, s): with_seed(oto, s)
                    for tp, oto, seeds in (("tp70", "oto70zerofloor", SEEDS), ("tp30", "oto30zerouniform", (None, *SEEDS)),
                                           *((tp, oto, (None, *SEEDS))
-                                            for tp, oto in zip(DISTILLED_PEERS, FROM_DENSE_DISTILLED)))
+                                            for tp, oto in zip((*DISTILLED_PEERS, *LAYER_DISTILLED_PEERS),
+                                                               (*FROM_DENSE_DISTILLED, *LAYER_DISTILLED))))
                    for s in seeds}
 PEER_MATCHED_TO["tp50kdseed1"] = "oto50zerouniformkdseed1"
 
@@ -752,8 +774,9 @@ def run_tp(ctx: Ctx, method: str, allow_without_oto: bool) -> dict:
     from transformers import set_seed
 
     base, seed = split_seed(method)
-    distilled = base in DISTILLED_PEERS
-    target = int(base[2:].removesuffix("kd")) / 100
+    layer_distilled = base in LAYER_DISTILLED_PEERS
+    distilled = base in DISTILLED_PEERS or layer_distilled
+    target = int(re.match(r"tp(\d+)", base).group(1)) / 100
     dense_method = with_seed("dense", seed)
     mdir = ctx.method_dir(method)
     run_dir = mdir / "run"
@@ -788,7 +811,8 @@ def run_tp(ctx: Ctx, method: str, allow_without_oto: bool) -> dict:
         model = load_model(pruned_dir).train()  # from disk, so a resumed run starts from exactly the same weights
     set_seed(train_args.seed)
     teacher = load_model(dense_dir) if distilled else None  # the model it was pruned from
-    trainer, training = train_adamw(model, train_args, data, run_dir, max_steps=steps, teacher=teacher)
+    trainer, training = train_adamw(model, train_args, data, run_dir, max_steps=steps, teacher=teacher,
+                                    hidden_weight=HIDDEN_WEIGHT if layer_distilled else 0.0)
     model = trainer.model
     save_model_atomic(model, data["tokenizer"], mdir / "model")
     metrics, answers = evaluate(model, data, data_args, train_args, f"evaluating {method}")
@@ -797,7 +821,8 @@ def run_tp(ctx: Ctx, method: str, allow_without_oto: bool) -> dict:
     st = stats_dict(model)
     lat = measure_latency(ctx, model, data["tokenizer"].vocab_size)
     return {
-        "label": pruning["label"] + (", retrained with distillation from the dense model" if distilled else ""),
+        "label": pruning["label"] + (", retrained with distillation from the dense model" if distilled else "") + (
+            f" (and its layer outputs, weight {HIDDEN_WEIGHT:g})" if layer_distilled else ""),
         "family": "tp_variant" if distilled else "tp", "criterion": pruning["criterion"],
         "target_flops_kept": oto_flops_kept, "matched_to": oto, "pruned_from": dense_method,
         "command": f"{SCRIPT} --methods {method}{ctx.cli_suffix()}",
@@ -1212,7 +1237,8 @@ def comparison_pairs(results: list[dict]) -> list[tuple[str, str]]:
             continue
         if r["family"] in ("oto", "oto_variant"):
             target = round(100 * r["target_flops_removed"])
-            peers = [f"tp{target}"] + ([f"tp{target}kd"] if is_distilled(r["method"]) else [])
+            peers = [f"tp{target}"] + ([f"tp{target}kd"] if is_distilled(r["method"]) else []) + (
+                [f"tp{target}kdhidden"] if split_seed(r["method"])[0] in LAYER_DISTILLED else [])
             pairs += [(r["method"], peer) for peer in (same_seed(p, r["method"]) for p in peers) if peer in names]
     return pairs
 

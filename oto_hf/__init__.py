@@ -15,7 +15,7 @@ from transformers import AutoConfig
 
 from .compress import compress, kept_indices
 from .configuration_oto_bert import OTOBertConfig
-from .distillation import DistillationTrainer, distillation_loss
+from .distillation import DistillationTrainer, distillation_loss, hidden_state_loss
 from .groups import GroupedTensor, UnsupportedModelError, ZeroInvariantGroups, zero_invariant_groups
 from .hspg import HSPG
 from .modeling_oto_bert import (
@@ -69,6 +69,7 @@ __all__ = [
     "ZeroInvariantGroups",
     "compress",
     "distillation_loss",
+    "hidden_state_loss",
     "kept_indices",
     "model_stats",
     "zero_invariant_groups",

@@ -172,8 +172,8 @@ class OTOTrainingArguments(TrainingArguments):
 class OTOTrainer(DistillationMixin, Trainer):
     """A `Trainer` whose optimizer is HSPG over the model's zero-invariant groups.
 
-    * `teacher_model=` (with `distillation_alpha=`, `distillation_temperature=`) adds a distillation term from a
-      trained dense model to the task loss; see `oto_hf.distillation`.
+    * `teacher_model=` (with `distillation_alpha=`, `distillation_temperature=`, `distillation_hidden_weight=`) adds a
+      distillation term from a trained dense model to the task loss; see `oto_hf.distillation`.
 
     * `trainer.compress()` returns the compressed model at any time (the trained model is left untouched).
     * `save_model()` (and so the end of `run_squad.py`, `push_to_hub()`) writes the compressed model with a model card;

@@ -290,6 +290,56 @@ def test_the_strong_teacher_point_is_the_recipe_with_alpha_0_9_and_nothing_else(
             ("oto50zerouniformfromdensekdalpha09seed1", "denseseed1")} <= set(p1_quality.comparison_pairs(results))
 
 
+def test_the_layer_distilled_pair_is_the_recipe_plus_the_hidden_term_on_both_sides(tmp_path, monkeypatch):
+    import run_squad
+    import p1_quality
+
+    ctx = p1_quality.Ctx(smoke=False, results=tmp_path)
+    _stand_in_dense_models(tmp_path)
+    for seed in (None, 1):
+        hidden, recipe = (run_squad.parse_arguments(p1_quality.oto_argv(ctx, p1_quality.with_seed(m, seed), tmp_path / "run"))
+                          for m in ("oto50zerouniformfromdensekdhidden", "oto50zerouniformfromdensekd"))
+        assert hidden[0].distillation_hidden_weight == p1_quality.HIDDEN_WEIGHT > 0 == recipe[0].distillation_hidden_weight
+        hidden_model, recipe_model = dataclasses.asdict(hidden[0]), dataclasses.asdict(recipe[0])
+        assert {k for k, v in hidden_model.items() if recipe_model[k] != v} == {"distillation_hidden_weight"}
+        assert _differing(hidden[2], recipe[2].to_dict()) == set()
+        peer, oto = p1_quality.with_seed("tp50kdhidden", seed), p1_quality.with_seed("oto50zerouniformfromdensekdhidden", seed)
+        assert p1_quality.PEER_MATCHED_TO[peer] == oto and peer in p1_quality.METHODS
+        results = [{"method": oto, "family": "oto_variant", "target_flops_removed": 0.5},
+                   {"method": p1_quality.with_seed("oto50zerouniformfromdensekd", seed), "family": "oto_variant",
+                    "target_flops_removed": 0.5},
+                   {"method": peer, "family": "tp_variant"}, {"method": p1_quality.with_seed("tp50kd", seed), "family": "tp_variant"}]
+        pairs = set(p1_quality.comparison_pairs(results))
+        assert {(oto, peer), (oto, p1_quality.with_seed("tp50kd", seed))} <= pairs
+        assert (p1_quality.with_seed("oto50zerouniformfromdensekd", seed), peer) not in pairs
+    # The peer's retraining gets the same weight: run_tp hands it to train_adamw (stopped there, before training).
+    seen = {}
+
+    class Stop(Exception):
+        pass
+
+    class StandIn(str):  # a model folder's name that answers .train() like a model
+        def train(self):
+            return self
+
+    def fake_train_adamw(model, train_args, data, run_dir, max_steps=None, teacher=None, hidden_weight=0.0):
+        seen.update(max_steps=max_steps, teacher=teacher, hidden_weight=hidden_weight)
+        raise Stop
+
+    for name, value in dict(train_adamw=fake_train_adamw, load_data=lambda *a, **k: {"model_path": None},
+                            dense_reference_stats=lambda path: None, load_model=lambda path: StandIn(f"model at {path}"),
+                            read_result=lambda ctx, m: {"training": {"steps": 550}, "kept": {"encoder_flops": 0.5}}
+                            ).items():
+        monkeypatch.setattr(p1_quality, name, value)
+    (tmp_path / "tp50kdhiddenseed1" / "pruned_model").mkdir(parents=True)  # as if it had been cut already
+    (tmp_path / "tp50kdhiddenseed1" / "pruned_model" / "config.json").write_text("{}")
+    (tmp_path / "tp50kdhiddenseed1" / "pruning.json").write_text('{"label": "stand-in"}')
+    with pytest.raises(Stop):
+        p1_quality.run_tp(ctx, "tp50kdhiddenseed1", allow_without_oto=False)
+    assert seen == dict(max_steps=550, teacher=f"model at {tmp_path / 'denseseed1' / 'model'}",
+                        hidden_weight=p1_quality.HIDDEN_WEIGHT)
+
+
 def test_a_distilled_peer_follows_the_distilled_oto_run_and_is_compared_with_it():
     import p1_quality
 

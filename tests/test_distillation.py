@@ -10,8 +10,8 @@ import torch
 from transformers import BertForQuestionAnswering, TrainingArguments
 from transformers.modeling_outputs import QuestionAnsweringModelOutput, SequenceClassifierOutput
 
-from oto_hf import DistillationTrainer, OTOTrainer, distillation_loss
-from test_trainer import make_args, small_bert, squad_sample  # noqa: F401  (squad_sample is a fixture)
+from oto_hf import DistillationTrainer, OTOTrainer, compress, distillation_loss, hidden_state_loss, zero_invariant_groups
+from test_trainer import SEQ, make_args, small_bert, squad_sample  # noqa: F401  (squad_sample is a fixture)
 
 
 def qa_outputs(start, end):
@@ -51,6 +51,54 @@ def test_classification_logits_and_clear_errors():
         distillation_loss(student, wrong, 1.0)
     with pytest.raises(ValueError, match="none of"):
         distillation_loss({"hidden": torch.zeros(2)}, teacher, 1.0)
+
+
+def test_hidden_term_is_the_relative_squared_error_of_each_layer_over_the_kept_tokens():
+    generator = torch.Generator().manual_seed(0)
+    teacher = tuple(torch.randn(2, 3, 4, generator=generator) for _ in range(3))  # embeddings, layer 1, layer 2
+    student = tuple(torch.randn(2, 3, 4, generator=generator) for _ in range(3))
+    mask = torch.tensor([[1, 1, 1], [1, 1, 0]])  # the second example's last token is padding
+
+    def relative_error(s, t):  # one layer, written out token by token
+        error = scale = 0.0
+        for b in range(2):
+            for i in range(3):
+                if mask[b, i]:
+                    error += sum((s[b, i, d].item() - t[b, i, d].item()) ** 2 for d in range(4))
+                    scale += sum(t[b, i, d].item() ** 2 for d in range(4))
+        return error / scale
+
+    expected = (relative_error(student[1], teacher[1]) + relative_error(student[2], teacher[2])) / 2
+    assert hidden_state_loss(student, teacher, mask).item() == pytest.approx(expected, rel=1e-5)
+    # Neither the embeddings' output nor a padding token counts; a student equal to its teacher pays nothing.
+    moved = (student[0] + 10.0, student[1].clone(), student[2].clone())
+    moved[1][1, 2] += 5.0
+    moved[2][1, 2] -= 3.0
+    assert hidden_state_loss(moved, teacher, mask).item() == pytest.approx(expected, rel=1e-5)
+    assert hidden_state_loss(teacher, teacher, mask).item() == 0.0
+    # Without a mask every token counts (here: the padding token changes the value).
+    assert hidden_state_loss(moved, teacher).item() != pytest.approx(expected, rel=1e-3)
+    with pytest.raises(ValueError, match="layer l of the student with layer l of the teacher.*2 layers.*1 of shape"):
+        hidden_state_loss(student, teacher[:2], mask)
+    with pytest.raises(ValueError, match="output_hidden_states=True"):
+        hidden_state_loss(None, teacher, mask)
+
+
+def test_a_compressed_model_is_compared_with_its_dense_teacher_layer_by_layer(minilm_path, squad_sample):
+    """Compression removes heads and FFN neurons, not layers or hidden units: the compressed model's layer outputs
+    are those of the group-sparse model it came from, so the hidden term against it is zero (float rounding)."""
+    tokenizer, features, _, _ = squad_sample
+    sparse = small_bert(minilm_path).eval()
+    groups = zero_invariant_groups(sparse)
+    groups.zero_(torch.rand(len(groups), generator=torch.Generator().manual_seed(3)) < 0.5)
+    small = compress(sparse).eval()
+    assert sum(small.config.num_attention_heads_per_layer) < 2 * sparse.config.num_attention_heads
+    inputs = {k: torch.tensor(features[k][:4]) for k in ("input_ids", "attention_mask", "token_type_ids")}
+    with torch.no_grad():
+        out_sparse, out_small = (m(**inputs, output_hidden_states=True) for m in (sparse, small))
+        out_dense = small_bert(minilm_path).eval()(**inputs, output_hidden_states=True)
+    assert hidden_state_loss(out_small.hidden_states, out_sparse.hidden_states, inputs["attention_mask"]).item() < 1e-9
+    assert hidden_state_loss(out_small.hidden_states, out_dense.hidden_states, inputs["attention_mask"]).item() > 1e-3
 
 
 def teacher_model(minilm_path):
@@ -100,6 +148,34 @@ def test_training_with_a_teacher_blends_the_losses_and_leaves_the_teacher_alone(
         assert settings["distillation"]["alpha"] == alpha and settings["distillation"]["temperature"] == 3.0
 
 
+@pytest.mark.parametrize("trainer_class", [OTOTrainer, DistillationTrainer])
+def test_the_hidden_term_is_added_to_the_blend_and_logged(trainer_class, minilm_path, squad_sample, tmp_path):
+    """With distillation_hidden_weight the loss is (1 - alpha) task + alpha KD + beta hidden, each term logged; the
+    student here is a compressed model (fewer heads and neurons) and the teacher the dense model, as for the peer."""
+    tokenizer, features, _, _ = squad_sample
+    student = small_bert(minilm_path)
+    groups = zero_invariant_groups(student)
+    groups.zero_(torch.rand(len(groups), generator=torch.Generator().manual_seed(5)) < 0.3)
+    student = compress(student).train()
+    alpha, beta = 0.5, 2.0
+    args = (make_args(tmp_path / "run", max_steps=6, oto_target=None, oto_lambda_only=True) if trainer_class is OTOTrainer
+            else plain_args(tmp_path / "run"))
+    trainer = trainer_class(model=student, args=args, train_dataset=features, processing_class=tokenizer,
+                            teacher_model=small_bert(minilm_path), distillation_alpha=alpha,
+                            distillation_hidden_weight=beta)
+    trainer.train()
+    logged = [entry for entry in trainer.state.log_history if "loss" in entry]
+    assert len(logged) == 2
+    for entry in logged:
+        task, kd, hidden = entry["distill_task_loss"], entry["distill_kd_loss"], entry["distill_hidden_loss"]
+        assert task > 0 and kd > 0 and hidden > 0
+        assert entry["loss"] == pytest.approx((1 - alpha) * task + alpha * kd + beta * hidden, rel=1e-3, abs=1e-3)
+    assert trainer.distillation_settings()["hidden_weight"] == beta
+    # Evaluation returns the logits alone (the hidden states are asked for while training only).
+    predictions = trainer.predict(features.select(range(4)))
+    assert [tuple(p.shape) for p in predictions.predictions] == [(4, SEQ), (4, SEQ)]
+
+
 def test_a_teacher_pulls_the_student_towards_its_answers(minilm_path, squad_sample, tmp_path):
     """alpha = 1 trains on the teacher's distributions alone: the KD term must fall as the student learns them."""
     tokenizer, features, _, _ = squad_sample
@@ -125,3 +201,13 @@ def test_bad_teacher_or_settings_are_refused(minilm_path, squad_sample, tmp_path
             DistillationTrainer(model=small_bert(minilm_path), args=plain_args(tmp_path / "b"), train_dataset=features,
                                 teacher_model=teacher_model(minilm_path), distillation_alpha=alpha,
                                 distillation_temperature=temperature)
+    with pytest.raises(ValueError, match="hidden weight must be ≥ 0"):
+        DistillationTrainer(model=small_bert(minilm_path), args=plain_args(tmp_path / "b"), train_dataset=features,
+                            teacher_model=teacher_model(minilm_path), distillation_hidden_weight=-1.0)
+    # The hidden term pairs layer l with layer l: a teacher with other layers is refused before any step.
+    deeper = BertForQuestionAnswering.from_pretrained(minilm_path, num_hidden_layers=3)
+    with pytest.raises(ValueError, match="3 layers of width 384.*2 layers of width 384.*distillation_hidden_weight=0"):
+        DistillationTrainer(model=small_bert(minilm_path), args=plain_args(tmp_path / "b"), train_dataset=features,
+                            teacher_model=deeper, distillation_hidden_weight=1.0)
+    DistillationTrainer(model=small_bert(minilm_path), args=plain_args(tmp_path / "b"), train_dataset=features,
+                        teacher_model=deeper)  # without the hidden term, any depth may teach

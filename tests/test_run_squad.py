@@ -94,11 +94,16 @@ def test_interrupted_run_resumes_from_its_last_checkpoint(small_model_dir, squad
 def test_distillation_from_a_teacher_folder(small_model_dir, squad_dir, tmp_path):
     out = tmp_path / "run"
     report = run_squad.main(tiny_argv(small_model_dir, out, squad_dir, max_steps=4, report_latency_repeats=0,
-                                      teacher_model_name_or_path=small_model_dir, distillation_alpha=0.6))
-    assert report["distillation"] == {"teacher": str(small_model_dir), "alpha": 0.6, "temperature": 2.0}
+                                      teacher_model_name_or_path=small_model_dir, distillation_alpha=0.6,
+                                      distillation_hidden_weight=0.5))
+    assert report["distillation"] == {"teacher": str(small_model_dir), "alpha": 0.6, "temperature": 2.0,
+                                      "hidden_weight": 0.5}
     history = json.loads((out / "checkpoint-4" / "trainer_state.json").read_text())["log_history"]
     kd = [entry["distill_kd_loss"] for entry in history if "distill_kd_loss" in entry]
     assert len(kd) == 4 and all(value >= 0 for value in kd)  # logging_steps 1
+    # The student starts as its teacher: its layers differ from the teacher's by dropout (train mode), then pruning.
+    hidden = [entry["distill_hidden_loss"] for entry in history if "distill_hidden_loss" in entry]
+    assert len(hidden) == 4 and all(0 < value < 1 for value in hidden)
 
 
 def test_bad_teacher_or_distillation_settings_are_refused_before_any_work(small_model_dir, squad_dir, tmp_path):
@@ -108,6 +113,9 @@ def test_bad_teacher_or_distillation_settings_are_refused_before_any_work(small_
     with pytest.raises(run_squad.RunError, match="alpha must lie in"):
         run_squad.main(tiny_argv(small_model_dir, out, squad_dir, teacher_model_name_or_path=small_model_dir,
                                  distillation_alpha=0))
+    with pytest.raises(run_squad.RunError, match="hidden weight must be ≥ 0"):
+        run_squad.main(tiny_argv(small_model_dir, out, squad_dir, teacher_model_name_or_path=small_model_dir,
+                                 distillation_hidden_weight=-0.5))
     assert not (out / "report.json").exists() and not list(out.glob("checkpoint-*"))
 
 
