@@ -171,6 +171,12 @@ def test_the_hidden_term_is_added_to_the_blend_and_logged(trainer_class, minilm_
         assert task > 0 and kd > 0 and hidden > 0
         assert entry["loss"] == pytest.approx((1 - alpha) * task + alpha * kd + beta * hidden, rel=1e-3, abs=1e-3)
     assert trainer.distillation_settings()["hidden_weight"] == beta
+    # A caller that asks for the outputs while training gets them as without the term (no hidden states).
+    batch = {k: torch.tensor(features[k][:2]) for k in ("input_ids", "attention_mask", "token_type_ids",
+                                                        "start_positions", "end_positions")}
+    with torch.no_grad():
+        loss, outputs = trainer.compute_loss(trainer.model.train(), batch, return_outputs=True)
+    assert loss.item() > 0 and outputs.start_logits.shape == (2, SEQ) and outputs.get("hidden_states") is None
     # Evaluation returns the logits alone (the hidden states are asked for while training only).
     predictions = trainer.predict(features.select(range(4)))
     assert [tuple(p.shape) for p in predictions.predictions] == [(4, SEQ), (4, SEQ)]
