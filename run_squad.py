@@ -304,10 +304,9 @@ def main(argv: list[str] | None = None) -> dict:
                      "train_loss": train_result.metrics.get("train_loss")},
         "data": data_report,
         "oto_settings": {k: v for k, v in training_args.to_dict().items() if k.startswith("oto_")},
+        # The trainer's own record of its settings, with the teacher named as the user gave it.
         "distillation": (None if teacher_path is None else
-                         {"teacher": model_args.teacher_model_name_or_path, "alpha": model_args.distillation_alpha,
-                          "temperature": model_args.distillation_temperature,
-                          "hidden_weight": model_args.distillation_hidden_weight}),
+                         {**trainer.distillation_settings(), "teacher": model_args.teacher_model_name_or_path}),
         "finished_at": time.strftime("%Y-%m-%d %H:%M:%S"),
     }
     return finish(out, report, trainer)

@@ -1239,9 +1239,11 @@ def comparison_pairs(results: list[dict]) -> list[tuple[str, str]]:
             continue
         if r["family"] in ("oto", "oto_variant"):
             target = round(100 * r["target_flops_removed"])
-            peers = [f"tp{target}"] + ([f"tp{target}kd"] if is_distilled(r["method"]) else []) + (
-                [f"tp{target}kdhidden"] if split_seed(r["method"])[0] in LAYER_DISTILLED else [])
-            pairs += [(r["method"], peer) for peer in (same_seed(p, r["method"]) for p in peers) if peer in names]
+            peers = [same_seed(p, r["method"]) for p in
+                     [f"tp{target}"] + ([f"tp{target}kd"] if is_distilled(r["method"]) else [])]
+            # and the peer that followed this very run (e.g. tp50kdhidden), if it is not one of those
+            peers += [tp for tp, oto in PEER_MATCHED_TO.items() if oto == r["method"] and tp not in peers]
+            pairs += [(r["method"], peer) for peer in peers if peer in names]
     return pairs
 
 
