@@ -271,19 +271,29 @@ def test_fromdense_and_distilled_points_name_the_same_seeds_dense_model_and_chan
             assert _differing(settings, reference.to_dict()) == set(), variant
 
 
-def test_the_strong_teacher_point_is_the_recipe_with_alpha_0_9_and_nothing_else(tmp_path):
+def _against_the_recipe(ctx, variant, seed):
+    """The model arguments of the recipe's `variant` and of the recipe (oto50zerouniformfromdensekd) at `seed`, and the
+    model-argument fields in which they differ; their data and training settings must not differ at all."""
     import run_squad
+    import p1_quality
+
+    (model, data, settings, *_), (recipe_model, recipe_data, recipe_settings, *_) = (
+        run_squad.parse_arguments(p1_quality.oto_argv(ctx, p1_quality.with_seed(m, seed), ctx.results / "run"))
+        for m in (variant, "oto50zerouniformfromdensekd"))
+    assert data == recipe_data and _differing(settings, recipe_settings.to_dict()) == set()
+    recipe_fields = dataclasses.asdict(recipe_model)
+    return model, recipe_model, {k for k, v in dataclasses.asdict(model).items() if recipe_fields[k] != v}
+
+
+def test_the_strong_teacher_point_is_the_recipe_with_alpha_0_9_and_nothing_else(tmp_path):
     import p1_quality
 
     ctx = p1_quality.Ctx(smoke=False, results=tmp_path)
     _stand_in_dense_models(tmp_path)
     for seed in (None, 1):
-        strong, recipe = (run_squad.parse_arguments(p1_quality.oto_argv(ctx, p1_quality.with_seed(m, seed), tmp_path / "run"))
-                          for m in ("oto50zerouniformfromdensekdalpha09", "oto50zerouniformfromdensekd"))
-        assert strong[0].distillation_alpha == 0.9 and recipe[0].distillation_alpha == 0.5
-        strong_model, recipe_model = dataclasses.asdict(strong[0]), dataclasses.asdict(recipe[0])
-        assert {k for k, v in strong_model.items() if recipe_model[k] != v} == {"distillation_alpha"}
-        assert _differing(strong[2], recipe[2].to_dict()) == set()
+        strong, recipe, differing = _against_the_recipe(ctx, "oto50zerouniformfromdensekdalpha09", seed)
+        assert strong.distillation_alpha == 0.9 and recipe.distillation_alpha == 0.5
+        assert differing == {"distillation_alpha"}
     results = [{"method": "oto50zerouniformfromdensekdalpha09seed1", "family": "oto_variant", "target_flops_removed": 0.5},
                {"method": "tp50kdseed1", "family": "tp_variant"}, {"method": "denseseed1", "family": "dense"}]
     assert {("oto50zerouniformfromdensekdalpha09seed1", "tp50kdseed1"),
@@ -291,18 +301,14 @@ def test_the_strong_teacher_point_is_the_recipe_with_alpha_0_9_and_nothing_else(
 
 
 def test_the_layer_distilled_pair_is_the_recipe_plus_the_hidden_term_on_both_sides(tmp_path, monkeypatch):
-    import run_squad
     import p1_quality
 
     ctx = p1_quality.Ctx(smoke=False, results=tmp_path)
     _stand_in_dense_models(tmp_path)
     for seed in (None, 1):
-        hidden, recipe = (run_squad.parse_arguments(p1_quality.oto_argv(ctx, p1_quality.with_seed(m, seed), tmp_path / "run"))
-                          for m in ("oto50zerouniformfromdensekdhidden", "oto50zerouniformfromdensekd"))
-        assert hidden[0].distillation_hidden_weight == p1_quality.HIDDEN_WEIGHT > 0 == recipe[0].distillation_hidden_weight
-        hidden_model, recipe_model = dataclasses.asdict(hidden[0]), dataclasses.asdict(recipe[0])
-        assert {k for k, v in hidden_model.items() if recipe_model[k] != v} == {"distillation_hidden_weight"}
-        assert _differing(hidden[2], recipe[2].to_dict()) == set()
+        hidden, recipe, differing = _against_the_recipe(ctx, "oto50zerouniformfromdensekdhidden", seed)
+        assert hidden.distillation_hidden_weight == p1_quality.HIDDEN_WEIGHT > 0 == recipe.distillation_hidden_weight
+        assert differing == {"distillation_hidden_weight"}
         peer, oto = p1_quality.with_seed("tp50kdhidden", seed), p1_quality.with_seed("oto50zerouniformfromdensekdhidden", seed)
         assert p1_quality.PEER_MATCHED_TO[peer] == oto and peer in p1_quality.METHODS
         results = [{"method": oto, "family": "oto_variant", "target_flops_removed": 0.5},
