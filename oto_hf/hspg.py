@@ -47,7 +47,7 @@ from .groups import HEAD, NEURON, ZeroInvariantGroups
 
 DIRECTIONS = ("adamw", "sgd")
 TARGET_UNITS = ("flops", "params")
-SALIENCIES = ("taylor", "fisher", "magnitude")
+SALIENCIES = ("taylor", "fisher", "magnitude", "mixed")
 ALLOCATIONS = ("balanced", "global", "uniform")
 
 
@@ -69,7 +69,8 @@ class HSPG(Optimizer):
         prune_steps: length of the pruning window that starts at `half_space_start` (required with a target).
         num_periods: the window is split into this many periods; the target grows in equal steps per period.
         saliency: how redundant groups are scored: "taylor" (|x_gᵀ∇_g f|, averaged over steps), "fisher"
-            ((x_gᵀ∇_g f)², averaged) or "magnitude" (‖x_g‖²/|g|).
+            ((x_gᵀ∇_g f)², averaged), "magnitude" (‖x_g‖²/|g|) or "mixed" (HESSO's equal-weight mix of magnitude,
+            average magnitude, direction, first- and second-order Taylor; see `_mixed_importance`).
         allocation: how the target is shared between kinds of groups: "uniform" (every layer removes the same
             fraction of its cost: the nearest whole number of heads, neurons for the rest; least salient first within
             the layer), "balanced" (heads and neurons each remove that fraction of their cost; groups ranked across
@@ -167,6 +168,8 @@ class HSPG(Optimizer):
             "zero": groups.is_zero().to(device),
             "redundant": torch.zeros(num, dtype=torch.bool, device=device),
             "taylor": torch.zeros(num, dtype=torch.float32, device=device),
+            # Running average of 1 − cos(x_g, ∇_g), kept only for saliency="mixed".
+            "direction": torch.zeros(num, dtype=torch.float32, device=device),
             "period": -1,
             "last_lambda": 0.0,
         }
@@ -234,6 +237,8 @@ class HSPG(Optimizer):
         delta_dot = torch.zeros(num, device=device)
         lr_sq = torch.zeros(num, device=device)
         taylor = torch.zeros(num, device=device)
+        mixed = self.target is not None and self.saliency == "mixed"
+        grad_sq = torch.zeros(num, device=device) if mixed else None
         for t in groups.tensors:
             x = t.param.detach()
             x_sq = t.per_group_sum(x.float().square())
@@ -242,10 +247,18 @@ class HSPG(Optimizer):
             if t.param in deltas:
                 delta_dot[t.span] += t.per_group_sum(deltas[t.param].float() * x)
                 taylor[t.span] += t.per_group_sum(t.param.grad.float() * x)
+                if mixed:
+                    grad_sq[t.span] += t.per_group_sum(t.param.grad.float().square())
         if self.target is not None:
             decay = self.taylor_decay if k > 0 or self.saliency_zero_init else 0.0
             score = taylor.square() if self.saliency == "fisher" else taylor.abs()
             state["taylor"].mul_(decay).add_(score, alpha=1 - decay)
+            if mixed:
+                # 1 − cos(x_g, ∇_g) ∈ [0, 2]: small when a descent step would shrink the group (the loss itself asks
+                # for less of it), large when it would grow it. A zero group or gradient counts as orthogonal (1).
+                denominator = sq.sqrt() * grad_sq.sqrt()
+                cosine = torch.where(denominator > 0, taylor / denominator.clamp_min(1e-30), torch.zeros_like(taylor))
+                state["direction"].mul_(decay).add_(1 - cosine.clamp(-1, 1), alpha=1 - decay)
 
         zero = state["zero"]
         nonzero = ~zero
@@ -371,6 +384,8 @@ class HSPG(Optimizer):
         goal = self.target * (period + 1) / self.num_periods * self.total_cost
         if self.saliency == "magnitude":
             importance = sq.double() / self.groups.sizes.to(device)
+        elif self.saliency == "mixed":
+            importance = self._mixed_importance(sq, ~zero)
         else:
             importance = state["taylor"].double()
 
@@ -444,6 +459,27 @@ class HSPG(Optimizer):
         key = self.groups.kinds.to(device) * (self.groups.num_layers + 1) + self.groups.layers.to(device)
         return key, int(key.max()) + 1
 
+    def _mixed_importance(self, sq: torch.Tensor, alive: torch.Tensor) -> torch.Tensor:
+        """HESSO's (OTO v3) saliency: an equal-weight sum of five criteria, each scaled to unit L2 norm over the live
+        groups of its (kind, layer) pool, so that every criterion has the same say in every ranking whatever its
+        units: magnitude ‖x_g‖, average magnitude ‖x_g‖/|g|, direction 1 − cos(x_g, ∇_g), first-order Taylor
+        |x_gᵀ∇_g| and second-order Taylor ½(x_gᵀ∇_g)² (the last three from this optimizer's running averages).
+        Within one pool every group has the same size, so the two magnitudes rank alike (magnitude counts twice);
+        HESSO scales over all groups at once and adds cos + 1, which ranks a group the loss asks to shrink as more
+        important; here that is the less important side, as the first-order Taylor estimate of removing it says."""
+        device = sq.device
+        norm = sq.double().sqrt()
+        taylor = self.hspg_state["taylor"].double()
+        criteria = (norm, norm / self.groups.sizes.to(device), self.hspg_state["direction"].double(), taylor,
+                    0.5 * taylor.square())
+        key, slots = self._pool_keys(device)
+        importance = torch.zeros_like(norm)
+        for values in criteria:
+            values = torch.where(alive, values, torch.zeros_like(values))
+            scale = torch.zeros(slots, dtype=values.dtype, device=device).index_add_(0, key, values.square()).sqrt()
+            importance += values / scale[key].clamp_min(torch.finfo(values.dtype).tiny)
+        return importance / len(criteria)
+
     def _layer_relative(self, importance: torch.Tensor, alive: torch.Tensor) -> torch.Tensor:
         """Each group's importance divided by the mean importance of the live groups of its kind in its layer, so
         that layers whose scores run larger or smaller as a whole are ranked fairly against each other."""
@@ -505,6 +541,8 @@ class HSPG(Optimizer):
         device = self.hspg_state["zero"].device
         for key in ("zero", "redundant", "taylor"):
             self.hspg_state[key] = hspg[key].to(device)
+        if "direction" in hspg:  # states saved before saliency="mixed" existed have none (and were not "mixed")
+            self.hspg_state["direction"] = hspg["direction"].to(device)
         for key in ("step", "period", "last_lambda"):
             self.hspg_state[key] = hspg[key]
 

@@ -80,7 +80,8 @@ class OTOTrainingArguments(TrainingArguments):
     oto_saliency: str = field(
         default="taylor",
         metadata={"help": "How groups are scored when the target mode picks what to remove: 'taylor' (|x_g·grad_g|), "
-                  "'fisher' ((x_g·grad_g)^2) or 'magnitude'.", "choices": list(SALIENCIES)},
+                  "'fisher' ((x_g·grad_g)^2), 'magnitude' or 'mixed' (HESSO's equal-weight mix of magnitude, direction "
+                  "and both Taylor orders).", "choices": list(SALIENCIES)},
     )
     oto_saliency_zero_init: bool = field(
         default=True,

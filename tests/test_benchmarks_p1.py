@@ -271,16 +271,17 @@ def test_fromdense_and_distilled_points_name_the_same_seeds_dense_model_and_chan
             assert _differing(settings, reference.to_dict()) == set(), variant
 
 
-def _against_the_recipe(ctx, variant, seed):
+def _against_the_recipe(ctx, variant, seed, settings_differing=frozenset()):
     """The model arguments of the recipe's `variant` and of the recipe (oto50zerouniformfromdensekd) at `seed`, and the
-    model-argument fields in which they differ; their data and training settings must not differ at all."""
+    model-argument fields in which they differ; their data must not differ at all, their training settings only in
+    `settings_differing`."""
     import run_squad
     import p1_quality
 
     (model, data, settings, *_), (recipe_model, recipe_data, recipe_settings, *_) = (
         run_squad.parse_arguments(p1_quality.oto_argv(ctx, p1_quality.with_seed(m, seed), ctx.results / "run"))
         for m in (variant, "oto50zerouniformfromdensekd"))
-    assert data == recipe_data and _differing(settings, recipe_settings.to_dict()) == set()
+    assert data == recipe_data and _differing(settings, recipe_settings.to_dict()) == set(settings_differing)
     recipe_fields = dataclasses.asdict(recipe_model)
     return model, recipe_model, {k for k, v in dataclasses.asdict(model).items() if recipe_fields[k] != v}
 
@@ -298,6 +299,24 @@ def test_the_strong_teacher_point_is_the_recipe_with_alpha_0_9_and_nothing_else(
                {"method": "tp50kdseed1", "family": "tp_variant"}, {"method": "denseseed1", "family": "dense"}]
     assert {("oto50zerouniformfromdensekdalpha09seed1", "tp50kdseed1"),
             ("oto50zerouniformfromdensekdalpha09seed1", "denseseed1")} <= set(p1_quality.comparison_pairs(results))
+
+
+def test_the_mixed_saliency_point_is_the_recipe_choosing_groups_by_hessos_mix_and_nothing_else(tmp_path):
+    import run_squad
+    import p1_quality
+
+    ctx = p1_quality.Ctx(smoke=False, results=tmp_path)
+    _stand_in_dense_models(tmp_path)
+    for seed in (None, 1):
+        mixed = p1_quality.with_seed("oto50zerouniformfromdensekdmixed", seed)
+        _, _, differing = _against_the_recipe(ctx, "oto50zerouniformfromdensekdmixed", seed, {"oto_saliency"})
+        assert differing == set() and mixed in p1_quality.METHODS
+        settings = run_squad.parse_arguments(p1_quality.oto_argv(ctx, mixed, tmp_path / "run"))[2]
+        assert settings.oto_saliency == "mixed"
+    results = [{"method": "oto50zerouniformfromdensekdmixedseed1", "family": "oto_variant", "target_flops_removed": 0.5},
+               {"method": "tp50kdseed1", "family": "tp_variant"}, {"method": "denseseed1", "family": "dense"}]
+    assert {("oto50zerouniformfromdensekdmixedseed1", "tp50kdseed1"),
+            ("oto50zerouniformfromdensekdmixedseed1", "denseseed1")} <= set(p1_quality.comparison_pairs(results))
 
 
 def test_the_layer_distilled_pair_is_the_recipe_plus_the_hidden_term_on_both_sides(tmp_path, monkeypatch):

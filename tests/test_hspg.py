@@ -91,7 +91,7 @@ def train(model, opt, steps, first_step=0, on_step=None):
     [(0.3, "flops", "adamw", "balanced", "taylor"), (0.5, "flops", "sgd", "balanced", "fisher"),
      (0.7, "params", "adamw", "balanced", "magnitude"), (0.5, "flops", "adamw", "global", "taylor"),
      (0.7, "flops", "adamw", "uniform", "taylor"), (0.7, "flops", "adamw", "balanced-floor", "taylor"),
-     (0.6, "flops", "adamw", "global-floor", "taylor")],
+     (0.6, "flops", "adamw", "global-floor", "taylor"), (0.7, "flops", "adamw", "uniform", "mixed")],
 )
 def test_target_is_reached_not_overshot_and_held(target, unit, direction, allocation, saliency):
     lr = 1e-3 if direction == "adamw" else 0.05
@@ -253,6 +253,50 @@ def test_saliency_average_starts_at_zero_or_at_the_first_score():
     torch.testing.assert_close(averages[0] - averages[1], 0.9**6 * s0["first"], rtol=1e-4, atol=1e-9)
 
 
+def test_mixed_saliency_averages_the_direction_and_mixes_five_criteria_scaled_within_each_pool():
+    from oto_hf.groups import HEAD, NEURON
+
+    # One step from the zero start: the direction average is (1 − decay)·(1 − cos(x_g, ∇_g)), written out per group.
+    model, groups, opt = make(target=0.5, seq_len=32, half_space_start=50, prune_steps=10, saliency="mixed",
+                              taylor_decay=0.9)
+    ids, start, end = qa_batch(0)
+    model(ids, start_positions=start, end_positions=end).loss.backward()
+    dots, x_sq, g_sq = (torch.zeros(groups.num_groups, dtype=torch.float64) for _ in range(3))
+    for t in groups.tensors:
+        xv, gv = t.param.detach().double(), t.param.grad.double()
+        dots[t.span] += t.per_group_sum(xv * gv)
+        x_sq[t.span] += t.per_group_sum(xv.square())
+        g_sq[t.span] += t.per_group_sum(gv.square())
+    opt.step()
+    expected = 0.1 * (1 - dots / (x_sq.sqrt() * g_sq.sqrt()))
+    torch.testing.assert_close(opt.hspg_state["direction"].double(), expected, rtol=1e-4, atol=1e-7)
+    assert bool((expected > 0.1).any()) and bool((expected < 0.1).any()), "both signs of cos must occur"
+
+    # The mix, written out pool by pool, from made-up averages.
+    g = torch.Generator().manual_seed(6)
+    opt.hspg_state["taylor"] = torch.rand(groups.num_groups, generator=g)
+    opt.hspg_state["direction"] = 2 * torch.rand(groups.num_groups, generator=g)
+    sq = groups.sq_norms()
+    alive = torch.ones(groups.num_groups, dtype=torch.bool)
+    alive[3] = False  # a zero group takes no part in its pool's scale
+    mixed = opt._mixed_importance(sq, alive)
+    for layer in range(groups.num_layers):
+        for kind in (HEAD, NEURON):
+            pool = torch.nonzero((groups.layers == layer) & (groups.kinds == kind) & alive).flatten()
+            size = float(groups.sizes[pool[0]])
+            norm, taylor = sq[pool].double().sqrt(), opt.hspg_state["taylor"][pool].double()
+            criteria = [norm, norm / size, opt.hspg_state["direction"][pool].double(), taylor, 0.5 * taylor**2]
+            by_hand = sum(c / c.norm() for c in criteria) / 5
+            torch.testing.assert_close(mixed[pool], by_hand)
+
+    # Each criterion is scaled within its pool: scores of one layer running 100× larger change nothing.
+    opt._choose_redundant(0, sq)
+    before = opt.hspg_state["redundant"].clone()
+    opt.hspg_state["taylor"][groups.layers == 1] *= 100
+    opt._choose_redundant(0, sq)
+    assert torch.equal(before, opt.hspg_state["redundant"]) and before.any()
+
+
 def test_lambda_mode_projects_only_in_stage_two():
     model, groups, opt = make(lr=0.05, direction="sgd", lmbda=2.0, epsilon=0.9, half_space_start=15)
     train(model, opt, 15)
@@ -275,10 +319,10 @@ def test_zero_groups_stay_zero_with_moments_cleared():
             assert (t.view(opt2.state[t.param][name]) * mask).abs().sum() == 0
 
 
-@pytest.mark.parametrize("direction", ["adamw", "sgd"])
-def test_state_dict_round_trip_resumes_exactly(direction, tmp_path):
+@pytest.mark.parametrize("direction,saliency", [("adamw", "taylor"), ("sgd", "taylor"), ("adamw", "mixed")])
+def test_state_dict_round_trip_resumes_exactly(direction, saliency, tmp_path):
     kwargs = dict(direction=direction, lr=1e-3 if direction == "adamw" else 0.05, momentum=0.9, weight_decay=0.01,
-                  target=0.5, seq_len=32, prune_steps=20, half_space_start=6, num_periods=2)
+                  target=0.5, seq_len=32, prune_steps=20, half_space_start=6, num_periods=2, saliency=saliency)
     model_a, groups_a, opt_a = make(seed=0, **kwargs)
     train(model_a, opt_a, 12)
     torch.save({"model": model_a.state_dict(), "optim": opt_a.state_dict()}, tmp_path / "ckpt.pt")
