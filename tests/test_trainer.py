@@ -135,8 +135,21 @@ def test_two_process_ddp_ranks_agree_on_zero_groups(tmp_path):
     records = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
     assert [r["world_size"] for r in records] == [2, 2]
     assert records[0]["zero_groups"] == records[1]["zero_groups"] and records[0]["zero_groups"]
-    assert records[0]["weights_checksum"] == records[1]["weights_checksum"]
+    assert len(records[0]["grad_checksums"]) == len(records[0]["weight_checksums"]) == 16
+    assert records[0]["weights_checksum"] == records[1]["weights_checksum"], _first_disagreement(*records)
     assert abs(records[0]["flops_removed"] - 0.4) <= 0.05  # a tiny model: one head is 6% of its FLOPs
+
+
+def _first_disagreement(rank0: dict, rank1: dict) -> str:
+    """Where two DDP ranks' per-step checksums first part: in the gradients the optimizer was given (all-reduce or
+    clipping) or only in the weights it left (the optimizer step)."""
+    for step, (g0, g1, w0, w1) in enumerate(zip(rank0["grad_checksums"], rank1["grad_checksums"],
+                                                rank0["weight_checksums"], rank1["weight_checksums"]), start=1):
+        if g0 != g1:
+            return f"ranks' gradients first differ at step {step}: {g0!r} vs {g1!r}"
+        if w0 != w1:
+            return f"same gradients, but the weights after step {step} differ: {w0!r} vs {w1!r}"
+    return "per-step checksums agree; the weights differ only after training ended"
 
 
 def test_arguments_round_trip_through_hf_argument_parser(tmp_path):

@@ -14,6 +14,26 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from conftest import tiny_bert_config  # noqa: E402
 
 import oto_hf  # noqa: E402
+from transformers import TrainerCallback  # noqa: E402
+
+
+class StepChecksums(TrainerCallback):
+    """Per step, a checksum of the gradients the optimizer is given (after DDP's all-reduce and clipping) and of the
+    weights it leaves: if the ranks ever disagree, the first step and side (gradients or update) where they part
+    say whether communication or the optimizer step is rank-asymmetric."""
+
+    def __init__(self):
+        self.grads, self.weights = [], []
+
+    @staticmethod
+    def _sum(model, of):
+        return float(sum(of(p).double().abs().sum() for p in model.parameters() if of(p) is not None))
+
+    def on_pre_optimizer_step(self, args, state, control, model=None, **kwargs):
+        self.grads.append(self._sum(model, lambda p: p.grad))
+
+    def on_optimizer_step(self, args, state, control, model=None, **kwargs):
+        self.weights.append(self._sum(model, lambda p: p.detach()))
 
 
 def main(output_dir: str) -> None:
@@ -30,7 +50,8 @@ def main(output_dir: str) -> None:
         ddp_backend="gloo", report_to=[], save_strategy="no", logging_steps=4, seed=0, disable_tqdm=True,
         oto_target=0.4, oto_seq_len=seq,
     )
-    trainer = oto_hf.OTOTrainer(model=model, args=args, train_dataset=data)
+    checksums = StepChecksums()
+    trainer = oto_hf.OTOTrainer(model=model, args=args, train_dataset=data, callbacks=[checksums])
     trainer.train()
     rank = trainer.args.process_index
     groups = trainer.oto_groups
@@ -40,6 +61,8 @@ def main(output_dir: str) -> None:
         "world_size": trainer.args.world_size,
         "zero_groups": zero.nonzero().flatten().tolist(),
         "weights_checksum": float(sum(p.detach().double().abs().sum() for p in trainer.model.parameters())),
+        "grad_checksums": checksums.grads,
+        "weight_checksums": checksums.weights,
         "flops_removed": float(groups.costs("flops", seq)[zero].sum()) / groups.total_cost("flops", seq),
     }
     Path(output_dir, f"rank{rank}.json").write_text(json.dumps(record))
