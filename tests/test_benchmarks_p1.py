@@ -338,6 +338,37 @@ def test_the_layer_distilled_pair_is_the_recipe_plus_the_hidden_term_on_both_sid
         assert {(oto, peer), (oto, p1_quality.with_seed("tp50kd", seed))} <= pairs
         assert (p1_quality.with_seed("oto50zerouniformfromdensekd", seed), peer) not in pairs
     # The peer's retraining gets the same weight: run_tp hands it to train_adamw (stopped there, before training).
+    assert _what_run_tp_gives_train_adamw(ctx, monkeypatch, "tp50kdhiddenseed1") == dict(
+        max_steps=550, teacher=f"model at {tmp_path / 'denseseed1' / 'model'}", hidden_weight=p1_quality.HIDDEN_WEIGHT,
+        alpha=None)
+
+
+def test_the_alpha_0_9_peer_is_the_distilled_peer_with_alpha_0_9_following_the_alpha_0_9_oto_run(tmp_path, monkeypatch):
+    import p1_quality
+
+    ctx = p1_quality.Ctx(smoke=False, results=tmp_path)
+    _stand_in_dense_models(tmp_path)
+    for seed in (None, 1):
+        peer, oto = (p1_quality.with_seed(m, seed) for m in ("tp50kdalpha09", "oto50zerouniformfromdensekdalpha09"))
+        assert p1_quality.PEER_MATCHED_TO[peer] == oto and peer in p1_quality.METHODS
+        results = [{"method": oto, "family": "oto_variant", "target_flops_removed": 0.5},
+                   {"method": p1_quality.with_seed("oto50zerouniformfromdensekd", seed), "family": "oto_variant",
+                    "target_flops_removed": 0.5},
+                   {"method": peer, "family": "tp_variant"}, {"method": p1_quality.with_seed("tp50kd", seed), "family": "tp_variant"}]
+        pairs = set(p1_quality.comparison_pairs(results))
+        assert {(oto, peer), (oto, p1_quality.with_seed("tp50kd", seed))} <= pairs
+        assert (p1_quality.with_seed("oto50zerouniformfromdensekd", seed), peer) not in pairs
+    assert _what_run_tp_gives_train_adamw(ctx, monkeypatch, "tp50kdalpha09seed1") == dict(
+        max_steps=550, teacher=f"model at {tmp_path / 'denseseed1' / 'model'}", hidden_weight=0.0,
+        alpha=p1_quality.STRONG_TEACHER_ALPHA)
+    assert p1_quality.STRONG_TEACHER_ALPHA == 0.9
+
+
+def _what_run_tp_gives_train_adamw(ctx, monkeypatch, peer: str) -> dict:
+    """The step count, teacher and distillation weights that run_tp hands train_adamw for `peer`, whose one-shot cut
+    is stood in for on disk (the run is stopped at train_adamw, before any training)."""
+    import p1_quality
+
     seen = {}
 
     class Stop(Exception):
@@ -347,8 +378,9 @@ def test_the_layer_distilled_pair_is_the_recipe_plus_the_hidden_term_on_both_sid
         def train(self):
             return self
 
-    def fake_train_adamw(model, train_args, data, run_dir, max_steps=None, teacher=None, hidden_weight=0.0):
-        seen.update(max_steps=max_steps, teacher=teacher, hidden_weight=hidden_weight)
+    def fake_train_adamw(model, train_args, data, run_dir, max_steps=None, teacher=None, hidden_weight=0.0,
+                         alpha=None):
+        seen.update(max_steps=max_steps, teacher=teacher, hidden_weight=hidden_weight, alpha=alpha)
         raise Stop
 
     for name, value in dict(train_adamw=fake_train_adamw, load_data=lambda *a, **k: {"model_path": None},
@@ -356,13 +388,12 @@ def test_the_layer_distilled_pair_is_the_recipe_plus_the_hidden_term_on_both_sid
                             read_result=lambda ctx, m: {"training": {"steps": 550}, "kept": {"encoder_flops": 0.5}}
                             ).items():
         monkeypatch.setattr(p1_quality, name, value)
-    (tmp_path / "tp50kdhiddenseed1" / "pruned_model").mkdir(parents=True)  # as if it had been cut already
-    (tmp_path / "tp50kdhiddenseed1" / "pruned_model" / "config.json").write_text("{}")
-    (tmp_path / "tp50kdhiddenseed1" / "pruning.json").write_text('{"label": "stand-in"}')
+    (ctx.results / peer / "pruned_model").mkdir(parents=True)  # as if it had been cut already
+    (ctx.results / peer / "pruned_model" / "config.json").write_text("{}")
+    (ctx.results / peer / "pruning.json").write_text('{"label": "stand-in"}')
     with pytest.raises(Stop):
-        p1_quality.run_tp(ctx, "tp50kdhiddenseed1", allow_without_oto=False)
-    assert seen == dict(max_steps=550, teacher=f"model at {tmp_path / 'denseseed1' / 'model'}",
-                        hidden_weight=p1_quality.HIDDEN_WEIGHT)
+        p1_quality.run_tp(ctx, peer, allow_without_oto=False)
+    return seen
 
 
 def test_a_distilled_peer_follows_the_distilled_oto_run_and_is_compared_with_it():
