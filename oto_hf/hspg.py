@@ -70,7 +70,9 @@ class HSPG(Optimizer):
         num_periods: the window is split into this many periods; the target grows in equal steps per period.
         saliency: how redundant groups are scored: "taylor" (|x_gᵀ∇_g f|, averaged over steps), "fisher"
             ((x_gᵀ∇_g f)², averaged), "magnitude" (‖x_g‖²/|g|) or "mixed" (HESSO's equal-weight mix of magnitude,
-            average magnitude, direction, first- and second-order Taylor; see `_mixed_importance`).
+            average magnitude, direction, first- and second-order Taylor; see `_mixed_importance`). In P1 (the
+            recipe at 50% removed, seed 1, full SQuAD dev set) "mixed" kept another half of the FFN neurons than
+            "taylor" (Jaccard 0.55 of the removed sets; heads 0.76) for the same F1: −0.31 [−0.93, +0.30].
         allocation: how the target is shared between kinds of groups: "uniform" (every layer removes the same
             fraction of its cost: the nearest whole number of heads, neurons for the rest; least salient first within
             the layer), "balanced" (heads and neurons each remove that fraction of their cost; groups ranked across
