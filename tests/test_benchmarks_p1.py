@@ -328,15 +328,8 @@ def test_the_layer_distilled_pair_is_the_recipe_plus_the_hidden_term_on_both_sid
         hidden, recipe, differing = _against_the_recipe(ctx, "oto50zerouniformfromdensekdhidden", seed)
         assert hidden.distillation_hidden_weight == p1_quality.HIDDEN_WEIGHT > 0 == recipe.distillation_hidden_weight
         assert differing == {"distillation_hidden_weight"}
-        peer, oto = p1_quality.with_seed("tp50kdhidden", seed), p1_quality.with_seed("oto50zerouniformfromdensekdhidden", seed)
-        assert p1_quality.PEER_MATCHED_TO[peer] == oto and peer in p1_quality.METHODS
-        results = [{"method": oto, "family": "oto_variant", "target_flops_removed": 0.5},
-                   {"method": p1_quality.with_seed("oto50zerouniformfromdensekd", seed), "family": "oto_variant",
-                    "target_flops_removed": 0.5},
-                   {"method": peer, "family": "tp_variant"}, {"method": p1_quality.with_seed("tp50kd", seed), "family": "tp_variant"}]
-        pairs = set(p1_quality.comparison_pairs(results))
-        assert {(oto, peer), (oto, p1_quality.with_seed("tp50kd", seed))} <= pairs
-        assert (p1_quality.with_seed("oto50zerouniformfromdensekd", seed), peer) not in pairs
+        _check_the_knob_peer_follows_and_is_compared_with_its_oto_run("tp50kdhidden", "oto50zerouniformfromdensekdhidden",
+                                                                     seed)
     # The peer's retraining gets the same weight: run_tp hands it to train_adamw (stopped there, before training).
     assert _what_run_tp_gives_train_adamw(ctx, monkeypatch, "tp50kdhiddenseed1") == dict(
         max_steps=550, teacher=f"model at {tmp_path / 'denseseed1' / 'model'}", hidden_weight=p1_quality.HIDDEN_WEIGHT,
@@ -349,19 +342,26 @@ def test_the_alpha_0_9_peer_is_the_distilled_peer_with_alpha_0_9_following_the_a
     ctx = p1_quality.Ctx(smoke=False, results=tmp_path)
     _stand_in_dense_models(tmp_path)
     for seed in (None, 1):
-        peer, oto = (p1_quality.with_seed(m, seed) for m in ("tp50kdalpha09", "oto50zerouniformfromdensekdalpha09"))
-        assert p1_quality.PEER_MATCHED_TO[peer] == oto and peer in p1_quality.METHODS
-        results = [{"method": oto, "family": "oto_variant", "target_flops_removed": 0.5},
-                   {"method": p1_quality.with_seed("oto50zerouniformfromdensekd", seed), "family": "oto_variant",
-                    "target_flops_removed": 0.5},
-                   {"method": peer, "family": "tp_variant"}, {"method": p1_quality.with_seed("tp50kd", seed), "family": "tp_variant"}]
-        pairs = set(p1_quality.comparison_pairs(results))
-        assert {(oto, peer), (oto, p1_quality.with_seed("tp50kd", seed))} <= pairs
-        assert (p1_quality.with_seed("oto50zerouniformfromdensekd", seed), peer) not in pairs
+        _check_the_knob_peer_follows_and_is_compared_with_its_oto_run("tp50kdalpha09", "oto50zerouniformfromdensekdalpha09",
+                                                                     seed)
     assert _what_run_tp_gives_train_adamw(ctx, monkeypatch, "tp50kdalpha09seed1") == dict(
         max_steps=550, teacher=f"model at {tmp_path / 'denseseed1' / 'model'}", hidden_weight=0.0,
         alpha=p1_quality.STRONG_TEACHER_ALPHA)
     assert p1_quality.STRONG_TEACHER_ALPHA == 0.9
+
+
+def _check_the_knob_peer_follows_and_is_compared_with_its_oto_run(peer_base: str, oto_base: str, seed) -> None:
+    """A peer given one of the recipe's knobs follows (takes its FLOPs and steps from) the OTO run with that knob, and
+    is compared with it, not with the recipe without the knob; that OTO run is still compared with the recipe's peer."""
+    import p1_quality
+
+    peer, oto = p1_quality.with_seed(peer_base, seed), p1_quality.with_seed(oto_base, seed)
+    recipe, recipe_peer = (p1_quality.with_seed(m, seed) for m in ("oto50zerouniformfromdensekd", "tp50kd"))
+    assert p1_quality.PEER_MATCHED_TO[peer] == oto and peer in p1_quality.METHODS
+    results = [{"method": m, "family": "oto_variant", "target_flops_removed": 0.5} for m in (oto, recipe)]
+    results += [{"method": m, "family": "tp_variant"} for m in (peer, recipe_peer)]
+    pairs = set(p1_quality.comparison_pairs(results))
+    assert {(oto, peer), (oto, recipe_peer)} <= pairs and (recipe, peer) not in pairs
 
 
 def _what_run_tp_gives_train_adamw(ctx, monkeypatch, peer: str) -> dict:
