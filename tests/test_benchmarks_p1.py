@@ -2,6 +2,7 @@
 
 import dataclasses
 import json
+import re
 import sys
 from pathlib import Path
 
@@ -272,29 +273,36 @@ def test_fromdense_and_distilled_points_name_the_same_seeds_dense_model_and_chan
 
 
 def _against_the_recipe(ctx, variant, seed, settings_differing=frozenset()):
-    """The model arguments of the recipe's `variant` and of the recipe (oto50zerouniformfromdensekd) at `seed`, and the
-    model-argument fields in which they differ; their data must not differ at all, their training settings only in
-    `settings_differing`."""
+    """The model arguments of the recipe's `variant` and of the recipe at the same target (oto<N>zerouniformfromdensekd)
+    at `seed`, and the model-argument fields in which they differ; their data must not differ at all, their training
+    settings only in `settings_differing`."""
     import run_squad
     import p1_quality
 
+    recipe_method = f"oto{_percent(variant)}zerouniformfromdensekd"
     (model, data, settings, *_), (recipe_model, recipe_data, recipe_settings, *_) = (
         run_squad.parse_arguments(p1_quality.oto_argv(ctx, p1_quality.with_seed(m, seed), ctx.results / "run"))
-        for m in (variant, "oto50zerouniformfromdensekd"))
+        for m in (variant, recipe_method))
     assert data == recipe_data and _differing(settings, recipe_settings.to_dict()) == set(settings_differing)
     recipe_fields = dataclasses.asdict(recipe_model)
     return model, recipe_model, {k for k, v in dataclasses.asdict(model).items() if recipe_fields[k] != v}
 
 
-def test_the_strong_teacher_point_is_the_recipe_with_alpha_0_9_and_nothing_else(tmp_path):
+def _percent(method: str) -> int:
+    return int(re.match(r"(?:oto|tp)(\d+)", method).group(1))
+
+
+def test_the_strong_teacher_points_are_the_recipe_with_alpha_0_9_and_nothing_else(tmp_path):
     import p1_quality
 
     ctx = p1_quality.Ctx(smoke=False, results=tmp_path)
     _stand_in_dense_models(tmp_path)
-    for seed in (None, 1):
-        strong, recipe, differing = _against_the_recipe(ctx, "oto50zerouniformfromdensekdalpha09", seed)
-        assert strong.distillation_alpha == 0.9 and recipe.distillation_alpha == 0.5
-        assert differing == {"distillation_alpha"}
+    assert {_percent(m) for m in p1_quality.STRONG_TEACHER} == {50, 70}
+    for variant in p1_quality.STRONG_TEACHER:
+        for seed in (None, 1):
+            strong, recipe, differing = _against_the_recipe(ctx, variant, seed)
+            assert strong.distillation_alpha == 0.9 and recipe.distillation_alpha == 0.5
+            assert differing == {"distillation_alpha"}
     results = [{"method": "oto50zerouniformfromdensekdalpha09seed1", "family": "oto_variant", "target_flops_removed": 0.5},
                {"method": "tp50kdseed1", "family": "tp_variant"}, {"method": "denseseed1", "family": "dense"}]
     assert {("oto50zerouniformfromdensekdalpha09seed1", "tp50kdseed1"),
@@ -341,12 +349,13 @@ def test_the_alpha_0_9_peer_is_the_distilled_peer_with_alpha_0_9_following_the_a
 
     ctx = p1_quality.Ctx(smoke=False, results=tmp_path)
     _stand_in_dense_models(tmp_path)
-    for seed in (None, 1):
-        _check_the_knob_peer_follows_and_is_compared_with_its_oto_run("tp50kdalpha09", "oto50zerouniformfromdensekdalpha09",
-                                                                     seed)
-    assert _what_run_tp_gives_train_adamw(ctx, monkeypatch, "tp50kdalpha09seed1") == dict(
-        max_steps=550, teacher=f"model at {tmp_path / 'denseseed1' / 'model'}", hidden_weight=0.0,
-        alpha=p1_quality.STRONG_TEACHER_ALPHA)
+    for percent in (50, 70):
+        for seed in (None, 1):
+            _check_the_knob_peer_follows_and_is_compared_with_its_oto_run(
+                f"tp{percent}kdalpha09", f"oto{percent}zerouniformfromdensekdalpha09", seed)
+        assert _what_run_tp_gives_train_adamw(ctx, monkeypatch, f"tp{percent}kdalpha09seed1") == dict(
+            max_steps=550, teacher=f"model at {tmp_path / 'denseseed1' / 'model'}", hidden_weight=0.0,
+            alpha=p1_quality.STRONG_TEACHER_ALPHA)
     assert p1_quality.STRONG_TEACHER_ALPHA == 0.9
 
 
@@ -355,10 +364,12 @@ def _check_the_knob_peer_follows_and_is_compared_with_its_oto_run(peer_base: str
     is compared with it, not with the recipe without the knob; that OTO run is still compared with the recipe's peer."""
     import p1_quality
 
+    percent = _percent(oto_base)
+    assert _percent(peer_base) == percent
     peer, oto = p1_quality.with_seed(peer_base, seed), p1_quality.with_seed(oto_base, seed)
-    recipe, recipe_peer = (p1_quality.with_seed(m, seed) for m in ("oto50zerouniformfromdensekd", "tp50kd"))
+    recipe, recipe_peer = (p1_quality.with_seed(m, seed) for m in (f"oto{percent}zerouniformfromdensekd", f"tp{percent}kd"))
     assert p1_quality.PEER_MATCHED_TO[peer] == oto and peer in p1_quality.METHODS
-    results = [{"method": m, "family": "oto_variant", "target_flops_removed": 0.5} for m in (oto, recipe)]
+    results = [{"method": m, "family": "oto_variant", "target_flops_removed": percent / 100} for m in (oto, recipe)]
     results += [{"method": m, "family": "tp_variant"} for m in (peer, recipe_peer)]
     pairs = set(p1_quality.comparison_pairs(results))
     assert {(oto, peer), (oto, recipe_peer)} <= pairs and (recipe, peer) not in pairs
