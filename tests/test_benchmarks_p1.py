@@ -88,6 +88,34 @@ def test_learning_rate_sweep_point_has_its_own_folder_and_lr(tmp_path):
     assert default.results.name == f"p1_lr{yaml_lr:g}" and default.cli_suffix() == ""
 
 
+def test_full_scale_trains_and_scores_every_question_off_the_cpu_with_the_proxys_other_settings(tmp_path):
+    import run_squad
+    import p1_quality
+
+    ctx = p1_quality.Ctx(smoke=False, learning_rate=2e-4, full_scale=True, model_name_or_path=str(tmp_path / "minilm"))
+    proxy = p1_quality.Ctx(smoke=False, learning_rate=2e-4)
+    assert ctx.results.name == "p1_full_lr0.0002" and ctx.results.parent == proxy.results.parent
+    assert ctx.cli_suffix() == f" --full_scale --model_name_or_path {tmp_path / 'minilm'} --learning_rate 0.0002"
+    (model, data, train, *_), (proxy_model, proxy_data, proxy_train, *_) = (
+        p1_quality.parse_settings(c, tmp_path / "run") for c in (ctx, proxy))
+    # every question of the reconstructed train file (83,380) and of dev (10,570) is "fewer than asked for"
+    assert data.max_train_samples > 87_599 and data.max_eval_samples > 10_570
+    assert not train.use_cpu and proxy_train.use_cpu
+    assert model.model_name_or_path == str(tmp_path / "minilm")
+    assert (train.per_device_train_batch_size, train.num_train_epochs, train.learning_rate, train.seed) == (
+        proxy_train.per_device_train_batch_size, proxy_train.num_train_epochs, proxy_train.learning_rate,
+        proxy_train.seed)
+    assert (data.max_seq_length, data.doc_stride, data.eval_max_seq_length) == (
+        proxy_data.max_seq_length, proxy_data.doc_stride, proxy_data.eval_max_seq_length)
+    # OTO gets the same overrides through run_squad; the plain peer follows today's default OTO run
+    oto_data, oto_settings = run_squad.parse_arguments(p1_quality.oto_argv(ctx, "oto50zerouniform", tmp_path / "run"))[1:3]
+    assert oto_data.max_train_samples == data.max_train_samples and not oto_settings.use_cpu
+    assert p1_quality.matched_oto(ctx, "tp50") == "oto50zerouniform" != p1_quality.matched_oto(proxy, "tp50")
+    assert p1_quality.matched_oto(ctx, "tp50kdalpha09") == "oto50zerouniformfromdensekdalpha09"
+    with pytest.raises(SystemExit, match="opposites"):
+        p1_quality.Ctx(smoke=True, full_scale=True)
+
+
 def test_saved_models_are_found_from_the_results_folder(tmp_path):
     import p1_quality
 
