@@ -136,7 +136,6 @@ class ZeroInvariantGroups:
         self.layers = torch.tensor(layer_ids, dtype=torch.long)
         self.index = torch.tensor(index, dtype=torch.long)
         self.sizes = torch.tensor(sizes, dtype=torch.long)
-        self._device = self.tensors[0].param.device if self.tensors else torch.device("cpu")
         self.is_transformer = True
 
     @classmethod
@@ -158,7 +157,6 @@ class ZeroInvariantGroups:
         self.num_layers, self.hidden_size, self.head_size = 1, 0, 0
         self.heads_per_layer, self.neurons_per_layer = [0], [0]
         self.prune_heads = self.prune_neurons = False
-        self._device = self.tensors[0].param.device if self.tensors else torch.device("cpu")
         self.is_transformer = False
         return self
 
@@ -214,6 +212,12 @@ class ZeroInvariantGroups:
         return torch.bincount(selected, minlength=self.num_layers).tolist()
 
     # ---- vectorised group operations ----
+
+    @property
+    def _device(self) -> torch.device:
+        """Where the parameters are now: the groups are usually found before the Trainer moves the model to its
+        device, so the device is read at each use, not remembered from construction."""
+        return self.tensors[0].param.device if self.tensors else torch.device("cpu")
 
     @torch.no_grad()
     def sq_norms(self) -> torch.Tensor:

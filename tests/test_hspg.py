@@ -4,7 +4,7 @@ import torch.nn.functional as F
 from transformers import BertForQuestionAnswering
 
 from conftest import tiny_bert_config
-from oto_hf import HSPG, UnsupportedModelError, ZeroInvariantGroups, zero_invariant_groups
+from oto_hf import HSPG, UnsupportedModelError, ZeroInvariantGroups, compress, zero_invariant_groups
 
 
 # ---- the paper's convex claim: more group sparsity than Prox-SG at a comparable objective ----
@@ -415,3 +415,31 @@ def test_without_penalty_or_projection_the_step_is_the_base_optimizer(direction)
         opt_a.zero_grad()
     for (name, a), b in zip(model_a.named_parameters(), model_b.parameters()):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6, msg=name)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU: a CPU-only machine cannot move a model "
+                    "between devices (run it where there is one, e.g. on the device machine)")
+@pytest.mark.parametrize("saliency", ["taylor", "mixed"])
+def test_on_a_gpu_with_the_groups_found_before_the_model_moved(saliency):
+    # As in OTOTrainer: the groups are found on the CPU, then the Trainer moves the model to the GPU. The first GPU
+    # run of run_squad failed here (the groups remembered the CPU as the parameters' device).
+    torch.manual_seed(0)
+    model = BertForQuestionAnswering(tiny_bert_config())
+    groups = zero_invariant_groups(model)
+    model.cuda()
+    opt = HSPG(model.parameters(), groups, lr=1e-3, direction="adamw", target=0.5, seq_len=32, prune_steps=30,
+               half_space_start=10, num_periods=3, allocation="uniform", saliency=saliency)
+    for k in range(60):
+        ids, start, end = (t.cuda() for t in qa_batch(k))
+        model(ids, start_positions=start, end_positions=end).loss.backward()
+        opt.step()
+        opt.zero_grad()
+    zero = groups.is_zero()
+    assert zero.is_cuda and torch.equal(zero, opt.hspg_state["zero"])
+    removed = float(groups.costs("flops", 32)[zero.cpu()].sum()) / groups.total_cost("flops", 32)
+    assert abs(removed - 0.5) <= 0.01, removed
+    small = compress(model)
+    ids = qa_batch(99)[0].cuda()
+    with torch.no_grad():
+        a, b = model.eval()(ids), small.eval()(ids)
+    assert (a.start_logits - b.start_logits).abs().max() <= 1e-4
