@@ -71,7 +71,7 @@ def model_stats(model: nn.Module, seq_len: int = 384, exclude_zero_groups: bool 
     from .groups import zero_invariant_groups
 
     groups = zero_invariant_groups(model)
-    keep = ~groups.is_zero() if exclude_zero_groups else groups.kinds >= 0
+    keep = ~groups.is_zero().cpu() if exclude_zero_groups else groups.kinds >= 0  # kinds, sizes: on the CPU
     heads = groups.count_per_layer(keep, kind="head")
     widths = groups.count_per_layer(keep, kind="neuron")
     h, d = groups.hidden_size, groups.head_size

@@ -4,7 +4,7 @@ import torch.nn.functional as F
 from transformers import BertForQuestionAnswering
 
 from conftest import tiny_bert_config
-from oto_hf import HSPG, UnsupportedModelError, ZeroInvariantGroups, compress, zero_invariant_groups
+from oto_hf import HSPG, UnsupportedModelError, ZeroInvariantGroups, compress, model_stats, zero_invariant_groups
 
 
 # ---- the paper's convex claim: more group sparsity than Prox-SG at a comparable objective ----
@@ -439,6 +439,8 @@ def test_on_a_gpu_with_the_groups_found_before_the_model_moved(saliency):
     removed = float(groups.costs("flops", 32)[zero.cpu()].sum()) / groups.total_cost("flops", 32)
     assert abs(removed - 0.5) <= 0.01, removed
     small = compress(model)
+    # the group-sparse model's sizes (zero groups counted as removed; this failed next) are the compressed model's
+    assert model_stats(model, 32).to_dict() == model_stats(small, 32).to_dict()
     ids = qa_batch(99)[0].cuda()
     with torch.no_grad():
         a, b = model.eval()(ids), small.eval()(ids)
