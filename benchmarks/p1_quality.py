@@ -530,7 +530,8 @@ def measure_latency(ctx: Ctx, model, vocab_size: int) -> dict:
     log(f"latency: dense vs this model, batch {ctx.latency['batch_size']} x {ctx.latency['seq_len']}, "
         f"{ctx.latency['repeats']} interleaved repeats, {THREADS} threads")
     load0 = os.getloadavg()
-    lat = latency_ratio(dense, model.eval(), ctx.latency["batch_size"], ctx.latency["seq_len"],
+    # a CPU measure (the protocol's batch 32 x 384 on this machine's CPU): a model trained on a GPU is moved
+    lat = latency_ratio(dense, model.eval().cpu(), ctx.latency["batch_size"], ctx.latency["seq_len"],
                         ctx.latency["repeats"], vocab_size=vocab_size)
     lat["load_average_before"] = load0
     lat["load_average_after"] = os.getloadavg()

@@ -427,7 +427,7 @@ def test_on_a_gpu_with_the_groups_found_before_the_model_moved(saliency):
     model = BertForQuestionAnswering(tiny_bert_config())
     groups = zero_invariant_groups(model)
     model.cuda()
-    opt = HSPG(model.parameters(), groups, lr=1e-3, direction="adamw", target=0.5, seq_len=32, prune_steps=30,
+    opt = HSPG(model.parameters(), groups, lr=1e-3, direction="adamw", target=0.7, seq_len=32, prune_steps=30,
                half_space_start=10, num_periods=3, allocation="uniform", saliency=saliency)
     for k in range(60):
         ids, start, end = (t.cuda() for t in qa_batch(k))
@@ -437,7 +437,7 @@ def test_on_a_gpu_with_the_groups_found_before_the_model_moved(saliency):
     zero = groups.is_zero()
     assert zero.is_cuda and torch.equal(zero, opt.hspg_state["zero"])
     removed = float(groups.costs("flops", 32)[zero.cpu()].sum()) / groups.total_cost("flops", 32)
-    assert abs(removed - 0.5) <= 0.01, removed
+    assert abs(removed - 0.7) <= 0.01, removed  # as on the CPU (test_target_is_reached_not_overshot_and_held)
     small = compress(model)
     # the group-sparse model's sizes (zero groups counted as removed; this failed next) are the compressed model's
     assert model_stats(model, 32).to_dict() == model_stats(small, 32).to_dict()
