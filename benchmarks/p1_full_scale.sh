@@ -23,7 +23,7 @@ p1() { ${PYTHON:-python3} benchmarks/p1_quality.py --full_scale --learning_rate 
 (
   p1 oto50zerouniform
   while [ ! -f "$logs/dense.ok" ] && [ ! -f "$logs/dense.failed" ]; do sleep 10; done
-  [ -f "$results/dense/result.json" ] && [ -f "$results/oto50zerouniform/result.json" ] && p1 tp50
+  [ -f "$logs/dense.ok" ] && [ -f "$results/oto50zerouniform/result.json" ] && p1 tp50
 ) &
 wait
 echo "p1_full_scale: finished; results:"

@@ -929,15 +929,21 @@ def summarize(ctx: Ctx) -> None:
         "# P1 — quality at a compute budget (all-MiniLM-L6-v2, SQuAD v1.1)" + (" — SMOKE (tiny, not a result)" if ctx.smoke else ""),
         "",
         "Protocol P1 of `../shared/docs/benchmark-protocol.md`; settings from `configs/minilm_squad_p1.yaml` "
-        "(4,000 train questions, seed 0; 2 epochs, batch 16, linear lr schedule, 10% warm-up; eval on 1,000 sampled dev "
-        f"questions at 384 tokens). Learning rate {lrs} for every method; docs/benchmarks.md compares the lrs swept "
-        "(1e-4, 2e-4, 4e-4), each in its own results folder.",
-        "EM/F1: official SQuAD v1.1 on the sampled dev questions. FLOPs: encoder FLOPs per 384-token example "
+        + ("at full scale (`--full_scale`): every train question (83,380 in the local reconstructed file), seed 0; 2 "
+           "epochs, batch 16, linear lr schedule, 10% warm-up; trained on a GPU; eval on all 10,570 dev questions at "
+           f"384 tokens. Learning rate {lrs} for every method." if ctx.full_scale else
+           "(4,000 train questions, seed 0; 2 epochs, batch 16, linear lr schedule, 10% warm-up; eval on 1,000 sampled "
+           f"dev questions at 384 tokens). Learning rate {lrs} for every method; docs/benchmarks.md compares the lrs "
+           "swept (1e-4, 2e-4, 4e-4), each in its own results folder."),
+        "EM/F1: official SQuAD v1.1 on the " + ("dev questions" if ctx.full_scale else "sampled dev questions") + ". "
+        "FLOPs: encoder FLOPs per 384-token example "
         "(`oto_hf.model_stats`). Latency ratio: dense model time / this model's time (the fine-tuned dense model, or "
         "where none was saved in this checkout the pre-trained checkpoint, which has its shapes), batch 32 × 384, "
         "5 interleaved repeats, medians, 2 threads, whole model (`oto_hf.report.latency_ratio`); for dense it is "
         "dense vs a copy of itself (noise check); \"again\": re-measured with `--remeasure_latency`, all models one "
-        "after another on an idle machine. Wall time: training only, on a shared 2-core CPU.",
+        "after another on an idle machine. Wall time: training only, "
+        + ("on the GPU (runs may share it: docs/benchmarks.md says which ran together)." if ctx.full_scale
+           else "on a shared 2-core CPU."),
         "",
         "| method | EM | F1 | enc. FLOPs kept | enc. params kept | heads per layer | FFN width per layer | latency ratio | train wall (s) | steps |",
         "|---|---|---|---|---|---|---|---|---|---|",
