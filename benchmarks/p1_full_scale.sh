@@ -8,7 +8,9 @@
 #   1. dense -> the recipe with alpha 0.9 (oto50zerouniformfromdensekdalpha09: dense start and teacher) -> its peer
 #   2. today's default OTO50 (oto50zerouniform, from the pretrained model) -> its peer tp50, which prunes the dense
 #      model of chain 1 and so waits for it.
-# PYTHON names the interpreter (default python3). Each method is resumable as in the proxy (a finished one is skipped, an interrupted one resumes from its checkpoint).
+# PYTHON names the interpreter (default python3). Each method is resumable as in the proxy (a finished one is
+# skipped, an interrupted one resumes from its checkpoint). On 2026-11-24 one H100 trained dense in 394 s and OTO50
+# in 737 s side by side (docs/benchmarks.md, "P1 at full scale on a GPU").
 set -u
 model=${1:?usage: bash benchmarks/p1_full_scale.sh <pretrained MiniLM folder> [log folder]}
 logs=${2:-benchmarks/results/tmp/p1_full_logs}
