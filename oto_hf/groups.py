@@ -214,7 +214,7 @@ class ZeroInvariantGroups:
     # ---- vectorised group operations ----
 
     @property
-    def _device(self) -> torch.device:
+    def device(self) -> torch.device:
         """Where the parameters are now: the groups are usually found before the Trainer moves the model to its
         device, so the device is read at each use, not remembered from construction."""
         return self.tensors[0].param.device if self.tensors else torch.device("cpu")
@@ -222,7 +222,7 @@ class ZeroInvariantGroups:
     @torch.no_grad()
     def sq_norms(self) -> torch.Tensor:
         """‖x_g‖² of every group, one tensor of shape (num_groups,), float32, on the parameters' device."""
-        out = torch.zeros(self.num_groups, dtype=torch.float32, device=self._device)
+        out = torch.zeros(self.num_groups, dtype=torch.float32, device=self.device)
         for t in self.tensors:
             out[t.span] += t.per_group_sum(t.param.detach().float().square())
         return out
@@ -245,7 +245,7 @@ class ZeroInvariantGroups:
                 t.view(t.param.data).masked_fill_(t.broadcast(local), 0.0)
 
     def _as_mask(self, indices) -> torch.Tensor:
-        indices = torch.as_tensor(indices if not isinstance(indices, range) else list(indices), device=self._device)
+        indices = torch.as_tensor(indices if not isinstance(indices, range) else list(indices), device=self.device)
         if indices.dtype == torch.bool:
             if indices.shape != (self.num_groups,):
                 raise ValueError(f"a boolean group mask must have shape ({self.num_groups},), got {tuple(indices.shape)}")
@@ -253,7 +253,7 @@ class ZeroInvariantGroups:
         indices = indices.long().flatten()
         if indices.numel() and (indices.min() < 0 or indices.max() >= self.num_groups):
             raise IndexError(f"group indices must lie in [0, {self.num_groups}), got {indices.min()}…{indices.max()}")
-        mask = torch.zeros(self.num_groups, dtype=torch.bool, device=self._device)
+        mask = torch.zeros(self.num_groups, dtype=torch.bool, device=self.device)
         mask[indices] = True
         return mask
 

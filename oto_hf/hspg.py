@@ -163,7 +163,7 @@ class HSPG(Optimizer):
                     "prune both heads and FFN neurons."
                 )
 
-        device = groups.tensors[0].param.device if groups.tensors else torch.device("cpu")
+        device = groups.device
         num = groups.num_groups
         self.hspg_state = {
             "step": 0,
