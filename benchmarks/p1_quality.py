@@ -266,6 +266,11 @@ def trains_on_more_data(method: str) -> bool:
     return split_seed(method)[0] in MORE_DATA_REFERENCE
 
 
+def target_percent(method: str) -> int:
+    """The encoder FLOPs removed, in percent, that an OTO or peer method's name says: 70 for "tp70kdalpha09seed1"."""
+    return int(re.match(r"(?:oto|tp)(\d+)", method).group(1))
+
+
 def with_seed(base: str, seed: int | None) -> str:
     """The seed variant's name: with_seed("tp50", 1) == "tp50seed1"; the method itself for seed None."""
     return base + (f"seed{seed}" if seed is not None else "")
@@ -842,7 +847,7 @@ def run_tp(ctx: Ctx, method: str, allow_without_oto: bool) -> dict:
     layer_distilled = base in LAYER_DISTILLED_PEERS
     strong_teacher = base in STRONG_TEACHER_PEERS
     distilled = base in DISTILLED_PEERS or layer_distilled or strong_teacher
-    target = int(re.match(r"tp(\d+)", base).group(1)) / 100
+    target = target_percent(base) / 100
     dense_method = with_seed("dense", seed)
     mdir = ctx.method_dir(method)
     run_dir = mdir / "run"

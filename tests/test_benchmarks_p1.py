@@ -2,7 +2,6 @@
 
 import dataclasses
 import json
-import re
 import sys
 from pathlib import Path
 
@@ -307,7 +306,7 @@ def _against_the_recipe(ctx, variant, seed, settings_differing=frozenset()):
     import run_squad
     import p1_quality
 
-    recipe_method = f"oto{_percent(variant)}zerouniformfromdensekd"
+    recipe_method = f"oto{p1_quality.target_percent(variant)}zerouniformfromdensekd"
     (model, data, settings, *_), (recipe_model, recipe_data, recipe_settings, *_) = (
         run_squad.parse_arguments(p1_quality.oto_argv(ctx, p1_quality.with_seed(m, seed), ctx.results / "run"))
         for m in (variant, recipe_method))
@@ -316,16 +315,12 @@ def _against_the_recipe(ctx, variant, seed, settings_differing=frozenset()):
     return model, recipe_model, {k for k, v in dataclasses.asdict(model).items() if recipe_fields[k] != v}
 
 
-def _percent(method: str) -> int:
-    return int(re.match(r"(?:oto|tp)(\d+)", method).group(1))
-
-
 def test_the_strong_teacher_points_are_the_recipe_with_alpha_0_9_and_nothing_else(tmp_path):
     import p1_quality
 
     ctx = p1_quality.Ctx(smoke=False, results=tmp_path)
     _stand_in_dense_models(tmp_path)
-    assert {_percent(m) for m in p1_quality.STRONG_TEACHER} == {50, 70}
+    assert {p1_quality.target_percent(m) for m in p1_quality.STRONG_TEACHER} == {50, 70}
     for variant in p1_quality.STRONG_TEACHER:
         for seed in (None, 1):
             strong, recipe, differing = _against_the_recipe(ctx, variant, seed)
@@ -392,8 +387,8 @@ def _check_the_knob_peer_follows_and_is_compared_with_its_oto_run(peer_base: str
     is compared with it, not with the recipe without the knob; that OTO run is still compared with the recipe's peer."""
     import p1_quality
 
-    percent = _percent(oto_base)
-    assert _percent(peer_base) == percent
+    percent = p1_quality.target_percent(oto_base)
+    assert p1_quality.target_percent(peer_base) == percent
     peer, oto = p1_quality.with_seed(peer_base, seed), p1_quality.with_seed(oto_base, seed)
     recipe, recipe_peer = (p1_quality.with_seed(m, seed) for m in (f"oto{percent}zerouniformfromdensekd", f"tp{percent}kd"))
     assert p1_quality.PEER_MATCHED_TO[peer] == oto and peer in p1_quality.METHODS
