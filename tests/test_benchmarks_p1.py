@@ -332,6 +332,30 @@ def test_the_strong_teacher_points_are_the_recipe_with_alpha_0_9_and_nothing_els
             ("oto50zerouniformfromdensekdalpha09seed1", "denseseed1")} <= set(p1_quality.comparison_pairs(results))
 
 
+def test_the_early_window_point_is_the_alpha_0_9_recipe_with_the_window_at_5_to_30_percent_and_nothing_else(tmp_path):
+    import run_squad
+    import p1_quality
+
+    ctx = p1_quality.Ctx(smoke=False, results=tmp_path)
+    _stand_in_dense_models(tmp_path)
+    for seed in (None, 1):
+        early, strong = (p1_quality.with_seed(m, seed) for m in ("oto50zerouniformfromdensekdalpha09early",
+                                                                  "oto50zerouniformfromdensekdalpha09"))
+        assert early in p1_quality.METHODS
+        (model, data, settings, *_), (strong_model, strong_data, strong_settings, *_) = (
+            run_squad.parse_arguments(p1_quality.oto_argv(ctx, m, tmp_path / "run")) for m in (early, strong))
+        assert model == strong_model and data == strong_data
+        assert _differing(settings, strong_settings.to_dict()) == {"oto_half_space_start", "oto_prune_fraction"}
+        assert (settings.oto_half_space_start, settings.oto_prune_fraction) == (0.05, 0.25)
+        assert (strong_settings.oto_half_space_start, strong_settings.oto_prune_fraction) == (0.1, 0.5)
+        # started from and distilled from the same seed's dense model, like the recipe it varies
+        assert model.model_name_or_path == model.teacher_model_name_or_path == strong_model.model_name_or_path
+    results = [{"method": "oto50zerouniformfromdensekdalpha09early", "family": "oto_variant", "target_flops_removed": 0.5},
+               {"method": "tp50kd", "family": "tp_variant"}, {"method": "dense", "family": "dense"}]
+    assert {("oto50zerouniformfromdensekdalpha09early", "tp50kd"),
+            ("oto50zerouniformfromdensekdalpha09early", "dense")} <= set(p1_quality.comparison_pairs(results))
+
+
 def test_the_mixed_saliency_point_is_the_recipe_choosing_groups_by_hessos_mix_and_nothing_else(tmp_path):
     import run_squad
     import p1_quality
