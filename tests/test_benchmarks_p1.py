@@ -332,7 +332,7 @@ def test_the_strong_teacher_points_are_the_recipe_with_alpha_0_9_and_nothing_els
             ("oto50zerouniformfromdensekdalpha09seed1", "denseseed1")} <= set(p1_quality.comparison_pairs(results))
 
 
-def test_the_early_window_point_is_the_alpha_0_9_recipe_with_the_window_at_5_to_30_percent_and_nothing_else(tmp_path):
+def test_the_early_window_points_are_the_strong_teacher_recipe_with_the_window_at_5_to_30_percent(tmp_path):
     import run_squad
     import p1_quality
 
@@ -350,6 +350,12 @@ def test_the_early_window_point_is_the_alpha_0_9_recipe_with_the_window_at_5_to_
         assert (strong_settings.oto_half_space_start, strong_settings.oto_prune_fraction) == (0.1, 0.5)
         # started from and distilled from the same seed's dense model, like the recipe it varies
         assert model.model_name_or_path == model.teacher_model_name_or_path == strong_model.model_name_or_path
+        pure = p1_quality.with_seed("oto50zerouniformfromdensekdalpha1early", seed)
+        pure_model, pure_data, pure_settings, *_ = run_squad.parse_arguments(
+            p1_quality.oto_argv(ctx, pure, tmp_path / "run"))
+        assert pure_data == data and pure_settings.to_dict() == settings.to_dict()
+        assert {k for k, v in dataclasses.asdict(pure_model).items()
+                if dataclasses.asdict(model)[k] != v} == {"distillation_alpha"} and pure_model.distillation_alpha == 1
     results = [{"method": "oto50zerouniformfromdensekdalpha09early", "family": "oto_variant", "target_flops_removed": 0.5},
                {"method": "tp50kd", "family": "tp_variant"}, {"method": "dense", "family": "dense"}]
     assert {("oto50zerouniformfromdensekdalpha09early", "tp50kd"),
