@@ -356,6 +356,15 @@ def test_the_early_window_points_are_the_strong_teacher_recipe_with_the_window_a
         assert pure_data == data and pure_settings.to_dict() == settings.to_dict()
         assert {k for k, v in dataclasses.asdict(pure_model).items()
                 if dataclasses.asdict(model)[k] != v} == {"distillation_alpha"} and pure_model.distillation_alpha == 1
+        # the learned layout: only the allocation differs (the floor binds with "balanced"; "uniform" keeps every
+        # layer above it anyway, so the two settings are the same floor)
+        learned = p1_quality.with_seed("oto50zerofloorfromdensekdalpha09early", seed)
+        learned_model, learned_data, learned_settings, *_ = run_squad.parse_arguments(
+            p1_quality.oto_argv(ctx, learned, tmp_path / "run"))
+        assert learned in p1_quality.METHODS and learned_model == model and learned_data == data
+        assert _differing(learned_settings, settings.to_dict()) == {"oto_allocation"}
+        assert (learned_settings.oto_allocation, settings.oto_allocation) == ("balanced", "uniform")
+        assert learned_settings.oto_layer_floor == settings.oto_layer_floor == 0.25
     results = [{"method": "oto50zerouniformfromdensekdalpha09early", "family": "oto_variant", "target_flops_removed": 0.5},
                {"method": "tp50kd", "family": "tp_variant"}, {"method": "dense", "family": "dense"}]
     assert {("oto50zerouniformfromdensekdalpha09early", "tp50kd"),
