@@ -200,7 +200,8 @@ STRONG_TEACHER_ALPHA = 0.9
 # 240, 1.5-1.7 at 540) while it has the fewest steps left to recover; this tests "when projection starts" (the
 # issue's own suggestion) on the recipe. The peer has no window (it cuts at step 0), so it has no counterpart.
 EARLY_WINDOW = ("--oto_half_space_start", "0.05", "--oto_prune_fraction", "0.25")
-# Measured at seed 0 (full dev set): +0.18 [-0.33, +0.69] against the alpha-0.9 recipe, -1.29 [-1.92, -0.66] from dense.
+# Measured (full dev set): +0.18 [-0.33, +0.69] / +0.09 [-0.42, +0.59] against the alpha-0.9 recipe, -1.29 [-1.92, -0.66]
+# / -1.21 [-1.85, -0.57] from dense (seeds 0 / 1): -1.25 on the mean, the closest OTO50, the window itself within noise.
 # oto50zerouniformfromdensekdalpha1early: the same with alpha 1 (the teacher's term alone, no labels). alpha 0.5 -> 0.9
 # gained OTO +0.66 on the mean of two seeds; the student sees the 4,000 labelled questions for the 3rd and 4th time
 # while the teacher's soft answers are what it should match to be "within 1 F1 of dense". The peer given alpha 1 would
@@ -213,6 +214,7 @@ EARLY_WINDOW = ("--oto_half_space_start", "0.05", "--oto_prune_fraction", "0.25"
 # not learned the task yet (p1_saliency_probe.py: that choice, judged one-shot, is the poorest of all). From the dense
 # fine-tuned model the saliency ranks groups of a model that knows the task, the basis on which the peer's global
 # ranking lays out uneven layers (4/2/3/4/4/4 heads at 70%); this asks whether OTO's learned layout pays there.
+# Measured at seed 0 (full dev set): heads 12/4/6/6/5/3, -0.17 [-0.68, +0.33] against the uniform layout: it does not.
 EARLY_WINDOW_RECIPE = ("oto50zerouniformfromdensekdalpha09early", "oto50zerouniformfromdensekdalpha1early",
                        "oto50zerofloorfromdensekdalpha09early")
 # oto50zerouniformfromdensekdmixed: the same recipe choosing its groups by HSPG's saliency="mixed" (HESSO, OTO v3: an
