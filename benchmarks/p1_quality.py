@@ -191,6 +191,7 @@ FROM_DENSE_DISTILLED = ("oto50zerouniformfromdensekd", "oto70zerouniformfromdens
 STRONG_TEACHER = ("oto50zerouniformfromdensekdalpha09", "oto70zerouniformfromdensekdalpha09")
 STRONG_TEACHER_PEERS = ("tp50kdalpha09", "tp70kdalpha09")
 STRONG_TEACHER_ALPHA = 0.9
+STRONG_TEACHER_OPTION = ("--distillation_alpha", f"{STRONG_TEACHER_ALPHA:g}")
 # oto50zerouniformfromdensekdalpha09early: the alpha-0.9 recipe (the closest OTO50 to dense, 1.39 below on two seeds)
 # with the pruning window at 5%-30% of the steps instead of 10%-60% (EARLY_WINDOW): steps 28-165 of 550 in four
 # periods of ~34, so the pruned model trains for 385 steps instead of 220, most of them near the peak lr. Started
@@ -200,8 +201,9 @@ STRONG_TEACHER_ALPHA = 0.9
 # 240, 1.5-1.7 at 540) while it has the fewest steps left to recover; this tests "when projection starts" (the
 # issue's own suggestion) on the recipe. The peer has no window (it cuts at step 0), so it has no counterpart.
 EARLY_WINDOW = ("--oto_half_space_start", "0.05", "--oto_prune_fraction", "0.25")
-# Measured (full dev set): +0.18 [-0.33, +0.69] / +0.09 [-0.42, +0.59] against the alpha-0.9 recipe, -1.29 [-1.92, -0.66]
-# / -1.21 [-1.85, -0.57] from dense (seeds 0 / 1): -1.25 on the mean, the closest OTO50, the window itself within noise.
+# Measured (full dev set): +0.18 [-0.33, +0.69] / +0.09 [-0.42, +0.59] against the alpha-0.9 recipe,
+# -1.29 [-1.92, -0.66] / -1.21 [-1.85, -0.57] from dense (seeds 0 / 1): -1.25 on the mean, the closest OTO50, the
+# window itself within noise.
 # oto50zerouniformfromdensekdalpha1early: the same with alpha 1 (the teacher's term alone, no labels). alpha 0.5 -> 0.9
 # gained OTO +0.66 on the mean of two seeds; the student sees the 4,000 labelled questions for the 3rd and 4th time
 # while the teacher's soft answers are what it should match to be "within 1 F1 of dense". The peer given alpha 1 would
@@ -237,6 +239,9 @@ MIXED_SALIENCY = ("oto50zerouniformfromdensekdmixed",)
 LAYER_DISTILLED = ("oto50zerouniformfromdensekdhidden",)
 LAYER_DISTILLED_PEERS = ("tp50kdhidden",)
 HIDDEN_WEIGHT = 1.0
+# Every OTO method that starts from its seed's dense fine-tuned model and distils from it: the recipe and its variants.
+# starts_from_dense, is_distilled and METHODS read this one list, so a new variant is added here once.
+RECIPE_VARIANTS = (*FROM_DENSE_DISTILLED, *STRONG_TEACHER, *MIXED_SALIENCY, *LAYER_DISTILLED, *EARLY_WINDOW_RECIPE)
 # dense8k / oto50zerouniform8k: OTO50 stays 3-4 F1 below dense whatever the steps (x2), the start (fromdense) or a
 # teacher (kd); its train loss falls to 0.7 in 1,100 steps over the 4,000 questions, with no dev gain. The paper trains
 # on all 87,599. Twice the questions for half the epochs keeps the compute and tests whether the gap is a small-data
@@ -281,14 +286,12 @@ def is_dense(method: str) -> bool:
 
 def starts_from_dense(method: str) -> bool:
     """Whether the OTO `method` starts from its seed's dense fine-tuned model instead of the pretrained checkpoint."""
-    return split_seed(method)[0] in (*FROM_DENSE, *FROM_DENSE_DISTILLED, *STRONG_TEACHER, *MIXED_SALIENCY,
-                                     *LAYER_DISTILLED, *EARLY_WINDOW_RECIPE)
+    return split_seed(method)[0] in (*FROM_DENSE, *RECIPE_VARIANTS)
 
 
 def is_distilled(method: str) -> bool:
     """Whether the OTO `method` distils from its seed's dense fine-tuned model."""
-    return split_seed(method)[0] in (*DISTILLED, *FROM_DENSE_DISTILLED, *STRONG_TEACHER, *MIXED_SALIENCY,
-                                     *LAYER_DISTILLED, *EARLY_WINDOW_RECIPE)
+    return split_seed(method)[0] in (*DISTILLED, *RECIPE_VARIANTS)
 
 
 def trains_on_more_data(method: str) -> bool:
@@ -339,16 +342,14 @@ OTO_METHODS = {"oto30": (0.3, 1, BALANCED + NO_FLOOR + FIRST_STEP),
                "oto70zerouniformkd": (0.7, 1, ZERO_INIT + UNIFORM + FLOOR),
                "oto50zerouniformfromdensekd": (0.5, 1, ZERO_INIT + UNIFORM + FLOOR),
                "oto70zerouniformfromdensekd": (0.7, 1, ZERO_INIT + UNIFORM + FLOOR),
-               "oto50zerouniformfromdensekdalpha09": (0.5, 1, ZERO_INIT + UNIFORM + FLOOR + (
-                   "--distillation_alpha", f"{STRONG_TEACHER_ALPHA:g}")),
-               "oto70zerouniformfromdensekdalpha09": (0.7, 1, ZERO_INIT + UNIFORM + FLOOR + (
-                   "--distillation_alpha", f"{STRONG_TEACHER_ALPHA:g}")),
-               "oto50zerouniformfromdensekdalpha09early": (0.5, 1, ZERO_INIT + UNIFORM + FLOOR + (
-                   "--distillation_alpha", f"{STRONG_TEACHER_ALPHA:g}") + EARLY_WINDOW),
+               "oto50zerouniformfromdensekdalpha09": (0.5, 1, ZERO_INIT + UNIFORM + FLOOR + STRONG_TEACHER_OPTION),
+               "oto70zerouniformfromdensekdalpha09": (0.7, 1, ZERO_INIT + UNIFORM + FLOOR + STRONG_TEACHER_OPTION),
+               "oto50zerouniformfromdensekdalpha09early": (0.5, 1, ZERO_INIT + UNIFORM + FLOOR + STRONG_TEACHER_OPTION
+                                                           + EARLY_WINDOW),
                "oto50zerouniformfromdensekdalpha1early": (0.5, 1, ZERO_INIT + UNIFORM + FLOOR + (
                    "--distillation_alpha", "1") + EARLY_WINDOW),
-               "oto50zerofloorfromdensekdalpha09early": (0.5, 1, BALANCED + ZERO_INIT + FLOOR + (
-                   "--distillation_alpha", f"{STRONG_TEACHER_ALPHA:g}") + EARLY_WINDOW),
+               "oto50zerofloorfromdensekdalpha09early": (0.5, 1, BALANCED + ZERO_INIT + FLOOR + STRONG_TEACHER_OPTION
+                                                           + EARLY_WINDOW),
                "oto50zerouniformfromdensekdmixed": (0.5, 1, ZERO_INIT + UNIFORM + FLOOR + ("--oto_saliency", "mixed")),
                "oto50zerouniformfromdensekdhidden": (0.5, 1, ZERO_INIT + UNIFORM + FLOOR + (
                    "--distillation_hidden_weight", f"{HIDDEN_WEIGHT:g}")),
@@ -360,8 +361,7 @@ METHODS = ["dense", "oto30", "oto50", "oto70", "tp30", "tp50", "tp70", "oto50x2"
            "oto70uniform", "oto50floor", "oto70floor", "oto50late", "oto50hold", "oto50zero",
            "oto50zerofloor", "oto70zerofloor", "oto70zerouniform", "oto50zerouniform",
            "oto70zerouniformshort", "oto30zerofloor", "oto30zerouniform", "oto50zerouniformx2", "oto70zerouniformx2",
-           *FROM_DENSE, *DISTILLED, *DISTILLED_PEERS, *FROM_DENSE_DISTILLED, *STRONG_TEACHER, *MIXED_SALIENCY,
-           *LAYER_DISTILLED, *EARLY_WINDOW_RECIPE,
+           *FROM_DENSE, *DISTILLED, *DISTILLED_PEERS, *RECIPE_VARIANTS,
            *LAYER_DISTILLED_PEERS, *STRONG_TEACHER_PEERS, *MORE_DATA_DENSE, *MORE_DATA_REFERENCE,
            *(with_seed(m, s) for s in SEEDS for m in SEEDED_METHODS)]
 LATENCY = dict(batch_size=32, seq_len=384, repeats=5)

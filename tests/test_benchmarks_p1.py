@@ -213,6 +213,11 @@ def _differing(settings, base_settings: dict) -> set[str]:
     return {k for k, v in settings.to_dict().items() if base_settings[k] != v}
 
 
+def _differing_model_fields(model, base_model) -> set[str]:
+    base_fields = dataclasses.asdict(base_model)
+    return {k for k, v in dataclasses.asdict(model).items() if base_fields[k] != v}
+
+
 def test_seed_points_change_only_the_training_seed(tmp_path):
     import run_squad
     import p1_quality
@@ -311,8 +316,7 @@ def _against_the_recipe(ctx, variant, seed, settings_differing=frozenset()):
         run_squad.parse_arguments(p1_quality.oto_argv(ctx, p1_quality.with_seed(m, seed), ctx.results / "run"))
         for m in (variant, recipe_method))
     assert data == recipe_data and _differing(settings, recipe_settings.to_dict()) == set(settings_differing)
-    recipe_fields = dataclasses.asdict(recipe_model)
-    return model, recipe_model, {k for k, v in dataclasses.asdict(model).items() if recipe_fields[k] != v}
+    return model, recipe_model, _differing_model_fields(model, recipe_model)
 
 
 def test_the_strong_teacher_points_are_the_recipe_with_alpha_0_9_and_nothing_else(tmp_path):
@@ -354,8 +358,7 @@ def test_the_early_window_points_are_the_strong_teacher_recipe_with_the_window_a
         pure_model, pure_data, pure_settings, *_ = run_squad.parse_arguments(
             p1_quality.oto_argv(ctx, pure, tmp_path / "run"))
         assert pure_data == data and pure_settings.to_dict() == settings.to_dict()
-        assert {k for k, v in dataclasses.asdict(pure_model).items()
-                if dataclasses.asdict(model)[k] != v} == {"distillation_alpha"} and pure_model.distillation_alpha == 1
+        assert _differing_model_fields(pure_model, model) == {"distillation_alpha"} and pure_model.distillation_alpha == 1
         # the learned layout: only the allocation differs (the floor binds with "balanced"; "uniform" keeps every
         # layer above it anyway, so the two settings are the same floor)
         learned = p1_quality.with_seed("oto50zerofloorfromdensekdalpha09early", seed)
