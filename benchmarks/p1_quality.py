@@ -27,7 +27,8 @@ method resumes from its last Trainer checkpoint):
                    (tp50kdseed1, run before it, followed oto50zerouniformkdseed1's: PEER_MATCHED_TO).
 * oto<N>zerouniformfromdensekdalpha09, tp<N>kdalpha09 (N = 50, 70, and their seeds)  that recipe with the
                    distillation weight alpha 0.9 instead of 0.5 (STRONG_TEACHER), for OTO; and the distilled peer given
-                   the same weight (STRONG_TEACHER_PEERS), which follows that OTO run.
+                   the same weight (STRONG_TEACHER_PEERS), which follows that OTO run (tp50kdalpha09seed2 follows
+                   oto50zerouniformfromdensekdalpha09earlyseed2, the only alpha-0.9 OTO50 run at seed 2).
 * oto50zerouniformfromdensekdalpha09early (and its seeds)  the alpha-0.9 recipe at 50% with the pruning window at
                    5%-30% of the steps instead of 10%-60% (EARLY_WINDOW_RECIPE): 385 steps for the pruned model.
                    oto50zerouniformfromdensekdalpha1early: the same with alpha 1 (the teacher's term alone).
@@ -850,6 +851,10 @@ PEER_MATCHED_TO = {with_seed(tp, s): with_seed(oto, s)
                                                                 *STRONG_TEACHER))))
                    for s in seeds}
 PEER_MATCHED_TO["tp50kdseed1"] = "oto50zerouniformkdseed1"
+# Seed 2 was added for the closest OTO50 only, the α-0.9 recipe with the early window (EARLY_WINDOW_RECIPE), so the
+# α-0.9 peer of seed 2 follows that run: the uniform layout keeps the same heads and neurons per layer and the window
+# moves neither the FLOPs target nor the 550 steps, so the peer's run is the one it would be after the plain α-0.9 recipe.
+PEER_MATCHED_TO["tp50kdalpha09seed2"] = "oto50zerouniformfromdensekdalpha09earlyseed2"
 
 
 # At full scale (--full_scale) only today's default OTO settings run, so the plain peers follow those.
