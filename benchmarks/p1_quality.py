@@ -83,13 +83,15 @@ method resumes from its last Trainer checkpoint):
     python benchmarks/p1_quality.py --fill_predictions --summarize  # predictions.json for runs that predate it
     python benchmarks/p1_quality.py --compare benchmarks/results/p1_lr0.0004/oto50 benchmarks/results/p1_lr0.0002/oto50
     python benchmarks/p1_quality.py --full_dev oto70 oto70uniform tp70 --summarize   # all 10,570 dev questions
+    python benchmarks/p1_quality.py --learning_rate 2e-4 --losses dense tp50kd   # logged losses at steps 240/400/540
 
 Every method also keeps its answer to each dev question (<method>/predictions.json), and the summary compares
 methods question by question: the mean F1 difference with a 95% paired bootstrap interval, so that a difference of
 one or two F1 points on 1,000 questions can be told apart from sampling noise.
 
 Saved models (<method>/model, <method>/run) are not committed, only result.json and the predictions files: score a
-model with --full_dev, and measure its latency (which needs dense/model), in the checkout that trained it.
+model with --full_dev, and measure its latency (which needs dense/model), in the checkout that trained it. The losses
+each run logged are copied into its result.json (training.loss_log; --fill_losses for runs from before).
 
 All CPU work runs with 2 threads. The latency ratio is oto_hf.report.latency_ratio (batch 32 x 384, 5 interleaved
 repeats, medians) of the dense fine-tuned model against the method's final model.
@@ -1250,6 +1252,59 @@ def fill_latency(ctx: Ctx) -> None:
             rewrite_result(ctx, m, r)
 
 
+# The losses the trainer logged (every logging_steps, each a mean over the steps since the last log): kept in
+# result.json because the run folders with their trainer_state.json stay local. A distilled run logs its terms
+# separately (distill_task_loss: the label term, distill_kd_loss: the logit term, distill_hidden_loss), so a late rise
+# of the label term can be told from one of the whole loss.
+LOSS_KEYS = ("loss", "distill_task_loss", "distill_kd_loss", "distill_hidden_loss")
+LOSS_STEPS = (240, 400, 540)
+
+
+def logged_losses(ctx: Ctx, method: str) -> list[dict] | None:
+    """[{"step": 20, "loss": …, "distill_task_loss": …}, …] from the method's last checkpoint's trainer_state.json
+    (its log_history runs from step 0 even after a resume); None where the run folder has no checkpoint."""
+    states = sorted(ctx.method_dir(method).glob("run/checkpoint-*/trainer_state.json"),
+                    key=lambda path: int(path.parent.name.rpartition("-")[2]))
+    if not states:
+        return None
+    history = json.loads(states[-1].read_text())["log_history"]
+    return [{"step": e["step"], **{k: e[k] for k in LOSS_KEYS if k in e}} for e in history if "loss" in e]
+
+
+def fill_losses(ctx: Ctx) -> None:
+    """Copy the logged losses into result.json for finished methods whose result has none (runs from before they were
+    kept) and whose run folder is still here."""
+    for m in METHODS:
+        r = read_result(ctx, m)
+        if r and "loss_log" not in r["training"] and (losses := logged_losses(ctx, m)):
+            r["training"]["loss_log"] = losses
+            rewrite_result(ctx, m, r)
+
+
+def loss_table(ctx: Ctx, methods: list[str], steps=LOSS_STEPS) -> list[str]:
+    """A markdown table of each method's logged losses at `steps` (from result.json, else the local run folder)."""
+    lines = ["| method | " + " | ".join(f"step {s}" for s in steps) + " |", "|---|" + "---|" * len(steps)]
+    for m in methods:
+        r = read_result(ctx, m)
+        losses = (r or {}).get("training", {}).get("loss_log") or logged_losses(ctx, m)
+        if not losses:
+            raise SystemExit(f"{m}: no logged losses: its result.json has no training.loss_log and "
+                             f"{ctx.method_dir(m) / 'run'} has no checkpoint (run it, or --fill_losses where it ran)")
+        by_step = {e["step"]: e for e in losses}
+        if missing := [s for s in steps if s not in by_step]:
+            raise SystemExit(f"{m}: nothing logged at step(s) {missing} (logged every "
+                             f"{losses[1]['step'] - losses[0]['step'] if len(losses) > 1 else '?'} steps up to "
+                             f"{losses[-1]['step']}); choose --loss_steps among those")
+        cells = []
+        for s in steps:
+            e = by_step[s]
+            # distilled: label term / logit term; otherwise the loss
+            cells.append(f"{e['distill_task_loss']:.2f} / {e['distill_kd_loss']:.2f}" if "distill_task_loss" in e
+                         else f"{e['loss']:.2f}")
+        lines.append(f"| {m} | " + " | ".join(cells) + " |")
+    return lines
+
+
 def fill_predictions(ctx: Ctx) -> None:
     """Write predictions.json for finished methods that have none (runs before predictions were kept): the saved
     model, evaluated again on the same questions. The F1 of those answers is checked against the result's F1, so
@@ -1417,6 +1472,13 @@ def main(argv=None) -> None:
     p.add_argument("--force", action="store_true", help="rerun methods whose result.json exists")
     p.add_argument("--summarize", action="store_true", help="write summary.md and f1_vs_flops.png")
     p.add_argument("--fill_latency", action="store_true", help="measure missing latency ratios of finished methods")
+    p.add_argument("--fill_losses", action="store_true", help="copy the logged losses of finished methods into their "
+                   "result.json (training.loss_log) from the run folder, where it is still here")
+    p.add_argument("--losses", nargs="+", default=[], choices=METHODS, metavar="METHOD", help="print the losses these "
+                   "methods logged at --loss_steps (a distilled run: label term / logit term)")
+    p.add_argument("--loss_steps", nargs="+", type=int, default=list(LOSS_STEPS), metavar="STEP",
+                   help=f"steps for --losses (default {' '.join(map(str, LOSS_STEPS))}; each a mean over the "
+                   "logging_steps before it: 20 in P1)")
     p.add_argument("--fill_predictions", action="store_true", help="write predictions.json of finished methods that "
                    "have none, by evaluating their saved model again (checked against their result.json)")
     p.add_argument("--compare", nargs=2, type=Path, metavar=("FOLDER_A", "FOLDER_B"), help="paired F1 difference "
@@ -1461,6 +1523,7 @@ def main(argv=None) -> None:
         else:
             result = run_tp(ctx, m, args.tp_without_oto)
         result["method_wall_s_this_session"] = time.perf_counter() - t0
+        result["training"]["loss_log"] = logged_losses(ctx, m)
         write_result(ctx, m, result)
     if args.fill_predictions:
         fill_predictions(ctx)
@@ -1468,6 +1531,10 @@ def main(argv=None) -> None:
         evaluate_full_dev(ctx, args.full_dev)
     if args.fill_latency:
         fill_latency(ctx)
+    if args.fill_losses:
+        fill_losses(ctx)
+    if args.losses:
+        print("\n".join(loss_table(ctx, args.losses, args.loss_steps)))
     if args.remeasure_latency is not None:
         remeasure_latency(ctx, args.remeasure_latency)
     if args.summarize:

@@ -2,6 +2,7 @@
 
 import dataclasses
 import json
+import shutil
 import sys
 from pathlib import Path
 
@@ -43,6 +44,45 @@ def test_the_clis_dense_mode_is_the_benchmarks_dense_baseline(tmp_path, squad_di
     assert cli["quality"]["dense"] == benchmark["quality"]
     assert json.loads((tmp_path / "cli" / "eval_predictions.json").read_text()) == \
         json.loads((tmp_path / "p1" / "dense" / p1_quality.PREDICTIONS).read_text())
+    # the losses the real Trainer logged, read back from the run's last checkpoint (what result.json keeps)
+    losses = p1_quality.logged_losses(ctx, "dense")
+    steps = [e["step"] for e in losses]
+    assert steps == sorted(set(steps)) and 0 < steps[-1] <= benchmark["training"]["steps"] and len(steps) >= 2
+    assert all(e.keys() == {"step", "loss"} and 0 < e["loss"] < 20 for e in losses)
+
+
+def _write_trainer_state(run_dir, step, log_history):
+    (run_dir / f"checkpoint-{step}").mkdir(parents=True)
+    (run_dir / f"checkpoint-{step}" / "trainer_state.json").write_text(json.dumps({"log_history": log_history}))
+
+
+def test_logged_losses_come_from_the_last_checkpoint_into_result_json_and_the_loss_table(tmp_path):
+    import p1_quality
+
+    ctx = p1_quality.Ctx(smoke=False, results=tmp_path)
+    method = "oto50zerouniformfromdensekdalpha09early"
+    entry = lambda step, task: {"step": step, "loss": 0.5, "distill_task_loss": task, "distill_kd_loss": 0.25,
+                                "learning_rate": 1e-4, "grad_norm": 3.0}
+    early = [entry(20, 2.0)]
+    late = [entry(20, 2.0), entry(40, 1.5), {"step": 40, "eval_f1": 50.0}, {"step": 40, "train_runtime": 9.0,
+                                                                             "train_loss": 1.0}]
+    # checkpoint-100 sorts before checkpoint-20 as text: the last one is the highest step, not the last name
+    _write_trainer_state(tmp_path / method / "run", 20, early)
+    _write_trainer_state(tmp_path / method / "run", 100, late)
+    losses = p1_quality.logged_losses(ctx, method)
+    assert losses == [{"step": 20, "loss": 0.5, "distill_task_loss": 2.0, "distill_kd_loss": 0.25},
+                      {"step": 40, "loss": 0.5, "distill_task_loss": 1.5, "distill_kd_loss": 0.25}]
+    assert p1_quality.logged_losses(ctx, "dense") is None  # no run folder
+    # --fill_losses copies them into a finished result that has none; the table then reads the result alone
+    (tmp_path / method / "result.json").write_text(json.dumps({"method": method, "training": {"steps": 40}}))
+    p1_quality.fill_losses(ctx)
+    assert json.loads((tmp_path / method / "result.json").read_text())["training"]["loss_log"] == losses
+    shutil.rmtree(tmp_path / method / "run")
+    assert p1_quality.loss_table(ctx, [method], (20, 40))[2] == f"| {method} | 2.00 / 0.25 | 1.50 / 0.25 |"
+    with pytest.raises(SystemExit, match=r"nothing logged at step\(s\) \[30\].*every 20 steps up to 40"):
+        p1_quality.loss_table(ctx, [method], (20, 30))
+    with pytest.raises(SystemExit, match="dense: no logged losses"):
+        p1_quality.loss_table(ctx, ["dense"], (20,))
 
 
 def _tiny_qa(seed=0):
