@@ -412,7 +412,7 @@ def test_the_early_window_points_are_the_strong_teacher_recipe_with_the_window_a
                {"method": "tp50kd", "family": "tp_variant"}, {"method": "dense", "family": "dense"}]
     assert {("oto50zerouniformfromdensekdalpha09early", "tp50kd"),
             ("oto50zerouniformfromdensekdalpha09early", "dense")} <= set(p1_quality.comparison_pairs(results))
-    # seed 2 ran the early window only: its alpha-0.9 peer follows that run (same layout and steps) and is paired with it
+    # seed 2's alpha-0.9 peer ran after the early window only: it follows that run (same layout and steps), paired with it
     early2, peer2 = "oto50zerouniformfromdensekdalpha09earlyseed2", "tp50kdalpha09seed2"
     assert early2 in p1_quality.METHODS and peer2 in p1_quality.METHODS
     assert p1_quality.matched_oto(ctx, peer2) == early2
