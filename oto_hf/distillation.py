@@ -1,8 +1,8 @@
 """Knowledge distillation from a dense teacher while a model is trained (and, with `OTOTrainer`, pruned).
 
 Every method in the reference table that ends level with its dense model after structured pruning (block movement
-pruning, CoFi) trains the pruned model against the dense model's outputs as well as against the labels; OTO alone
-(and this project's P1 protocol, docs/benchmarks.md) does not. `DistillationMixin` adds that to any `Trainer`:
+pruning, CoFi) trains the pruned model against the dense model's outputs as well as against the labels; OTO alone does
+not. `DistillationMixin` adds that to any `Trainer`:
 
     loss = (1 − α) · task loss + α · T² · KL(softmax(teacher / T) ‖ softmax(student / T))
 

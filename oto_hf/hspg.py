@@ -16,24 +16,24 @@ x̂ = x − α·Adam(∇f) − α·λ·x_g/‖x_g‖, so λ means "norm removed 
 **Target mode** (`target` set: the fraction of encoder FLOPs or parameters to remove). λ alone cannot promise a
 size, so, in the spirit of DHSPG (OTO v2), stage 2 becomes a pruning window of `prune_steps` steps split into
 `num_periods` periods. At the start of each period the least salient non-zero groups are marked redundant until the
-period's share of the target is covered (never more). With the default `allocation="uniform"`, every layer gives up
-the target's fraction of its cost, its heads the nearest whole number of their share and its neurons the rest: the
-layout is fixed, and only which heads and neurons go is learned (least salient first within the layer).
-`allocation="balanced"` (the default before the P1 measurements below) lets heads and FFN neurons each give up the
-target's fraction of their cost, and ranks the groups of a kind across layers by their saliency relative to their
-layer's mean, so layers can end up at different sizes; `allocation="global"` ranks all groups by saliency per unit
-of cost instead. In P1 (docs/benchmarks.md), scored on the full SQuAD dev set with every other setting at its
-default, "uniform" beat "balanced" in all five comparisons: +1.2 F1 at 30% removed, +1.4 and +2.1 at 50% (seeds 0
-and 1), +1.7 and +1.8 at 70%; "balanced" without a floor had left two layers with one head each at 70%.
+period's share of the target is covered (never more). How the target is shared (`allocation`):
+
+* "uniform" (the default): every layer gives up the target's fraction of its cost, its heads the nearest whole number
+  of their share and its neurons the rest. The layout is fixed; only which heads and neurons go is learned (least
+  salient first within the layer).
+* "balanced": heads and FFN neurons each give up the target's fraction of their cost, and the groups of a kind are
+  ranked across layers by their saliency relative to their layer's mean, so layers can end up at different sizes.
+* "global": all groups ranked by saliency per unit of cost. (Saliency scores of a head and of a neuron are not on a
+  common scale, so this one tends to prune one kind far more than the other.)
+
 `layer_floor` keeps every layer at or above a fraction of its heads and of its neurons, whatever "balanced" or
-"global" rank ("uniform" keeps every layer above it anyway). (Saliency scores of a head and of a neuron are not on a
-common scale: per unit of FLOPs, |x_gᵀ∇_g| made heads look ~10× cheaper than neurons and the squared score the
-opposite, and both lost to the balanced split when measured; see docs/benchmarks.md, "allocation probe".)
-Redundant groups take the subgradient step with an adaptive λ_g large enough to bring them to zero by the end of
-the period (linearly in norm), and the half-space projection; whatever is left of them at the period's end is
-projected. Other groups take the plain base step.
+"global" rank ("uniform" keeps every layer above it anyway). Redundant groups take the subgradient step with an
+adaptive λ_g large enough to bring them to zero by the end of the period (linearly in norm), and the half-space
+projection; whatever is left of them at the period's end is projected. Other groups take the plain base step.
 After the window the zero set is frozen, so the target is reached to within one group's cost and held. All group
 work is done with whole-tensor operations, never one group at a time.
+
+Why these defaults: docs/experiments.md.
 """
 
 import math
@@ -70,27 +70,23 @@ class HSPG(Optimizer):
         num_periods: the window is split into this many periods; the target grows in equal steps per period.
         saliency: how redundant groups are scored: "taylor" (|x_gᵀ∇_g f|, averaged over steps), "fisher"
             ((x_gᵀ∇_g f)², averaged), "magnitude" (‖x_g‖²/|g|) or "mixed" (HESSO's equal-weight mix of magnitude,
-            average magnitude, direction, first- and second-order Taylor; see `_mixed_importance`). In P1 (the
-            recipe at 50% removed, seed 1, full SQuAD dev set) "mixed" kept another half of the FFN neurons than
-            "taylor" (Jaccard 0.55 of the removed sets; heads 0.76) for the same F1: −0.31 [−0.93, +0.30].
+            average magnitude, direction, first- and second-order Taylor; see `_mixed_importance`). Default "taylor".
         allocation: how the target is shared between kinds of groups: "uniform" (every layer removes the same
             fraction of its cost: the nearest whole number of heads, neurons for the rest; least salient first within
             the layer), "balanced" (heads and neurons each remove that fraction of their cost; groups ranked across
             layers by saliency / its layer's mean) or "global" (all groups ranked by saliency per unit of cost).
         layer_floor: with a target, every layer keeps at least ⌊f · n⌋ of its n heads and of its n FFN neurons,
             f = min(layer_floor, 1 − target); 0 sets no floor. It keeps the ranking across layers of "balanced" and
-            "global" from emptying a layer: in P1 at 70% removed, "balanced" without a floor left two layers one head
-            each and scored 8.7 F1 below the same run with the default 0.25 (full SQuAD dev set); at 50% it kept
-            layer 1 at 3 heads where one seed would have left 1–2 (see docs/benchmarks.md). The target comes first:
+            "global" from emptying a layer (a layer left with one or two heads costs quality far beyond its share);
+            raise it if a learned layout starves some layers. Default 0.25. The target comes first:
             at f = 1 − target, where rounding can leave too little above the floors, the last few neurons come from
             below them.
         taylor_decay: decay of the running average of the "taylor" / "fisher" scores (one update per step).
         saliency_zero_init: start that average at zero (the default), so that every step's score weighs
             (1 − decay)·decay^age. False starts it at the first step's score, which then keeps the weight decay^k at
-            step k: 58% of the average at step 55, where P1's first pruning period chooses, for one batch scored
-            through a QA head that is still random. With the default layer floor, the zero start scored +0.1 and +1.8
-            F1 at P1's seeds 0 and 1 (full SQuAD dev set), halving the spread between them; see docs/benchmarks.md.
-            (A common scale does not change a ranking, so no bias correction is needed.)
+            step k (over half the average for the first ~70 steps at decay 0.99): one batch scored through a task
+            head that is still random would dominate the first pruning choice. (A common scale does not change a
+            ranking, so no bias correction is needed.)
         betas, eps: AdamW moments. momentum: SGD momentum. weight_decay: as in AdamW / SGD.
     """
 

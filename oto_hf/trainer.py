@@ -257,8 +257,8 @@ class OTOTrainer(DistillationMixin, Trainer):
         if self.lr_scheduler is not None or not self.args.oto_hold_lr_through_window:
             return super().create_scheduler(num_training_steps, optimizer)
         # Warm up, hold the peak through the pruning window, decay over what is left: the steps after the window are
-        # the only ones that train the final (pruned) architecture, and a linear schedule leaves them little lr. (On
-        # P1 at lr 2e-4 it gained nothing over the linear schedule, docs/benchmarks.md; hence off by default.)
+        # the only ones that train the final (pruned) architecture, and a linear schedule leaves them little lr. (Off by
+        # default: it has not beaten the linear schedule so far, docs/experiments.md.)
         # The window is HSPG's own (create_optimizer has built it), so schedule and pruning cannot disagree.
         window_end = min(self.hspg.half_space_start + self.hspg.prune_steps, num_training_steps)
         warmup = self.args.get_warmup_steps(num_training_steps)
