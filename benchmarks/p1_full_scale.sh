@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# P1 at full scale on one GPU (`p1_quality.py --full_scale`: every train and dev question, the CPU proxy's other
-# settings, lr 2e-4), results in benchmarks/results/p1_full_lr0.0002/<method>/result.json as for the proxy.
+# P1 at full scale on one GPU (suite p1_full of benchmarks/p1.yaml: every train and dev question, the CPU proxy's
+# other settings, lr 2e-4), results in benchmarks/results/p1_full_lr0.0002/<run>/result.json as for the proxy.
 #
 #   bash benchmarks/p1_full_scale.sh <pretrained MiniLM folder> [log folder]
 #
@@ -8,15 +8,14 @@
 #   1. dense -> the recipe with alpha 0.9 (oto50zerouniformfromdensekdalpha09: dense start and teacher) -> its peer
 #   2. today's default OTO50 (oto50zerouniform, from the pretrained model) -> its peer tp50, which prunes the dense
 #      model of chain 1 and so waits for it.
-# PYTHON names the interpreter (default python3). Each method is resumable as in the proxy (a finished one is
-# skipped, an interrupted one resumes from its checkpoint). On 2026-11-24 one H100 trained dense in 394 s and OTO50
-# in 737 s side by side (docs/benchmarks.md, "P1 at full scale on a GPU").
+# PYTHON names the interpreter (default python3). Each run is resumable as in the proxy (a finished one is
+# skipped, an interrupted one resumes from its checkpoint). Timings: docs/benchmarks.md, "P1 at full scale on a GPU".
 set -u
 model=${1:?usage: bash benchmarks/p1_full_scale.sh <pretrained MiniLM folder> [log folder]}
 logs=${2:-benchmarks/results/tmp/p1_full_logs}
 results=benchmarks/results/p1_full_lr0.0002
 mkdir -p "$logs"
-p1() { ${PYTHON:-python3} benchmarks/p1_quality.py --full_scale --learning_rate 2e-4 --model_name_or_path "$model" --methods "$1" \
+p1() { ${PYTHON:-python3} benchmarks/quality.py run "$1" --suite p1_full --model_name_or_path "$model" \
          > "$logs/$1.log" 2>&1; }
 (
   p1 dense && touch "$logs/dense.ok" || touch "$logs/dense.failed"

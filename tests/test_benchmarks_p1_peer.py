@@ -1,0 +1,38 @@
+"""benchmarks/p1_peer.py: the Torch-Pruning peer's one-shot pruning gives an equal compressed OTOBert model."""
+
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import BertConfig, BertForQuestionAnswering
+
+import oto_hf
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+
+
+def _tiny_qa(seed=0):
+    torch.manual_seed(seed)
+    config = BertConfig(vocab_size=200, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
+                        intermediate_size=96, max_position_embeddings=128)
+    return BertForQuestionAnswering(config).eval()
+
+
+def test_torch_pruning_peer_gives_an_equal_compressed_model():
+    pytest.importorskip("torch_pruning")
+    import p1_peer
+
+    dense = _tiny_qa()
+    x = {"input_ids": torch.randint(0, 200, (4, 32)), "attention_mask": torch.ones(4, 32, dtype=torch.long)}
+    out = dense(**x, start_positions=torch.tensor([1, 2, 3, 4]), end_positions=torch.tensor([5, 6, 7, 8]))
+    out.loss.backward()
+    grads = {n: p.grad.clone() for n, p in dense.named_parameters() if p.grad is not None}
+    dense.zero_grad(set_to_none=True)
+    pruned = p1_peer.tp_prune(dense, grads, 0.5)
+    stats = oto_hf.model_stats(pruned, 384)
+    assert sum(stats.heads_per_layer) == 4 and sum(stats.ffn_width_per_layer) < 2 * 96
+    assert dense.bert.encoder.layer[0].intermediate.dense.out_features == 96  # the dense model is left untouched
+    small, info = p1_peer.to_oto_bert(dense, pruned)
+    assert info["max_abs_logit_diff_tp_vs_compressed"] < 1e-5
+    assert oto_hf.model_stats(small, 384) == stats

@@ -1,0 +1,196 @@
+"""benchmarks/quality.py and its table benchmarks/p1.yaml: committed results reproduce from their descriptions, the
+table's references hold, paired differences, scoring of saved predictions, and one tiny run of each kind."""
+
+import dataclasses
+import json
+import shlex
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
+sys.path.insert(0, str(BENCH))
+
+import quality  # noqa: E402
+import run_squad  # noqa: E402
+
+# Options added to run_squad.py after some runs: absent from their record, they behaved as these values do.
+BEFORE_THEY_EXISTED = {"oto_layer_floor": 0.0, "oto_saliency_zero_init": False, "oto_hold_lr_through_window": False}
+
+
+def _committed_results():
+    table = quality.load_table()
+    return [(suite, path) for suite, spec in table["suites"].items()
+            for path in sorted((quality.REPO_ROOT / spec["results"]).glob("*/result.json"))]
+
+
+def _settings(argv: list[str]) -> dict:
+    """Every field run_squad.parse_arguments gives for `argv`, with the model folders named from the results folder
+    (where a run's fine-tuned model lies) or by their folder name (a pretrained model), and no output folder."""
+    fields = {}
+    for args in run_squad.parse_arguments(argv):
+        fields.update(args.to_dict() if hasattr(args, "to_dict") else dataclasses.asdict(args))
+    for key in ("model_name_or_path", "teacher_model_name_or_path"):
+        if fields[key]:
+            fields[key] = fields[key].split("benchmarks/results/")[-1] if "benchmarks/results/" in fields[key] \
+                else Path(fields[key]).name
+    fields.pop("output_dir")
+    return fields
+
+
+def _pretrained(result: dict) -> str | None:
+    """The pretrained model the recorded command named (full scale ran with a local copy of MiniLM)."""
+    words = shlex.split(result["command"])
+    return words[words.index("--model_name_or_path") + 1] if "--model_name_or_path" in words else None
+
+
+def mismatches(bench: quality.Bench, result: dict) -> dict:
+    """{setting: (what the run used, what its description builds today)} for a committed result."""
+    run, training = bench.run(result["method"]), result["training"]
+    if run.spec["kind"] == "peer":
+        model_args, data_args, settings = bench.adamw_settings(run, Path("unused"))
+        followed = bench.result(bench.follows(run))
+        distillation = training.get("distillation") or {}  # not recorded before distilled peers existed
+        pairs = {"seed": (training["seed"], settings.seed), "learning_rate": (training["learning_rate"],
+                 settings.learning_rate), "num_train_epochs": (training["num_train_epochs"], settings.num_train_epochs),
+                 "matched_to": (result["matched_to"], bench.follows(run)),
+                 "max_steps": (training["max_steps"], followed["training"]["steps"]),
+                 "target_flops_kept": (result["target_flops_kept"], followed["kept"]["encoder_flops"]),
+                 "pruned_from": (result.get("pruned_from", bench.ref(run, run.spec["start"])),
+                                 bench.ref(run, run.spec["start"])),
+                 "teacher": (bool(distillation), run.spec["teacher"] != "none")}
+        if distillation:
+            pairs |= {"alpha": (distillation["alpha"], model_args.distillation_alpha),
+                      "temperature": (distillation["temperature"], model_args.distillation_temperature),
+                      "hidden_weight": (distillation.get("hidden_weight", 0.0), model_args.distillation_hidden_weight)}
+        return {k: v for k, v in pairs.items() if v[0] != v[1]}
+    # dense and OTO: the recorded command line against today's, both parsed by run_squad.py; where the run recorded
+    # the value it used (its lr, seed, epochs, oto_* and distillation settings), that value wins over the command
+    # read with today's config and defaults.
+    if run.spec["kind"] == "oto":
+        recorded_argv = shlex.split(result["run_squad_command"])[2:]
+    else:
+        recorded_argv = [result["config"], *result["overrides"], "--seed", str(training["seed"])]
+    recorded = _settings([str(quality.REPO_ROOT / recorded_argv[0]), *recorded_argv[1:]])
+    recorded |= {k: training[k] for k in ("learning_rate", "seed", "num_train_epochs")}
+    if run.spec["kind"] == "oto":
+        recorded |= {**BEFORE_THEY_EXISTED, **training["oto_settings"]}
+    else:  # the oto_* options do not apply to a dense run
+        recorded = {k: v for k, v in recorded.items() if not k.startswith("oto_")}
+    if distillation := training.get("distillation"):
+        recorded |= {"distillation_alpha": distillation["alpha"],
+                     "distillation_temperature": distillation["temperature"],
+                     "distillation_hidden_weight": distillation.get("hidden_weight", 0.0)}
+    today = _settings(bench.oto_argv(run, Path("unused")) if run.spec["kind"] == "oto"
+                      else bench.argv(run) + ["--output_dir", "unused"])
+    return {k: (v, today[k]) for k, v in recorded.items() if today[k] != v}
+
+
+def test_every_committed_result_is_what_its_description_runs_today():
+    checked = 0
+    for suite, path in _committed_results():
+        result = json.loads(path.read_text())
+        bench = quality.Bench(suite, pretrained=_pretrained(result))
+        assert result["method"] == path.parent.name in bench.runs, f"{path}: no run of that name in the table"
+        assert not (differ := mismatches(bench, result)), f"{suite}/{path.parent.name}: {differ}"
+        checked += 1
+    assert checked >= 75
+
+
+def test_a_changed_description_no_longer_matches_its_result(tmp_path):
+    table = yaml.safe_load(quality.TABLE.read_text())
+    table["runs"]["oto50"]["options"] = {**table["runs"]["oto50"]["options"], "oto_layer_floor": 0.25}
+    table["runs"]["tp50kd"]["follows_at_seed"] = {}
+    (tmp_path / "p1.yaml").write_text(yaml.safe_dump(table))
+    bench = quality.Bench("p1", table=tmp_path / "p1.yaml")
+    oto50, tp50kd = (json.loads((bench.results / n / "result.json").read_text()) for n in ("oto50", "tp50kdseed1"))
+    assert mismatches(bench, oto50) == {"oto_layer_floor": (0.0, 0.25)}
+    assert mismatches(bench, tp50kd)["matched_to"] == ("oto50zerouniformkdseed1", "oto50zerouniformfromdensekdseed1")
+
+
+def _table(runs: dict, **suites) -> dict:
+    return {"task": "squad", "config": "configs/minilm_squad_p1.yaml", "baseline": "dense",
+            "suites": {"p1": {"results": "r", **suites}}, "runs": runs}
+
+
+DENSE = {"kind": "dense", "seeds": [0, 1], "about": "dense"}
+OTO = {"kind": "oto", "target": 0.5, "seeds": [0, 1], "about": "oto"}
+PEER = {"kind": "peer", "target": 0.5, "start": "dense", "follows": "oto50", "seeds": [0, 1], "about": "peer"}
+
+
+@pytest.mark.parametrize("runs, suite, error", [
+    ({"dense": DENSE, "oto50": {**OTO, "taget": 0.5}}, {}, r"run 'oto50': unknown key 'taget'"),
+    ({"dense": DENSE, "oto50": OTO, "tp50": {**PEER, "follows": "oto70"}}, {}, r"run 'tp50': follows: 'oto70' is not"),
+    ({"dense": DENSE, "oto50": OTO, "tp50": {**PEER, "seeds": [0, 2]}}, {}, r"run 'tp50': start: 'dense' has no seed 2"),
+    ({"dense": DENSE, "oto50": {**OTO, "teacher": "dense", "seeds": [3]}}, {}, r"'oto50': teacher: 'dense' has no seed 3"),
+    ({"dense": DENSE, "oto50": OTO, "oto50seed1": {**OTO, "seeds": [0]}}, {}, r"defined twice: oto50seed1"),
+    ({"dense": DENSE, "oto50": {**OTO, "alpha": 0.9}}, {}, r"'oto50': alpha and hidden_weight need a teacher"),
+    ({"dense": DENSE, "oto50": OTO, "tp50": PEER}, {"follows": {"tp50": "oto30"}}, r"suite 'p1'.*'oto30' is not"),
+    ({"dense": DENSE, "oto50": OTO}, {"full_dev": True, "fulldev": True}, r"suite 'p1': unknown key 'fulldev'"),
+])
+def test_the_table_refuses_what_it_cannot_run(runs, suite, error):
+    with pytest.raises(quality.TableError, match=error):
+        quality.check_table(_table(runs, **suite), "p1.yaml")
+
+
+def test_the_table_refuses_a_key_given_twice(tmp_path):
+    (tmp_path / "t.yaml").write_text(quality.TABLE.read_text().replace("  oto50x2:\n", "  oto50:\n", 1))
+    with pytest.raises(quality.TableError, match=r"line \d+: \['oto50'\] given twice"):
+        quality.load_table(tmp_path / "t.yaml")
+
+
+def test_paired_difference_and_its_interval():
+    same = quality.paired_difference([0.5, 1.0, 0.0], [0.5, 1.0, 0.0])
+    assert same["difference"] == 0 and same["ci95"] == (0.0, 0.0) and same["a_better"] == same["b_better"] == 0
+    shifted = quality.paired_difference([0.6] * 50, [0.5] * 50)  # +10 F1 points on every question
+    assert shifted["difference"] == pytest.approx(10.0) and shifted["ci95"] == pytest.approx((10.0, 10.0))
+    split = quality.paired_difference([1.0, 0.0] * 500, [0.0, 1.0] * 500)  # a wins half, loses half
+    assert split["difference"] == 0 and split["ci95"][0] < -3 and split["ci95"][1] > 3
+    assert (split["a_better"], split["b_better"], split["questions"]) == (500, 500, 1000)
+
+
+def test_saved_predictions_score_what_the_results_say_and_compare_across_suites(squad_dir):
+    bench = quality.Bench("p1")
+    for full_dev, key in ((False, "quality"), (True, "quality_full_dev")):
+        golds = quality.golds(bench, full_dev)
+        assert len(golds) == (10570 if full_dev else 1000)
+        f1 = quality.scores_of(bench, "oto50zerouniform", golds, full_dev)  # what the run scored, question by question
+        assert 100 * sum(f1) / len(f1) == pytest.approx(bench.result("oto50zerouniform")[key]["f1"], abs=1e-9)
+    d = quality.compare(bench, "oto50zerouniform", "tp50", full_dev=True)
+    assert d["questions"] == 10570 and d["a_better"] + d["b_better"] <= 10570
+    lr = quality.compare(bench, "p1_lr4e-4/oto50", "oto50")  # the same run at two learning rates
+    back = quality.compare(bench, "p1/oto50", "p1_lr4e-4/oto50")
+    assert lr["difference"] == pytest.approx(-back["difference"]) and lr["questions"] == 1000
+    with pytest.raises(SystemExit, match="answers other questions"):  # full scale scored every dev question
+        quality.compare(bench, "p1_full/dense", "dense")
+    with pytest.raises(SystemExit, match="predictions_full_dev.json.gz not found.*full_dev oto50floor --suite p1"):
+        quality.compare(bench, "oto50floor", "oto50", full_dev=True)
+    quality.full_dev(bench, ["oto50zerouniform"])  # scored already: nothing to do, and no model is needed
+    with pytest.raises(SystemExit, match="oto50floor: no finished run with a saved model"):
+        quality.full_dev(bench, ["oto50floor"])
+
+
+def test_a_dense_an_oto_and_a_peer_run_end_to_end(tmp_path, squad_dir):
+    bench = quality.Bench("p1", smoke=True, results=tmp_path)
+    quality.run(bench, ["dense", "oto50", "tp50"])
+    results = {n: bench.result(n) for n in ("dense", "oto50", "tp50")}
+    for name, result in results.items():
+        golds = quality.golds(bench, False)
+        f1 = quality.scores_of(bench, name, golds, False)
+        assert len(golds) == 24 and 100 * sum(f1) / len(f1) == pytest.approx(result["quality"]["f1"])
+        assert result["command"] == f"python benchmarks/quality.py run {name} --suite p1 --smoke"
+        assert result["training"]["loss_log"] and result["latency"]["speedup"] > 0
+    oto, peer = results["oto50"], results["tp50"]
+    assert "--oto_target 0.5" in oto["run_squad_command"] and oto["kept"]["encoder_flops"] < 0.6
+    assert (peer["matched_to"], peer["pruned_from"]) == ("oto50", "dense")
+    assert peer["training"]["max_steps"] == peer["training"]["steps"] == oto["training"]["steps"]
+    assert peer["kept"]["encoder_flops"] == pytest.approx(oto["kept"]["encoder_flops"], abs=0.01)
+    quality.run(bench, ["dense"])  # finished: skipped
+    assert bench.result("dense") == results["dense"]
+    quality.summarize(bench)
+    summary = (tmp_path / "summary.md").read_text()
+    assert all(f"| {a} | {b} | " in summary for a, b in (("oto50", "dense"), ("tp50", "dense"), ("oto50", "tp50")))
+    assert (tmp_path / "f1_vs_flops.png").exists() and (tmp_path / "f1_vs_flops_full_dev.png").exists()
+    assert quality.loss_table(bench, ["oto50"], [oto["training"]["loss_log"][0]["step"]])[2].startswith("| oto50 | ")
