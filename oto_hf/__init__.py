@@ -1,7 +1,9 @@
-"""oto-hf: Only-Train-Once structured pruning for Hugging Face BERT models.
+"""oto-hf: Only-Train-Once structured pruning for Hugging Face encoders.
 
 One training run with `HSPG` drives whole attention heads and FFN neurons (zero-invariant groups) to exactly
-zero; `compress` then cuts them out, giving a physically smaller model with the same outputs.
+zero; `compress` then cuts them out, giving a physically smaller model with the same outputs. Supported: the
+families of `oto_hf.architectures` (BERT and its layout: RoBERTa, XLM-R, CamemBERT, ELECTRA, …; DistilBERT;
+DeBERTa-v2/v3; ModernBERT; ViT/DeiT), every task head transformers gives them.
 
     groups = oto_hf.zero_invariant_groups(model)
     optimizer = oto_hf.HSPG(model.parameters(), groups, lr=3e-5, target=0.5, prune_steps=1000)
@@ -11,14 +13,17 @@ zero; `compress` then cuts them out, giving a physically smaller model with the 
                                    # or with trust_remote_code=True without oto_hf
 """
 
+import transformers
 from transformers import AutoConfig
 
+from .architectures import FAMILIES
 from .compress import compress, kept_indices
-from .configuration_oto_bert import OTOBertConfig
+from .configuration_oto import CONFIG_CLASSES, OTOBertConfig
 from .distillation import DistillationTrainer, distillation_loss, hidden_state_loss
-from .groups import GroupedTensor, UnsupportedModelError, ZeroInvariantGroups, zero_invariant_groups
+from .groups import (GroupedTensor, UnsupportedModelError, ZeroInvariantGroups, supported_model_types,
+                     zero_invariant_groups)
 from .hspg import HSPG
-from .modeling_oto_bert import (
+from .modeling_oto import (
     AUTO_CLASSES,
     OTOBertForMaskedLM,
     OTOBertForMultipleChoice,
@@ -34,22 +39,23 @@ from .stats import ModelStats, model_stats
 from .trainer import OTOTrainer, OTOTrainingArguments
 
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 
 def _register_auto_classes() -> None:
-    """Make `AutoConfig` / `AutoModel*` resolve model_type "oto_bert" once oto_hf is imported."""
-    import transformers
-
-    AutoConfig.register(OTOBertConfig.model_type, OTOBertConfig, exist_ok=True)
-    for auto_name, model_class in AUTO_CLASSES.items():
-        getattr(transformers, auto_name).register(OTOBertConfig, model_class, exist_ok=True)
+    """Make `AutoConfig` / `AutoModel*` resolve the compressed model types ("oto_bert", "oto_roberta", …) once
+    oto_hf is imported."""
+    for model_type, config_class in CONFIG_CLASSES.items():
+        AutoConfig.register(model_type, config_class, exist_ok=True)
+        for auto_name, model_class in AUTO_CLASSES[model_type].items():
+            getattr(transformers, auto_name).register(config_class, model_class, exist_ok=True)
 
 
 _register_auto_classes()
 
 __all__ = [
     "DistillationTrainer",
+    "FAMILIES",
     "HSPG",
     "GroupedTensor",
     "ModelStats",
@@ -72,5 +78,6 @@ __all__ = [
     "hidden_state_loss",
     "kept_indices",
     "model_stats",
+    "supported_model_types",
     "zero_invariant_groups",
 ]

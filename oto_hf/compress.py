@@ -1,81 +1,68 @@
-"""Cutting the zero groups out: a group-sparse BERT becomes a physically smaller OTOBert model.
+"""Cutting the zero groups out: a group-sparse encoder becomes a physically smaller compressed model.
 
 Finding what to prune is `groups.py`'s job (a group is prunable when it is exactly zero); this module only does
-the cut. The result has the same parameter names, fewer heads and a narrower FFN in each layer, a config that
-records the per-layer sizes, and the same outputs as the group-sparse model up to float32 rounding.
+the cut. Each grouped tensor keeps the slices of its surviving groups along its group axis, whatever the family's
+layout (separate or fused projections, GLU FFNs): the groups say where to cut. The result is the compressed class of
+the same task head (`modeling_oto`), with the same parameter names, fewer heads and a narrower FFN in each layer, a
+config that records the per-layer sizes, and the same outputs as the group-sparse model up to float32 rounding.
 """
 
 import torch
 from torch import nn
-from .configuration_oto_bert import OTOBertConfig
-from .groups import HEAD, NEURON, UnsupportedModelError, find_base_model, zero_invariant_groups
-from .modeling_oto_bert import AUTO_CLASSES
+
+from .configuration_oto import CONFIG_CLASSES
+from .groups import UnsupportedModelError, family_of, zero_invariant_groups
+from .modeling_oto import STOCK_TO_COMPRESSED
 from .stats import model_stats
 
 
 def compressed_class_for(model: nn.Module) -> type:
-    """The OTOBert class with the same task head as `model` (a Bert* or OTOBert* model)."""
-    for cls in AUTO_CLASSES.values():
-        if issubclass(cls, type(model)):
-            return cls
-    raise UnsupportedModelError(
-        f"compress does not know the task head of {type(model).__name__}: it handles BertModel and the Bert* task "
-        f"models of transformers ({', '.join(sorted(c.__name__.replace('OTOBert', 'Bert') for c in AUTO_CLASSES.values()))}) "
-        "and their OTOBert* forms. For a custom subclass, compress its `.bert` body, or open an issue."
-    )
+    """The compressed class with the same task head as `model` (a stock model or a compressed one)."""
+    family_of(model)  # an unsupported model is told which families are supported
+    cls = STOCK_TO_COMPRESSED.get(type(model))
+    if cls is None:
+        raise UnsupportedModelError(
+            f"compress does not know the task head of {type(model).__name__}: it handles the stock transformers "
+            "classes of the supported model types (their base models and task heads) and their compressed forms. "
+            "For a subclass of your own, compress its base model (`model.base_model`), or open an issue."
+        )
+    return cls
 
 
 def kept_indices(model: nn.Module) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
     """Per layer, the indices of the heads and of the FFN neurons whose groups are not all zero."""
     groups = zero_invariant_groups(model)
-    nonzero = ~groups.is_zero().cpu()
-    heads, neurons = [], []
-    for layer in range(groups.num_layers):
-        in_layer = nonzero & (groups.layers == layer)
-        heads.append(groups.index[in_layer & (groups.kinds == HEAD)])
-        neurons.append(groups.index[in_layer & (groups.kinds == NEURON)])
-    return heads, neurons
+    return groups.kept_indices(~groups.is_zero())
 
 
 @torch.no_grad()
-def compress(model: nn.Module, seq_len_for_stats: int = 384) -> nn.Module:
+def compress(model: nn.Module, seq_len_for_stats: int | None = None) -> nn.Module:
     """Return a new, smaller model without the zero heads and FFN neurons of `model`; `model` is left untouched.
 
-    `model` is a BertModel, a Bert* task model or an OTOBert* model, dense or group-sparse (typically trained with
-    `HSPG`). The result is the matching `OTOBert*` class, on the same device and dtype, in the same train/eval mode,
-    ready for `save_pretrained`. Its outputs equal `model`'s up to float32 rounding.
+    `model` is a model of a supported family (any task head) or a compressed one, dense or group-sparse (typically
+    trained with `HSPG`). The result is the matching compressed class, on the same device and dtype, in the same
+    train/eval mode, ready for `save_pretrained`. Its outputs equal `model`'s up to float32 rounding.
+    `seq_len_for_stats` is the sequence length of the FLOPs recorded in its config (default: the family's).
     """
     target_cls = compressed_class_for(model)
-    base = find_base_model(model)
-    heads, neurons = kept_indices(model)
+    groups = zero_invariant_groups(model)
+    keep = ~groups.is_zero().cpu()
+    heads, neurons = groups.kept_indices(keep)
     config = _compressed_config(model.config, [len(h) for h in heads], [len(n) for n in neurons])
 
     # Build on the meta device (no allocation, no random init), then hand it the sliced tensors.
     with torch.device("meta"):
         new = target_cls(config)
-
-    prefix = "" if base is model else model.base_model_prefix + "."
-    head_size = config.attention_head_size
+    shapes = {name: p.shape for name, p in new.named_parameters(remove_duplicate=False)}
     state = {name: tensor.detach().clone() for name, tensor in model.state_dict().items()}
-    for i, (kept_heads, kept_neurons) in enumerate(zip(heads, neurons)):
-        layer = f"{prefix}encoder.layer.{i}."
-        device = state[layer + "intermediate.dense.weight"].device
-        rows = (kept_heads[:, None] * head_size + torch.arange(head_size)).flatten().to(device)
-        kept_neurons = kept_neurons.to(device)
-        for proj in ("query", "key", "value"):
-            for part in ("weight", "bias"):
-                key = f"{layer}attention.self.{proj}.{part}"
-                state[key] = state[key].index_select(0, rows)
-        key = layer + "attention.output.dense.weight"
-        state[key] = state[key].index_select(1, rows)
-        for part in ("weight", "bias"):
-            key = f"{layer}intermediate.dense.{part}"
-            state[key] = state[key].index_select(0, kept_neurons)
-        key = layer + "output.dense.weight"
-        state[key] = state[key].index_select(1, kept_neurons)
+    local = _local_indices(groups, keep)
+    for t in groups.tensors:
+        state[t.name] = t.view(state[t.name]).index_select(t.group_dim, local[t.offset].to(t.param.device)) \
+            .reshape(shapes[t.name])
 
     new.load_state_dict(state, strict=True, assign=True)
-    # Buffers that are not saved in a state dict (position ids) are still on the meta device: take them over.
+    # Buffers that are not saved in a state dict (position ids, rotary tables) are still on the meta device: take
+    # them over.
     source_buffers = dict(model.named_buffers())
     for name, buffer in list(new.named_buffers()):
         if buffer.is_meta:
@@ -93,18 +80,24 @@ def compress(model: nn.Module, seq_len_for_stats: int = 384) -> nn.Module:
     info.setdefault("original_intermediate_size_per_layer", before.ffn_width_per_layer)
     info.setdefault("original_encoder_params", before.encoder_params)
     info.setdefault("original_encoder_flops", before.encoder_flops)
-    info.update(stats_seq_len=seq_len_for_stats, encoder_params=after.encoder_params, encoder_flops=after.encoder_flops)
+    info.update(stats_seq_len=after.seq_len, encoder_params=after.encoder_params, encoder_flops=after.encoder_flops)
     new.config.oto_pruning_info = info
     return new
 
 
-def _compressed_config(config, heads_per_layer: list[int], widths_per_layer: list[int]) -> OTOBertConfig:
+def _local_indices(groups, keep: torch.Tensor) -> dict[int, torch.Tensor]:
+    """For each run of groups (keyed by its first group's number), the indices of its kept groups within it."""
+    return {t.offset: torch.nonzero(keep[t.span]).flatten() for t in groups.tensors}
+
+
+def _compressed_config(config, heads_per_layer: list[int], widths_per_layer: list[int]):
+    """The compressed config: the model's own (stock or compressed) config with the per-layer sizes."""
+    stock_type = getattr(config, "stock_model_type", None) or config.model_type
     values = config.to_dict()
     for key in ("model_type", "transformers_version", "architectures", "auto_map"):
         values.pop(key, None)
     values["num_attention_heads_per_layer"] = heads_per_layer
     values["intermediate_size_per_layer"] = widths_per_layer
-    new_config = OTOBertConfig(**values)
+    new_config = CONFIG_CLASSES["oto_" + stock_type](**values)
     new_config._attn_implementation = config._attn_implementation
     return new_config
-

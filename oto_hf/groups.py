@@ -1,33 +1,39 @@
-"""Zero-invariant groups: which parameters of a BERT model vanish together.
+"""Zero-invariant groups: which parameters of an encoder vanish together, and what each group costs.
 
 A group is a minimal set of parameters such that, once all of them are zero, the structure they belong to adds
 nothing to the model's output, so it can be cut out without changing it:
 
-* attention head h of a layer: rows h·d…(h+1)·d−1 of the query, key and value weights and biases, and the same
-  columns of the attention output projection (zero V rows and bias ⇒ zero context for that head whatever the
-  attention pattern; zero output columns ⇒ nothing of it reaches the residual stream);
-* FFN neuron j of a layer: row j of the intermediate weight, its bias, and column j of the output projection
-  (pre-activation 0 and GELU(0) = 0).
+* attention head h of a layer: its rows (h·d … (h+1)·d − 1) of the query, key and value projections (weights and
+  biases; in a fused projection laid out as (3, heads, d), its rows of each third), its rows of any other projection
+  that belongs to the head (DeBERTa's relative-position projections when they are not shared), and its columns of
+  the attention output projection. Zero V rows and bias ⇒ zero context for that head whatever the attention
+  pattern; zero output columns ⇒ nothing of it reaches the residual stream.
+* FFN neuron j of a layer: row j of the FFN input projection and its bias (rows j and j + width of a GLU's
+  [input; gate] projection) and column j of the FFN output projection (a zero pre-activation gives act(0) = 0 for
+  GELU/ReLU/SiLU, and a zero gate gives 0 whatever the activation).
 
-Embeddings, LayerNorms, the two output-projection biases, pooler and task head are not grouped: they are trained
-but never pruned, and the hidden width stays.
+Embeddings, layer norms, the output projections' biases, pooler and task head are not grouped: they are trained
+but never pruned, and the hidden width stays. Where a family keeps these parts is its entry in
+`oto_hf.architectures`; this module reads the entry, finds the groups and counts their costs from the real module
+shapes.
 
 Every group operation works on whole tensors (a view that puts the groups on one axis), never one group at a
 time: bert-base has 37,008 groups.
 """
 
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 import torch
 from torch import nn
-from transformers import BertModel, PreTrainedModel
+from transformers import PreTrainedModel
 
-from .stats import head_flops, head_params, layer_fixed_params, neuron_flops, neuron_params
+from .architectures import FAMILIES, FAMILY_OF_MODEL_TYPE, Family, get_submodule
 
 
 HEAD, NEURON, CUSTOM = 0, 1, 2
 KIND_NAMES = ("head", "neuron", "custom")
+DEFAULT_SEQ_LEN = 384
 
 
 class UnsupportedModelError(TypeError):
@@ -70,40 +76,56 @@ class GroupedTensor:
 
 
 @dataclass
-class _LayerModules:
-    query: nn.Linear
-    key: nn.Linear
-    value: nn.Linear
-    attention_output: nn.Linear
-    intermediate: nn.Linear
-    output: nn.Linear
+class _LayerCosts:
+    """What one layer's head and neuron cost, read from its modules."""
+
     num_heads: int
+    num_neurons: int
+    head_params: int
+    neuron_params: int
+    fixed_params: int  # never pruned: layer norms, output biases, anything else in the layer
+    head_token_weights: int  # weight elements of one head that multiply each token (FLOPs = 2 · t · this)
+    neuron_token_weights: int
+    attention: nn.Module
     head_size: int
+    family: Family
+
+    def head_flops(self, tokens: int) -> int:
+        return 2 * tokens * self.head_token_weights + self.family.attention_flops(self.attention, tokens,
+                                                                                   self.head_size)
+
+    def neuron_flops(self, tokens: int) -> int:
+        return 2 * tokens * self.neuron_token_weights
 
 
 class ZeroInvariantGroups:
     """The partition of a model's prunable parameters into zero-invariant groups.
 
     Groups are numbered layer by layer, heads first, then FFN neurons. Per group: `kinds` (HEAD or NEURON),
-    `layers`, `index` (head or neuron number within its layer) and `sizes` (number of parameters).
+    `layers`, `index` (head or neuron number within its layer) and `sizes` (number of parameters). `costs` and
+    `total_cost` say what the groups and the whole encoder cost, in parameters or in FLOPs per example.
     """
 
     def __init__(self, model: nn.Module, prune_heads: bool = True, prune_neurons: bool = True):
+        self.family = family_of(model)
         base = find_base_model(model)
-        layers = next(fn for cls, fn in _BASE_MODELS.items() if isinstance(base, cls))(base)
-        self.num_layers = len(layers)
-        self.hidden_size = base.config.hidden_size
-        self.head_size = layers[0].head_size if layers else 0
-        self.heads_per_layer = [layer.num_heads for layer in layers]
-        self.neurons_per_layer = [layer.intermediate.out_features for layer in layers]
+        if getattr(base.config, "add_cross_attention", False):
+            raise UnsupportedModelError(
+                f"{type(base).__name__} has cross-attention (config.add_cross_attention=True); oto_hf prunes only "
+                "self-attention heads and FFN neurons of encoders. Use a model without cross-attention."
+            )
         self.prune_heads, self.prune_neurons = prune_heads, prune_neurons
-
-        h, d = self.hidden_size, self.head_size
-        kinds, layer_ids, index, sizes = [], [], [], []
-        self.tensors: list[GroupedTensor] = []
+        self.is_transformer = True
+        self.default_seq_len = (self.family.default_tokens(base.config) if self.family.default_tokens
+                                else DEFAULT_SEQ_LEN)
         names = {p: n for n, p in model.named_parameters()}
+        layers = get_submodule(base, self.family.layers)
+        self.num_layers = len(layers)
+        self.tensors: list[GroupedTensor] = []
+        self._layer_costs: list[_LayerCosts] = []
+        kinds, layer_ids, index, sizes = [], [], [], []
 
-        def add(kind: int, layer_id: int, count: int, members: list[tuple[nn.Parameter, tuple, int]]):
+        def add(kind: int, layer_id: int, count: int, members: list[tuple[nn.Parameter, tuple, int]], size: int):
             if count == 0:
                 return
             offset = len(kinds)
@@ -112,37 +134,82 @@ class ZeroInvariantGroups:
             kinds.extend([kind] * count)
             layer_ids.extend([layer_id] * count)
             index.extend(range(count))
-            sizes.extend([head_params(h, d) if kind == HEAD else neuron_params(h)] * count)
+            sizes.extend([size] * count)
 
         for i, layer in enumerate(layers):
-            n = layer.num_heads
+            head_members, n, d = self._head_members(layer)
+            neuron_members, width = self._neuron_members(layer)
+            costs = self._costs(layer, head_members, n, d, neuron_members, width)
+            self._layer_costs.append(costs)
             if prune_heads:
-                members = []
-                for proj in (layer.query, layer.key, layer.value):
-                    members.append((proj.weight, (n, d * h), 0))
-                    members.append((proj.bias, (n, d), 0))
-                members.append((layer.attention_output.weight, (h, n, d), 1))
-                add(HEAD, i, n, members)
+                add(HEAD, i, n, [(p, shape, dim) for p, shape, dim, _ in head_members], costs.head_params)
             if prune_neurons:
-                width = layer.intermediate.out_features
-                members = [
-                    (layer.intermediate.weight, (width, h), 0),
-                    (layer.intermediate.bias, (width, 1), 0),
-                    (layer.output.weight, (h, width), 1),
-                ]
-                add(NEURON, i, width, members)
+                add(NEURON, i, width, [(p, shape, dim) for p, shape, dim, _ in neuron_members], costs.neuron_params)
 
+        self.heads_per_layer = [c.num_heads for c in self._layer_costs]
+        self.neurons_per_layer = [c.num_neurons for c in self._layer_costs]
         self.kinds = torch.tensor(kinds, dtype=torch.long)
         self.layers = torch.tensor(layer_ids, dtype=torch.long)
         self.index = torch.tensor(index, dtype=torch.long)
         self.sizes = torch.tensor(sizes, dtype=torch.long)
-        self.is_transformer = True
+
+    def _head_members(self, layer: nn.Module):
+        """[(param, grouped shape, group axis, multiplies tokens)] of the layer's heads, the head count and size."""
+        family = self.family
+        attention = get_submodule(layer, family.attention)
+        d = getattr(attention, family.head_size_attribute)
+        members = []
+        n = None
+        for path in family.head_rows():
+            linear = get_submodule(layer, path)
+            if linear is None:
+                continue
+            thirds = 3 if family.fused_qkv and path in family.qkv else 1
+            count = linear.out_features // (thirds * d)
+            n = count if n is None else n
+            if count != n or count * thirds * d != linear.out_features:
+                raise UnsupportedModelError(f"{path} has {linear.out_features} rows, not a whole number of "
+                                            f"{n} heads of size {d}: the layout does not match the family entry.")
+            per_token = path in family.qkv
+            lead = (thirds, n) if thirds > 1 else (n,)
+            members.append((linear.weight, (*lead, d * linear.in_features), len(lead) - 1, per_token))
+            if linear.bias is not None:
+                members.append((linear.bias, (*lead, d), len(lead) - 1, False))
+        out = get_submodule(layer, family.attention_output)
+        members.append((out.weight, (out.out_features, n, d), 1, True))
+        return members, n, d
+
+    def _neuron_members(self, layer: nn.Module):
+        """[(param, grouped shape, group axis, multiplies tokens)] of the layer's FFN neurons, and the width."""
+        family = self.family
+        ffn_in, ffn_out = get_submodule(layer, family.ffn_input), get_submodule(layer, family.ffn_output)
+        width = ffn_out.in_features
+        lead = (2, width) if family.glu else (width,)
+        members = [(ffn_in.weight, (*lead, ffn_in.in_features), len(lead) - 1, True)]
+        if ffn_in.bias is not None:
+            members.append((ffn_in.bias, (*lead, 1), len(lead) - 1, False))
+        members.append((ffn_out.weight, (ffn_out.out_features, width), 1, True))
+        return members, width
+
+    def _costs(self, layer, head_members, n, d, neuron_members, width) -> _LayerCosts:
+        def per_group(members, count, tokens_only=False):
+            return sum(p.numel() for p, _, _, per_token in members if per_token or not tokens_only) // max(count, 1)
+
+        grouped = sum(p.numel() for p, *_ in head_members + neuron_members)
+        return _LayerCosts(
+            num_heads=n, num_neurons=width,
+            head_params=per_group(head_members, n), neuron_params=per_group(neuron_members, width),
+            fixed_params=sum(p.numel() for p in layer.parameters()) - grouped,
+            head_token_weights=per_group(head_members, n, tokens_only=True),
+            neuron_token_weights=per_group(neuron_members, width, tokens_only=True),
+            attention=get_submodule(layer, self.family.attention), head_size=d, family=self.family,
+        )
 
     @classmethod
     def from_tensors(cls, members: list[tuple[nn.Parameter, tuple[int, ...], int]]) -> "ZeroInvariantGroups":
-        """A custom partition, for models other than BERT (and for testing the optimizer on convex problems):
+        """A custom partition, for models oto_hf does not know (and for testing the optimizer on convex problems):
         each `(param, shape, group_dim)` makes `shape[group_dim]` groups out of `param.view(shape)`. Costs can
-        only be counted in parameters; FLOPs and heads/neurons per layer are BERT notions."""
+        only be counted in parameters; FLOPs and heads/neurons per layer are encoder notions."""
         self = cls.__new__(cls)
         self.tensors, sizes = [], []
         for i, (param, shape, group_dim) in enumerate(members):
@@ -154,10 +221,11 @@ class ZeroInvariantGroups:
         self.layers = torch.zeros(num, dtype=torch.long)
         self.index = torch.arange(num)
         self.sizes = torch.tensor(sizes, dtype=torch.long)
-        self.num_layers, self.hidden_size, self.head_size = 1, 0, 0
+        self.family, self.num_layers, self._layer_costs = None, 1, []
         self.heads_per_layer, self.neurons_per_layer = [0], [0]
         self.prune_heads = self.prune_neurons = False
         self.is_transformer = False
+        self.default_seq_len = DEFAULT_SEQ_LEN
         return self
 
     # ---- description ----
@@ -174,33 +242,48 @@ class ZeroInvariantGroups:
         """The grouped parameter tensors (each appears once)."""
         return [t.param for t in self.tensors]
 
-    def flops(self, seq_len: int = 384) -> torch.Tensor:
-        """Encoder FLOPs per example that each group costs at `seq_len` tokens (float64)."""
-        h, d = self.hidden_size, self.head_size
-        per_kind = torch.tensor([head_flops(h, d, seq_len), neuron_flops(h, seq_len)], dtype=torch.float64)
-        return per_kind[self.kinds]
+    def flops(self, seq_len: int | None = None) -> torch.Tensor:
+        """Encoder FLOPs per example that each group costs at `seq_len` tokens (default: the family's, 384 for
+        text), float64: 2 per multiply-add of the group's projections of the tokens, plus a head's attention scores
+        and context (and DeBERTa's relative-position terms)."""
+        seq_len = seq_len or self.default_seq_len
+        per_layer = torch.tensor([[c.head_flops(seq_len), c.neuron_flops(seq_len)] for c in self._layer_costs],
+                                 dtype=torch.float64).reshape(-1, 2)
+        return per_layer[self.layers, self.kinds] if self.num_groups else torch.zeros(0, dtype=torch.float64)
 
-    def costs(self, unit: str, seq_len: int = 384) -> torch.Tensor:
+    def costs(self, unit: str, seq_len: int | None = None) -> torch.Tensor:
         """What removing each group saves, in `unit` ("flops" or "params"), float64."""
         if unit == "flops" and not self.is_transformer:
-            raise ValueError("FLOPs are only counted for BERT groups; count a custom partition in 'params'.")
+            raise ValueError("FLOPs are only counted for encoder groups; count a custom partition in 'params'.")
         if unit == "flops":
             return self.flops(seq_len)
         if unit == "params":
             return self.sizes.to(torch.float64)
         raise ValueError(f"unit must be 'flops' or 'params', got {unit!r}")
 
-    def total_cost(self, unit: str, seq_len: int = 384) -> float:
+    def total_cost(self, unit: str, seq_len: int | None = None) -> float:
         """The whole encoder's FLOPs per example or parameters, grouped or not (the denominator of a target)."""
         if not self.is_transformer:
             return float(self.costs(unit).sum())
-        h, d = self.hidden_size, self.head_size
-        heads, neurons = sum(self.heads_per_layer), sum(self.neurons_per_layer)
+        seq_len = seq_len or self.default_seq_len
         if unit == "flops":
-            return float(heads * head_flops(h, d, seq_len) + neurons * neuron_flops(h, seq_len))
+            return float(sum(c.num_heads * c.head_flops(seq_len) + c.num_neurons * c.neuron_flops(seq_len)
+                             for c in self._layer_costs))
         if unit == "params":
-            return float(heads * head_params(h, d) + neurons * neuron_params(h) + self.num_layers * layer_fixed_params(h))
+            return float(sum(c.num_heads * c.head_params + c.num_neurons * c.neuron_params + c.fixed_params
+                             for c in self._layer_costs))
         raise ValueError(f"unit must be 'flops' or 'params', got {unit!r}")
+
+    def layer_totals(self, keep: torch.Tensor, seq_len: int | None = None) -> tuple[list[int], list[int], int, int]:
+        """Heads and FFN neurons per layer among the groups `keep` selects (kinds that are not grouped count whole),
+        and the encoder parameters and FLOPs per example at `seq_len` of that model."""
+        seq_len = seq_len or self.default_seq_len
+        heads, widths = self.count_per_layer(keep, "head"), self.count_per_layer(keep, "neuron")
+        params = sum(h * c.head_params + w * c.neuron_params + c.fixed_params
+                     for h, w, c in zip(heads, widths, self._layer_costs))
+        flops = sum(h * c.head_flops(seq_len) + w * c.neuron_flops(seq_len)
+                    for h, w, c in zip(heads, widths, self._layer_costs))
+        return heads, widths, params, flops
 
     def count_per_layer(self, mask: torch.Tensor, kind: str) -> list[int]:
         """How many groups of `kind` ("head" or "neuron") in each layer have `mask` set. Kinds that are not
@@ -210,6 +293,19 @@ class ZeroInvariantGroups:
             return list(self.heads_per_layer if k == HEAD else self.neurons_per_layer)
         selected = self.layers[mask.cpu() & (self.kinds == k)]
         return torch.bincount(selected, minlength=self.num_layers).tolist()
+
+    def kept_indices(self, keep: torch.Tensor) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        """Per layer, the indices of the heads and of the FFN neurons that `keep` selects (all of a kind that is not
+        grouped)."""
+        keep = keep.cpu()
+        heads, neurons = [], []
+        for layer in range(self.num_layers):
+            in_layer = keep & (self.layers == layer)
+            heads.append(self.index[in_layer & (self.kinds == HEAD)] if self.prune_heads
+                         else torch.arange(self.heads_per_layer[layer]))
+            neurons.append(self.index[in_layer & (self.kinds == NEURON)] if self.prune_neurons
+                           else torch.arange(self.neurons_per_layer[layer]))
+        return heads, neurons
 
     # ---- vectorised group operations ----
 
@@ -271,52 +367,37 @@ class ZeroInvariantGroups:
 # ---- supported architectures ----
 
 
-def _bert_layers(base: BertModel) -> list[_LayerModules]:
-    if getattr(base.config, "add_cross_attention", False):
+def supported_model_types() -> list[str]:
+    """The transformers model types oto_hf prunes (their compressed forms, "oto_<type>", too)."""
+    return [t for f in FAMILIES for t in f.model_types]
+
+
+def family_of(model: nn.Module) -> Family:
+    """The entry of `architectures.FAMILIES` that describes `model` (a stock model or a compressed one)."""
+    config = getattr(model, "config", None)
+    model_type = getattr(config, "stock_model_type", None) or getattr(config, "model_type", None)
+    family = FAMILY_OF_MODEL_TYPE.get(model_type)
+    if family is None or not isinstance(model, PreTrainedModel):
         raise UnsupportedModelError(
-            f"{type(base).__name__} has cross-attention (config.add_cross_attention=True); oto_hf prunes only "
-            "self-attention heads and FFN neurons of encoder-style BERT. Use a model without cross-attention."
+            f"oto_hf cannot find zero-invariant groups in {type(model).__name__}"
+            + (f" (model type {model_type!r})" if model_type else "") + ". Supported are the model types "
+            + ", ".join(f"{f.name}: {'/'.join(f.model_types)}" for f in FAMILIES) + ", with every task head "
+            "transformers gives them, and their compressed forms. Unwrap DDP/accelerate wrappers before building "
+            "groups. A model with one of these layouts under another model type is one entry in "
+            "oto_hf/architectures.py (see its docstring)."
         )
-    layers = []
-    for layer in base.encoder.layer:
-        attention = layer.attention.self
-        layers.append(
-            _LayerModules(
-                query=attention.query,
-                key=attention.key,
-                value=attention.value,
-                attention_output=layer.attention.output.dense,
-                intermediate=layer.intermediate.dense,
-                output=layer.output.dense,
-                num_heads=attention.num_attention_heads,
-                head_size=attention.attention_head_size,
-            )
-        )
-    return layers
-
-
-# Base-model class → function listing its layers' prunable modules. Subclasses (the compressed OTOBertModel)
-# are found through isinstance.
-_BASE_MODELS: dict[type, Callable[[nn.Module], list[_LayerModules]]] = {BertModel: _bert_layers}
-
-
-def supported_architectures() -> list[str]:
-    return [cls.__name__ for cls in _BASE_MODELS]
+    return family
 
 
 def find_base_model(model: nn.Module) -> nn.Module:
     """The transformer body of `model` (the model itself for a base model, `model.bert` for a BERT task model)."""
-    candidates = [model]
-    if isinstance(model, PreTrainedModel):
-        candidates.append(getattr(model, model.base_model_prefix, None))
-    for candidate in candidates:
-        if any(isinstance(candidate, cls) for cls in _BASE_MODELS):
+    family = family_of(model)
+    for candidate in (model, getattr(model, model.base_model_prefix, None)):
+        if candidate is not None and get_submodule(candidate, family.layers) is not None:
             return candidate
     raise UnsupportedModelError(
-        f"oto_hf cannot find zero-invariant groups in {type(model).__name__}: supported are models built on "
-        f"{', '.join(supported_architectures())} (BertModel and every Bert* task model of transformers, such as "
-        "BertForQuestionAnswering or BertForSequenceClassification, and their compressed OTOBert* forms). "
-        "Unwrap DDP/accelerate wrappers before building groups."
+        f"{type(model).__name__} has no '{family.layers}' layers where the {family.name} family keeps them "
+        f"(looked in the model and in its '{model.base_model_prefix}' body)."
     )
 
 

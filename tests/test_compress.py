@@ -5,16 +5,10 @@ import torch
 import transformers
 from transformers import AutoTokenizer, BertForQuestionAnswering
 
+import families
 from conftest import tiny_bert_config
 from oto_hf import OTOBertForQuestionAnswering, UnsupportedModelError, compress, model_stats, zero_invariant_groups
 from oto_hf.groups import HEAD, NEURON
-
-
-TASK_CLASSES = [
-    "BertModel", "BertForQuestionAnswering", "BertForSequenceClassification", "BertForTokenClassification",
-    "BertForMaskedLM", "BertForMultipleChoice", "BertForPreTraining", "BertForNextSentencePrediction",
-    "BertLMHeadModel",
-]
 
 
 def random_zero_pattern(groups, generator, fraction):
@@ -36,36 +30,30 @@ def assert_outputs_close(a, b, atol=1e-4):
     assert compared > 0
 
 
-@pytest.mark.parametrize("class_name", TASK_CLASSES)
-@pytest.mark.parametrize("attn", ["sdpa", "eager"])
-def test_compression_is_exact_on_random_configs(class_name, attn):
+HEADS = [(t, c, attn) for t, c in families.all_heads() for attn in families.ATTENTION[t]]
+
+
+@pytest.mark.parametrize("model_type,class_name,attn", HEADS, ids=["-".join(h) for h in HEADS])
+def test_compression_is_exact_in_every_family_and_head(model_type, class_name, attn):
+    """Random heads and neurons zeroed (one layer emptied of heads, one of neurons), then cut: the compressed model
+    answers a padded batch as the group-sparse one did."""
     generator = torch.Generator().manual_seed(zlib.crc32(f"{class_name}-{attn}".encode()))
     torch.manual_seed(int(torch.randint(0, 2**31, (1,), generator=generator)))
-    heads = int(torch.randint(2, 6, (1,), generator=generator))
-    config = tiny_bert_config(
-        num_attention_heads=heads, hidden_size=8 * heads, num_hidden_layers=int(torch.randint(2, 5, (1,), generator=generator)),
-        intermediate_size=int(torch.randint(8, 40, (1,), generator=generator)), is_decoder=class_name == "BertLMHeadModel",
-        num_labels=2 if class_name == "BertForQuestionAnswering" else 3,
-    )
-    config._attn_implementation = attn
-    model = getattr(transformers, class_name)(config).eval()
+    model = families.build(model_type, class_name, attn)
     groups = zero_invariant_groups(model)
     groups.zero_(random_zero_pattern(groups, generator, 0.5))
     state_before = {k: v.clone() for k, v in model.state_dict().items()}
 
     small = compress(model)
 
-    assert type(small).__name__ == class_name.replace("Bert", "OTOBert", 1)
+    assert type(small).__name__ == "OTO" + class_name
     assert all(torch.equal(state_before[k], v) for k, v in model.state_dict().items()), "input was modified"
     assert sum(p.numel() for p in small.parameters()) < sum(p.numel() for p in model.parameters())
     assert 0 in small.config.num_attention_heads_per_layer and 0 in small.config.intermediate_size_per_layer
-    for batch, seq in [(1, 5), (3, 17), (2, 64)]:
-        shape = (batch, 2, seq) if class_name == "BertForMultipleChoice" else (batch, seq)
-        ids = torch.randint(0, config.vocab_size, shape)
-        mask = torch.ones(shape, dtype=torch.long)
-        mask[..., seq // 2 + 1 :] = 0  # padding must behave the same too
+    for seed, length in [(0, 5), (1, 12)]:
+        inputs = families.inputs(model_type, class_name, length=length, seed=seed)
         with torch.no_grad():
-            assert_outputs_close(model(ids, attention_mask=mask), small(ids, attention_mask=mask))
+            assert_outputs_close(model(**inputs), small(**inputs), atol=1e-5)
 
 
 def test_compression_is_exact_on_real_minilm(minilm_path):

@@ -2,15 +2,17 @@ import pytest
 import torch
 from transformers import BertForQuestionAnswering, BertForSequenceClassification, BertModel, GPT2Config, GPT2Model
 
+import families
 from conftest import tiny_bert_config
-from oto_hf import UnsupportedModelError, zero_invariant_groups
-from oto_hf.groups import HEAD, NEURON
+from oto_hf import UnsupportedModelError, supported_model_types, zero_invariant_groups
+from oto_hf.architectures import get_submodule
+from oto_hf.groups import HEAD, NEURON, find_base_model
 
 
 def reference_norms(model, groups):
     """Group norms the slow, obvious way: slice each group's members out of the modules, one group at a time."""
     base = model.bert if hasattr(model, "bert") else model
-    d = groups.head_size
+    d = base.encoder.layer[0].attention.self.attention_head_size
     norms = []
     for layer in base.encoder.layer:
         att, out = layer.attention, layer.output
@@ -31,7 +33,7 @@ def test_partition_of_real_minilm(minilm_path):
     groups = zero_invariant_groups(model)
     assert len(groups) == 6 * 12 + 6 * 1536
     assert int((groups.kinds == HEAD).sum()) == 72
-    assert groups.head_size == 32 and groups.hidden_size == 384
+    assert groups.family.name == "bert" and groups.default_seq_len == 384
     # Every grouped element is counted once: the group sizes add up to the grouped tensors' sizes.
     assert int(groups.sizes.sum()) == sum(t.param.numel() for t in groups.tensors)
     torch.testing.assert_close(groups.norms(), reference_norms(model, groups), rtol=1e-5, atol=1e-6)
@@ -95,7 +97,7 @@ def test_counts_and_costs_per_layer():
 
 def test_unsupported_model_is_named():
     model = GPT2Model(GPT2Config(n_layer=1, n_embd=16, n_head=2, vocab_size=50))
-    with pytest.raises(UnsupportedModelError, match="GPT2Model.*BertModel"):
+    with pytest.raises(UnsupportedModelError, match="GPT2Model.*'gpt2'.*bert: bert/roberta.*architectures.py"):
         zero_invariant_groups(model)
     with pytest.raises(UnsupportedModelError, match="Linear"):
         zero_invariant_groups(torch.nn.Linear(3, 3))
@@ -105,3 +107,60 @@ def test_cross_attention_is_refused():
     model = BertModel(tiny_bert_config(is_decoder=True, add_cross_attention=True))
     with pytest.raises(UnsupportedModelError, match="cross-attention"):
         zero_invariant_groups(model)
+
+
+# ---- every supported family ----
+
+
+def test_every_supported_model_type_has_test_parameters():
+    assert set(supported_model_types()) == set(families.MODEL_TYPES)
+
+
+def slow_group_norms(model, groups):
+    """Group norms the slow, obvious way, from the family entry alone: slice each head's rows (in each third of a
+    fused projection), its extra projections' rows and its output columns, and each neuron's row(s) and column,
+    one group at a time."""
+    family = groups.family
+    norms = []
+    for layer in get_submodule(find_base_model(model), family.layers):
+        d = getattr(get_submodule(layer, family.attention), family.head_size_attribute)
+        out = get_submodule(layer, family.attention_output).weight
+        n = out.shape[1] // d
+        for h in range(n):
+            parts = [out[:, h * d:(h + 1) * d]]
+            for path in family.head_rows():
+                linear = get_submodule(layer, path)
+                if linear is None:
+                    continue
+                thirds = 3 if family.fused_qkv and path in family.qkv else 1
+                for third in range(thirds):
+                    rows = slice((third * n + h) * d, (third * n + h + 1) * d)
+                    parts += [linear.weight[rows]] + ([linear.bias[rows]] if linear.bias is not None else [])
+            norms.append(torch.sqrt(sum(p.detach().square().sum() for p in parts)))
+        ffn_in, ffn_out = get_submodule(layer, family.ffn_input), get_submodule(layer, family.ffn_output)
+        width = ffn_out.in_features
+        for j in range(width):
+            rows = [j, j + width] if family.glu else [j]
+            parts = [ffn_out.weight[:, j], ffn_in.weight[rows]]
+            parts += [ffn_in.bias[rows]] if ffn_in.bias is not None else []
+            norms.append(torch.sqrt(sum(p.detach().square().sum() for p in parts)))
+    return torch.stack(norms)
+
+
+@pytest.mark.parametrize("model_type", families.MODEL_TYPES)
+def test_groups_are_exact_in_every_family(model_type):
+    """The groups hold every matrix of every layer and nothing outside the layers; what a layer keeps ungrouped is
+    1-D (norms, the output projections' biases); each group's norm is the norm of the slices the family entry
+    names."""
+    model = families.build(model_type, families.task_heads(model_type)["AutoModel"])
+    groups = zero_invariant_groups(model)
+    grouped = {t.name for t in groups.tensors}
+    base = find_base_model(model)
+    layers_prefix = ("" if base is model else model.base_model_prefix + ".") + groups.family.layers + "."
+    in_layers = {n: p for n, p in model.named_parameters() if n.startswith(layers_prefix)}
+    assert grouped <= set(in_layers)
+    assert {n for n, p in in_layers.items() if p.dim() == 2} <= grouped
+    assert all(p.dim() == 1 for n, p in in_layers.items() if n not in grouped)
+    assert int(groups.sizes.sum()) == sum(t.param.numel() for t in groups.tensors)
+    assert len(groups) == 3 * (4 + 24)
+    torch.testing.assert_close(groups.norms(), slow_group_norms(model, groups), rtol=1e-5, atol=1e-6)

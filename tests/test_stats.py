@@ -1,9 +1,13 @@
+import pytest
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 from transformers import BertConfig, BertForQuestionAnswering, BertModel
 
+import families
 from conftest import tiny_bert_config
 from oto_hf import compress, model_stats, zero_invariant_groups
+from oto_hf.architectures import get_submodule
+from oto_hf.groups import find_base_model
 
 
 def measured_encoder_flops(model, seq_len):
@@ -49,3 +53,28 @@ def test_group_sparse_stats_predict_the_compressed_model():
     assert physical.encoder_flops > sparse.encoder_flops
     ratios = small.ratio_to(physical)
     assert 0 < ratios["encoder_flops"] < 1 and 0 < ratios["heads"] <= 1
+
+
+@pytest.mark.parametrize("model_type", families.MODEL_TYPES)
+def test_flops_match_torch_flop_counter_in_every_family(model_type):
+    """Encoder FLOPs per example (batch 1) as oto_hf counts them from the modules, against torch's count of the
+    layers' forward, dense and compressed (one layer without any head, one without any neuron)."""
+    torch.manual_seed(0)
+    model = families.build(model_type, families.task_heads(model_type)["AutoModel"])
+    groups = zero_invariant_groups(model)
+    groups.zero_((torch.rand(len(groups)) < 0.3) | ((groups.layers == 1) & (groups.kinds == 0))
+                 | ((groups.layers == 2) & (groups.kinds == 1)))
+    tokens = families.tokens(model_type)
+    for m in (model, compress(model)):
+        assert model_stats(m, tokens, exclude_zero_groups=False).encoder_flops == _counted_layer_flops(m, model_type)
+
+
+def _counted_layer_flops(model, model_type):
+    family = zero_invariant_groups(model).family
+    base = find_base_model(model)
+    prefix = type(model).__name__ + ("." if base is model else f".{model.base_model_prefix}.") + family.layers + "."
+    model.requires_grad_(False)  # torch's module tracker needs no autograd graph (DeBERTa's relative embeddings)
+    with FlopCounterMode(display=False) as counter:
+        model(**families.inputs(model_type, batch=1))
+    layer_names = {prefix + str(i) for i in range(len(get_submodule(base, family.layers)))}
+    return sum(sum(c.values()) for name, c in counter.get_flop_counts().items() if name in layer_names)

@@ -1,0 +1,167 @@
+"""The encoder families oto_hf prunes: one entry per module layout, and everything else follows from it.
+
+An entry says where a family keeps the parts that structured pruning touches: the list of layers, each layer's
+self-attention module, its query/key/value projections (separate, or one fused projection laid out as
+(3, heads, head_size)), the attention output projection, and the two FFN projections (the input one holding
+[input; gate] for a GLU FFN). From these entries oto_hf derives the zero-invariant groups and their costs
+(`oto_hf.groups`), the cut (`oto_hf.compress`) and the compressed model classes (`modeling_oto`).
+
+Adding a family that follows one of these layouts is one entry here (and its test parameters in
+tests/families.py). Paths are attribute paths: `layers` from the base model, the others from one layer.
+
+This file travels with every compressed checkpoint (``trust_remote_code=True``), so it imports only ``torch`` and
+``transformers``, never ``oto_hf``.
+"""
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from torch import nn
+
+
+def get_submodule(root: nn.Module, path: str) -> nn.Module | None:
+    """`root`'s submodule at the dotted `path`, or None where it has none (e.g. an optional projection)."""
+    module = root
+    for name in path.split("."):
+        module = getattr(module, name, None)
+        if module is None:
+            return None
+    return module
+
+
+def _standard_attention_flops(attention: nn.Module, tokens: int, head_size: int) -> int:
+    """One head's scores (Q·Kᵀ) and context (softmax·V) over `tokens` tokens: 2 · 2·t²·d."""
+    return 4 * tokens * tokens * head_size
+
+
+def _deberta_attention_flops(attention: nn.Module, tokens: int, head_size: int) -> int:
+    """DeBERTa's disentangled attention adds, per relative term (content→position "c2p", position→content "p2c"),
+    the head's projection of the 2·k relative-position embeddings and its scores against them (k = the attention
+    span: `position_buckets`, else `max_relative_positions`)."""
+    flops = _standard_attention_flops(attention, tokens, head_size)
+    if getattr(attention, "relative_attention", False):
+        span = 2 * attention.pos_ebd_size
+        hidden = attention.query_proj.in_features
+        for term in ("c2p", "p2c"):
+            if term in attention.pos_att_type:
+                flops += 2 * span * hidden * head_size + 2 * tokens * span * head_size
+    return flops
+
+
+def _vision_tokens(config) -> int:
+    """Tokens of a ViT-style model: one per patch, plus the class token (and DeiT's distillation token)."""
+    patches = (config.image_size // config.patch_size) ** 2
+    return patches + (2 if config.model_type.endswith("deit") else 1)
+
+
+@dataclass(frozen=True)
+class Family:
+    """Where one module layout keeps its prunable parts (see the module docstring)."""
+
+    name: str
+    model_types: tuple[str, ...]
+    layers: str
+    attention: str
+    qkv: tuple[str, ...]
+    attention_output: str
+    ffn_input: str
+    ffn_output: str
+    fused_qkv: bool = False
+    glu: bool = False
+    # Projections whose rows also belong to a head, where the model has them (DeBERTa's relative-position
+    # projections when `share_att_key` is off). They project the relative-position table, not the tokens.
+    head_extras: tuple[str, ...] = ()
+    # Attributes of the attention module: its head size, and those that hold its head count (updated when heads go).
+    head_size_attribute: str = "attention_head_size"
+    head_count_attributes: tuple[str, ...] = ("num_attention_heads", "all_head_size")
+    # The config attribute that holds the FFN width (the head count is `num_attention_heads` in every family).
+    width_attribute: str = "intermediate_size"
+    # FLOPs of one head beyond its projections of the tokens, at `tokens` tokens.
+    attention_flops: Callable[[nn.Module, int, int], int] = _standard_attention_flops
+    # The sequence length at which FLOPs are counted by default; None: oto_hf's text default (384).
+    default_tokens: Callable | None = None
+    # The Auto classes of this family's compressed task models ("AutoModel", …), where transformers has them.
+    auto_classes: tuple[str, ...] = field(default=(
+        "AutoModel", "AutoModelForPreTraining", "AutoModelForCausalLM", "AutoModelForMaskedLM",
+        "AutoModelForNextSentencePrediction", "AutoModelForSequenceClassification", "AutoModelForMultipleChoice",
+        "AutoModelForTokenClassification", "AutoModelForQuestionAnswering"))
+
+    def head_rows(self) -> tuple[str, ...]:
+        """Every projection whose output rows are grouped by head (the fused one counts once)."""
+        return self.qkv + self.head_extras
+
+    @property
+    def output_inside_attention(self) -> bool:
+        """Whether the attention module applies the output projection itself (then it returns the projected
+        output; otherwise the caller projects the per-head context it returns)."""
+        return self.attention_output.startswith(self.attention + ".")
+
+
+FAMILIES: tuple[Family, ...] = (
+    Family(
+        name="bert",
+        model_types=("bert", "roberta", "xlm-roberta", "camembert", "electra", "data2vec-text", "ernie"),
+        layers="encoder.layer",
+        attention="attention.self",
+        qkv=("attention.self.query", "attention.self.key", "attention.self.value"),
+        attention_output="attention.output.dense",
+        ffn_input="intermediate.dense",
+        ffn_output="output.dense",
+    ),
+    Family(
+        name="distilbert",
+        model_types=("distilbert",),
+        layers="transformer.layer",
+        attention="attention",
+        qkv=("attention.q_lin", "attention.k_lin", "attention.v_lin"),
+        attention_output="attention.out_lin",
+        ffn_input="ffn.lin1",
+        ffn_output="ffn.lin2",
+        head_count_attributes=("n_heads",),
+        width_attribute="hidden_dim",
+    ),
+    Family(
+        name="deberta-v2",
+        model_types=("deberta-v2",),
+        layers="encoder.layer",
+        attention="attention.self",
+        qkv=("attention.self.query_proj", "attention.self.key_proj", "attention.self.value_proj"),
+        head_extras=("attention.self.pos_key_proj", "attention.self.pos_query_proj"),
+        attention_output="attention.output.dense",
+        ffn_input="intermediate.dense",
+        ffn_output="output.dense",
+        attention_flops=_deberta_attention_flops,
+    ),
+    Family(
+        name="modernbert",
+        model_types=("modernbert",),
+        layers="layers",
+        attention="attn",
+        qkv=("attn.Wqkv",),
+        fused_qkv=True,
+        attention_output="attn.Wo",
+        ffn_input="mlp.Wi",
+        ffn_output="mlp.Wo",
+        glu=True,
+        head_size_attribute="head_dim",
+        head_count_attributes=(),
+    ),
+    Family(
+        name="vit",
+        model_types=("vit", "deit"),
+        layers="layers",
+        attention="attention",
+        qkv=("attention.q_proj", "attention.k_proj", "attention.v_proj"),
+        attention_output="attention.o_proj",
+        ffn_input="mlp.fc1",
+        ffn_output="mlp.fc2",
+        head_size_attribute="head_dim",
+        head_count_attributes=("num_attention_heads",),
+        default_tokens=_vision_tokens,
+        auto_classes=("AutoModel", "AutoModelForImageClassification", "AutoModelForMaskedImageModeling"),
+    ),
+)
+
+FAMILY_OF_MODEL_TYPE: dict[str, Family] = {model_type: f for f in FAMILIES for model_type in f.model_types}
+
+__all__ = ["FAMILIES", "FAMILY_OF_MODEL_TYPE", "Family", "get_submodule"]

@@ -1,0 +1,162 @@
+"""Compressed models as transformers models: save and load (with oto_hf imported, and without it through
+trust_remote_code), strict loading of the body, a new task head, old checkpoints, the KV cache."""
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from huggingface_hub.errors import StrictDataclassClassValidationError
+from safetensors.torch import load_file, save_file
+from transformers import (AutoModelForQuestionAnswering, AutoModelForSequenceClassification,
+                          BertForQuestionAnswering)
+
+import families
+from conftest import tiny_bert_config
+from oto_hf import OTOBertConfig, OTOBertForQuestionAnswering, OTOBertModel, compress, zero_invariant_groups
+from oto_hf.groups import HEAD, NEURON
+from oto_hf.modeling_oto import AUTO_CLASSES
+
+FIXTURES = Path(__file__).parent / "fixtures"
+
+
+def compressed(model_type: str, class_name: str, seed: int = 0):
+    """A compressed model of `class_name` with random groups cut, layer 1 left without a head and layer 2 without
+    an FFN neuron."""
+    torch.manual_seed(seed)
+    model = families.build(model_type, class_name)
+    groups = zero_invariant_groups(model)
+    groups.zero_((torch.rand(len(groups)) < 0.3) | ((groups.layers == 1) & (groups.kinds == HEAD))
+                 | ((groups.layers == 2) & (groups.kinds == NEURON)))
+    return compress(model)
+
+
+def test_checkpoint_records_per_layer_sizes_and_carries_its_code(tmp_path):
+    compressed("roberta", "RobertaForSequenceClassification").save_pretrained(tmp_path)
+    folder = tmp_path
+    config = json.loads((folder / "config.json").read_text())
+    assert config["model_type"] == "oto_roberta"
+    assert config["num_attention_heads_per_layer"][1] == 0 and config["intermediate_size_per_layer"][2] == 0
+    assert config["auto_map"]["AutoModelForSequenceClassification"] == "modeling_oto.OTORobertaForSequenceClassification"
+    assert config["auto_map"]["AutoConfig"] == "configuration_oto.OTORobertaConfig"
+    assert set(config["auto_map"]) == {"AutoConfig", *AUTO_CLASSES["oto_roberta"]}
+    assert {"model.safetensors", "modeling_oto.py", "configuration_oto.py", "architectures.py"} <= {
+        p.name for p in folder.iterdir()}
+
+
+def test_checkpoints_of_oto_hf_0_1_keep_loading(tmp_path):
+    """A compressed BERT saved by oto_hf 0.1.0 (its own modeling_oto_bert.py beside it) loads through the Auto
+    classes after `import oto_hf`, and without oto_hf through the code it carries, with the same logits."""
+    folder = FIXTURES / "oto_bert_v0.1.0_seqcls"
+    expected = json.loads((folder / "expected.json").read_text())
+    inputs = {k: torch.tensor(expected[k]) for k in ("input_ids", "attention_mask")}
+    model = AutoModelForSequenceClassification.from_pretrained(folder).eval()
+    assert type(model).__module__ == "oto_hf.modeling_oto"
+    assert model.config.num_attention_heads_per_layer == [3, 0, 4]
+    with torch.no_grad():
+        torch.testing.assert_close(model(**inputs).logits, torch.tensor(expected["logits"]), rtol=0, atol=1e-6)
+    out = families.run_python(f"""
+        import sys, json, torch
+        sys.modules['oto_hf'] = None
+        from transformers import AutoModelForSequenceClassification
+        expected = json.load(open("{folder}/expected.json"))
+        model = AutoModelForSequenceClassification.from_pretrained("{folder}", trust_remote_code=True).eval()
+        logits = model(**{{k: torch.tensor(expected[k]) for k in ("input_ids", "attention_mask")}}).logits
+        assert (logits - torch.tensor(expected["logits"])).abs().max() < 1e-6
+        print(type(model).__module__)
+    """, tmp_path)
+    assert "modeling_oto_bert" in out
+
+
+def test_in_process_round_trip_through_every_auto_class(tmp_path):
+    small = compressed("bert", "BertForPreTraining")
+    small.save_pretrained(tmp_path)
+    for auto_name, cls in AUTO_CLASSES["oto_bert"].items():
+        if auto_name in ("AutoModelForCausalLM",):
+            continue  # a decoder needs is_decoder=True: see the cache tests
+        loaded = getattr(__import__("transformers"), auto_name).from_pretrained(tmp_path)
+        assert type(loaded) is cls, auto_name
+
+
+@pytest.fixture
+def saved_qa(tmp_path):
+    small = compressed("bert", "BertForQuestionAnswering")
+    small.save_pretrained(tmp_path / "qa")
+    return tmp_path / "qa", small
+
+
+def test_weights_that_do_not_match_the_config_fail_clearly(saved_qa):
+    folder, small = saved_qa
+    config = json.loads((folder / "config.json").read_text())
+    config["num_attention_heads_per_layer"][0] = 4 if config["num_attention_heads_per_layer"][0] != 4 else 3
+    (folder / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ValueError, match="do not match its OTOBertConfig"):
+        AutoModelForQuestionAnswering.from_pretrained(folder)
+    # Even when asked to ignore mismatched sizes, pruned weights are never silently re-drawn.
+    with pytest.raises(ValueError, match="do not match its OTOBertConfig"):
+        AutoModelForQuestionAnswering.from_pretrained(folder, ignore_mismatched_sizes=True)
+
+
+def test_missing_encoder_weights_fail_clearly(saved_qa):
+    folder, _ = saved_qa
+    weights = load_file(folder / "model.safetensors")
+    del weights["bert.encoder.layer.2.output.dense.weight"]
+    save_file(weights, folder / "model.safetensors", metadata={"format": "pt"})
+    with pytest.raises(ValueError, match="missing from the weights.*layer.2.output.dense.weight"):
+        OTOBertForQuestionAnswering.from_pretrained(folder)
+
+
+@pytest.mark.parametrize("model_type", ["bert", "deberta-v2", "modernbert"])
+def test_a_new_task_head_keeps_the_compressed_body(model_type, tmp_path):
+    """Re-heading a published pruned model: a head of another size is an error without ignore_mismatched_sizes and a
+    fresh head with it; the body loads as saved either way."""
+    small = compressed(model_type, families.classifier(model_type))
+    small.save_pretrained(tmp_path)
+    with pytest.raises(ValueError, match="ignore_mismatched_sizes=True"):
+        AutoModelForSequenceClassification.from_pretrained(tmp_path, num_labels=5)
+    reheaded = AutoModelForSequenceClassification.from_pretrained(tmp_path, num_labels=5, ignore_mismatched_sizes=True)
+    assert reheaded.config.num_labels == 5 and reheaded.num_labels == 5
+    body, new_body = small.base_model.eval(), reheaded.base_model.eval()
+    inputs = families.inputs(model_type)
+    with torch.no_grad():
+        torch.testing.assert_close(new_body(**inputs).last_hidden_state, body(**inputs).last_hidden_state)
+    # A QA checkpoint gives a classifier its body too (its head is new; ModernBERT names both heads "classifier").
+    qa = compressed(model_type, families.task_heads(model_type)["AutoModelForQuestionAnswering"])
+    qa.save_pretrained(tmp_path / "qa")
+    classifier_from_qa = AutoModelForSequenceClassification.from_pretrained(tmp_path / "qa", num_labels=3,
+                                                                            ignore_mismatched_sizes=True)
+    assert classifier_from_qa.config.num_attention_heads_per_layer == qa.config.num_attention_heads_per_layer
+
+
+DECODERS = [(t, c) for t, c in families.all_heads() if "CausalLM" in c or c.endswith("LMHeadModel")]
+
+
+@pytest.mark.parametrize("model_type,class_name", DECODERS, ids=[c for _, c in DECODERS])
+def test_the_kv_cache_is_used_and_agrees_with_the_uncached_forward(model_type, class_name):
+    small = compressed(model_type, class_name)
+    assert small.config.num_attention_heads_per_layer[1] == 0
+    ids = families.inputs(model_type, length=9)["input_ids"][:1]
+    with torch.no_grad():
+        full = small(ids).logits
+        prefix = small(ids[:, :-1], use_cache=True)
+        step = small(ids[:, -1:], cache=prefix.past_key_values, use_cache=True)
+        torch.testing.assert_close(step.logits[:, -1], full[:, -1], rtol=1e-5, atol=1e-5)
+        for beams in (1, 2):
+            args = dict(max_new_tokens=5, do_sample=False, num_beams=beams, output_scores=True,
+                        return_dict_in_generate=True, pad_token_id=0)
+            cached, uncached = small.generate(ids, use_cache=True, **args), small.generate(ids, use_cache=False, **args)
+            assert torch.equal(cached.sequences, uncached.sequences)
+            torch.testing.assert_close(torch.stack(cached.scores), torch.stack(uncached.scores), rtol=1e-4, atol=1e-4)
+
+
+def test_config_validation():
+    with pytest.raises(StrictDataclassClassValidationError, match="one entry per layer"):
+        OTOBertConfig(num_hidden_layers=2, num_attention_heads_per_layer=[12])
+    with pytest.raises(StrictDataclassClassValidationError, match="outside"):
+        OTOBertConfig(num_hidden_layers=1, intermediate_size_per_layer=[5000])
+
+
+def test_the_compressed_classes_are_the_stock_ones():
+    small = compress(BertForQuestionAnswering(tiny_bert_config()))
+    assert isinstance(small, OTOBertForQuestionAnswering) and isinstance(small, BertForQuestionAnswering)
+    assert isinstance(small.bert, OTOBertModel.__bases__[1])
