@@ -66,6 +66,7 @@ class HSPG(Optimizer):
         target: fraction in [0, 1) of encoder FLOPs (or parameters, see `target_unit`) to remove; None for the
             paper's λ-only mode.
         target_unit: "flops" (per example at `seq_len` tokens) or "params".
+        seq_len: the sequence length at which FLOPs are counted (default: the groups' own, 384 for text models).
         prune_steps: length of the pruning window that starts at `half_space_start` (required with a target).
         num_periods: the window is split into this many periods; the target grows in equal steps per period.
         saliency: how redundant groups are scored: "taylor" (|x_gᵀ∇_g f|, averaged over steps), "fisher"
@@ -102,7 +103,7 @@ class HSPG(Optimizer):
         half_space_start: int = 0,
         target: float | None = None,
         target_unit: str = "flops",
-        seq_len: int = 384,
+        seq_len: int | None = None,
         prune_steps: int | None = None,
         num_periods: int = 1,
         saliency: str = "taylor",
@@ -127,7 +128,7 @@ class HSPG(Optimizer):
         self.half_space_start = int(half_space_start)
         self.target = target
         self.target_unit = target_unit
-        self.seq_len = seq_len
+        self.seq_len = seq_len or groups.default_seq_len
         self.prune_steps = prune_steps
         self.num_periods = int(num_periods)
         self.saliency = saliency
@@ -403,29 +404,15 @@ class HSPG(Optimizer):
                 _mark_least_salient(redundant, member & allowed, goal * float(costs[member].sum()) / removable, score,
                                     costs, zero)
         else:
-            # Every layer gives up its share of the goal: the coarse groups (heads) the nearest whole number of theirs
-            # (never more than the layer's share), the fine ones (neurons) the rest of the layer's share.
-            layers = self.groups.layers.to(device)
-            for layer in range(self.groups.num_layers):
-                in_layer = layers == layer
-                layer_cost = float(costs[in_layer].sum())
-                layer_goal = goal * layer_cost / removable
-                layer_kinds = sorted(torch.unique(kinds[in_layer]).tolist(),
-                                     key=lambda k: -float(costs[in_layer & (kinds == k)].max()))
-                for i, kind in enumerate(layer_kinds):
-                    member = in_layer & (kinds == kind)
-                    taken = float(costs[in_layer & ~member & (zero | redundant)].sum())
-                    share = layer_goal - taken
-                    if i < len(layer_kinds) - 1:
-                        unit = float(costs[member].max())
-                        share = min(round(layer_goal * float(costs[member].sum()) / layer_cost / unit) * unit, share)
-                    _mark_least_salient(redundant, member & allowed, share, score, costs, zero)
-        if self.allocation != "global" or self.layer_floor > 0:
+            self._mark_uniform(redundant, allowed, period, score, costs, kinds, zero, removable)
+        last_period = period == self.num_periods - 1
+        if (self.allocation != "global" or self.layer_floor > 0) and (self.allocation != "uniform" or last_period):
             # Each pool stops short of its share by less than one of its groups; the cheapest groups (neurons), least
             # salient first, fill what is left, so the target is met to within one neuron. The floor yields to the
             # target: only when it is at 1 − target can rounding leave the allowed groups short, and then the second
             # pass takes the last few from below it ("global" needs these passes only for that). Without a floor
-            # every group is allowed and the second pass finds nothing.
+            # every group is allowed and the second pass finds nothing. "uniform" fills only in the last period: an
+            # earlier fill would give neurons a share that their layer's heads take back later, and zero groups stay.
             for pool in (allowed, ~allowed):
                 need = goal - float(costs[zero | redundant].sum())
                 candidates = torch.nonzero(pool & ~zero & ~redundant).flatten()
@@ -433,6 +420,37 @@ class HSPG(Optimizer):
                 order = order[torch.argsort(costs[order], stable=True)]
                 redundant[order[_fill_budget(costs[order], need)]] = True
         state["redundant"] = redundant
+
+    def _mark_uniform(self, redundant, allowed, period, score, costs, kinds, zero, removable) -> None:
+        """The uniform allocation: every layer gives up the target's fraction of its cost. Its layout is fixed by the
+        final target alone (the one a single period would choose): the coarse groups (heads) the nearest whole number
+        of their share of the layer's goal (never more than the goal), the fine ones (neurons) the rest. Each period
+        takes the period's fraction of that, the coarse groups rounded down to whole groups and the fine ones the rest
+        of the period's goal, but never beyond their final share, so that whatever the number of periods, the last
+        one ends at that layout."""
+        device = zero.device
+        layers = self.groups.layers.to(device)
+        fraction = (period + 1) / self.num_periods
+        final_goal = self.target * self.total_cost
+        for layer in range(self.groups.num_layers):
+            in_layer = layers == layer
+            layer_cost = float(costs[in_layer].sum())
+            final_layer_goal = final_goal * layer_cost / removable
+            layer_kinds = sorted(torch.unique(kinds[in_layer]).tolist(),
+                                 key=lambda k: -float(costs[in_layer & (kinds == k)].max()))
+            final_coarse = 0.0
+            for i, kind in enumerate(layer_kinds):
+                member = in_layer & (kinds == kind)
+                if i < len(layer_kinds) - 1:
+                    unit = float(costs[member].max())
+                    final_share = min(round(final_layer_goal * float(costs[member].sum()) / layer_cost / unit) * unit,
+                                      final_layer_goal - final_coarse)
+                    final_coarse += final_share
+                    share = math.floor(fraction * final_share / unit + 1e-9) * unit
+                else:
+                    taken = float(costs[in_layer & ~member & (zero | redundant)].sum())
+                    share = min(fraction * final_layer_goal - taken, final_layer_goal - final_coarse)
+                _mark_least_salient(redundant, member & allowed, share, score, costs, zero)
 
     def _above_layer_floor(self, score: torch.Tensor, zero: torch.Tensor) -> torch.Tensor:
         """The zero groups and, in each layer, the least salient live groups of each kind that can go before the

@@ -1,10 +1,12 @@
 import pytest
 import torch
 import torch.nn.functional as F
-from transformers import BertForQuestionAnswering
+from transformers import BertConfig, BertForQuestionAnswering, BertModel
 
+import families
 from conftest import tiny_bert_config
 from oto_hf import HSPG, UnsupportedModelError, ZeroInvariantGroups, compress, model_stats, zero_invariant_groups
+from oto_hf.groups import NEURON
 
 
 # ---- the paper's convex claim: more group sparsity than Prox-SG at a comparable objective ----
@@ -187,6 +189,46 @@ def test_uniform_allocation_removes_the_same_fraction_of_every_layer():
             pool = torch.nonzero(in_layer & (groups.kinds == kind)).flatten()
             cut = chosen[pool]
             assert float(score[pool[cut]].max()) <= float(score[pool[~cut]].min()), (layer, kind)
+
+
+@pytest.mark.parametrize("num_periods", [1, 2, 3, 4, 7])
+def test_uniform_layout_is_the_same_whatever_the_number_of_periods(num_periods):
+    """2 layers of 4 heads and 128 neurons, 50% of the FLOPs at 384 tokens: one period chooses 2 heads and 64
+    neurons in each layer, and so must the last of several (early periods round the heads' share down and must not
+    hand it to the neurons for good)."""
+    torch.manual_seed(0)
+    model = BertModel(BertConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=128,
+                                 vocab_size=50))
+    opt = HSPG(model.parameters(), zero_invariant_groups(model), lr=1e-3, target=0.5, prune_steps=28,
+               num_periods=num_periods)
+    for _ in range(32):
+        model(input_ids=torch.randint(0, 50, (2, 10))).last_hidden_state.square().mean().backward()
+        opt.step()
+        opt.zero_grad()
+    stats = model_stats(model)
+    assert (stats.heads_per_layer, stats.ffn_width_per_layer) == ([2, 2], [64, 64])
+    assert 1 - stats.encoder_flops / model_stats(model, exclude_zero_groups=False).encoder_flops == pytest.approx(0.5)
+
+
+@pytest.mark.parametrize("model_type", families.MODEL_TYPES)
+def test_target_is_met_in_every_family(model_type):
+    """HSPG removes the FLOPs target (within one neuron) from every family, and the cut model keeps its outputs."""
+    torch.manual_seed(0)
+    model = families.build(model_type, families.task_heads(model_type)["AutoModel"]).train()
+    groups = zero_invariant_groups(model)
+    opt = HSPG(model.parameters(), groups, lr=1e-3, target=0.5, prune_steps=6, num_periods=2)
+    inputs = families.inputs(model_type)
+    for _ in range(8):
+        model(**inputs).last_hidden_state.square().mean().backward()
+        opt.step()
+        opt.zero_grad()
+    removed = opt.sparsity_report()["flops_removed"]
+    neuron = float(groups.costs("flops")[groups.kinds == NEURON].max()) / groups.total_cost("flops")
+    assert 0.5 - neuron <= removed <= 0.5 + 1e-9
+    model.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(compress(model)(**inputs).last_hidden_state, model(**inputs).last_hidden_state,
+                                   rtol=1e-5, atol=1e-5)
 
 
 def test_layer_floor_keeps_every_layer_above_it_and_changes_nothing_where_it_does_not_bind():
