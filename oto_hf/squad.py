@@ -1012,10 +1012,13 @@ def answer_question(
 
 def predict_logits(model, features, batch_size: int = 32, desc: str = "predicting") -> tuple[np.ndarray, np.ndarray]:
     """Start/end logits of `model` on every validation feature, in order, with a progress bar."""
+    import inspect
+
     import torch
     from tqdm.auto import tqdm
 
-    names = [n for n in ("input_ids", "attention_mask", "token_type_ids") if n in features.column_names]
+    accepted = inspect.signature(model.forward).parameters  # no token_type_ids for models that have none
+    names = [n for n in ("input_ids", "attention_mask", "token_type_ids") if n in features.column_names and n in accepted]
     device = next(model.parameters()).device
     was_training = model.training
     model.eval()

@@ -27,7 +27,7 @@ _DEFAULT_OPTIMS = {OptimizerNames.ADAMW_TORCH, OptimizerNames.ADAMW_TORCH_FUSED}
 @dataclass
 class OTOTrainingArguments(TrainingArguments):
     """`TrainingArguments` plus the OTO settings (all prefixed `oto_`). The defaults prune 50% of the encoder FLOPs
-    of a BERT fine-tuning run without further tuning: pruning starts after 10% of the steps, the target grows in 4
+    of a fine-tuning run without further tuning: pruning starts after 10% of the steps, the target grows in 4
     equal periods over the next 50%, and the last 40% train the pruned model."""
 
     oto_target: float | None = field(
@@ -45,7 +45,11 @@ class OTOTrainingArguments(TrainingArguments):
         metadata={"help": "What --oto_target counts: 'flops' (encoder FLOPs per example at --oto_seq_len tokens) "
                   "or 'params' (encoder parameters).", "choices": list(TARGET_UNITS)},
     )
-    oto_seq_len: int = field(default=384, metadata={"help": "Sequence length at which FLOPs are counted."})
+    oto_seq_len: int | None = field(
+        default=None,
+        metadata={"help": "Sequence length at which FLOPs are counted (default: 384 for text models, the number of "
+                  "patches + class token for vision models). Set it to the length the model will serve."},
+    )
     oto_lambda: float = field(
         default=1e-3, metadata={"help": "λ ≥ 0, group-lasso strength (norm removed per unit of learning rate)."}
     )
@@ -333,6 +337,7 @@ class OTOTrainer(DistillationMixin, Trainer):
         dense = model_stats(self.accelerator.unwrap_model(self.model), self.args.oto_seq_len, exclude_zero_groups=False)
         after = model_stats(compressed, self.args.oto_seq_len)
         card = render_model_card(
+            family=self.oto_groups.family.name,
             model_name=model_name or os.path.basename(os.path.normpath(output_dir)),
             base_model=getattr(self.model.config, "_name_or_path", None) or None,
             before=dense,
@@ -356,9 +361,11 @@ def _latest_eval_metrics(log_history: list[dict]) -> dict:
     return metrics
 
 
-def render_model_card(model_name, base_model, before, after, metrics, settings, dataset=None, tasks=None) -> str:
-    """A Hub model card (YAML metadata + Markdown) that states what was pruned and how the model scores."""
-    meta = ["---", "library_name: transformers", "tags:", "- oto-hf", "- structured-pruning", "- bert"]
+def render_model_card(model_name, base_model, before, after, metrics, settings, dataset=None, tasks=None,
+                      family: str = "bert") -> str:
+    """A Hub model card (YAML metadata + Markdown) that states what was pruned and how the model scores; `family` is
+    the model family's name (oto_hf.architectures), used as a tag."""
+    meta = ["---", "library_name: transformers", "tags:", "- oto-hf", "- structured-pruning", f"- {family}"]
     if base_model and not os.path.isabs(str(base_model)):
         meta.append(f"base_model: {base_model}")
     if dataset:
@@ -373,7 +380,7 @@ def render_model_card(model_name, base_model, before, after, metrics, settings, 
     lines = [
         f"# {model_name}",
         "",
-        f"A structurally pruned BERT produced with [oto-hf](https://pypi.org/project/oto-hf/) (Only-Train-Once: HSPG "
+        f"A structurally pruned {family} model produced with [oto-hf](https://pypi.org/project/oto-hf/) (Only-Train-Once: HSPG "
         f"training drives whole attention heads and FFN neurons to zero, then they are cut out)"
         + (f", starting from `{base_model}`." if base_model else "."),
         "",

@@ -4,6 +4,7 @@ import json
 import math
 import subprocess
 import sys
+import textwrap
 from pathlib import Path
 
 import numpy as np
@@ -92,7 +93,7 @@ def test_saved_folder_and_model_card(minilm_path, squad_sample, tmp_path):
     trainer.save_model()
     folder = tmp_path / "run"
     names = {p.name for p in folder.iterdir()}
-    assert {"config.json", "model.safetensors", "modeling_oto_bert.py", "configuration_oto_bert.py", "README.md",
+    assert {"config.json", "model.safetensors", "modeling_oto.py", "configuration_oto.py", "architectures.py", "README.md",
             "tokenizer.json", "tokenizer_config.json", "group_sparse"} <= names
     config = json.loads((folder / "config.json").read_text())
     assert config["auto_map"]["AutoModelForQuestionAnswering"].endswith("OTOBertForQuestionAnswering")
@@ -256,3 +257,75 @@ def test_the_optimizer_is_built_from_the_oto_settings(tmp_path):
     assert optimizer.target == args.oto_target
     assert make_args(tmp_path).oto_layer_floor == 0.25  # the default: a quarter of each layer's heads and neurons
     assert make_args(tmp_path).oto_saliency_zero_init  # the default: the saliency average starts at zero
+
+
+# ---- every supported family: train, save_model, reload in a fresh process ----
+
+
+@pytest.fixture(scope="module")
+def trained_families(tmp_path_factory):
+    """For every model type, a tiny random classifier trained by OTOTrainer for a few steps to 50% of its encoder
+    FLOPs removed, saved with `save_model`, with the compressed model's logits on reference inputs."""
+    import families
+
+    root = tmp_path_factory.mktemp("trained_families")
+    for model_type in families.MODEL_TYPES:
+        model = families.build(model_type, families.classifier(model_type), num_labels=3).train()
+        examples = [{**{k: v[0] for k, v in families.inputs(model_type, batch=1, seed=i).items()}, "labels": i % 3}
+                    for i in range(16)]
+        args = make_args(root / model_type, per_device_train_batch_size=4, max_steps=8, learning_rate=1e-3,
+                         oto_target=0.5, oto_seq_len=None, oto_half_space_start=0.0, oto_prune_fraction=0.5,
+                         remove_unused_columns=False)
+        trainer = OTOTrainer(model=model, args=args, train_dataset=examples)
+        trainer.train()
+        trainer.save_model()
+        small = trainer.compress().eval()
+        inputs = families.inputs(model_type)
+        with torch.no_grad():
+            torch.save({"inputs": inputs, "logits": small(**inputs).logits, "flops_removed":
+                        trainer.hspg.sparsity_report()["flops_removed"]}, root / model_type / "reference.pt")
+    return root
+
+
+RELOAD_EVERY_FAMILY = """
+    import torch
+    from pathlib import Path
+    from transformers import AutoModel, AutoModelForImageClassification, AutoModelForSequenceClassification
+    for folder in sorted(Path("{root}").iterdir()):
+        ref = torch.load(folder / "reference.pt")
+        auto = AutoModelForImageClassification if "pixel_values" in ref["inputs"] else AutoModelForSequenceClassification
+        model = auto.from_pretrained(folder{extra}).eval()
+        with torch.no_grad():  # trained with eager attention, loaded with the default (sdpa where the family has it)
+            assert (model(**ref["inputs"]).logits - ref["logits"]).abs().max() < 1e-5, folder.name
+        base = AutoModel.from_pretrained(folder{extra})
+        print(folder.name, type(model).__module__.split(".")[0], type(model).__name__, type(base).__name__)
+"""
+
+
+def test_every_family_trains_to_its_target(trained_families):
+    import families
+
+    for model_type in families.MODEL_TYPES:
+        reference = torch.load(trained_families / model_type / "reference.pt")
+        assert 0.49 <= reference["flops_removed"] <= 0.5, model_type
+        config = json.loads((trained_families / model_type / "config.json").read_text())
+        assert config["model_type"] == "oto_" + model_type
+
+
+def test_every_family_reloads_with_oto_hf_in_a_fresh_process(trained_families, tmp_path):
+    import families
+
+    out = families.run_python("import oto_hf\n" + textwrap.dedent(RELOAD_EVERY_FAMILY).format(root=trained_families, extra=""),
+                              tmp_path)
+    assert [line.split()[0] for line in out.splitlines()] == sorted(families.MODEL_TYPES)
+    assert all(line.split()[1] == "oto_hf" for line in out.splitlines()), out
+
+
+def test_every_family_reloads_without_oto_hf_through_trust_remote_code(trained_families, tmp_path):
+    import families
+
+    # oto_hf is made unimportable in the child: the modeling code must come from the checkpoint itself.
+    out = families.run_python("import sys\nsys.modules['oto_hf'] = None\n" + textwrap.dedent(RELOAD_EVERY_FAMILY).format(
+        root=trained_families, extra=", trust_remote_code=True"), tmp_path)
+    assert [line.split()[0] for line in out.splitlines()] == sorted(families.MODEL_TYPES)
+    assert all(line.split()[1] == "transformers_modules" for line in out.splitlines()), out
