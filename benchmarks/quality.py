@@ -480,9 +480,10 @@ def run_adamw(bench: Bench, run: Run) -> dict:
             "kept": kept(stats, model_stats(task.model(data["model_path"]))),
             "latency": measure_latency(bench, trainer.model), "training": training, "model_dir": str(folder / "model"),
             "config": bench.table["config"], "overrides": [relative(a) for a in bench.argv(run)[1:]],
-            "data": {**data["data_files"], **{f"{key}_{what}": len(data[f"{split}_{what}"]) for key, split in
-                                              (("train", "train"), ("eval", "validation"))
-                                              for what in ("questions", "features") if f"{split}_{what}" in data}}}
+            "data": {**data["data_files"], "train_questions": len(data["train_examples"]),
+                     "train_features": len(data["train_features"]), "eval_questions": len(answers),
+                     "eval_features": len(data["validation_features"])},
+            **({"latency_note": "dense vs its saved copy (a noise check)"} if spec["kind"] == "dense" else {})}
 
 
 def run_oto(bench: Bench, run: Run) -> dict:
@@ -687,7 +688,8 @@ def summarize(bench: Bench) -> None:
               "|---" * 4 + "|", *seeds] if seeds else []
     lines += ["", "## Commands", "", *(f"- `{bench.command('run', n)}`: {bench.runs[n].spec['about']}" for n in results)]
     notes = [f"- {r['method']}: {note}" for r in [*results.values(), *history]
-             for note in r.get("notes", []) + ([f"superseded: {r['superseded']}"] if r.get("superseded") else [])]
+             for note in [r.get("latency_note"), *r.get("notes", []), r.get("superseded") and
+                          f"superseded: {r['superseded']}"] if note]
     lines += ["", "## Notes", "", *notes] if notes else []
     env = next(iter(results.values()), {}).get("environment", {})
     lines += ["", f"Machine: {env.get('cpu_model', '?')}, {env.get('logical_cpus', '?')} logical CPUs, torch "

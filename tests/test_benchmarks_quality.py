@@ -189,6 +189,12 @@ def test_a_dense_an_oto_and_a_peer_run_end_to_end(tmp_path, squad_dir):
     assert peer["kept"]["encoder_flops"] == pytest.approx(oto["kept"]["encoder_flops"], abs=0.01)
     quality.run(bench, ["dense"])  # finished: skipped
     assert bench.result("dense") == results["dense"]
+    # `run_squad.py --dense --optim adamw_torch` with the same settings trains the same dense model
+    cli = run_squad.main(bench.argv(bench.run("dense")) + ["--dense", "--optim", "adamw_torch", "--output_dir",
+                                                           str(tmp_path / "cli"), "--report_latency_repeats", "0"])
+    assert cli["training"]["train_loss"] == results["dense"]["training"]["train_loss"]
+    assert json.loads((tmp_path / "cli" / "eval_predictions.json").read_text()) == \
+        quality.read_predictions(tmp_path / "dense" / quality.PREDICTIONS)
     quality.summarize(bench)
     summary = (tmp_path / "summary.md").read_text()
     assert all(f"| {a} | {b} | " in summary for a, b in (("oto50", "dense"), ("tp50", "dense"), ("oto50", "tp50")))
