@@ -431,9 +431,9 @@ def train_adamw(model, train_args, model_args, data, run_dir: Path, max_steps: i
         "distillation": trainer.distillation_settings() if teacher is not None else None}
 
 
-def existing_model(bench: Bench, run: Run, name: str) -> Path:
+def existing_model(bench: Bench, name: str) -> Path:
     if not ((path := bench.model_dir(name)) / "config.json").exists():
-        raise SystemExit(f"{run.name} needs the model of {name} ({path}): `{bench.command('run', name)}` first")
+        raise SystemExit(f"no saved model of {name} ({path}; models are not committed): `{bench.command('run', name)}`")
     return path
 
 
@@ -456,7 +456,7 @@ def run_adamw(bench: Bench, run: Run) -> dict:
         steps, flops_kept = followed["training"]["steps"], followed["kept"]["encoder_flops"]
         pruned_dir, info_path = folder / "pruned_model", folder / "pruning.json"
         if not ((pruned_dir / "config.json").exists() and info_path.exists()):
-            model, pruning = prune_peer(task.model(existing_model(bench, run, dense)).eval(), data, train_args,
+            model, pruning = prune_peer(task.model(existing_model(bench, dense)).eval(), data, train_args,
                                         flops_kept, seq_len=384, calib_batches=bench.calibration_batches, log=log)
             pruning["quality_before_retraining"] = task.evaluate(model.to(train_args.device), data, data_args,
                                                                  train_args, "evaluating before retraining")[0]
@@ -469,7 +469,7 @@ def run_adamw(bench: Bench, run: Run) -> dict:
     else:
         model = task.model(data["model_path"], attn_implementation=model_args.attn_implementation)
     set_seed(train_args.seed)
-    teacher = (task.model(existing_model(bench, run, bench.ref(run, spec["teacher"]))).eval()
+    teacher = (task.model(existing_model(bench, bench.ref(run, spec["teacher"]))).eval()
                if spec["teacher"] != "none" else None)
     trainer, training = train_adamw(model, train_args, model_args, data, folder / "run", steps, teacher)
     save_model_atomic(trainer.model, data["tokenizer"], folder / "model")
@@ -491,7 +491,7 @@ def run_oto(bench: Bench, run: Run) -> dict:
     run_dir = bench.folder(run.name) / "run"
     argv = bench.oto_argv(run, run_dir)
     for ref in {run.spec["start"], run.spec["teacher"]} - {"pretrained", "none"}:
-        existing_model(bench, run, bench.ref(run, ref))
+        existing_model(bench, bench.ref(run, ref))
     wall = foreign = None
     if not (run_dir / "report.json").exists():  # a finished run_squad leaves its report last
         log(f"{run.name}: run_squad.main({argv})")
@@ -576,7 +576,7 @@ def remeasure_latency(bench: Bench, names: list[str]) -> None:
     """Measure the latency ratio of finished runs with a saved model again (on an idle machine) and keep it beside
     the first, taken at the end of each run whatever else was running then. Default: every such run."""
     for name in names or [n for n in bench.runs if bench.result(n) and bench.model_dir(n).exists()]:
-        lat = measure_latency(bench, bench.task.model(bench.model_dir(name)))
+        lat = measure_latency(bench, bench.task.model(existing_model(bench, name)))
         bench.write_result(name, {**bench.result(name), "latency_remeasured": {
             **lat, "measured_at": time.strftime("%Y-%m-%d %H:%M:%S")}})
 
