@@ -6,10 +6,15 @@ checks use the packaged all-MiniLM-L6-v2, a BERT), so every family is proven on 
 type cannot be listed as supported without passing the suite.
 """
 
+from pathlib import Path
+
 import torch
 import transformers
 
 from oto_hf.modeling_oto import AUTO_CLASSES
+
+# ../shared beside the checkout: the data the tests read.
+SHARED = Path(__file__).resolve().parents[2] / "shared"
 
 
 # hidden 32, 4 heads of 8, FFN 24 (24 = 3 layers' worth of distinct widths), 3 layers, large init so that outputs
@@ -33,7 +38,8 @@ def _config(model_type: str, **overrides) -> transformers.PreTrainedConfig:
         # Alternating local (window 4) and global attention, biases on (the layout must cut them too).
         values = dict(hidden_size=32, num_hidden_layers=3, num_attention_heads=4, intermediate_size=24,
                       vocab_size=97, max_position_embeddings=64, initializer_range=0.3, global_attn_every_n_layers=2,
-                      local_attention=4, attention_bias=True, mlp_bias=True, pad_token_id=0, embedding_dropout=0.0,
+                      local_attention=4, attention_bias=True, mlp_bias=True, pad_token_id=0, bos_token_id=1,
+                      eos_token_id=2, cls_token_id=1, sep_token_id=2, embedding_dropout=0.0,
                       mlp_dropout=0.0, attention_dropout=0.0)
     elif model_type in ("vit", "deit"):
         values = {k: v for k, v in values.items() if k not in ("vocab_size", "max_position_embeddings")} | _VISION
@@ -115,3 +121,17 @@ def run_python(code: str, cwd) -> str:
                             env={"HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin", "HOME": str(cwd)})
     assert result.returncode == 0, result.stdout + result.stderr
     return result.stdout
+
+
+def compressed_model(model_type: str, class_name: str, attn: str = "eager", seed: int = 0, **overrides):
+    """A compressed model of the stock class `class_name` with random groups cut, layer 1 left without a head and
+    layer 2 without an FFN neuron (the heterogeneous and empty layers a compressed model must handle)."""
+    import oto_hf
+    from oto_hf.groups import HEAD, NEURON
+
+    torch.manual_seed(seed)
+    model = build(model_type, class_name, attn, **overrides)
+    groups = oto_hf.zero_invariant_groups(model)
+    groups.zero_((torch.rand(len(groups)) < 0.3) | ((groups.layers == 1) & (groups.kinds == HEAD))
+                 | ((groups.layers == 2) & (groups.kinds == NEURON)))
+    return oto_hf.compress(model)

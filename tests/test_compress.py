@@ -2,7 +2,6 @@ import zlib
 
 import pytest
 import torch
-import transformers
 from transformers import AutoTokenizer, BertForQuestionAnswering
 
 import families

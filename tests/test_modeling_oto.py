@@ -13,22 +13,13 @@ from transformers import (AutoModelForQuestionAnswering, AutoModelForSequenceCla
 
 import families
 from conftest import tiny_bert_config
-from oto_hf import OTOBertConfig, OTOBertForQuestionAnswering, OTOBertModel, compress, zero_invariant_groups
-from oto_hf.groups import HEAD, NEURON
+from oto_hf import OTOBertConfig, OTOBertForQuestionAnswering, OTOBertModel, compress
 from oto_hf.modeling_oto import AUTO_CLASSES
 
 FIXTURES = Path(__file__).parent / "fixtures"
 
 
-def compressed(model_type: str, class_name: str, seed: int = 0):
-    """A compressed model of `class_name` with random groups cut, layer 1 left without a head and layer 2 without
-    an FFN neuron."""
-    torch.manual_seed(seed)
-    model = families.build(model_type, class_name)
-    groups = zero_invariant_groups(model)
-    groups.zero_((torch.rand(len(groups)) < 0.3) | ((groups.layers == 1) & (groups.kinds == HEAD))
-                 | ((groups.layers == 2) & (groups.kinds == NEURON)))
-    return compress(model)
+compressed = families.compressed_model
 
 
 def test_checkpoint_records_per_layer_sizes_and_carries_its_code(tmp_path):
@@ -126,27 +117,6 @@ def test_a_new_task_head_keeps_the_compressed_body(model_type, tmp_path):
     classifier_from_qa = AutoModelForSequenceClassification.from_pretrained(tmp_path / "qa", num_labels=3,
                                                                             ignore_mismatched_sizes=True)
     assert classifier_from_qa.config.num_attention_heads_per_layer == qa.config.num_attention_heads_per_layer
-
-
-DECODERS = [(t, c) for t, c in families.all_heads() if "CausalLM" in c or c.endswith("LMHeadModel")]
-
-
-@pytest.mark.parametrize("model_type,class_name", DECODERS, ids=[c for _, c in DECODERS])
-def test_the_kv_cache_is_used_and_agrees_with_the_uncached_forward(model_type, class_name):
-    small = compressed(model_type, class_name)
-    assert small.config.num_attention_heads_per_layer[1] == 0
-    ids = families.inputs(model_type, length=9)["input_ids"][:1]
-    with torch.no_grad():
-        full = small(ids).logits
-        prefix = small(ids[:, :-1], use_cache=True)
-        step = small(ids[:, -1:], cache=prefix.past_key_values, use_cache=True)
-        torch.testing.assert_close(step.logits[:, -1], full[:, -1], rtol=1e-5, atol=1e-5)
-        for beams in (1, 2):
-            args = dict(max_new_tokens=5, do_sample=False, num_beams=beams, output_scores=True,
-                        return_dict_in_generate=True, pad_token_id=0)
-            cached, uncached = small.generate(ids, use_cache=True, **args), small.generate(ids, use_cache=False, **args)
-            assert torch.equal(cached.sequences, uncached.sequences)
-            torch.testing.assert_close(torch.stack(cached.scores), torch.stack(uncached.scores), rtol=1e-4, atol=1e-4)
 
 
 def test_config_validation():
