@@ -259,7 +259,7 @@ def main(argv: list[str] | None = None) -> dict:
                    "eval_questions": len(eval_examples), "eval_features": len(eval_features)}
     if run_args.dense:
         return run_dense(model, tokenizer, train_features, eval_examples, eval_features, eval_kwargs, data_report,
-                         model_args, training_args)
+                         model_args, data_args, training_args, model_path)
     distillation = {}
     if teacher_path is not None:
         teacher = AutoModelForQuestionAnswering.from_pretrained(teacher_path,
@@ -293,7 +293,15 @@ def main(argv: list[str] | None = None) -> dict:
         latency["encoder_flops_ratio"] = (oto_hf.model_stats(trainer.model, eval_seq, exclude_zero_groups=False).encoder_flops
                                           / max(oto_hf.model_stats(compressed, eval_seq).encoder_flops, 1))
 
-    # ---- save the compressed model, then the report (last) ----
+    # ---- save the compressed model (with its card), then the report (last) ----
+    removed = round(100 * (1 - oto_hf.model_stats(compressed, eval_seq).encoder_flops
+                           / oto_hf.model_stats(trainer.model, eval_seq, exclude_zero_groups=False).encoder_flops))
+    trainer.model_card_info = {
+        "base_model": model_path, "speedup": latency,
+        "model_name": f"{short_name(model_path)}-squad-oto{removed}",
+        "evaluations": [squad_evaluation(data_args, small_metrics, len(eval_examples),
+                                         baseline=card_metrics(teacher_path or model_path))],
+    }
     out = Path(training_args.output_dir)
     final = save_model_atomic(trainer, out / "compressed_model")
     write_predictions(out, small_answers)
@@ -320,8 +328,9 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 def run_dense(model, tokenizer, train_features, eval_examples, eval_features, eval_kwargs, data_report, model_args,
-              training_args) -> dict:
-    """--dense: fine-tune the full model with the plain `Trainer` and AdamW, evaluate it, save it, report."""
+              data_args, training_args, model_path: str) -> dict:
+    """--dense: fine-tune the full model with the plain `Trainer` and AdamW, evaluate it, save it with its card
+    (whose metrics are the dense baseline of a pruning run that starts from this model), report."""
     trainer = Trainer(model=model, args=training_args, train_dataset=train_features, processing_class=tokenizer,
                       data_collator=default_data_collator)
     train_result = train_resuming(trainer, training_args)
@@ -332,6 +341,11 @@ def run_dense(model, tokenizer, train_features, eval_examples, eval_features, ev
     final = save_model_atomic(trainer, out / "model")
     write_predictions(out, answers)
     stats = oto_hf.model_stats(trainer.model, training_args.oto_seq_len)
+    oto_hf.model_card.model_card(
+        trainer.model, model_name=f"{short_name(model_path)}-squad-dense", base_model=model_path, before=stats,
+        after=stats, evaluations=[squad_evaluation(data_args, metrics, len(answers))],
+        family=oto_hf.zero_invariant_groups(trainer.model).family.name, licence=oto_hf.model_card.licence_of(model_path),
+    ).save(final / "README.md")
     optimizer = getattr(trainer.optimizer, "optimizer", trainer.optimizer)  # accelerate wraps it
     report = {
         "mode": "dense",
@@ -348,6 +362,33 @@ def run_dense(model, tokenizer, train_features, eval_examples, eval_features, ev
         "finished_at": time.strftime("%Y-%m-%d %H:%M:%S"),
     }
     return finish(out, report, trainer)
+
+
+def short_name(model_path: str) -> str:
+    """The model's name without its namespace or folder: its Hub name where known, else its folder's name."""
+    return (oto_hf.model_card.hub_id(model_path) or Path(model_path).name).split("/")[-1]
+
+
+def squad_evaluation(data_args, metrics: dict, questions: int, baseline: dict | None = None):
+    """The card's record of a SQuAD evaluation: the Hub dataset, or SQuAD v1.1 for the local files, or the user's
+    file by name (never its path)."""
+    if data_args.dataset_name:
+        dataset_type, name = data_args.dataset_name, data_args.dataset_name
+    elif data_args.validation_file:
+        dataset_type, name = "json", Path(data_args.validation_file).name
+    else:
+        dataset_type, name = "squad", "SQuAD v1.1"
+    note = "" if data_args.max_eval_samples is None else f"{questions:,} sampled questions"
+    return oto_hf.model_card.Evaluation(dataset_type=dataset_type, dataset_name=name, split="validation",
+                                        metrics=dict(metrics), baseline=baseline or {}, note=note)
+
+
+def card_metrics(model_path: str | None) -> dict:
+    """The SQuAD metrics a saved model's own card records (a dense run of this script writes them): the dense
+    baseline of a run that starts from that model or learns from it."""
+    card = oto_hf.model_card.read_card(Path(model_path)) if model_path and Path(model_path).is_dir() else None
+    results = (card.data.eval_results or []) if card is not None else []
+    return {r.metric_type: r.metric_value for r in results if r.task_type == "question-answering"}
 
 
 def train_resuming(trainer, training_args):

@@ -19,6 +19,7 @@ from transformers import AutoConfig
 from .architectures import FAMILIES
 from .compress import compress, kept_indices
 from .configuration_oto import CONFIG_CLASSES, OTOBertConfig
+from . import model_card
 from .distillation import DistillationTrainer, distillation_loss, hidden_state_loss
 from .groups import (GroupedTensor, UnsupportedModelError, ZeroInvariantGroups, supported_model_types,
                      zero_invariant_groups)
@@ -77,6 +78,7 @@ __all__ = [
     "distillation_loss",
     "hidden_state_loss",
     "kept_indices",
+    "model_card",
     "model_stats",
     "supported_model_types",
     "zero_invariant_groups",

@@ -3,20 +3,20 @@ model. Change `Trainer` → `OTOTrainer` and `TrainingArguments` → `OTOTrainin
 collators, schedulers, callbacks, evaluation, checkpoints, the Hub) works as before.
 """
 
-import json
 import os
 from dataclasses import dataclass, field
 
 import torch
 from transformers import Trainer, TrainingArguments
 from transformers.optimization import get_wsd_schedule
-from transformers.trainer_utils import SchedulerType
+from transformers.trainer_utils import HubStrategy, SchedulerType
 from transformers.training_args import OptimizerNames
 
 from .compress import compress
 from .distillation import DistillationMixin
 from .groups import zero_invariant_groups
 from .hspg import ALLOCATIONS, DIRECTIONS, HSPG, SALIENCIES, TARGET_UNITS
+from .model_card import Evaluation, hub_id, licence_of, model_card
 from .stats import model_stats
 
 
@@ -165,6 +165,15 @@ class OTOTrainingArguments(TrainingArguments):
                 f"--optim {self.optim.value if hasattr(self.optim, 'value') else self.optim} cannot be combined with OTO: "
                 "the optimizer is always HSPG; choose its direction with --oto_direction adamw|sgd"
             )
+        if self.push_to_hub and HubStrategy(self.hub_strategy) != HubStrategy.END:
+            problems.append(
+                f"--hub_strategy {HubStrategy(self.hub_strategy).value} pushes each checkpoint's full-size "
+                "group-sparse model as the repository's model while training; OTOTrainer publishes the compressed "
+                "model when training ends: use --hub_strategy end (the default)"
+            )
+        if self.push_to_hub and self.oto_save_group_sparse:
+            problems.append("--oto_save_group_sparse writes a full-size copy into --output_dir, which push_to_hub would "
+                            "upload beside the compressed model: drop one of the two")
         if self.fsdp or self.deepspeed:
             problems.append(
                 "FSDP and DeepSpeed shard parameters across ranks, but HSPG needs every group whole on each rank to "
@@ -215,6 +224,8 @@ class OTOTrainer(DistillationMixin, Trainer):
                     f"prunable groups hold only {removable:.1%} of them. Lower the target or prune both heads and neurons."
                 )
         self._saving_checkpoint = False
+        # What the model card states beyond the run itself (see write_model_card); job scripts fill it.
+        self.model_card_info: dict = {}
         super().__init__(model, args, *posargs, **kwargs)
 
     # ---- optimizer ----
@@ -328,29 +339,41 @@ class OTOTrainer(DistillationMixin, Trainer):
         torch.save(self.args, os.path.join(output_dir, TRAINING_ARGS_NAME))
         self.write_model_card(output_dir, small)
 
-    def create_model_card(self, *args, model_name: str | None = None, **kwargs) -> None:
-        """Writes the OTO model card (what was removed, metrics) into `output_dir` (used by `push_to_hub`)."""
+    def create_model_card(self, *args, model_name: str | None = None, finetuned_from: str | None = None,
+                          dataset: str | None = None, **kwargs) -> None:
+        """Writes the compressed model's card into `output_dir` (`push_to_hub` calls it; its other arguments are
+        transformers' and unused)."""
         if self.is_world_process_zero():
-            self.write_model_card(self.args.output_dir, self.compress(), model_name=model_name, **kwargs)
+            self.write_model_card(self.args.output_dir, self.compress(), model_name=model_name,
+                                  finetuned_from=finetuned_from, dataset=dataset)
 
-    def write_model_card(self, output_dir: str, compressed, model_name: str | None = None, **kwargs) -> str:
-        dense = model_stats(self.accelerator.unwrap_model(self.model), self.args.oto_seq_len, exclude_zero_groups=False)
+    def write_model_card(self, output_dir: str, compressed, model_name: str | None = None,
+                         finetuned_from: str | None = None, dataset: str | None = None) -> str:
+        """Write `compressed`'s card (oto_hf.model_card) to `output_dir`/README.md. What the run does not know itself
+        comes from `self.model_card_info`, which a job script fills before saving: "evaluations" (a list of
+        `oto_hf.model_card.Evaluation`), "speedup" (a `report.latency_ratio` result), "base_model" (where the run
+        started, if `config._name_or_path` does not say it), "model_name"."""
+        info = self.model_card_info
+        model = self.accelerator.unwrap_model(self.model)
+        before = model_stats(model, self.args.oto_seq_len, exclude_zero_groups=False)
         after = model_stats(compressed, self.args.oto_seq_len)
-        card = render_model_card(
-            family=self.oto_groups.family.name,
-            model_name=model_name or os.path.basename(os.path.normpath(output_dir)),
-            base_model=getattr(self.model.config, "_name_or_path", None) or None,
-            before=dense,
-            after=after,
-            metrics=_latest_eval_metrics(self.state.log_history),
-            settings={**{k: v for k, v in self.args.to_dict().items() if k.startswith("oto_")},
-                      **({"distillation": self.distillation_settings()} if self.teacher_model is not None else {})},
-            dataset=kwargs.get("dataset"),
-            tasks=kwargs.get("tasks"),
-        )
+        base = finetuned_from or info.get("base_model") or getattr(model.config, "_name_or_path", None)
+        evaluations = info.get("evaluations")
+        if evaluations is None:
+            metrics = _latest_eval_metrics(self.state.log_history)
+            evaluations = [Evaluation(dataset_type=dataset or "", dataset_name=dataset or "evaluation data",
+                                      split="evaluation", metrics=metrics)] if metrics else []
+        removed = round(100 * (1 - after.encoder_flops / before.encoder_flops)) if before.encoder_flops else 0
+        hub_model = getattr(self, "hub_model_id", None) or self.args.hub_model_id or ""
+        name = (model_name or info.get("model_name") or hub_model.split("/")[-1]
+                or f"{(hub_id(base) or 'model').split('/')[-1]}-oto{removed}")
+        settings = {**{k: v for k, v in self.args.to_dict().items() if k.startswith("oto_")},
+                    **({"distillation": self.distillation_settings()} if self.teacher_model is not None else {})}
+        card = model_card(compressed, model_name=name, base_model=base, before=before, after=after,
+                          settings=settings, evaluations=evaluations, speedup=info.get("speedup"),
+                          family=self.oto_groups.family.name, licence=licence_of(base))
         path = os.path.join(output_dir, "README.md")
-        with open(path, "w", encoding="utf-8") as f:
-            f.write(card)
+        card.save(path)
         return path
 
 
@@ -361,56 +384,4 @@ def _latest_eval_metrics(log_history: list[dict]) -> dict:
     return metrics
 
 
-def render_model_card(model_name, base_model, before, after, metrics, settings, dataset=None, tasks=None,
-                      family: str = "bert") -> str:
-    """A Hub model card (YAML metadata + Markdown) that states what was pruned and how the model scores; `family` is
-    the model family's name (oto_hf.architectures), used as a tag."""
-    meta = ["---", "library_name: transformers", "tags:", "- oto-hf", "- structured-pruning", f"- {family}"]
-    if base_model and not os.path.isabs(str(base_model)):
-        meta.append(f"base_model: {base_model}")
-    if dataset:
-        meta += ["datasets:"] + [f"- {d}" for d in ([dataset] if isinstance(dataset, str) else dataset)]
-    if tasks:
-        meta.append(f"pipeline_tag: {tasks if isinstance(tasks, str) else tasks[0]}")
-    meta.append("---")
-
-    def pct(a, b):
-        return f"{a / b:.1%}" if b else "n/a"
-
-    lines = [
-        f"# {model_name}",
-        "",
-        f"A structurally pruned {family} model produced with [oto-hf](https://pypi.org/project/oto-hf/) (Only-Train-Once: HSPG "
-        f"training drives whole attention heads and FFN neurons to zero, then they are cut out)"
-        + (f", starting from `{base_model}`." if base_model else "."),
-        "",
-        "Load it with `import oto_hf` and `AutoModelFor….from_pretrained(...)`, or without oto_hf with "
-        "`trust_remote_code=True` (the modeling code ships with the checkpoint).",
-        "",
-        "## What was removed",
-        "",
-        "| | before | after | kept |",
-        "|---|---|---|---|",
-        f"| parameters (total) | {before.total_params:,} | {after.total_params:,} | {pct(after.total_params, before.total_params)} |",
-        f"| encoder parameters | {before.encoder_params:,} | {after.encoder_params:,} | {pct(after.encoder_params, before.encoder_params)} |",
-        f"| encoder FLOPs per example ({after.seq_len} tokens) | {before.encoder_flops:,} | {after.encoder_flops:,} | {pct(after.encoder_flops, before.encoder_flops)} |",
-        f"| attention heads | {sum(before.heads_per_layer)} | {sum(after.heads_per_layer)} | {pct(sum(after.heads_per_layer), sum(before.heads_per_layer))} |",
-        f"| FFN neurons | {sum(before.ffn_width_per_layer)} | {sum(after.ffn_width_per_layer)} | {pct(sum(after.ffn_width_per_layer), sum(before.ffn_width_per_layer))} |",
-        "",
-        "| layer | heads | FFN width |",
-        "|---|---|---|",
-    ]
-    for i, (h0, h1, w0, w1) in enumerate(
-        zip(before.heads_per_layer, after.heads_per_layer, before.ffn_width_per_layer, after.ffn_width_per_layer)
-    ):
-        lines.append(f"| {i} | {h1} / {h0} | {w1} / {w0} |")
-    lines += ["", "## Evaluation", ""]
-    if metrics:
-        lines += ["| metric | value |", "|---|---|"] + [f"| {k} | {v:.4g} |" for k, v in sorted(metrics.items())]
-    else:
-        lines.append("No evaluation was run during training.")
-    lines += ["", "## OTO settings", "", "```json", json.dumps(settings, indent=2, sort_keys=True, default=str), "```", ""]
-    return "\n".join(meta) + "\n\n" + "\n".join(lines)
-
-
-__all__ = ["OTOTrainer", "OTOTrainingArguments", "render_model_card"]
+__all__ = ["OTOTrainer", "OTOTrainingArguments"]

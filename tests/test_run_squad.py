@@ -4,9 +4,9 @@ import gzip
 import json
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
+from huggingface_hub import ModelCard
 import torch
 from transformers import AutoModelForQuestionAnswering, AutoTokenizer, BertForQuestionAnswering, GPT2Config, GPT2Model
 
@@ -22,7 +22,18 @@ def small_model_dir(minilm_path, tmp_path_factory):
     folder = tmp_path_factory.mktemp("minilm2")
     BertForQuestionAnswering.from_pretrained(minilm_path, num_hidden_layers=2).save_pretrained(folder)
     AutoTokenizer.from_pretrained(minilm_path).save_pretrained(folder)
+    # A derived model's card names the Hub model it came from, as the cards oto_hf writes do.
+    (folder / "README.md").write_text("---\nbase_model: sentence-transformers/all-MiniLM-L6-v2\nlicense: apache-2.0\n"
+                                      "---\n\nall-MiniLM-L6-v2 cut to 2 layers.\n")
     return folder
+
+
+def read_card(folder, *paths_it_must_not_name):
+    """The card in `folder`, parsed back with huggingface_hub; its text names no machine path and no temporary name."""
+    card = ModelCard.load(folder / "README.md")
+    for path in (*paths_it_must_not_name, ".partial", "site-packages", "/tmp/", "/root/"):
+        assert str(path) not in card.content, path
+    return card
 
 
 def tiny_argv(model_dir, output_dir, squad_dir, **overrides):
@@ -54,6 +65,18 @@ def test_tiny_end_to_end_run(small_model_dir, squad_dir, tmp_path):
     assert not (out / "compressed_model.partial").exists()
     md = (out / "report.md").read_text()
     assert "identical predictions" in md and "| layer | heads | FFN width |" in md
+
+    # The model card: Hub metadata the Hub reads, the run's real name, and no path of this machine.
+    card = read_card(out / "compressed_model", tmp_path, small_model_dir, squad_dir)
+    assert card.data.base_model == "sentence-transformers/all-MiniLM-L6-v2" and card.data.license == "apache-2.0"
+    assert card.data.pipeline_tag == "question-answering" and card.data.library_name == "transformers"
+    assert {"oto-hf", "structured-pruning", "bert"} <= set(card.data.tags)
+    assert {(r.task_type, r.dataset_name, r.dataset_split, r.metric_type, r.metric_value) for r in card.data.eval_results} \
+        == {("question-answering", "dev-v1.1.json.gz", "validation", key, round(report["quality"]["compressed"][key], 4))
+            for key in ("exact_match", "f1")}
+    assert card.content.count("\n# all-MiniLM-L6-v2-squad-oto30\n") == 1
+    assert "trust_remote_code=True" in card.content and "| 1 | " in card.content and "@inproceedings{chen2021otov1" in card.content
+    assert f"{report['latency']['speedup']:.2f}× faster" in card.content
 
     # The saved model, reloaded, scores exactly what the report says.
     model = AutoModelForQuestionAnswering.from_pretrained(out / "compressed_model")
@@ -151,6 +174,17 @@ def test_dense_run_then_pruning_from_it_and_distilling_from_it(small_model_dir, 
     assert pruned["mode"] == "oto" and pruned["distillation"]["teacher"] == str(dense_out / "model")
     assert abs(1 - pruned["model"]["kept"]["encoder_flops"] - 0.3) <= 0.01
     assert pruned["quality"]["identical_predictions"] is True
+
+    # Both cards name the Hub model the chain started from; the pruned model's card sets its scores beside the dense
+    # model's, read from the dense model's own card.
+    dense_card = read_card(dense_out / "model", tmp_path, small_model_dir)
+    assert dense_card.data.base_model == "sentence-transformers/all-MiniLM-L6-v2"
+    assert {r.metric_type: r.metric_value for r in dense_card.data.eval_results} == {
+        k: round(v, 4) for k, v in dense["quality"]["dense"].items() if k in ("exact_match", "f1")}
+    card = read_card(tmp_path / "oto" / "compressed_model", tmp_path, small_model_dir)
+    assert card.data.base_model == "sentence-transformers/all-MiniLM-L6-v2"
+    assert "dense baseline" in card.content and f"{dense['quality']['dense']['f1']:.2f} |" in card.content
+    assert '"teacher": "a local model derived from sentence-transformers/all-MiniLM-L6-v2"' in card.content
 
 
 def test_dense_run_with_a_teacher_is_refused_before_any_work(small_model_dir, squad_dir, tmp_path):

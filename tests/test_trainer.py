@@ -9,6 +9,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from huggingface_hub import ModelCard
+from safetensors.torch import load_file
 import torch
 import yaml
 from transformers import AutoModelForQuestionAnswering, AutoTokenizer, BertForQuestionAnswering, GPT2Config, GPT2ForQuestionAnswering, HfArgumentParser
@@ -97,15 +99,56 @@ def test_saved_folder_and_model_card(minilm_path, squad_sample, tmp_path):
             "tokenizer.json", "tokenizer_config.json", "group_sparse"} <= names
     config = json.loads((folder / "config.json").read_text())
     assert config["auto_map"]["AutoModelForQuestionAnswering"].endswith("OTOBertForQuestionAnswering")
-    card = (folder / "README.md").read_text()
-    assert card.startswith("---\nlibrary_name: transformers")
+    card = ModelCard.load(folder / "README.md")
+    assert card.data.library_name == "transformers" and card.data.pipeline_tag == "question-answering"
+    # The packaged MiniLM is a copy of a Hub model: the card names that model, never the package's folder.
+    assert card.data.base_model == "sentence-transformers/all-MiniLM-L6-v2" and "site-packages" not in card.content
     heads = config["num_attention_heads_per_layer"]
     widths = config["intermediate_size_per_layer"]
     for i in range(2):
-        assert f"| {i} | {heads[i]} / 12 | {widths[i]} / 1536 |" in card
-    assert "| eval_f1 | 12.5 |" in card and "encoder FLOPs per example (128 tokens)" in card
+        assert f"| {i} | {heads[i]} / 12 | {widths[i]} / 1536 |" in card.content
+    assert "| evaluation data | evaluation | F1 | 12.50 |" in card.content
+    assert "encoder FLOPs per example (128 tokens)" in card.content
+    assert card.content.count("\n# all-MiniLM-L6-v2-oto") == 1
     # The full-size group-sparse copy is a stock BERT checkpoint.
     assert json.loads((folder / "group_sparse" / "config.json").read_text())["model_type"] == "bert"
+
+
+def test_push_to_hub_uploads_the_compressed_model_and_its_card(minilm_path, squad_sample, tmp_path, monkeypatch):
+    """There is no Hub here: what push_to_hub hands huggingface_hub's upload is checked instead (the folder and the
+    patterns it leaves out)."""
+    from huggingface_hub.utils import filter_repo_objects
+
+    calls = []
+
+    class Hub:  # records the two calls Trainer.push_to_hub makes
+        def create_repo(self, repo_id, **kwargs):
+            return type("RepoUrl", (), {"repo_id": f"user/{repo_id}"})()
+
+        def upload_folder(self, **kwargs):
+            calls.append(kwargs)
+
+    monkeypatch.setattr("transformers.trainer.hf_api", lambda: Hub())
+    tokenizer, features, _, _ = squad_sample
+    args = make_args(tmp_path / "minilm-squad-oto", max_steps=4, oto_half_space_start=0.0, oto_prune_fraction=0.5,
+                     save_strategy="steps", save_steps=2)
+    trainer = OTOTrainer(model=small_bert(minilm_path), args=args, train_dataset=features, processing_class=tokenizer)
+    trainer.train()
+    trainer.push_to_hub()
+    (upload,) = calls
+    folder = Path(upload["folder_path"])
+    files = {str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file()}
+    uploaded = set(filter_repo_objects(files, ignore_patterns=upload["ignore_patterns"]))
+    assert upload["repo_id"] == "user/minilm-squad-oto" and any(f.startswith("checkpoint-") for f in files)
+    assert {"README.md", "config.json", "model.safetensors", "modeling_oto.py", "configuration_oto.py",
+            "architectures.py", "tokenizer.json", "tokenizer_config.json"} <= uploaded
+    assert not any(f.startswith("checkpoint-") for f in uploaded)
+    # The weights uploaded are the compressed model's: each layer's FFN as narrow as its config says.
+    config = json.loads((folder / "config.json").read_text())
+    weights = load_file(folder / "model.safetensors")
+    widths = [weights[f"bert.encoder.layer.{i}.intermediate.dense.weight"].shape[0] for i in range(2)]
+    assert config["model_type"] == "oto_bert" and widths == config["intermediate_size_per_layer"] and max(widths) < 1536
+    assert ModelCard.load(folder / "README.md").data.model_name == "minilm-squad-oto"
 
 
 def test_interrupt_and_resume_equals_the_uninterrupted_run(minilm_path, squad_sample, tmp_path):
@@ -195,6 +238,8 @@ def _write_json(path, values):
         (dict(oto_prune_heads=False, oto_prune_neurons=False), "nothing would be pruned"),
         (dict(oto_hold_lr_through_window=True, lr_scheduler_type="constant"), "cannot follow --lr_scheduler_type constant"),
         (dict(oto_hold_lr_through_window=True, oto_lambda_only=True), "needs a target"),
+        (dict(push_to_hub=True, hub_strategy="every_save"), "full-size group-sparse model"),
+        (dict(push_to_hub=True, oto_save_group_sparse=True), "would upload beside the compressed model"),
     ],
 )
 def test_bad_settings_are_refused_with_what_to_change(overrides, message, tmp_path):
