@@ -49,13 +49,14 @@ SEQ_LEN = 384
 
 
 # Random-weight models: name -> (stock class, config class, config overrides). The stock configs' defaults are the
-# base sizes, except where noted: DeBERTa-v3-base's and ViT-base's published settings.
+# base sizes, except DeBERTa-v2's (xlarge: its base sizes and v3's settings are given) and RoBERTa's vocabulary.
 RANDOM_MODELS = {
     "bert-base": ("BertForQuestionAnswering", "BertConfig", {}),
     "roberta-base": ("RobertaForQuestionAnswering", "RobertaConfig", {"vocab_size": 50265,
                                                                         "max_position_embeddings": 514}),
     "distilbert-base": ("DistilBertForQuestionAnswering", "DistilBertConfig", {}),
     "deberta-v3-base": ("DebertaV2ForQuestionAnswering", "DebertaV2Config", {
+        "hidden_size": 768, "num_hidden_layers": 12, "num_attention_heads": 12, "intermediate_size": 3072,
         "vocab_size": 128100, "relative_attention": True, "position_buckets": 256, "pos_att_type": ["p2c", "c2p"],
         "max_relative_positions": -1, "position_biased_input": False, "norm_rel_ebd": "layer_norm",
         "share_att_key": True, "type_vocab_size": 0}),

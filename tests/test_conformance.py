@@ -72,6 +72,34 @@ def test_one_attention_map_and_hidden_state_per_layer(model_type, class_name):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("model_type", families.MODEL_TYPES)
+def test_a_new_task_head_keeps_the_compressed_body(model_type, tmp_path):
+    """Re-heading a published pruned model: a head of another size is an error without ignore_mismatched_sizes and a
+    fresh head with it; the body loads as saved either way."""
+    auto = getattr(transformers, "AutoModelForImageClassification" if model_type in families.VISION
+                   else "AutoModelForSequenceClassification")
+    small = families.compressed_model(model_type, families.classifier(model_type))
+    small.save_pretrained(tmp_path)
+    with pytest.raises(ValueError, match="ignore_mismatched_sizes=True"):
+        auto.from_pretrained(tmp_path, num_labels=5)
+    reheaded = auto.from_pretrained(tmp_path, num_labels=5, ignore_mismatched_sizes=True)
+    assert reheaded.config.num_labels == 5 and reheaded.num_labels == 5
+    assert reheaded.config.num_attention_heads_per_layer == small.config.num_attention_heads_per_layer
+    body, new_body = small.base_model.eval(), reheaded.base_model.eval()
+    inputs = families.inputs(model_type)
+    with torch.no_grad():
+        torch.testing.assert_close(new_body(**inputs).last_hidden_state, body(**inputs).last_hidden_state)
+    if model_type in families.VISION:
+        return
+    # A QA checkpoint gives a classifier its body too (its head is new; ModernBERT names both heads "classifier").
+    qa = families.compressed_model(model_type, families.task_heads(model_type)["AutoModelForQuestionAnswering"])
+    qa.save_pretrained(tmp_path / "qa")
+    classifier = auto.from_pretrained(tmp_path / "qa", num_labels=3, ignore_mismatched_sizes=True).eval()
+    with torch.no_grad():
+        torch.testing.assert_close(classifier.base_model(**inputs).last_hidden_state,
+                                   qa.eval().base_model(**inputs).last_hidden_state)
+
+
 SDPA = [(t, c) for t, c in HEADS if "sdpa" in families.ATTENTION[t]]
 
 
