@@ -294,8 +294,9 @@ def main(argv: list[str] | None = None) -> dict:
                                           / max(oto_hf.model_stats(compressed, eval_seq).encoder_flops, 1))
 
     # ---- save the compressed model (with its card), then the report (last) ----
-    removed = round(100 * (1 - oto_hf.model_stats(compressed, eval_seq).encoder_flops
-                           / oto_hf.model_stats(trainer.model, eval_seq, exclude_zero_groups=False).encoder_flops))
+    before = oto_hf.model_stats(trainer.model, training_args.oto_seq_len, exclude_zero_groups=False)
+    after = oto_hf.model_stats(compressed, training_args.oto_seq_len)
+    removed = round(100 * (1 - after.encoder_flops / before.encoder_flops))
     trainer.model_card_info = {
         "base_model": model_path, "speedup": latency,
         "model_name": f"{short_name(model_path)}-squad-oto{removed}",
@@ -306,8 +307,6 @@ def main(argv: list[str] | None = None) -> dict:
     final = save_model_atomic(trainer, out / "compressed_model")
     write_predictions(out, small_answers)
 
-    before = oto_hf.model_stats(trainer.model, training_args.oto_seq_len, exclude_zero_groups=False)
-    after = oto_hf.model_stats(compressed, training_args.oto_seq_len)
     report = {
         "mode": "oto",
         "model": {"name_or_path": model_args.model_name_or_path, "saved_to": str(final),

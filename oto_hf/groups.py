@@ -265,14 +265,10 @@ class ZeroInvariantGroups:
         """The whole encoder's FLOPs per example or parameters, grouped or not (the denominator of a target)."""
         if not self.is_transformer:
             return float(self.costs(unit).sum())
-        seq_len = seq_len or self.default_seq_len
-        if unit == "flops":
-            return float(sum(c.num_heads * c.head_flops(seq_len) + c.num_neurons * c.neuron_flops(seq_len)
-                             for c in self._layer_costs))
-        if unit == "params":
-            return float(sum(c.num_heads * c.head_params + c.num_neurons * c.neuron_params + c.fixed_params
-                             for c in self._layer_costs))
-        raise ValueError(f"unit must be 'flops' or 'params', got {unit!r}")
+        if unit not in ("flops", "params"):
+            raise ValueError(f"unit must be 'flops' or 'params', got {unit!r}")
+        _, _, params, flops = self.layer_totals(torch.ones(self.num_groups, dtype=torch.bool), seq_len)
+        return float(flops if unit == "flops" else params)
 
     def layer_totals(self, keep: torch.Tensor, seq_len: int | None = None) -> tuple[list[int], list[int], int, int]:
         """Heads and FFN neurons per layer among the groups `keep` selects (kinds that are not grouped count whole),
