@@ -957,18 +957,11 @@ def answer_question(
         p(start) * p(end), softmax over the context tokens of the winning window
         (like the old pipeline).  No valid span gives ``answer=""``, score 0.
     """
-    import inspect
-
     import torch
 
     examples = {"id": ["q"], "question": [question], "context": [context]}
     feats = prepare_validation_features(examples, tokenizer, max_seq_length, doc_stride, max_query_length)
-    accepted = inspect.signature(model.forward).parameters
-    inputs = {
-        name: torch.tensor(feats[name])
-        for name in ("input_ids", "attention_mask", "token_type_ids")
-        if name in feats and name in accepted
-    }
+    inputs = {name: torch.tensor(feats[name]) for name in model_input_names(model, feats)}
     try:
         device = next(model.parameters()).device
         inputs = {k: v.to(device) for k, v in inputs.items()}
@@ -1010,15 +1003,21 @@ def answer_question(
 # ---------------------------------------------------------------------------
 
 
-def predict_logits(model, features, batch_size: int = 32, desc: str = "predicting") -> tuple[np.ndarray, np.ndarray]:
-    """Start/end logits of `model` on every validation feature, in order, with a progress bar."""
+def model_input_names(model, available) -> list[str]:
+    """The feature columns among `available` that `model`'s forward takes (no token_type_ids for models without
+    them, such as DistilBERT and ModernBERT)."""
     import inspect
 
+    accepted = inspect.signature(model.forward).parameters
+    return [n for n in ("input_ids", "attention_mask", "token_type_ids") if n in available and n in accepted]
+
+
+def predict_logits(model, features, batch_size: int = 32, desc: str = "predicting") -> tuple[np.ndarray, np.ndarray]:
+    """Start/end logits of `model` on every validation feature, in order, with a progress bar."""
     import torch
     from tqdm.auto import tqdm
 
-    accepted = inspect.signature(model.forward).parameters  # no token_type_ids for models that have none
-    names = [n for n in ("input_ids", "attention_mask", "token_type_ids") if n in features.column_names and n in accepted]
+    names = model_input_names(model, features.column_names)
     device = next(model.parameters()).device
     was_training = model.training
     model.eval()
