@@ -104,14 +104,9 @@ def empty_attention_class(stock: type) -> type:
     return _EMPTY_ATTENTION_CLASSES[stock]
 
 
-def base_model_of(model: nn.Module) -> nn.Module:
-    """The transformer body of `model` (the model itself for a base model)."""
-    return getattr(model, model.base_model_prefix, model) if hasattr(model, "base_model_prefix") else model
-
-
 def resize_model(model: nn.Module, family: Family, config) -> None:
     """Resize every layer of `model` to the per-layer sizes of `config`."""
-    layers = get_submodule(base_model_of(model), family.layers)
+    layers = get_submodule(model.base_model, family.layers)
     for layer, num_heads, width in zip(layers, config.num_attention_heads_per_layer,
                                        config.intermediate_size_per_layer, strict=True):
         resize_layer(layer, family, num_heads, width)
@@ -151,7 +146,7 @@ def _strict_from_pretrained(load, cls, *args, **kwargs):
     allow_new_head = kwargs.pop("ignore_mismatched_sizes", False)
     # Let transformers report size mismatches instead of raising its generic error, so that ours names them.
     model, info = load(*args, output_loading_info=True, ignore_mismatched_sizes=True, **kwargs)
-    base = base_model_of(model)
+    base = model.base_model
     prefix = "" if base is model else model.base_model_prefix + "."
     body = tuple(prefix + name + "." for name, _ in base.named_children() if name != "pooler")
     missing = sorted(k for k in info.get("missing_keys", ()) if k.startswith(body))
