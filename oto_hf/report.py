@@ -1,5 +1,8 @@
-"""The end-of-run report of `run_squad.py`: report.json, report.md and PNG plots, written atomically so that a
-report on disk always belongs to a finished run."""
+"""The end-of-run report of the job scripts (`run_squad.py`, `run_glue.py`): report.json, report.md and PNG plots,
+written atomically so that a report on disk always belongs to a finished run.
+
+A report's "task" entry says how to show its quality figures: a title, the metric keys in order, whether they are
+fractions (shown as percentages) and what one prediction is called; without one it is a SQuAD report."""
 
 import json
 import os
@@ -8,6 +11,12 @@ import time
 from pathlib import Path
 
 import torch
+
+
+SQUAD_TASK = {"title": "SQuAD v1.1, official EM/F1", "metrics": ["exact_match", "f1"], "fractions": False,
+              "unit": "answers"}
+METRIC_NAMES = {"exact_match": "EM", "f1": "F1", "accuracy": "accuracy", "matthews_correlation": "Matthews corr.",
+                "pearson": "Pearson", "spearmanr": "Spearman"}
 
 
 def latency_ratio(dense, compressed, batch_size: int, seq_len: int, repeats: int = 5, vocab_size: int = 1000) -> dict:
@@ -113,14 +122,15 @@ def render_markdown(report: dict) -> str:
     def kept(key):
         return f"{after[key] / before[key]:.1%}" if before[key] else "n/a"
 
+    unit, examples = report.get("task", SQUAD_TASK)["unit"], q.get("examples", q.get("questions"))
     lines = [
         *_report_head(report, "OTO run report"),
-        f"| group-sparse (trained, full size) | {q['group_sparse']['exact_match']:.2f} | {q['group_sparse']['f1']:.2f} |",
-        f"| compressed | {q['compressed']['exact_match']:.2f} | {q['compressed']['f1']:.2f} |",
+        _quality_row(report, "group-sparse (trained, full size)", q["group_sparse"]),
+        _quality_row(report, "compressed", q["compressed"]),
         "",
         ("The compressed model gives **identical predictions** to the group-sparse model "
-         f"({q['identical_predictions_count']} of {q['questions']} answers equal)." if q["identical_predictions"] else
-         f"**Warning:** {q['questions'] - q['identical_predictions_count']} answers differ between the group-sparse and "
+         f"({q['identical_predictions_count']} of {examples} {unit} equal)." if q["identical_predictions"] else
+         f"**Warning:** {examples - q['identical_predictions_count']} {unit} differ between the group-sparse and "
          "the compressed model."),
         "",
         "## Size",
@@ -144,7 +154,7 @@ def render_markdown(report: dict) -> str:
             f"Measured inference speedup of the compressed model: **{lat['speedup']:.2f}×** at batch "
             f"{lat['batch_size']} × {lat['seq_len']} tokens ({lat['repeats']} interleaved repeats, medians, "
             f"{lat['threads']} threads), against an encoder FLOPs ratio of {lat['encoder_flops_ratio']:.2f}× at that "
-            "length (embeddings and the QA head are not pruned)."
+            "length (embeddings and the task head are not pruned)."
         )
     else:
         lines.append("Latency was not measured (--report_latency_repeats 0).")
@@ -161,13 +171,13 @@ def render_markdown(report: dict) -> str:
 
 
 def render_dense_markdown(report: dict) -> str:
-    """The report of `run_squad.py --dense`: fine-tuning without pruning, the start and teacher of a pruning run."""
+    """The report of a job's `--dense` run: fine-tuning without pruning, the start and teacher of a pruning run."""
     q, stats = report["quality"], report["model"]["after"]
     saved = report["model"]["saved_to"]
     return "\n".join([
         *_report_head(report, "Dense fine-tuning report",
                       f" (full size, no pruning; optimizer `{report['training']['optimizer']}`)"),
-        f"| dense | {q['dense']['exact_match']:.2f} | {q['dense']['f1']:.2f} |",
+        _quality_row(report, "dense", q["dense"]),
         "",
         f"Parameters: {stats['total_params']:,} ({stats['encoder_params']:,} in the encoder); encoder FLOPs / example "
         f"({stats['seq_len']} tokens): {stats['encoder_flops']:,}.",
@@ -176,7 +186,8 @@ def render_dense_markdown(report: dict) -> str:
         "",
         "## Next: prune it",
         "",
-        f"Start OTO from this model and distil from it: `python run_squad.py <config> --model_name_or_path {saved} "
+        f"Start OTO from this model and distil from it: `python {report.get('script', 'run_squad.py')} <config> "
+        f"--model_name_or_path {saved} "
         f"--teacher_model_name_or_path {saved} --output_dir <new folder>`.",
         "",
         "![training](plots/training.png)",
@@ -186,15 +197,23 @@ def render_dense_markdown(report: dict) -> str:
 
 def _report_head(report: dict, title: str, model_note: str = "") -> list[str]:
     """Title, model, data and the head of the quality table: the same in both kinds of report."""
+    task, data = report.get("task", SQUAD_TASK), report["data"]
+    described = data.get("summary") or (f"{data['train_questions']} training questions ({data['train_features']} "
+                                        f"features), {data['eval_questions']} evaluation questions.")
     return [
         f"# {title}",
         "",
         f"Model: `{report['model']['name_or_path']}` → `{report['model']['saved_to']}`{model_note}",
-        f"Data: {report['data']['train_questions']} training questions ({report['data']['train_features']} features), "
-        f"{report['data']['eval_questions']} evaluation questions.",
+        f"Data: {described}",
         "",
-        "## Quality (SQuAD v1.1, official EM/F1)",
+        f"## Quality ({task['title']})",
         "",
-        "| model | EM | F1 |",
-        "|---|---|---|",
+        "| model | " + " | ".join(METRIC_NAMES.get(m, m) for m in task["metrics"]) + " |",
+        "|---|" + "---|" * len(task["metrics"]),
     ]
+
+
+def _quality_row(report: dict, name: str, metrics: dict) -> str:
+    task = report.get("task", SQUAD_TASK)
+    scale = 100 if task["fractions"] else 1
+    return f"| {name} | " + " | ".join(f"{scale * metrics[m]:.2f}" for m in task["metrics"]) + " |"
