@@ -1,22 +1,22 @@
-"""The P1 peer baseline: one-shot structured pruning of the dense fine-tuned model with Torch-Pruning.
+"""The peer baseline of P1 and P4: one-shot structured pruning of the dense fine-tuned model with Torch-Pruning.
 
 What it does (`prune_peer`):
 
-1. Gradients for the Taylor criterion: the SQuAD training loss of the dense fine-tuned model, summed over
-   `calib_batches` training batches (a seeded shuffle of the P1 training features, the training batch size; eval
-   mode, so no dropout), accumulated in `.grad`.
+1. Gradients for the Taylor criterion: the task's training loss (SQuAD, or classification) of the dense fine-tuned
+   model, summed over `calib_batches` training batches (a seeded shuffle of the training features, the training batch
+   size; eval mode, so no dropout), accumulated in `.grad`.
 2. Torch-Pruning (`tp.pruner.MetaPruner`, `tp.importance.GroupTaylorImportance()`, i.e. |w·∇w| summed over each
    coupled group and mean-normalised per layer, Torch-Pruning's default) prunes whole attention heads
    (`num_heads`, `prune_num_heads=True`, `prune_head_dims=False`) and FFN neurons, ranked globally across layers
    (`global_pruning=True`), with the same ratio r for heads (`head_pruning_ratio`) and FFN neurons
    (`pruning_ratio`). The hidden width (residual stream) is kept: the attention output projections, the FFN output
-   projections and the QA head are `ignored_layers`. r is bisected until the encoder FLOPs per 384-token example
-   (`oto_hf.model_stats`) are within `tolerance` of the OTO point's.
-3. Torch-Pruning's pruned `BertForQuestionAnswering` has layers of different sizes, which `from_pretrained` cannot
+   projections, the pooler and the task head are `ignored_layers`. r is bisected until the encoder FLOPs per example
+   at the task's length (384 tokens for SQuAD; `oto_hf.model_stats`) are within `tolerance` of the OTO point's.
+3. Torch-Pruning's pruned `BertFor…` model has layers of different sizes, which `from_pretrained` cannot
    reload; so the heads and neurons it kept are read off its weights (exact row matches with the dense model), the
    others are zeroed in a copy of the dense model and `oto_hf.compress` cuts them out, giving a loadable `OTOBert`
    model with exactly the same weights. The largest |Δ| of start/end logits between the two is recorded (float32
-   rounding level expected).
+   rounding level expected) of the task outputs.
 """
 
 import copy
@@ -28,9 +28,11 @@ import oto_hf
 from oto_hf.groups import HEAD, NEURON
 
 
-def _calibration_grads(model, features, batch_size: int, n_batches: int, seed: int, log, device="cpu") -> dict:
-    """The SQuAD loss's gradients summed over `n_batches` random training batches, on the CPU (computed on `device`:
-    at full scale 200 batches take minutes on a CPU and seconds on a GPU; the dense model itself stays where it is)."""
+def _calibration_grads(model, features, batch_size: int, n_batches: int, seed: int, log, device="cpu",
+                       collate=None) -> dict:
+    """The task loss's gradients summed over `n_batches` random training batches, on the CPU (computed on `device`:
+    at full scale 200 batches take minutes on a CPU and seconds on a GPU; the dense model itself stays where it is).
+    `collate` makes a batch from a list of feature rows (default: the SQuAD features' columns as tensors)."""
     work = model if torch.device(device) == next(model.parameters()).device else copy.deepcopy(model).to(device)
     work.eval()
     work.zero_grad(set_to_none=True)
@@ -41,8 +43,11 @@ def _calibration_grads(model, features, batch_size: int, n_batches: int, seed: i
     t0 = time.perf_counter()
     losses = []
     for b in range(n_batches):
-        rows = features[order[b * batch_size:(b + 1) * batch_size]]
-        batch = {n: torch.tensor(rows[n], device=device) for n in names if n in rows}
+        if collate is None:
+            rows = features[order[b * batch_size:(b + 1) * batch_size]]
+            batch = {n: torch.tensor(rows[n], device=device) for n in names if n in rows}
+        else:
+            batch = {k: v.to(device) for k, v in collate([features[i] for i in order[b * batch_size:(b + 1) * batch_size]]).items()}
         loss = work(**batch).loss
         loss.backward()
         losses.append(loss.item())
@@ -53,6 +58,17 @@ def _calibration_grads(model, features, batch_size: int, n_batches: int, seed: i
     work.zero_grad(set_to_none=True)
     return {"grads": grads, "batches": n_batches, "batch_size": batch_size, "mean_loss": sum(losses) / len(losses),
             "seconds": time.perf_counter() - t0, "device": str(device)}
+
+
+def _output_sum(out):
+    """A scalar of the model's outputs for Torch-Pruning's dependency trace (QA: start + end logits; else logits)."""
+    return out.start_logits.sum() + out.end_logits.sum() if hasattr(out, "start_logits") else out.logits.sum()
+
+
+def _max_output_diff(a, b) -> float:
+    if hasattr(a, "start_logits"):
+        return max((a.start_logits - b.start_logits).abs().max().item(), (a.end_logits - b.end_logits).abs().max().item())
+    return (a.logits - b.logits).abs().max().item()
 
 
 def _example_inputs(model, seq_len: int = 64):
@@ -77,12 +93,16 @@ def tp_prune(dense, grads: dict, ratio: float):
             for proj in (m.query, m.key, m.value):
                 num_heads[proj] = m.num_attention_heads
     layers = model.bert.encoder.layer
-    ignored = [model.qa_outputs] + [l.attention.output.dense for l in layers] + [l.output.dense for l in layers]
+    # The hidden width is kept: the layers' output projections and every linear outside the encoder layers (the task
+    # head, the pooler) are not pruned.
+    inside = {id(m) for layer in layers for m in layer.modules()}
+    ignored = ([m for m in model.modules() if isinstance(m, torch.nn.Linear) and id(m) not in inside]
+               + [l.attention.output.dense for l in layers] + [l.output.dense for l in layers])
     pruner = tp.pruner.MetaPruner(
         model, _example_inputs(model), importance=tp.importance.GroupTaylorImportance(), global_pruning=True,
         pruning_ratio=ratio, num_heads=num_heads, prune_num_heads=True, prune_head_dims=False,
         head_pruning_ratio=ratio, ignored_layers=ignored,
-        output_transform=lambda out: out.start_logits.sum() + out.end_logits.sum(),
+        output_transform=_output_sum,
     )
     for group in pruner.step(interactive=True):
         group.prune()
@@ -133,14 +153,13 @@ def to_oto_bert(dense, pruned):
     groups.zero_((~keep).nonzero().view(-1))
     small = oto_hf.compress(sparse)
     x = _example_inputs(dense, 128)
-    a, b = pruned.eval()(**x), small.eval()(**x)
-    diff = max((a.start_logits - b.start_logits).abs().max().item(), (a.end_logits - b.end_logits).abs().max().item())
+    diff = _max_output_diff(pruned.eval()(**x), small.eval()(**x))
     return small, {"kept_heads": kept_heads, "kept_neurons_count": [len(n) for n in kept_neurons],
                    "max_abs_logit_diff_tp_vs_compressed": diff}
 
 
 def prune_peer(dense, data, train_args, target_flops_kept: float, seq_len: int = 384, calib_batches: int = 200,
-               tolerance: float = 0.005, max_iter: int = 14, log=print):
+               tolerance: float = 0.005, max_iter: int = 14, log=print, collate=None):
     """One-shot Torch-Pruning Taylor pruning of `dense` to `target_flops_kept` of its encoder FLOPs.
     Returns (OTOBert model, info dict)."""
     import importlib.metadata
@@ -149,7 +168,7 @@ def prune_peer(dense, data, train_args, target_flops_kept: float, seq_len: int =
     tp_version = importlib.metadata.version("torch-pruning")
     torch.manual_seed(train_args.seed)
     calib = _calibration_grads(dense, data["train_features"], train_args.per_device_train_batch_size,
-                               calib_batches, train_args.seed, log, device=train_args.device)
+                               calib_batches, train_args.seed, log, device=train_args.device, collate=collate)
     ref = oto_hf.model_stats(dense, seq_len)
     lo, hi = 0.0, 0.95
     tried = []
@@ -183,7 +202,7 @@ def prune_peer(dense, data, train_args, target_flops_kept: float, seq_len: int =
         "criterion": (f"torch-pruning {tp_version} MetaPruner + GroupTaylorImportance() "
                       "(|w*grad| summed over each coupled group, mean-normalised per layer), global ranking, whole "
                       "heads (prune_num_heads, num_heads per Q/K/V) and FFN neurons, same ratio r for both; "
-                      f"gradients of the SQuAD loss summed over {calib['batches']} training batches of "
+                      f"gradients of the task loss summed over {calib['batches']} training batches of "
                       f"{calib['batch_size']} (dense fine-tuned model, eval mode)"),
         "torch_pruning_version": tp_version,
         "ratio": r, "encoder_flops_kept": k, "target_flops_kept": target_flops_kept, "search": tried,

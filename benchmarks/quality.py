@@ -1,4 +1,5 @@
-"""Quality at a compute budget: run, score and summarise the runs a table describes (benchmarks/p1.yaml: P1).
+"""Quality at a compute budget: run, score and summarise the runs a table describes (benchmarks/p1.yaml: P1 on
+SQuAD; benchmarks/p4.yaml: P4 on GLUE SST-2 and RTE).
 
     python benchmarks/quality.py list [--suite SUITE]                  # the runs, and which have a result
     python benchmarks/quality.py run NAME [NAME ...] [--suite SUITE] [--force] [--smoke]
@@ -37,8 +38,9 @@ import yaml  # noqa: E402
 
 import common  # noqa: E402
 import oto_hf  # noqa: E402
+import run_glue  # noqa: E402
 import run_squad  # noqa: E402
-from oto_hf import squad  # noqa: E402
+from oto_hf import glue, squad  # noqa: E402
 from oto_hf.report import latency_ratio  # noqa: E402
 
 THREADS = 2
@@ -56,7 +58,7 @@ def log(msg: str) -> None:
 
 # --- The table
 
-TABLE_KEYS = {"task", "config", "baseline", "latency", "peer_calibration_batches", "smoke", "settings", "curves",
+TABLE_KEYS = {"task", "config", "seq_len", "baseline", "latency", "peer_calibration_batches", "smoke", "settings", "curves",
               "suites", "runs"}
 SUITE_KEYS = {"about", "results", "options", "follows", "full_dev"}
 RUN_KEYS = {"kind", "about", "target", "seeds", "start", "teacher", "alpha", "hidden_weight", "options", "follows",
@@ -167,6 +169,7 @@ class Bench:
         smoke_results = REPO_ROOT / "benchmarks/results/tmp/smoke" / self.suite_name
         self.results = Path(results or (smoke_results if smoke else REPO_ROOT / self.suite["results"]))
         self.task = TASKS[self.table["task"]]
+        self.seq_len = self.table.get("seq_len", 384)  # the length FLOPs are counted at
         self.runs = {run_name(e, s): Run(run_name(e, s), e, s, spec)
                      for e, spec in self.table["runs"].items() for s in spec["seeds"]}
         setting = self.table["smoke"] if smoke else self.table
@@ -194,7 +197,7 @@ class Bench:
         return self.folder(name) / ("run/compressed_model" if self.run(name).spec["kind"] == "oto" else "model")
 
     def argv(self, run: Run) -> list[str]:
-        """The run_squad.py command line of `run` without --output_dir: the config, the suite's options, the run's,
+        """The job script's command line of `run` without --output_dir: the config, the suite's options, the run's,
         its teacher (--smoke: the smoke options), its start model and target, its seed."""
         spec = run.spec
         argv = [str(REPO_ROOT / self.table["config"]), *options_argv(self.suite.get("options", {}))]
@@ -214,7 +217,7 @@ class Bench:
         return argv + ["--seed", str(run.seed)]
 
     def oto_argv(self, run: Run, run_dir: Path) -> list[str]:
-        """What run_squad.main gets for an OTO run (its own latency report skipped: the runner measures against the
+        """What the job's main gets for an OTO run (its own latency report skipped: the runner measures against the
         dense model)."""
         return self.argv(run) + ["--output_dir", str(run_dir), "--report_latency_repeats", "0"]
 
@@ -271,6 +274,20 @@ class Squad:
     """SQuAD v1.1 question answering with run_squad.py; EM/F1 on the suite's dev questions."""
 
     job = run_squad
+    metrics = ("exact_match", "f1")  # as the job reports them, in points; the last is the one runs are compared by
+    names = {"exact_match": "EM", "f1": "F1"}
+    scale = 1
+    unit = "questions"
+    full_dev = True  # runs may also be scored on every dev question (a suite scores a sample)
+
+    @staticmethod
+    def describe(quality: dict) -> str:
+        return f"EM {quality['exact_match']:.2f} F1 {quality['f1']:.2f}"
+
+    @staticmethod
+    def job_predictions(path: Path) -> dict:
+        """The job's eval_predictions.json as {question id: answer}."""
+        return json.loads(path.read_text())
 
     @staticmethod
     def model(path, **kwargs):
@@ -321,7 +338,68 @@ class Squad:
         return [scores[q]["f1"] for q in sorted(golds)]
 
 
-TASKS = {"squad": Squad()}
+class Glue:
+    """GLUE text classification with run_glue.py; accuracy (the task's metrics) on every dev example. A prediction
+    file maps each dev example's index to its predicted label."""
+
+    job = run_glue
+    metrics = ("accuracy",)  # as fractions; shown and compared in points
+    names = {"accuracy": "accuracy"}
+    scale = 100
+    unit = "examples"
+    full_dev = False  # every run is scored on every dev example
+
+    @staticmethod
+    def describe(quality: dict) -> str:
+        return " ".join(f"{k} {100 * v:.2f}" for k, v in quality.items())
+
+    @staticmethod
+    def job_predictions(path: Path) -> dict:
+        return {str(i): label for i, label in enumerate(json.loads(path.read_text()))}
+
+    @staticmethod
+    def model(path, **kwargs):
+        from transformers import AutoModelForSequenceClassification
+
+        return AutoModelForSequenceClassification.from_pretrained(str(path), **kwargs)
+
+    def load(self, model_args, data_args, train: bool = True, full_dev: bool = False) -> dict:
+        """The examples and features run_glue.main trains and scores on (every dev example: `full_dev` changes
+        nothing)."""
+        from transformers import AutoTokenizer, DataCollatorWithPadding
+
+        model_path = run_glue.resolve_model_path(model_args.model_name_or_path)
+        tokenizer = AutoTokenizer.from_pretrained(model_path)
+        classification = run_glue.load_data(data_args)
+        features = run_glue.keep_model_inputs(
+            run_glue.tokenize(classification, tokenizer, data_args.max_seq_length, data_args.preprocessing_num_workers),
+            run_glue.load_model(model_path, classification, model_args.attn_implementation))
+        return dict(model_path=model_path, tokenizer=tokenizer, data_files=classification.source,
+                    classification=classification, collator=DataCollatorWithPadding(tokenizer),
+                    train_examples=classification.train, train_features=features["train"],
+                    validation_examples=classification.validation, validation_features=features["validation"])
+
+    @staticmethod
+    def evaluate(model, data, data_args, train_args, desc) -> tuple[dict, dict]:
+        """(metrics, {example index: predicted label}) of `model` on the dev examples."""
+        metrics, predictions, _ = glue.evaluate_classification(
+            model, data["validation_features"], data["classification"], data["collator"],
+            batch_size=train_args.per_device_eval_batch_size, desc=desc)
+        labels = data["classification"].labels
+        return metrics, {str(i): labels[int(p)] for i, p in enumerate(predictions)}
+
+    def golds(self, data_args, full_dev: bool = False) -> dict[str, str]:
+        """{example index: gold label} of the dev examples."""
+        classification = run_glue.load_data(data_args)
+        return {str(i): classification.labels[label] for i, label in enumerate(classification.validation["label"])}
+
+    @staticmethod
+    def scores(predictions: dict, golds: dict) -> list[float]:
+        """Per-example accuracy (1 or 0) in the order of the examples, so that two runs' lists pair up."""
+        return [float(predictions[i] == golds[i]) for i in sorted(golds, key=int)]
+
+
+TASKS = {"squad": Squad(), "glue": Glue()}
 
 
 # --- What every run keeps
@@ -342,8 +420,8 @@ def read_predictions(path: Path) -> dict | None:
     return json.loads(gzip.decompress(path.read_bytes())) if path.exists() else None
 
 
-def model_stats(model) -> dict:
-    return oto_hf.model_stats(model, 384).to_dict()
+def model_stats(model, seq_len: int = 384) -> dict:
+    return oto_hf.model_stats(model, seq_len).to_dict()
 
 
 def kept(stats: dict, ref: dict) -> dict:
@@ -359,7 +437,7 @@ def measure_latency(bench: Bench, model) -> dict:
                       and ((d := bench.model_dir(r.name)) / "config.json").exists()), None)
     if dense_dir is None:
         model_args = bench.adamw_settings(bench.run(bench.table["baseline"]), bench.results / "tmp")[0]
-        dense_dir = Path(run_squad.resolve_model_path(model_args.model_name_or_path))
+        dense_dir = Path(bench.task.job.resolve_model_path(model_args.model_name_or_path))
     torch.set_num_threads(THREADS)
     load0, lat = os.getloadavg(), bench.latency
     lat = latency_ratio(bench.task.model(dense_dir).eval(), model.eval().cpu(), lat["batch_size"], lat["seq_len"],
@@ -407,7 +485,7 @@ def train_adamw(model, train_args, model_args, data, run_dir: Path, max_steps: i
     if max_steps is not None:
         train_args = dataclasses.replace(train_args, max_steps=int(max_steps))
     kwargs = dict(model=model, args=train_args, train_dataset=data["train_features"],
-                  processing_class=data["tokenizer"], data_collator=default_data_collator)
+                  processing_class=data["tokenizer"], data_collator=data.get("collator", default_data_collator))
     trainer = Trainer(**kwargs) if teacher is None else oto_hf.DistillationTrainer(
         **kwargs, teacher_model=teacher, distillation_alpha=model_args.distillation_alpha,
         distillation_temperature=model_args.distillation_temperature,
@@ -448,7 +526,7 @@ def run_adamw(bench: Bench, run: Run) -> dict:
     model_args, data_args, train_args = bench.adamw_settings(run, folder / "run")
     data = task.load(model_args, data_args)
     result, steps = {}, None
-    set_seed(train_args.seed)  # seeds a new QA head, as run_squad.main does
+    set_seed(train_args.seed)  # seeds a new task head, as the job's main does
     if spec["kind"] == "peer":
         oto, dense = bench.follows(run), bench.ref(run, spec["start"])
         if not (followed := bench.result(oto)):
@@ -457,7 +535,8 @@ def run_adamw(bench: Bench, run: Run) -> dict:
         pruned_dir, info_path = folder / "pruned_model", folder / "pruning.json"
         if not ((pruned_dir / "config.json").exists() and info_path.exists()):
             model, pruning = prune_peer(task.model(existing_model(bench, dense)).eval(), data, train_args,
-                                        flops_kept, seq_len=384, calib_batches=bench.calibration_batches, log=log)
+                                        flops_kept, seq_len=bench.seq_len, calib_batches=bench.calibration_batches,
+                                        log=log, collate=data.get("collator"))
             pruning["quality_before_retraining"] = task.evaluate(model.to(train_args.device), data, data_args,
                                                                  train_args, "evaluating before retraining")[0]
             save_model_atomic(model, data["tokenizer"], pruned_dir)
@@ -475,9 +554,9 @@ def run_adamw(bench: Bench, run: Run) -> dict:
     save_model_atomic(trainer.model, data["tokenizer"], folder / "model")
     metrics, answers = task.evaluate(trainer.model, data, data_args, train_args, f"evaluating {run.name}")
     write_predictions(folder / PREDICTIONS, answers)
-    stats = model_stats(trainer.model)
+    stats = model_stats(trainer.model, bench.seq_len)
     return {**result, "quality": metrics, "questions": len(answers), "stats": stats,
-            "kept": kept(stats, model_stats(task.model(data["model_path"]))),
+            "kept": kept(stats, model_stats(task.model(data["model_path"]), bench.seq_len)),
             "latency": measure_latency(bench, trainer.model), "training": training, "model_dir": str(folder / "model"),
             "config": bench.table["config"], "overrides": [relative(a) for a in bench.argv(run)[1:]],
             "data": {**data["data_files"], "train_questions": len(data["train_examples"]),
@@ -487,31 +566,37 @@ def run_adamw(bench: Bench, run: Run) -> dict:
 
 
 def run_oto(bench: Bench, run: Run) -> dict:
-    """`run_squad.main` with the run's command line (HSPG, compress, evaluate), then its latency ratio."""
+    """The job's `main` (run_squad.py, run_glue.py) with the run's command line (HSPG, compress, evaluate), then its
+    latency ratio."""
     run_dir = bench.folder(run.name) / "run"
     argv = bench.oto_argv(run, run_dir)
     for ref in {run.spec["start"], run.spec["teacher"]} - {"pretrained", "none"}:
         existing_model(bench, bench.ref(run, ref))
     wall = foreign = None
-    if not (run_dir / "report.json").exists():  # a finished run_squad leaves its report last
-        log(f"{run.name}: run_squad.main({argv})")
+    if not (run_dir / "report.json").exists():  # a finished job leaves its report last
+        log(f"{run.name}: {bench.task.job.__name__}.main({argv})")
         torch.set_num_threads(THREADS)
         meter, t0 = common.ForeignLoad(), time.perf_counter()
         meter.start()
         bench.task.job.main(argv)
         wall, foreign = time.perf_counter() - t0, meter.stop()
     report = json.loads((run_dir / "report.json").read_text())
-    write_predictions(bench.folder(run.name) / PREDICTIONS, json.loads((run_dir / "eval_predictions.json").read_text()))
+    write_predictions(bench.folder(run.name) / PREDICTIONS, bench.task.job_predictions(run_dir / "eval_predictions.json"))
+    if (counted := report["model"]["before"]["seq_len"]) != bench.seq_len:
+        raise SystemExit(f"{run.name}: the run counted FLOPs at {counted} tokens, the table at {bench.seq_len} (its "
+                         "seq_len): give the config the same oto_seq_len")
     model = bench.task.model(run_dir / "compressed_model")
-    stats, quality = model_stats(model), report["quality"]
+    stats, quality = model_stats(model, bench.seq_len), report["quality"]
+    script = bench.task.job.__name__
     return {"target_flops_removed": run.spec["target"],
-            "run_squad_command": "python run_squad.py " + shlex.join(relative(a) for a in argv),
+            f"{script}_command": f"python {script}.py " + shlex.join(relative(a) for a in argv),
             "quality": quality["compressed"], "quality_group_sparse": quality["group_sparse"],
-            "identical_predictions": quality["identical_predictions"], "questions": quality["questions"],
+            "identical_predictions": quality["identical_predictions"],
+            "questions": quality.get("questions", quality.get("examples")),
             "stats": stats, "stats_from_report": report["model"]["after"],
             "kept": kept(stats, report["model"]["before"]),
             "latency": measure_latency(bench, model),
-            "training": {**report["training"], "run_squad_wall_s_this_session": wall,
+            "training": {**report["training"], f"{script}_wall_s_this_session": wall,
                          "other_processes_cpu_cores_during_run": foreign, "optimizer": "oto_hf.HSPG (direction adamw)",
                          **training_settings(bench.task.job.parse_arguments(argv)[2]),
                          "oto_settings": report.get("oto_settings"), "distillation": report.get("distillation")},
@@ -540,7 +625,7 @@ def run(bench: Bench, names: list[str], force: bool = False) -> None:
                   "finished_at": time.strftime("%Y-%m-%d %H:%M:%S")}
         result["training"]["loss_log"] = logged_losses(bench.folder(name) / "run")
         bench.write_result(name, result)
-        log(f"{name}: EM {result['quality']['exact_match']:.2f} F1 {result['quality']['f1']:.2f}")
+        log(f"{name}: {bench.task.describe(result['quality'])}")
     if bench.suite.get("full_dev") and not bench.smoke:  # runs whose model is here (models are not committed)
         full_dev(bench, [name for name in names if bench.model_dir(name).exists()])
 
@@ -611,14 +696,16 @@ def scores_of(bench: Bench, name: str, golds_: dict, full_dev: bool) -> list[flo
 
 
 def compare(bench: Bench, a: str, b: str, full_dev: bool = False) -> dict:
-    """Paired F1 difference a - b; a and b are run names in `bench`'s suite or SUITE/NAME."""
+    """Paired difference a - b of the task's main metric (F1, accuracy); a and b are run names in `bench`'s suite or
+    SUITE/NAME."""
     (bench_a, name_a), (bench_b, name_b) = [
         (Bench(suite, bench.table_path, bench.smoke) if suite else bench, name)
         for suite, _, name in (ref.rpartition("/") for ref in (a, b))]
     questions = golds(bench_a, full_dev)
     d = paired_difference(*(scores_of(*where, questions, full_dev) for where in ((bench_a, name_a), (bench_b, name_b))))
-    log(f"{a} minus {b}: ΔF1 {d['difference']:+.2f}, 95% interval [{d['ci95'][0]:+.2f}, {d['ci95'][1]:+.2f}], better "
-        f"on {d['a_better']} / worse on {d['b_better']} of {d['questions']} questions")
+    metric, unit = bench.task.names[bench.task.metrics[-1]], bench.task.unit
+    log(f"{a} minus {b}: Δ{metric} {d['difference']:+.2f}, 95% interval [{d['ci95'][0]:+.2f}, {d['ci95'][1]:+.2f}], "
+        f"better on {d['a_better']} / worse on {d['b_better']} of {d['questions']} {unit}")
     return d
 
 
@@ -638,10 +725,12 @@ def paired_lines(bench: Bench, names: list[str], full_dev: bool = False) -> list
         return []
     questions = golds(bench, full_dev)
     f1 = {n: scores_of(bench, n, questions, full_dev) for n in {x for pair in pairs for x in pair}}
-    lines = ["", f"## Paired F1 differences ({'every dev question' if full_dev else 'the same dev questions'})", "",
-             f"Mean per-question F1 of the run minus the reference's, 95% paired bootstrap interval "
-             f"({BOOTSTRAP_RESAMPLES:,} resamples of the questions, numpy seed 0).", "",
-             "| run | reference | ΔF1 | 95% interval | questions run better / reference better |", "|---" * 5 + "|"]
+    metric, unit = bench.task.names[bench.task.metrics[-1]], bench.task.unit
+    where = f"every dev {unit[:-1]}" if full_dev or not bench.task.full_dev else f"the same dev {unit}"
+    lines = ["", f"## Paired {metric} differences ({where})", "",
+             f"Mean per-{unit[:-1]} {metric} of the run minus the reference's, 95% paired bootstrap interval "
+             f"({BOOTSTRAP_RESAMPLES:,} resamples of the {unit}, numpy seed 0).", "",
+             f"| run | reference | Δ{metric} | 95% interval | {unit} run better / reference better |", "|---" * 5 + "|"]
     for a, b in pairs:
         d = paired_difference(f1[a], f1[b])
         lines.append(f"| {a} | {b} | {d['difference']:+.2f} | [{d['ci95'][0]:+.2f}, {d['ci95'][1]:+.2f}] | "
@@ -650,8 +739,9 @@ def paired_lines(bench: Bench, names: list[str], full_dev: bool = False) -> list
 
 
 def seed_f1(bench: Bench, results: dict, entry: str, key: str = "quality_full_dev") -> dict[int, float]:
-    """{seed: F1} of the entry's runs that have a `key` score."""
-    return {s: r[key]["f1"] for s in bench.table["runs"][entry]["seeds"]
+    """{seed: the task's main metric (F1 for SQuAD), in points} of the entry's runs that have a `key` score."""
+    task = bench.task
+    return {s: task.scale * r[key][task.metrics[-1]] for s in bench.table["runs"][entry]["seeds"]
             if (r := results.get(run_name(entry, s))) and r.get(key)}
 
 
@@ -660,19 +750,26 @@ def summarize(bench: Bench) -> None:
     results = {n: r for n in bench.runs if (r := bench.result(n))}
     history = [json.loads(p.read_text()) for p in sorted((bench.results / "history").glob("*_result.json"))]
     suite_options = " ".join(options_argv(bench.suite.get("options", {})))
+    task = bench.task
+    names = [task.names[m] for m in task.metrics]
+    scored = (f"{'/'.join(names)} on the suite's dev {task.unit}; full dev: every dev {task.unit[:-1]}. "
+              if task.full_dev else f"{'/'.join(names)} on every dev {task.unit[:-1]}. ")
     lines = [f"# {bench.table_path.stem.upper()}, suite {bench.suite_name}: {bench.suite['about']}", "",
              f"`{bench.table['config']}` with the suite's options `{suite_options}` and each run's own "
-             f"(`{relative(bench.table_path)}`). EM/F1 on the suite's dev questions; full dev: every dev question. "
-             "FLOPs and params: encoder, per 384-token example. Latency ratio: dense / this model, batch "
+             f"(`{relative(bench.table_path)}`). {scored}"
+             f"FLOPs and params: encoder, per {bench.seq_len}-token example. Latency ratio: dense / this model, batch "
              f"{bench.latency['batch_size']} × {bench.latency['seq_len']}, interleaved medians, {THREADS} threads "
              "(again: measured later with `latency`). Train wall: training only.", "",
-             "| run | EM | F1 | full dev EM / F1 | FLOPs kept | params kept | heads per layer | FFN width per layer "
-             "| latency ratio | steps | train wall (s) | finished |", "|---" * 12 + "|"]
+             "| run | " + " | ".join(names) + (f" | full dev {' / '.join(names)}" if task.full_dev else "")
+             + " | FLOPs kept | params kept | heads per layer | FFN width per layer "
+             "| latency ratio | steps | train wall (s) | finished |",
+             "|---" * (9 + len(names) + task.full_dev) + "|"]
     for r in [*results.values(), *history]:
         full, lat, again = r.get("quality_full_dev"), r.get("latency"), r.get("latency_remeasured")
         wall = r["training"].get("train_runtime_s")
-        cells = [r["method"] + (" (superseded)" if r.get("superseded") else ""), f"{r['quality']['exact_match']:.2f}",
-                 f"{r['quality']['f1']:.2f}", f"{full['exact_match']:.2f} / {full['f1']:.2f}" if full else "",
+        cells = [r["method"] + (" (superseded)" if r.get("superseded") else ""),
+                 *(f"{task.scale * r['quality'][m]:.2f}" for m in task.metrics),
+                 *([" / ".join(f"{task.scale * full[m]:.2f}" for m in task.metrics) if full else ""] * task.full_dev),
                  f"{r['kept']['encoder_flops']:.1%}", f"{r['kept']['encoder_params']:.1%}",
                  *("/".join(map(str, r["stats"][k])) for k in ("heads_per_layer", "ffn_width_per_layer")),
                  (f"{lat['speedup']:.2f}×" if lat else "not measured") + (f" (again: {again['speedup']:.2f}×)"
@@ -680,12 +777,14 @@ def summarize(bench: Bench) -> None:
                  str(r["training"]["steps"]), f"{wall:.0f}" if wall is not None else "", r["finished_at"]]
         lines.append("| " + " | ".join(cells) + " |")
     lines += paired_lines(bench, list(results)) + paired_lines(bench, list(results), full_dev=True)
+    seed_key = "quality_full_dev" if task.full_dev else "quality"
     seeds = [f"| {e} | {', '.join(f'{s}: {v:.2f}' for s, v in f1.items())} | {sum(f1.values()) / len(f1):.2f} | "
              f"{max(f1.values()) - min(f1.values()):.2f} |" for e in bench.table["runs"]
-             if len(f1 := seed_f1(bench, results, e)) > 1]
-    lines += ["", "## Seeds (every dev question)", "", "F1 of each seed, their mean and range (the run-to-run spread, "
-              "which the paired intervals do not include).", "", "| run | F1 per seed | mean | range |",
-              "|---" * 4 + "|", *seeds] if seeds else []
+             if len(f1 := seed_f1(bench, results, e, seed_key)) > 1]
+    main = names[-1]
+    lines += ["", f"## Seeds (every dev {task.unit[:-1]})", "", f"{main} of each seed, their mean and range (the "
+              "run-to-run spread, which the paired intervals do not include).", "",
+              f"| run | {main} per seed | mean | range |", "|---" * 4 + "|", *seeds] if seeds else []
     lines += ["", "## Commands", "", *(f"- `{bench.command('run', n)}`: {bench.runs[n].spec['about']}" for n in results)]
     notes = [f"- {r['method']}: {note}" for r in [*results.values(), *history]
              for note in [r.get("latency_note"), *r.get("notes", []), r.get("superseded") and
@@ -695,13 +794,13 @@ def summarize(bench: Bench) -> None:
     lines += ["", f"Machine: {env.get('cpu_model', '?')}, {env.get('logical_cpus', '?')} logical CPUs, torch "
               f"{env.get('torch_version', '?')}, transformers {env.get('transformers_version', '?')}.", ""]
     write_atomic(bench.results / "summary.md", "\n".join(lines).encode())
-    for key in ("quality", "quality_full_dev"):
+    for key in ("quality", "quality_full_dev") if task.full_dev else ("quality",):
         plot(bench, results, key)
-    log(f"wrote {bench.results / 'summary.md'}, f1_vs_flops.png and f1_vs_flops_full_dev.png")
+    log(f"wrote {bench.results / 'summary.md'} and the plots")
 
 
 def plot(bench: Bench, results: dict, key: str) -> None:
-    """F1 (`key`) against encoder FLOPs kept: the table's curves, each point the mean over the run's seeds (hollow:
+    """The main metric (F1, accuracy; `key`) against encoder FLOPs kept: the table's curves, each point the mean over the run's seeds (hollow:
     each seed; labelled with its seeds where it lacks one another point has), and every other run's seed 0 (grey)."""
     import matplotlib
 
@@ -715,7 +814,9 @@ def plot(bench: Bench, results: dict, key: str) -> None:
     on_curves = {e for c in bench.table.get("curves", []) for e in c["runs"]}
     others = [n for n, r in results.items() if bench.runs[n].entry not in on_curves and bench.runs[n].seed == 0
               and r.get(key)]
-    ax.plot([flops[n] for n in others], [results[n][key]["f1"] for n in others], "x", color="tab:gray", alpha=0.6,
+    main = bench.task.metrics[-1]
+    ax.plot([flops[n] for n in others], [bench.task.scale * results[n][key][main] for n in others], "x",
+            color="tab:gray", alpha=0.6,
             label="other runs (see summary.md)" if others else None)
     all_seeds = {s for _, line in curves for _, f1 in line for s in f1}
     for i, (label, line) in enumerate(curves):
@@ -727,15 +828,18 @@ def plot(bench: Bench, results: dict, key: str) -> None:
             if set(f1) != all_seeds:
                 ax.annotate(("seed " if len(f1) == 1 else "seeds ") + ", ".join(map(str, f1)), (x, mean), fontsize=7,
                             textcoords="offset points", xytext=(7, 8 - 10 * i), color=f"C{i}")
-    ax.set(xlabel="encoder FLOPs kept (%, per 384-token example)", xlim=(20, 105), title=f"{bench.suite_name}" + (
-        ", every dev question" if key == "quality_full_dev" else "") + (" (smoke)" if bench.smoke else ""),
-        ylabel="F1 (" + ("every dev question)" if key == "quality_full_dev" else "the suite's dev questions)"))
+    unit, name = bench.task.unit, bench.task.names[main]
+    every = key == "quality_full_dev" or not bench.task.full_dev
+    ax.set(xlabel=f"encoder FLOPs kept (%, per {bench.seq_len}-token example)", xlim=(20, 105),
+           title=f"{bench.suite_name}" + (", every dev question" if key == "quality_full_dev" else "")
+           + (" (smoke)" if bench.smoke else ""),
+           ylabel=f"{name} (" + (f"every dev {unit[:-1]})" if every else f"the suite's dev {unit})"))
     ax.grid(alpha=0.3)
     if ax.get_legend_handles_labels()[0]:
         ax.legend(fontsize=7, loc="lower right")
     fig.tight_layout()
-    fig.savefig(bench.results / ("f1_vs_flops_full_dev.png" if key == "quality_full_dev" else "f1_vs_flops.png"),
-                dpi=120)
+    stem = f"{bench.task.metrics[-1]}_vs_flops"
+    fig.savefig(bench.results / (f"{stem}_full_dev.png" if key == "quality_full_dev" else f"{stem}.png"), dpi=120)
     plt.close(fig)
 
 
