@@ -1,0 +1,485 @@
+"""ONNX export of compressed (and dense) models, checked against PyTorch, with optional int8 dynamic quantization.
+
+    python -m oto_hf.export MODEL_DIR OUT.onnx [--quantize int8] [--opset N] [--check] [--atol 1e-4]
+
+    from oto_hf.export import export_onnx, check_onnx
+    info = export_onnx("out/compressed", "model.onnx", quantize="int8")  # also writes model.int8.onnx
+    check_onnx(model, "model.onnx")            # {"logits": max |Δ|}; raises OnnxMismatchError above atol
+    check_onnx(model, info["int8_path"], atol=None)   # the int8 file's Δ, not held to a tolerance
+
+What is exported: any model of a supported family (`oto_hf.architectures`), compressed or dense stock, with any
+task head, in float32, as it computes in eval mode (layers left with no head or no FFN neuron included: their
+zero-width projections export as empty tensors). A folder is loaded with the class its config names (the compressed
+`OTO…` classes after `import oto_hf`, or the stock ones) and its default attention implementation (sdpa where the
+family has it).
+
+- Inputs are the model's own, in this order: ``input_ids``, ``attention_mask``, ``token_type_ids`` for text (only
+  those its forward takes, chosen by `oto_hf.squad.model_input_names`; ``token_type_ids`` also only where the model
+  has more than one token type, so not for RoBERTa-likes, DeBERTa-v3, DistilBERT or ModernBERT), ``pixel_values``
+  for vision models. Feed a session the tokenizer's outputs that it lists in ``session.get_inputs()``.
+- Axes ``batch`` and ``sequence`` are dynamic (``batch``, ``choices``, ``sequence`` for multiple choice; ``batch``
+  only for images, whose size is fixed by the position embeddings). Sequences are limited to the model's
+  ``max_position_embeddings``, as in PyTorch.
+- Outputs are named after the model's output fields (``logits``; ``start_logits``, ``end_logits``;
+  ``last_hidden_state``, ``pooler_output``; …), in the order of the model's output class. No cache is returned
+  (``use_cache=False`` where the forward takes it); hidden states and attentions only if the config asks for them.
+- The default opset is 18, the exporter's own (no version conversion; run by onnxruntime 1.14 and later).
+- Weights go into the .onnx file itself, or into an external data file beside it (``OUT.onnx.data``) when they
+  exceed protobuf's 2 GB limit.
+
+Exporter: ``torch.onnx.export(..., dynamo=True)``, torch's default and maintained exporter (torch.export, then
+onnxscript). The legacy TorchScript exporter (``exporter="torchscript"``) gives the same outputs on every family
+and is several times faster to export, but torch deprecates it (every call warns that it is no longer the default
+and will go); it is kept as a fallback for a model that torch.export cannot trace. optimum-onnx was not used: its
+only release requires transformers < 4.58 and does not import with transformers 5 (docs/deployment.md has the
+evidence).
+
+int8 (``quantize="int8"``): onnxruntime's `quantize_dynamic` of the exported float32 file, written beside it as
+``OUT.int8.onnx`` (``model.onnx`` -> ``model.int8.onnx``): int8 weights (QInt8) of every MatMul/Gemm and of the
+embedding tables (Gather), activations quantized at run time. Weights are quantized per output channel by default
+(``per_channel=True``), which was the more accurate on the real MiniLM; ``per_channel=False`` gives one scale per
+tensor. Projections with no rows or columns (layers left without a head or a neuron) stay float: there is nothing
+to quantize and onnxruntime's per-channel quantizer fails on them. ``reduce_range`` is left off (onnxruntime's
+default), which suits CPUs with VNNI; onnxruntime recommends it for AVX2/AVX-512 CPUs without VNNI.
+
+Needs the ``onnx`` extra: ``pip install 'oto-hf[onnx]'`` (onnx, onnxruntime, onnxscript).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import inspect
+import io
+import json
+import logging
+import os
+import sys
+import warnings
+from pathlib import Path
+
+import torch
+from torch import nn
+
+__all__ = ["DEFAULT_OPSET", "OnnxMismatchError", "check_onnx", "export_onnx", "int8_path_for", "load_model",
+           "onnx_input_names", "sample_inputs"]
+
+DEFAULT_OPSET = 18
+TEXT_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
+# The protobuf limit of one .onnx file, less a margin for the graph itself.
+_EXTERNAL_DATA_BYTES = 1_900_000_000
+_EXPORTERS = ("dynamo", "torchscript")
+
+
+class OnnxMismatchError(ValueError):
+    """The ONNX model's outputs differ from PyTorch's by more than the tolerance; `max_abs_diff` holds them."""
+
+    def __init__(self, message: str, max_abs_diff: dict[str, float]):
+        super().__init__(message)
+        self.max_abs_diff = max_abs_diff
+
+
+def _require_onnx():
+    """Import onnx and onnxruntime, or say which extra to install."""
+    try:
+        import onnx
+        import onnxruntime
+    except ImportError as error:
+        raise ImportError(f"ONNX export needs onnx and onnxruntime ({error}): pip install 'oto-hf[onnx]'") from error
+    return onnx, onnxruntime
+
+
+def load_model(model_dir: str | os.PathLike) -> nn.Module:
+    """The model saved in `model_dir` (compressed or stock), in float32 and eval mode, with the class its config
+    names (`AutoModel` if it names none). A missing folder or one without a model config is a clear error."""
+    import transformers
+
+    import oto_hf  # noqa: F401  (registers the compressed model types with the Auto classes)
+    from oto_hf import modeling_oto
+
+    path = Path(model_dir)
+    if not path.exists():
+        raise FileNotFoundError(f"{path} does not exist: give the folder of a saved model (save_pretrained)")
+    if not path.is_dir() or not (path / "config.json").is_file():
+        raise ValueError(f"{path} is not a saved model: a folder with config.json and the weights "
+                         "(written by save_pretrained) is expected")
+    try:
+        config = transformers.AutoConfig.from_pretrained(path)
+    except (OSError, ValueError, KeyError) as error:
+        raise ValueError(f"{path} is not a saved model: its config.json does not load ({error})") from error
+    names = getattr(config, "architectures", None) or []
+    cls = None
+    for name in names:
+        cls = getattr(modeling_oto, name, None) or getattr(transformers, name, None)
+        if cls is not None:
+            break
+    if cls is None:
+        cls = transformers.AutoModel
+    try:
+        model = cls.from_pretrained(path, dtype=torch.float32)
+    except OSError as error:
+        raise ValueError(f"{path} has a config but no weights that load: {error}") from error
+    return model.eval()
+
+
+def _as_model(model_or_dir) -> nn.Module:
+    return model_or_dir if isinstance(model_or_dir, nn.Module) else load_model(model_or_dir)
+
+
+def _is_vision(model: nn.Module) -> bool:
+    return getattr(model, "main_input_name", "input_ids") == "pixel_values"
+
+
+def _is_multiple_choice(model: nn.Module) -> bool:
+    return type(model).__name__.endswith("ForMultipleChoice")
+
+
+def onnx_input_names(model: nn.Module) -> list[str]:
+    """The inputs the exported model takes (see the module docstring): ``pixel_values`` for vision models; for text,
+    those of ``input_ids``, ``attention_mask``, ``token_type_ids`` that the forward takes
+    (`oto_hf.squad.model_input_names`), without ``token_type_ids`` where the model has at most one token type."""
+    from .squad import model_input_names
+
+    if _is_vision(model):
+        return ["pixel_values"]
+    available = list(TEXT_INPUTS)
+    if getattr(model.config, "type_vocab_size", 2) <= 1:
+        available.remove("token_type_ids")
+    return model_input_names(model, available)
+
+
+def _axes(model: nn.Module, name: str) -> tuple[str, ...]:
+    """The names of the axes of input `name`."""
+    if name == "pixel_values":
+        return ("batch", "channels", "height", "width")
+    return ("batch", "choices", "sequence") if _is_multiple_choice(model) else ("batch", "sequence")
+
+
+def _dynamic_axes(model: nn.Module, name: str) -> dict[int, str]:
+    return {i: axis for i, axis in enumerate(_axes(model, name)) if axis in ("batch", "choices", "sequence")}
+
+
+def sample_inputs(model: nn.Module, batch: int = 2, length: int = 8, seed: int = 0, choices: int = 3,
+                  names: list[str] | None = None) -> dict[str, torch.Tensor]:
+    """Random inputs for `model` (on its device): `batch` rows of `length` tokens, where row r > 0 is padded after
+    ``length - 3·r`` tokens (at least one is kept): ids set to the pad token and attention_mask to 0 there;
+    token_type_ids 0 on the first half of each row, 1 on the rest. Vision models get random pixels of the
+    config's size; a multiple-choice model gets (batch, `choices`, length)."""
+    names = names or onnx_input_names(model)
+    config = model.config
+    generator = torch.Generator().manual_seed(seed)
+    try:
+        device = next(model.parameters()).device
+    except StopIteration:
+        device = torch.device("cpu")
+    if names == ["pixel_values"]:
+        size = config.image_size
+        size = (size, size) if isinstance(size, int) else tuple(size)
+        return {"pixel_values": torch.randn(batch, config.num_channels, *size, generator=generator).to(device)}
+    vocab = config.vocab_size
+    lead = (batch, choices) if _is_multiple_choice(model) else (batch,)
+    ids = torch.randint(min(5, vocab - 1), vocab, (*lead, length), generator=generator)
+    mask = torch.ones_like(ids)
+    for row in range(1, batch):
+        mask[row, ..., max(1, length - 3 * row):] = 0
+    pad = getattr(config, "pad_token_id", None)
+    ids = ids.masked_fill(mask == 0, pad if pad is not None and 0 <= pad < vocab else 0)
+    types = torch.zeros_like(ids)
+    types[..., length // 2:] = 1
+    values = {"input_ids": ids, "attention_mask": mask, "token_type_ids": types}
+    return {name: values[name].to(device) for name in names}
+
+
+def _forward_kwargs(model: nn.Module) -> dict:
+    """Keyword arguments that keep the forward's outputs to tensors: a dict-like output, no cache."""
+    kwargs = {"return_dict": True}
+    if "use_cache" in inspect.signature(model.forward).parameters:
+        kwargs["use_cache"] = False
+    return kwargs
+
+
+class _TensorOutputs(nn.Module):
+    """`model` called with its inputs given positionally in `names` order, returning the tensors of its output
+    fields `outputs` as a tuple (what the exporters trace)."""
+
+    def __init__(self, model: nn.Module, names: list[str], outputs: list[str]):
+        super().__init__()
+        self.model, self.names, self.outputs = model, names, outputs
+        self.extra = _forward_kwargs(model)
+
+    def forward(self, *tensors):
+        result = self.model(**dict(zip(self.names, tensors)), **self.extra)
+        return tuple(result[name] for name in self.outputs)
+
+
+def _output_names(model: nn.Module, inputs: dict) -> list[str]:
+    with torch.no_grad():
+        result = model(**inputs, **_forward_kwargs(model))
+    return [name for name, value in result.items() if isinstance(value, torch.Tensor)]
+
+
+@contextlib.contextmanager
+def _quiet_exporter():
+    """Silence the exporters' progress lines and warnings that concern neither the user nor the model (torchvision
+    operators not registered, the legacy exporter's deprecation notice is kept in the docstring instead)."""
+    loggers = [logging.getLogger(name) for name in ("torch.onnx", "torch.export", "torch._export",
+                                                     "torch.fx.experimental.symbolic_shapes", "onnxscript")]
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        for logger, level in zip(loggers, levels):
+            logger.setLevel(level)
+
+
+def int8_path_for(onnx_path: str | os.PathLike) -> Path:
+    """Where the int8 file of `onnx_path` goes: ``model.onnx`` -> ``model.int8.onnx``."""
+    path = Path(onnx_path)
+    return path.with_name(path.stem + ".int8" + (path.suffix or ".onnx"))
+
+
+@torch.no_grad()
+def export_onnx(model_or_dir, out_path: str | os.PathLike, opset: int = DEFAULT_OPSET, quantize: str | None = None,
+                exporter: str = "dynamo", per_channel: bool = True) -> dict:
+    """Export a model (an `nn.Module`, or the folder of a saved one) to ONNX at `out_path`; see the module
+    docstring for the inputs, axes and outputs. The model is traced in eval mode in float32 and left in the mode it
+    was in.
+
+    `opset`: the ONNX opset (default 18). `quantize`: None, or "int8" to also write the dynamically quantized file
+    ``OUT.int8.onnx`` (`int8_path_for`), per channel unless `per_channel` is False. `exporter`: "dynamo" (default,
+    torch.onnx.export with dynamo=True) or "torchscript" (the deprecated legacy exporter).
+
+    Returns {"path", "bytes", "input_names", "output_names", "opset", "exporter", "external_data", "int8_path",
+    "int8_bytes"} (the int8 entries None without `quantize`); bytes count the external data file too.
+    """
+    onnx, _ = _require_onnx()
+    if quantize not in (None, "int8"):
+        raise ValueError(f"quantize must be None or 'int8', not {quantize!r}")
+    if exporter not in _EXPORTERS:
+        raise ValueError(f"exporter must be one of {_EXPORTERS}, not {exporter!r}")
+    model = _as_model(model_or_dir)
+    dtypes = {p.dtype for p in model.parameters() if p.is_floating_point()}
+    if dtypes - {torch.float32}:
+        raise ValueError(f"export_onnx exports float32 models; this one has {sorted(map(str, dtypes))} weights: "
+                         "pass model.float() (int8 comes from quantize='int8')")
+    out = Path(out_path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    for stale in (out, Path(str(out) + ".data")):
+        stale.unlink(missing_ok=True)
+    names = onnx_input_names(model)
+    was_training = model.training
+    model.eval()
+    try:
+        sample = sample_inputs(model, names=names)
+        outputs = _output_names(model, sample)
+        wrapper = _TensorOutputs(model, names, outputs).eval()
+        external = sum(p.numel() * p.element_size() for p in model.parameters()) > _EXTERNAL_DATA_BYTES
+        with _quiet_exporter():
+            if exporter == "dynamo":
+                _export_dynamo(wrapper, model, sample, out, names, outputs, opset, external)
+            else:
+                _export_torchscript(wrapper, model, sample, out, names, outputs, opset)
+    finally:
+        model.train(was_training)
+    graph = _strip_node_metadata(out).graph
+    got = [i.name for i in graph.input]
+    if got != names:
+        raise RuntimeError(f"the exported graph takes {got}, not the model's inputs {names}")
+    info = {"path": str(out), "bytes": _size(out), "input_names": names, "output_names": outputs, "opset": opset,
+            "exporter": exporter, "external_data": Path(str(out) + ".data").exists(), "int8_path": None,
+            "int8_bytes": None}
+    if quantize == "int8":
+        target = quantize_int8(out, per_channel=per_channel)
+        info.update(int8_path=str(target), int8_bytes=_size(target))
+    return info
+
+
+def _export_dynamo(wrapper, model, sample, out, names, outputs, opset, external) -> None:
+    from torch.export import Dim
+
+    dims = {}
+    shapes = []
+    for name in names:
+        shapes.append({i: dims.setdefault(axis, Dim(axis)) for i, axis in _dynamic_axes(model, name).items()})
+    torch.onnx.export(wrapper, tuple(sample.values()), str(out), input_names=names, output_names=outputs,
+                      opset_version=opset, dynamo=True, dynamic_shapes={"tensors": tuple(shapes)}, external_data=external,
+                      optimize=True, verbose=False)
+
+
+def _export_torchscript(wrapper, model, sample, out, names, outputs, opset) -> None:
+    """The legacy exporter needs the outputs' dynamic axes too: an axis is dynamic where the outputs' size changes
+    between two sample sizes, named after the input axis it follows."""
+    other = sample_inputs(model, batch=3, length=9, choices=4, names=names)
+    sizes = {"batch": (2, 3), "choices": (3, 4), "sequence": (8, 9)}
+    first, second = wrapper(*sample.values()), wrapper(*other.values())
+    axes = {name: _dynamic_axes(model, name) for name in names}
+    for name, a, b in zip(outputs, first, second):
+        axes[name] = {}
+        for i, (x, y) in enumerate(zip(a.shape, b.shape)):
+            if x != y:
+                axes[name][i] = next((axis for axis, s in sizes.items() if s == (x, y)), f"{name}_{i}")
+    torch.onnx.export(wrapper, tuple(sample.values()), str(out), input_names=names, output_names=outputs,
+                      opset_version=opset, dynamo=False, dynamic_axes=axes)
+
+
+def _strip_node_metadata(path: Path):
+    """Drop the per-node metadata the dynamo exporter records (source stack traces with the exporting machine's
+    file paths, FX node text, module names): a deployment file carries the graph and the weights only. The weights
+    stay where they are (in the file, or in its external data file). Returns the graph-only ModelProto."""
+    import onnx
+
+    model = onnx.load(str(path), load_external_data=False)
+    touched = False
+    for node in model.graph.node:
+        touched |= len(node.metadata_props) > 0
+        del node.metadata_props[:]
+    for value in list(model.graph.value_info) + list(model.graph.input) + list(model.graph.output):
+        touched |= len(value.metadata_props) > 0
+        del value.metadata_props[:]
+    if touched:
+        onnx.save(model, str(path))
+    return model
+
+
+def _size(path: Path) -> int:
+    data = Path(str(path) + ".data")
+    return path.stat().st_size + (data.stat().st_size if data.exists() else 0)
+
+
+def quantize_int8(onnx_path: str | os.PathLike, out_path: str | os.PathLike | None = None,
+                  per_channel: bool = True) -> Path:
+    """Dynamic int8 quantization of the float32 file `onnx_path` (see the module docstring), written to `out_path`
+    (default `int8_path_for(onnx_path)`); returns that path."""
+    onnx, _ = _require_onnx()
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    source = Path(onnx_path)
+    target = Path(out_path) if out_path is not None else int8_path_for(source)
+    target.unlink(missing_ok=True)
+    model = onnx.load(str(source), load_external_data=False)
+    empty = {t.name for t in model.graph.initializer if 0 in t.dims}
+    skip = [n.name for n in model.graph.node if n.op_type in ("MatMul", "Gemm") and empty.intersection(n.input)]
+    external = Path(str(source) + ".data").exists()
+    with warnings.catch_warnings(), _quiet_logging("root"):
+        warnings.simplefilter("ignore")
+        quantize_dynamic(str(source), str(target), weight_type=QuantType.QInt8, per_channel=per_channel,
+                         nodes_to_exclude=skip, use_external_data_format=external)
+    return target
+
+
+@contextlib.contextmanager
+def _quiet_logging(name: str):
+    logger = logging.getLogger(None if name == "root" else name)
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+
+
+@torch.no_grad()
+def check_onnx(model, onnx_path: str | os.PathLike, batch_sizes=(1, 3), seq_lens=(7, 33),
+               atol: float | None = 1e-4, seed: int = 0) -> dict[str, float]:
+    """Run the ONNX file `onnx_path` with onnxruntime (CPUExecutionProvider) and `model` (an `nn.Module` or a
+    folder) in PyTorch on the same inputs, and return the largest absolute difference of each output, by name.
+
+    Inputs: every batch size × sequence length (for vision models, every batch size), from `sample_inputs`: rows
+    after the first padded at the end (attention_mask 0 there). Every position is compared, padded ones included.
+    Raises `OnnxMismatchError` if a difference exceeds `atol` (pass None to only measure, e.g. an int8 file), and
+    ValueError if the file does not take the model's inputs or give its outputs.
+    """
+    _, ort = _require_onnx()
+    import numpy as np
+
+    model = _as_model(model)
+    was_training = model.training
+    model.eval()
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    session = ort.InferenceSession(str(onnx_path), options, providers=["CPUExecutionProvider"])
+    names = onnx_input_names(model)
+    got = [i.name for i in session.get_inputs()]
+    if got != names:
+        raise ValueError(f"{onnx_path} takes inputs {got}, the model {names}")
+    outputs = [o.name for o in session.get_outputs()]
+    lengths = (None,) if _is_vision(model) else tuple(seq_lens)
+    diffs: dict[str, float] = {name: 0.0 for name in outputs}
+    try:
+        for batch in batch_sizes:
+            for length in lengths:
+                inputs = sample_inputs(model, batch=batch, length=length or 8, seed=seed, names=names)
+                expected = model(**inputs, **_forward_kwargs(model))
+                missing = [name for name in outputs if not isinstance(expected.get(name), torch.Tensor)]
+                if missing:
+                    raise ValueError(f"{onnx_path} gives outputs {missing} that the model does not")
+                results = session.run(outputs, {k: v.cpu().numpy() for k, v in inputs.items()})
+                for name, value in zip(outputs, results):
+                    reference = expected[name].float().cpu().numpy()
+                    if value.shape != reference.shape:
+                        raise ValueError(f"output {name}: ONNX shape {value.shape}, PyTorch {reference.shape} "
+                                         f"(batch {batch}, length {length})")
+                    diffs[name] = max(diffs[name], float(np.abs(value.astype(np.float32) - reference).max(initial=0)))
+    finally:
+        model.train(was_training)
+    if atol is not None and any(d > atol for d in diffs.values()):
+        worst = ", ".join(f"{k} {v:.3g}" for k, v in diffs.items())
+        raise OnnxMismatchError(f"{onnx_path} differs from PyTorch by more than {atol:g}: max |Δ| {worst}", diffs)
+    return diffs
+
+
+def _format(diffs: dict[str, float]) -> str:
+    return ", ".join(f"{name} {value:.2e}" for name, value in diffs.items())
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m oto_hf.export",
+        description="Export a saved (compressed or dense) model to ONNX, optionally int8-quantized and checked "
+                    "against PyTorch with onnxruntime.")
+    parser.add_argument("model_dir", help="folder of a model saved with save_pretrained")
+    parser.add_argument("out", help="the .onnx file to write (int8: OUT.int8.onnx beside it)")
+    parser.add_argument("--quantize", choices=["int8"], default=None,
+                        help="also write the dynamically int8-quantized model")
+    parser.add_argument("--opset", type=int, default=DEFAULT_OPSET, help=f"ONNX opset (default {DEFAULT_OPSET})")
+    parser.add_argument("--check", action="store_true",
+                        help="compare onnxruntime's outputs with PyTorch's on padded batches; exit 1 if the float32 "
+                             "file differs by more than --atol (the int8 file's difference is printed only)")
+    parser.add_argument("--atol", type=float, default=1e-4, help="tolerance of --check (default 1e-4)")
+    parser.add_argument("--exporter", choices=_EXPORTERS, default="dynamo",
+                        help="torch.onnx exporter (default dynamo; torchscript is torch's deprecated one)")
+    parser.add_argument("--per-tensor", action="store_true", help="int8: one scale per tensor, not per channel")
+    args = parser.parse_args(argv)
+    try:
+        model = load_model(args.model_dir)
+    except (FileNotFoundError, ValueError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    info = export_onnx(model, args.out, opset=args.opset, quantize=args.quantize, exporter=args.exporter,
+                       per_channel=not args.per_tensor)
+    print(f"wrote {info['path']} ({info['bytes'] / 1e6:.1f} MB): inputs {info['input_names']}, "
+          f"outputs {info['output_names']}, opset {info['opset']}, {info['exporter']} exporter")
+    if info["int8_path"]:
+        print(f"wrote {info['int8_path']} ({info['int8_bytes'] / 1e6:.1f} MB, int8 dynamic quantization)")
+    status = 0
+    if args.check:
+        diffs = check_onnx(model, info["path"], atol=None)
+        ok = all(d <= args.atol for d in diffs.values())
+        print(f"check {info['path']}: max |Δ| {_format(diffs)} (tolerance {args.atol:g}): "
+              f"{'ok' if ok else 'FAILED'}")
+        info["max_abs_diff"] = diffs
+        status = 0 if ok else 1
+        if info["int8_path"]:
+            int8 = check_onnx(model, info["int8_path"], atol=None)
+            print(f"check {info['int8_path']}: max |Δ| {_format(int8)} (int8, not held to the tolerance)")
+            info["int8_max_abs_diff"] = int8
+    print(json.dumps(info))
+    return status
+
+
+if __name__ == "__main__":
+    sys.exit(main())
