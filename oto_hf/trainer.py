@@ -3,13 +3,15 @@ model. Change `Trainer` → `OTOTrainer` and `TrainingArguments` → `OTOTrainin
 collators, schedulers, callbacks, evaluation, checkpoints, the Hub) works as before.
 """
 
+import inspect
 import os
 from dataclasses import dataclass, field
 
 import torch
-from transformers import Trainer, TrainingArguments
+from transformers import Trainer, TrainerCallback, TrainingArguments
 from transformers.optimization import get_wsd_schedule
-from transformers.trainer_utils import HubStrategy, SchedulerType
+from transformers.trainer_utils import HubStrategy, IntervalStrategy, SchedulerType
+from transformers.utils import logging
 from transformers.training_args import OptimizerNames
 
 from .compress import compress
@@ -19,6 +21,8 @@ from .hspg import ALLOCATIONS, DIRECTIONS, HSPG, SALIENCIES, TARGET_UNITS
 from .model_card import Evaluation, hub_id, licence_of, model_card
 from .stats import model_stats
 
+
+logger = logging.get_logger(__name__)
 
 TRAINING_ARGS_NAME = "training_args.bin"
 _DEFAULT_OPTIMS = {OptimizerNames.ADAMW_TORCH, OptimizerNames.ADAMW_TORCH_FUSED}
@@ -174,6 +178,14 @@ class OTOTrainingArguments(TrainingArguments):
         if self.push_to_hub and self.oto_save_group_sparse:
             problems.append("--oto_save_group_sparse writes a full-size copy into --output_dir, which push_to_hub would "
                             "upload beside the compressed model: drop one of the two")
+        if self.load_best_model_at_end and self.oto_effective_target is None:
+            problems.append(
+                "--load_best_model_at_end cannot be combined with --oto_lambda_only (no target): without a target "
+                "there is no pruning window after which the architecture is fixed, every later checkpoint is sparser, "
+                "so the best-scoring checkpoint is usually an earlier, less pruned model. Set --oto_target (then only "
+                "checkpoints evaluated after its pruning window can be chosen), or drop --load_best_model_at_end and "
+                "keep the final model"
+            )
         if self.fsdp or self.deepspeed:
             problems.append(
                 "FSDP and DeepSpeed shard parameters across ranks, but HSPG needs every group whole on each rank to "
@@ -181,6 +193,16 @@ class OTOTrainingArguments(TrainingArguments):
             )
         if problems:
             raise ValueError("Invalid OTO settings:\n  - " + "\n  - ".join(problems))
+
+
+_NO_MODEL_INIT = (
+    "OTOTrainer does not take model_init, and so cannot run hyperparameter_search: its zero-invariant groups and "
+    "HSPG state are built once, for the one model it is given, while Trainer would build a new model for each run "
+    "or trial. Pass model=... instead; to search hyperparameters, loop over the settings and construct one "
+    "OTOTrainer per trial, each with a freshly loaded model and its own OTOTrainingArguments."
+)
+# Where model_init sits among Trainer.__init__'s positional parameters after (model, args).
+_MODEL_INIT_POSITION = list(inspect.signature(Trainer.__init__).parameters)[3:].index("model_init")
 
 
 class OTOTrainer(DistillationMixin, Trainer):
@@ -193,7 +215,22 @@ class OTOTrainer(DistillationMixin, Trainer):
     * `save_model()` (and so the end of `run_squad.py`, `push_to_hub()`) writes the compressed model with a model card;
       checkpoints written during training keep the full-size group-sparse model, so that `resume_from_checkpoint`
       restores model, HSPG state and schedule exactly.
-    * Each logging step reports group sparsity, heads and FFN neurons kept, encoder FLOPs and parameters kept and λ.
+    * Each log entry, training and evaluation alike, reports group sparsity, heads and FFN neurons kept, encoder
+      FLOPs and parameters kept and λ (`oto/*`).
+
+    With a target, the pruning window is the optimizer steps [half_space_start, half_space_start + prune_steps);
+    once they are done the target is met and the zero set is frozen ("the window has closed").
+
+    * Best model (`metric_for_best_model`, `load_best_model_at_end`): only evaluations made after the window has
+      closed can become the best (`state.best_metric`, `best_global_step`, `best_model_checkpoint`); earlier ones
+      are logged but never compared, so the model loaded at the end meets the target. `load_best_model_at_end` is
+      refused without a target, and at train start when no evaluation can fall after the window.
+    * Early stopping (`EarlyStoppingCallback`, or any callback that stops training when an evaluation's results
+      arrive): a stop requested during an evaluation before the window has closed is cancelled, whatever the order
+      of the callbacks, and since those evaluations set no best metric they do not count toward the patience either.
+      Counting starts with the first evaluation after the window. A stop requested at another event (a time budget
+      in `on_step_end`, say) is honoured.
+    * `model_init` and `hyperparameter_search` are refused: the groups and HSPG state belong to one model.
     """
 
     def __init__(self, model=None, args: OTOTrainingArguments | None = None, *posargs, **kwargs):
@@ -204,6 +241,11 @@ class OTOTrainer(DistillationMixin, Trainer):
                 f"OTOTrainer needs OTOTrainingArguments, got {type(args).__name__}: replace TrainingArguments by "
                 "oto_hf.OTOTrainingArguments (same fields, plus the oto_* settings)."
             )
+        model_init = kwargs.get("model_init")
+        if model_init is None and len(posargs) > _MODEL_INIT_POSITION:
+            model_init = posargs[_MODEL_INIT_POSITION]
+        if model_init is not None:
+            raise ValueError(_NO_MODEL_INIT)
         optimizers = kwargs.get("optimizers", (None, None))
         if optimizers[0] is not None or kwargs.get("optimizer_cls_and_kwargs") is not None:
             raise ValueError(
@@ -227,6 +269,11 @@ class OTOTrainer(DistillationMixin, Trainer):
         # What the model card states beyond the run itself (see write_model_card); job scripts fill it.
         self.model_card_info: dict = {}
         super().__init__(model, args, *posargs, **kwargs)
+        # First in the list, so that its check runs before any other callback starts anything at train start.
+        self.callback_handler.callbacks.insert(0, _OTOTrainStartCheck())
+
+    def hyperparameter_search(self, *args, **kwargs):
+        raise ValueError(_NO_MODEL_INIT)
 
     # ---- optimizer ----
 
@@ -244,6 +291,10 @@ class OTOTrainer(DistillationMixin, Trainer):
         max_steps = max(1, self.state.max_steps or args.max_steps or 1)
         start = int(round(args.oto_half_space_start * max_steps))
         prune_steps = max(1, int(round(args.oto_prune_fraction * max_steps)))
+        if args.oto_effective_target is not None:
+            # Rounding the two fractions separately must not push the window's end past the last step.
+            start = min(start, max_steps - 1)
+            prune_steps = min(prune_steps, max_steps - start)
         self.optimizer = HSPG(
             grouped_parameters,
             self.oto_groups,
@@ -296,18 +347,52 @@ class OTOTrainer(DistillationMixin, Trainer):
     @property
     def hspg(self) -> HSPG | None:
         """The HSPG optimizer itself (the Trainer wraps it once training has started)."""
-        optimizer = self.optimizer
-        while optimizer is not None and not isinstance(optimizer, HSPG):
-            optimizer = getattr(optimizer, "optimizer", None)
-        return optimizer
+        return _unwrap_hspg(self.optimizer)
 
-    # ---- logging ----
+    @property
+    def oto_window_end(self) -> int | None:
+        """The optimizer step at which the pruning window closes (target met, zero set frozen from then on); None
+        without a target, or before training has built the optimizer."""
+        return _window_end(self.hspg)
+
+    def oto_window_closed(self) -> bool:
+        """Whether the model now meets the target and keeps its zero set: the optimizer has taken every step of the
+        pruning window (always true without a target, false before training with one)."""
+        if self.args.oto_effective_target is None:
+            return True
+        hspg = self.hspg
+        return hspg is not None and hspg.step_count >= _window_end(hspg)
+
+    # ---- logging, evaluation, best model ----
 
     def log(self, logs: dict[str, float], *args, **kwargs) -> None:
+        # Every entry, evaluations included; a copy, so that the metrics evaluate() returns stay the metrics.
         hspg = self.hspg
-        if hspg is not None and not any(k.startswith(("eval_", "test_")) for k in logs):
-            logs.update({f"oto/{k}": v for k, v in hspg.sparsity_report().items()})
+        if hspg is not None:
+            logs = {**logs, **{f"oto/{k}": v for k, v in hspg.sparsity_report().items()}}
         super().log(logs, *args, **kwargs)
+
+    def evaluate(self, *args, **kwargs) -> dict[str, float]:
+        stopped_before = self.control.should_training_stop
+        metrics = super().evaluate(*args, **kwargs)
+        # A stop asked for by a callback seeing these results (EarlyStoppingCallback) is cancelled until the pruning
+        # window has closed: stopping earlier would leave a model short of the target. Acting here, after every
+        # callback's on_evaluate, makes the order of the callbacks irrelevant.
+        if (self.control.should_training_stop and not stopped_before and self.hspg is not None
+                and not self.oto_window_closed()):
+            logger.info(
+                f"An evaluation at step {self.state.global_step} asked training to stop; OTOTrainer continues until "
+                f"the pruning window closes at step {self.oto_window_end} (the target is not met before)."
+            )
+            self.control.should_training_stop = False
+        return metrics
+
+    def _determine_best_metric(self, metrics: dict[str, float], trial) -> bool:
+        # Only a model that meets the target can be the best: evaluations inside or before the pruning window are
+        # not compared (state.best_metric stays as it was, so EarlyStoppingCallback does not count them either).
+        if not self.oto_window_closed():
+            return False
+        return super()._determine_best_metric(metrics, trial)
 
     # ---- compression, saving, the Hub ----
 
@@ -375,6 +460,41 @@ class OTOTrainer(DistillationMixin, Trainer):
         path = os.path.join(output_dir, "README.md")
         card.save(path)
         return path
+
+
+class _OTOTrainStartCheck(TrainerCallback):
+    """Refuses, at train start (once the number of steps and so the pruning window are known), settings under which
+    no evaluation can fall after the window."""
+
+    def on_train_begin(self, args, state, control, optimizer=None, **kwargs):
+        hspg = _unwrap_hspg(optimizer)
+        end = _window_end(hspg)
+        if not args.load_best_model_at_end or end is None:
+            return
+        # Step and epoch strategies both evaluate at the last step (or epoch end), which is never inside the window;
+        # only an eval_delay past the end of training leaves no evaluation after it.
+        strategy = IntervalStrategy(args.eval_strategy)
+        last = state.max_steps if strategy == IntervalStrategy.STEPS else state.num_train_epochs
+        unit = "steps" if strategy == IntervalStrategy.STEPS else "epochs"
+        if args.eval_delay > last:
+            raise ValueError(
+                f"--load_best_model_at_end with a target only chooses among checkpoints evaluated after the pruning "
+                f"window (it closes at step {end} of {state.max_steps}), but --eval_delay {args.eval_delay} leaves no "
+                f"evaluation in this run of {last} {unit}. Lower --eval_delay to at most {last}, or drop "
+                "--load_best_model_at_end."
+            )
+
+
+def _unwrap_hspg(optimizer) -> HSPG | None:
+    while optimizer is not None and not isinstance(optimizer, HSPG):
+        optimizer = getattr(optimizer, "optimizer", None)
+    return optimizer
+
+
+def _window_end(hspg: HSPG | None) -> int | None:
+    if hspg is None or hspg.target is None:
+        return None
+    return hspg.half_space_start + hspg.prune_steps
 
 
 def _latest_eval_metrics(log_history: list[dict]) -> dict:
