@@ -38,6 +38,9 @@ TASKS = {
     "Model": ("feature-extraction", "feature-extraction", "AutoModel"),
 }
 
+# The Hub pipeline tags of those tasks: a `task` naming one of them sets the card's pipeline tag.
+PIPELINE_TAGS = {pipeline for pipeline, _, _ in TASKS.values() if pipeline}
+
 # Metric keys as the jobs log them -> (Hub metric type, name shown).
 METRICS = {"exact_match": ("exact_match", "Exact match"), "f1": ("f1", "F1"), "accuracy": ("accuracy", "Accuracy"),
            "matthews_correlation": ("matthews_correlation", "Matthews correlation"),
@@ -110,19 +113,24 @@ def task_of(model) -> tuple[str | None, str, str]:
 
 def model_card(model, *, model_name: str, base_model: str | None, before: ModelStats, after: ModelStats,
                settings: dict | None = None, evaluations: list[Evaluation] = (), speedup: dict | None = None,
-               family: str = "bert", licence: str | None = None, datasets: list[str] | None = None) -> ModelCard:
+               family: str = "bert", licence: str | None = None, datasets: list[str] | None = None,
+               language: str | list[str] | None = None, tags: list[str] = (), task: str | None = None) -> ModelCard:
     """The card of `model` (compressed, or dense when `settings` is None): `before` and `after` are the stats of the
     model it was pruned from and of `model`; `speedup` a `report.latency_ratio` result with its
-    `encoder_flops_ratio`, if the job measured one."""
+    `encoder_flops_ratio`, if the job measured one. `datasets` (Hub dataset ids; default: the evaluations' dataset
+    types), `language` and `tags` (added to the card's own) go into the metadata; `task` overrides the task read
+    from the model's head in the evaluation results, and the pipeline tag where it is one."""
     base = hub_id(base_model)
-    task, task_name, auto = task_of(model)
+    task_from_head, task_name, auto = task_of(model)
+    task_name = task or task_name
+    task = task if task in PIPELINE_TAGS else task_from_head
     results = [EvalResult(task_type=task_name, dataset_type=e.dataset_type, dataset_name=e.dataset_name,
                           dataset_split=e.split, dataset_config=e.dataset_config, metric_type=METRICS[key][0],
                           metric_name=METRICS[key][1], metric_value=round(float(value), 4))
                for e in evaluations if e.dataset_type for key, value in _known(e.metrics).items()]
     data = ModelCardData(
         library_name="transformers", pipeline_tag=task, base_model=base, license=licence,
-        tags=["oto-hf", "structured-pruning", family],
+        tags=list(dict.fromkeys(["oto-hf", "structured-pruning", family, *tags])), language=language or None,
         datasets=datasets or sorted({e.dataset_type for e in evaluations if e.dataset_type}) or None,
         model_name=model_name, eval_results=results or None,
     )
@@ -213,4 +221,4 @@ def _without_paths(values):
     return values
 
 
-__all__ = ["Evaluation", "hub_id", "licence_of", "model_card", "read_card", "task_of"]
+__all__ = ["PIPELINE_TAGS", "Evaluation", "hub_id", "licence_of", "model_card", "read_card", "task_of"]

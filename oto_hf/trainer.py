@@ -5,6 +5,7 @@ collators, schedulers, callbacks, evaluation, checkpoints, the Hub) works as bef
 
 import inspect
 import os
+import re
 from dataclasses import dataclass, field
 
 import torch
@@ -214,7 +215,9 @@ class OTOTrainer(DistillationMixin, Trainer):
     * `trainer.compress()` returns the compressed model at any time (the trained model is left untouched).
     * `save_model()` (and so the end of `run_squad.py`, `push_to_hub()`) writes the compressed model with a model card;
       checkpoints written during training keep the full-size group-sparse model, so that `resume_from_checkpoint`
-      restores model, HSPG state and schedule exactly.
+      restores model, HSPG state and schedule exactly. `create_model_card` / `push_to_hub` take transformers' card
+      arguments (`finetuned_from`, `tasks`, `dataset_tags`, `dataset`, `dataset_args`, `language`, `license`,
+      `tags`, `model_name`) and write them into the compressed model's card.
     * Each log entry, training and evaluation alike, reports group sparsity, heads and FFN neurons kept, encoder
       FLOPs and parameters kept and λ (`oto/*`).
 
@@ -424,42 +427,74 @@ class OTOTrainer(DistillationMixin, Trainer):
         torch.save(self.args, os.path.join(output_dir, TRAINING_ARGS_NAME))
         self.write_model_card(output_dir, small)
 
-    def create_model_card(self, *args, model_name: str | None = None, finetuned_from: str | None = None,
-                          dataset: str | None = None, **kwargs) -> None:
-        """Writes the compressed model's card into `output_dir` (`push_to_hub` calls it; its other arguments are
-        transformers' and unused)."""
+    def create_model_card(self, language: str | None = None, license: str | None = None,
+                          tags: str | list[str] | None = None, model_name: str | None = None,
+                          finetuned_from: str | None = None, tasks: str | list[str] | None = None,
+                          dataset_tags: str | list[str] | None = None, dataset: str | list[str] | None = None,
+                          dataset_args: str | list[str] | None = None) -> None:
+        """Writes the compressed model's card into `output_dir` (`push_to_hub(**kwargs)` calls it with its kwargs).
+        The arguments are transformers' (those the HF example scripts pass): `finetuned_from` is the base model,
+        `dataset_tags` the Hub datasets (card metadata and the evaluation's dataset type), `dataset` the name shown,
+        `dataset_args` the dataset config, `tasks` the task (and pipeline tag, where it names one), `language`,
+        `license`, and `tags` added to the card's own."""
         if self.is_world_process_zero():
             self.write_model_card(self.args.output_dir, self.compress(), model_name=model_name,
-                                  finetuned_from=finetuned_from, dataset=dataset)
+                                  finetuned_from=finetuned_from, dataset=dataset, language=language, license=license,
+                                  tags=tags, tasks=tasks, dataset_tags=dataset_tags, dataset_args=dataset_args)
 
     def write_model_card(self, output_dir: str, compressed, model_name: str | None = None,
-                         finetuned_from: str | None = None, dataset: str | None = None) -> str:
+                         finetuned_from: str | None = None, dataset: str | list[str] | None = None, *,
+                         language: str | list[str] | None = None, license: str | None = None,
+                         tags: str | list[str] | None = None, tasks: str | list[str] | None = None,
+                         dataset_tags: str | list[str] | None = None,
+                         dataset_args: str | list[str] | None = None) -> str:
         """Write `compressed`'s card (oto_hf.model_card) to `output_dir`/README.md. What the run does not know itself
         comes from `self.model_card_info`, which a job script fills before saving: "evaluations" (a list of
         `oto_hf.model_card.Evaluation`), "speedup" (a `report.latency_ratio` result), "base_model" (where the run
-        started, if `config._name_or_path` does not say it), "model_name"."""
+        started, if `config._name_or_path` does not say it), "model_name". Without "evaluations", the card reports
+        the evaluation of the model being saved (see `_card_eval_metrics`) on `dataset_tags` / `dataset`."""
         info = self.model_card_info
         model = self.accelerator.unwrap_model(self.model)
         before = model_stats(model, self.args.oto_seq_len, exclude_zero_groups=False)
         after = model_stats(compressed, self.args.oto_seq_len)
         base = finetuned_from or info.get("base_model") or getattr(model.config, "_name_or_path", None)
+        hub_datasets, names, configs = _as_list(dataset_tags), _as_list(dataset), _as_list(dataset_args)
         evaluations = info.get("evaluations")
         if evaluations is None:
-            metrics = _latest_eval_metrics(self.state.log_history)
-            evaluations = [Evaluation(dataset_type=dataset or "", dataset_name=dataset or "evaluation data",
-                                      split="evaluation", metrics=metrics)] if metrics else []
+            metrics = self._card_eval_metrics()
+            evaluations = [Evaluation(dataset_type=kind, dataset_name=names[i] if i < len(names) else kind,
+                                      split="evaluation", metrics=metrics,
+                                      dataset_config=configs[i] if i < len(configs) else None)
+                           for i, kind in enumerate(hub_datasets or names)] or [
+                Evaluation(dataset_type="", dataset_name="evaluation data", split="evaluation", metrics=metrics)]
+            evaluations = evaluations if metrics else []
         removed = round(100 * (1 - after.encoder_flops / before.encoder_flops)) if before.encoder_flops else 0
         hub_model = getattr(self, "hub_model_id", None) or self.args.hub_model_id or ""
         name = (model_name or info.get("model_name") or hub_model.split("/")[-1]
                 or f"{(hub_id(base) or 'model').split('/')[-1]}-oto{removed}")
         settings = {**{k: v for k, v in self.args.to_dict().items() if k.startswith("oto_")},
                     **({"distillation": self.distillation_settings()} if self.teacher_model is not None else {})}
+        task = (_as_list(tasks) or [None])[0]
         card = model_card(compressed, model_name=name, base_model=base, before=before, after=after,
                           settings=settings, evaluations=evaluations, speedup=info.get("speedup"),
-                          family=self.oto_groups.family.name, licence=licence_of(base))
+                          family=self.oto_groups.family.name, licence=license or licence_of(base),
+                          datasets=hub_datasets or None, language=language, tags=_as_list(tags), task=task)
         path = os.path.join(output_dir, "README.md")
         card.save(path)
         return path
+
+    def _card_eval_metrics(self) -> dict:
+        """The evaluation metrics of the model being saved: those logged after training ended, if any; else, where
+        `load_best_model_at_end` loaded a checkpoint, those logged at that checkpoint's step; else the latest."""
+        history = self.state.log_history
+        ends = [i for i, entry in enumerate(history) if "train_runtime" in entry]
+        best = self.state.best_model_checkpoint
+        step = re.fullmatch(r"checkpoint-(\d+)", os.path.basename(os.path.normpath(best))) if best else None
+        if ends and self.args.load_best_model_at_end and step and not _latest_eval_metrics(history[ends[-1] + 1:]):
+            at_best = _latest_eval_metrics([e for e in history[:ends[-1]] if e.get("step") == int(step[1])])
+            if at_best:
+                return at_best
+        return _latest_eval_metrics(history)
 
 
 class _OTOTrainStartCheck(TrainerCallback):
@@ -495,6 +530,12 @@ def _window_end(hspg: HSPG | None) -> int | None:
     if hspg is None or hspg.target is None:
         return None
     return hspg.half_space_start + hspg.prune_steps
+
+
+def _as_list(value) -> list:
+    if value is None:
+        return []
+    return [value] if isinstance(value, str) else list(value)
 
 
 def _latest_eval_metrics(log_history: list[dict]) -> dict:

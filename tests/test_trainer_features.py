@@ -1,6 +1,6 @@
 """OTOTrainer with the Trainer features the HF example scripts (run_glue.py and its kin) use: evaluation during
 training, best-model selection, early stopping, gradient accumulation, epochs/max_steps, bf16, label smoothing,
-length-grouped sampling, evaluate/predict, and what is refused.
+length-grouped sampling, evaluate/predict, model cards with the scripts' arguments, and what is refused.
 
 The model is the real MiniLM cut to 2 layers with a sequence-classification head (its vocabulary cut to 1,000 tokens
 so that checkpoints stay small); the data a few dozen synthetic examples whose label is written in their second token.
@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from huggingface_hub import ModelCard
 from safetensors.torch import load_file
 from transformers import BertForSequenceClassification, EarlyStoppingCallback, TrainerCallback
 from transformers.trainer_pt_utils import LabelSmoother, LengthGroupedSampler
@@ -184,6 +185,9 @@ def test_load_best_model_at_end_only_chooses_a_checkpoint_after_the_pruning_wind
         if name in saved:
             assert torch.equal(tensor, saved[name]), name
     assert_meets_target_and_compresses_exactly(trainer)
+    # Its card reports the evaluation of the model it holds (checkpoint 9's), not the last one's.
+    trainer.save_model()
+    assert "| evaluation data | evaluation | Accuracy | 0.91 |" in ModelCard.load(tmp_path / "README.md").content
 
 
 class StopAtEveryEvaluation(TrainerCallback):
@@ -278,6 +282,52 @@ def test_the_pruning_window_ends_inside_training_whatever_the_rounding(tmp_path)
     trainer = OTOTrainer(model=BertForSequenceClassification(tiny_bert_config()), args=args)
     trainer.create_optimizer_and_scheduler(num_training_steps=2)
     assert trainer.oto_window_end == 2
+
+
+# ---- model cards with the example scripts' arguments ----
+
+
+def test_create_model_card_and_push_to_hub_write_the_example_scripts_arguments(minilm_path, tmp_path, monkeypatch):
+    calls = []
+
+    class Hub:  # records the two calls Trainer.push_to_hub makes; there is no Hub here
+        def create_repo(self, repo_id, **kwargs):
+            return type("RepoUrl", (), {"repo_id": f"user/{repo_id}"})()
+
+        def upload_folder(self, **kwargs):
+            calls.append(kwargs)
+
+    monkeypatch.setattr("transformers.trainer.hf_api", lambda: Hub())
+    args = make_args(tmp_path / "minilm-mrpc-oto", max_steps=4, oto_half_space_start=0.0, eval_strategy="steps",
+                     eval_steps=4)
+    trainer = make_trainer(minilm_path, args, compute_metrics=accuracy)
+    trainer.train()
+    # What run_glue.py passes for a GLUE task.
+    kwargs = {"finetuned_from": "sentence-transformers/all-MiniLM-L6-v2", "tasks": "text-classification",
+              "language": "en", "dataset_tags": "glue", "dataset_args": "mrpc", "dataset": "GLUE MRPC",
+              "tags": ["my-experiment"]}
+    trainer.push_to_hub(**kwargs)
+    (upload,) = calls
+    folder = Path(upload["folder_path"])
+    card = ModelCard.load(folder / "README.md")
+    data = card.data
+    assert data.model_name == "minilm-mrpc-oto" and data.base_model == "sentence-transformers/all-MiniLM-L6-v2"
+    assert data.datasets == ["glue"] and data.language == "en" and data.pipeline_tag == "text-classification"
+    assert {"oto-hf", "structured-pruning", "bert", "my-experiment"} <= set(data.tags)
+    (result,) = data.eval_results
+    assert (result.task_type, result.dataset_type, result.dataset_name, result.dataset_config, result.metric_type) == (
+        "text-classification", "glue", "GLUE MRPC", "mrpc", "accuracy")
+    assert result.metric_value == pytest.approx(trainer.state.log_history[-2]["eval_accuracy"], abs=1e-4)
+    assert "| GLUE MRPC | evaluation | Accuracy |" in card.content
+    # Lists, a task that is no pipeline tag and a licence, through create_model_card directly.
+    trainer.create_model_card(model_name="my-model", tasks=["multiple-choice"], dataset_tags=["swag"],
+                              dataset=["SWAG regular"], dataset_args=["regular"], language=["en", "fr"],
+                              license="apache-2.0", tags="swag-run")
+    data = ModelCard.load(tmp_path / "minilm-mrpc-oto" / "README.md").data
+    assert data.model_name == "my-model" and data.license == "apache-2.0" and data.language == ["en", "fr"]
+    assert data.pipeline_tag == "text-classification" and "swag-run" in data.tags and data.datasets == ["swag"]
+    (result,) = data.eval_results
+    assert (result.task_type, result.dataset_type, result.dataset_config) == ("multiple-choice", "swag", "regular")
 
 
 # ---- what is refused, before any training step ----
