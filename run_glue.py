@@ -262,8 +262,8 @@ def card_task_name(data: glue.ClassificationData) -> str:
 
 def evaluation(data: glue.ClassificationData, metrics: dict, sampled: bool, baseline: dict | None = None):
     """The card's record of the evaluation: the Hub GLUE dataset and task for a GLUE task (local files included: they
-    are GLUE's), else the user's file by name (never its path)."""
-    if data.task_name:
+    are GLUE's), else the user's file by name (never its path), also when --task_name only chose its labels."""
+    if "task_name" in data.source:
         dataset_type, config, name = data.source.get("dataset_name", glue.HUB_GLUE), data.task_name, data.title
     else:
         name = Path(data.source["validation_file"]).name
