@@ -62,7 +62,7 @@ import torch
 from torch import nn
 
 __all__ = ["DEFAULT_OPSET", "OnnxMismatchError", "check_onnx", "export_onnx", "int8_path_for", "load_model",
-           "onnx_input_names", "sample_inputs"]
+           "onnx_input_names", "quantize_int8", "sample_inputs"]
 
 DEFAULT_OPSET = 18
 TEXT_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
