@@ -21,8 +21,8 @@ family has it).
   only for images, whose size is fixed by the position embeddings). Sequences are limited to the model's
   ``max_position_embeddings``, as in PyTorch.
 - Outputs are named after the model's output fields (``logits``; ``start_logits``, ``end_logits``;
-  ``last_hidden_state``, ``pooler_output``; …), in the order of the model's output class. No cache is returned
-  (``use_cache=False`` where the forward takes it); hidden states and attentions only if the config asks for them.
+  ``last_hidden_state``, ``pooler_output``; …), in the order of the model's output class: its tensor fields, so
+  no cache (``use_cache=False`` where the forward takes it) and no tuples of hidden states or attentions.
 - The default opset is 18, the exporter's own (no version conversion; run by onnxruntime 1.14 and later).
 - Weights go into the .onnx file itself, or into an external data file beside it (``OUT.onnx.data``) when they
   exceed protobuf's 2 GB limit.
@@ -35,8 +35,9 @@ only release requires transformers < 4.58 and does not import with transformers 
 evidence).
 
 int8 (``quantize="int8"``): onnxruntime's `quantize_dynamic` of the exported float32 file, written beside it as
-``OUT.int8.onnx`` (``model.onnx`` -> ``model.int8.onnx``): int8 weights (QInt8) of every MatMul/Gemm and of the
-embedding tables (Gather), activations quantized at run time. Weights are quantized per output channel by default
+``OUT.int8.onnx`` (``model.onnx`` -> ``model.int8.onnx``): int8 weights (QInt8) of every projection (MatMul/Gemm
+with a weight) and of the embedding tables (Gather, one scale per table), activations quantized at run time; the
+attention products themselves stay float. Projection weights are quantized per output channel by default
 (``per_channel=True``), which was the more accurate on the real MiniLM; ``per_channel=False`` gives one scale per
 tensor. Projections with no rows or columns (layers left without a head or a neuron) stay float: there is nothing
 to quantize and onnxruntime's per-channel quantizer fails on them. ``reduce_range`` is left off (onnxruntime's
@@ -220,8 +221,9 @@ def _output_names(model: nn.Module, inputs: dict) -> list[str]:
 
 @contextlib.contextmanager
 def _quiet_exporter():
-    """Silence the exporters' progress lines and warnings that concern neither the user nor the model (torchvision
-    operators not registered, the legacy exporter's deprecation notice is kept in the docstring instead)."""
+    """Silence the exporters' progress lines (printed to stdout), their info logs and their warnings (operators of
+    torchvision, which is not installed, not registered; the legacy exporter's deprecation notice; tracer warnings):
+    errors still raise, and `check_onnx` is what says whether an export is right."""
     loggers = [logging.getLogger(name) for name in ("torch.onnx", "torch.export", "torch._export",
                                                      "torch.fx.experimental.symbolic_shapes", "onnxscript")]
     levels = [logger.level for logger in loggers]
