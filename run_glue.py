@@ -38,8 +38,8 @@ from transformers import AutoModelForSequenceClassification, AutoTokenizer, Data
 import oto_hf
 from oto_hf import glue, job
 # ModelArguments, RunArguments and config_to_cli are also read from here by benchmarks/quality.py.
-from oto_hf.job import (ModelArguments, RunArguments, RunError, check_output_dir, check_teacher,  # noqa: F401
-                        config_to_cli, distillation_kwargs, finish, main_guard, resolve_model_path, save_model_atomic,
+from oto_hf.job import (ModelArguments, RunArguments, RunError, check_export, check_output_dir,  # noqa: F401
+                        check_teacher, config_to_cli, distillation_kwargs, export_and_measure, finish, main_guard, resolve_model_path, save_model_atomic,
                         short_name, train_resuming, training_report)
 from oto_hf.report import latency_ratio
 from oto_hf.squad import model_input_names, sample_questions
@@ -153,6 +153,7 @@ def main(argv: list[str] | None = None) -> dict:
     model_path = resolve_model_path(model_args.model_name_or_path)
     check_model(model_path)
     teacher_path = check_teacher(model_args, run_args, "AutoModelForSequenceClassification", "run_glue.py")
+    check_export(run_args)
     data = load_data(data_args)
     tokenizer = AutoTokenizer.from_pretrained(model_path)
     if data_args.max_seq_length > tokenizer.model_max_length:
@@ -239,6 +240,12 @@ def main(argv: list[str] | None = None) -> dict:
     }
     final = save_model_atomic(trainer, out / "compressed_model")
     write_predictions(out, small_predictions, data)
+    onnx = None
+    if run_args.export_onnx:
+        onnx = export_and_measure(
+            trainer.model, compressed, out, run_args, data_args.max_seq_length, tokenizer.vocab_size,
+            lambda model: glue.evaluate_classification(model, features["validation"], **evaluate,
+                                                       desc="evaluating the int8 ONNX model")[0])
     report.update({
         "mode": "oto",
         "model": {"name_or_path": model_args.model_name_or_path, "saved_to": str(final),
@@ -247,6 +254,7 @@ def main(argv: list[str] | None = None) -> dict:
                     "identical_predictions": same == len(small_predictions), "identical_predictions_count": same,
                     "max_abs_logit_difference": float(abs(sparse_logits - small_logits).max())},
         "latency": latency,
+        "onnx": onnx,
         "training": training_report(trainer, train_result),
         "oto_settings": {k: v for k, v in training_args.to_dict().items() if k.startswith("oto_")},
         "distillation": (None if teacher_path is None else

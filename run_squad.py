@@ -32,8 +32,9 @@ from transformers import AutoModelForQuestionAnswering, AutoTokenizer, Trainer, 
 import oto_hf
 from oto_hf import squad
 # PACKAGED_MINILM, ModelArguments, RunArguments and config_to_cli are also read from here by benchmarks/quality.py.
-from oto_hf.job import (PACKAGED_MINILM, ModelArguments, RunArguments, RunError, check_output_dir, check_teacher,  # noqa: F401
-                        config_to_cli, distillation_kwargs, finish, main_guard, resolve_model_path, save_model_atomic,
+from oto_hf.job import (PACKAGED_MINILM, ModelArguments, RunArguments, RunError, check_export,  # noqa: F401
+                        check_output_dir, check_teacher, config_to_cli, distillation_kwargs, export_and_measure,
+                        finish, main_guard, resolve_model_path, save_model_atomic,
                         short_name, train_resuming, training_report)
 from oto_hf import job
 from oto_hf.report import latency_ratio
@@ -102,6 +103,7 @@ def main(argv: list[str] | None = None) -> dict:
     model_path = resolve_model_path(model_args.model_name_or_path)
     check_model(model_path)
     teacher_path = check_teacher(model_args, run_args, "AutoModelForQuestionAnswering", "run_squad.py")
+    check_export(run_args)
     data_files = resolve_data_files(data_args)
     try:
         raw = squad.load_squad(**data_files)
@@ -173,6 +175,12 @@ def main(argv: list[str] | None = None) -> dict:
     out = Path(training_args.output_dir)
     final = save_model_atomic(trainer, out / "compressed_model")
     write_predictions(out, small_answers)
+    onnx = None
+    if run_args.export_onnx:
+        onnx = export_and_measure(
+            trainer.model, compressed, out, run_args, eval_seq, tokenizer.vocab_size,
+            lambda model: squad.evaluate_squad(model, eval_examples, eval_features,
+                                               desc="evaluating the int8 ONNX model", **eval_kwargs)[0])
 
     report = {
         "mode": "oto",
@@ -181,6 +189,7 @@ def main(argv: list[str] | None = None) -> dict:
         "quality": {"group_sparse": sparse_metrics, "compressed": small_metrics, "questions": len(sparse_answers),
                     "identical_predictions": same == len(sparse_answers), "identical_predictions_count": same},
         "latency": latency,
+        "onnx": onnx,
         "training": training_report(trainer, train_result),
         "data": data_report,
         "oto_settings": {k: v for k, v in training_args.to_dict().items() if k.startswith("oto_")},

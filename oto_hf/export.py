@@ -62,8 +62,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-__all__ = ["DEFAULT_OPSET", "OnnxMismatchError", "check_onnx", "export_onnx", "int8_path_for", "load_model",
-           "onnx_input_names", "quantize_int8", "sample_inputs"]
+__all__ = ["DEFAULT_OPSET", "OnnxMismatchError", "OnnxRuntimeModel", "check_onnx", "export_onnx", "int8_path_for",
+           "load_model", "onnx_input_names", "quantize_int8", "sample_inputs"]
 
 DEFAULT_OPSET = 18
 TEXT_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
@@ -225,7 +225,7 @@ def _quiet_exporter():
     torchvision, which is not installed, not registered; the legacy exporter's deprecation notice; tracer warnings):
     errors still raise, and `check_onnx` is what says whether an export is right."""
     loggers = [logging.getLogger(name) for name in ("torch.onnx", "torch.export", "torch._export",
-                                                     "torch.fx.experimental.symbolic_shapes", "onnxscript")]
+                                                     "torch.fx.experimental.symbolic_shapes", "onnxscript", "onnx_ir")]
     levels = [logger.level for logger in loggers]
     for logger in loggers:
         logger.setLevel(logging.ERROR)
@@ -432,6 +432,41 @@ def check_onnx(model, onnx_path: str | os.PathLike, batch_sizes=(1, 3), seq_lens
         worst = ", ".join(f"{k} {v:.3g}" for k, v in diffs.items())
         raise OnnxMismatchError(f"{onnx_path} differs from PyTorch by more than {atol:g}: max |Δ| {worst}", diffs)
     return diffs
+
+
+class OnnxRuntimeModel(nn.Module):
+    """An exported file run by onnxruntime on the CPU, called like the PyTorch model it came from: `model(**inputs)`
+    takes the tokenizer's tensors (those the file does not take are dropped; missing token_type_ids are zeros, as in
+    PyTorch) and returns a `ModelOutput` of torch
+    tensors named as the file's outputs (`logits`, `start_logits`, …). So evaluation loops and latency measurements
+    written for PyTorch models run it unchanged. `threads` (default: torch's) sets onnxruntime's intra-op threads."""
+
+    def __init__(self, onnx_path: str | os.PathLike, threads: int | None = None):
+        super().__init__()
+        _, ort = _require_onnx()
+        options = ort.SessionOptions()
+        options.log_severity_level = 3
+        options.intra_op_num_threads = threads or torch.get_num_threads()
+        self.path = str(onnx_path)
+        self.session = ort.InferenceSession(self.path, options, providers=["CPUExecutionProvider"])
+        self.input_names = [i.name for i in self.session.get_inputs()]
+        self.output_names = [o.name for o in self.session.get_outputs()]
+        # Callers find the device through the parameters; onnxruntime runs on the CPU.
+        self.device_marker = nn.Parameter(torch.zeros(0), requires_grad=False)
+
+    def forward(self, input_ids=None, attention_mask=None, token_type_ids=None, pixel_values=None, **_):
+        from transformers.utils import ModelOutput
+
+        if token_type_ids is None and input_ids is not None:  # as the PyTorch models do: all one segment
+            token_type_ids = torch.zeros_like(input_ids)
+        given = dict(input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids,
+                     pixel_values=pixel_values)
+        missing = [name for name in self.input_names if given.get(name) is None]
+        if missing:
+            raise ValueError(f"{self.path} needs the inputs {missing}")
+        feed = {name: given[name].detach().cpu().numpy() for name in self.input_names}
+        results = self.session.run(self.output_names, feed)
+        return ModelOutput({name: torch.from_numpy(value) for name, value in zip(self.output_names, results)})
 
 
 def _format(diffs: dict[str, float]) -> str:

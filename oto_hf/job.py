@@ -67,6 +67,18 @@ class RunArguments:
     )
     report_latency_batch_size: int = field(default=8, metadata={"help": "Batch size of the latency comparison."})
     report_latency_repeats: int = field(default=5, metadata={"help": "Interleaved repeats (0: skip latency)."})
+    export_onnx: bool = field(
+        default=False,
+        metadata={"help": "At the end, also export the compressed model to ONNX (<output_dir>/onnx/model.onnx, "
+                  "torch's dynamo exporter), check it against PyTorch in onnxruntime (max |Δ| ≤ 1e-4) and report its "
+                  "onnxruntime latency against the full-size model's. Needs `pip install 'oto-hf[onnx]'`."},
+    )
+    quantize: str | None = field(
+        default=None,
+        metadata={"help": "With --export_onnx: 'int8' also writes onnx/model.int8.onnx (onnxruntime dynamic "
+                  "quantization, weights per channel) and reports its quality on the evaluation data and its latency "
+                  "beside the float32 file's.", "choices": ["int8"]},
+    )
     dense: bool = field(
         default=False,
         metadata={"help": "Fine-tune without pruning: the plain Hugging Face Trainer with torch.optim.AdamW (the oto_* "
@@ -163,6 +175,58 @@ def distillation_kwargs(teacher, model_args: ModelArguments) -> dict:
                 distillation_hidden_weight=model_args.distillation_hidden_weight)
 
 
+def check_export(run_args: RunArguments) -> None:
+    """Refuse export options that cannot be honoured, before training."""
+    if run_args.quantize and not run_args.export_onnx:
+        raise RunError("--quantize int8 quantizes the exported ONNX file: add --export_onnx")
+    if run_args.export_onnx and run_args.dense:
+        raise RunError("--export_onnx exports the compressed model of a pruning run; to export a dense model, run "
+                       "`python -m oto_hf.export <output_dir>/model model.onnx` after this run")
+    if run_args.export_onnx:
+        try:
+            import onnx  # noqa: F401
+            import onnxruntime  # noqa: F401
+            import onnxscript  # noqa: F401
+        except ImportError as error:
+            raise RunError(f"--export_onnx needs onnx, onnxruntime and onnxscript ({error}): "
+                           "pip install 'oto-hf[onnx]'") from error
+
+
+def export_and_measure(full_size, compressed, out: Path, run_args: RunArguments, seq_len: int, vocab_size: int,
+                       evaluate) -> dict:
+    """--export_onnx: the compressed model as <out>/onnx/model.onnx (and model.int8.onnx with --quantize int8),
+    checked against PyTorch; onnxruntime latency of each file against the full-size model's own export (interleaved
+    medians, as `report.latency_ratio`; the full-size file is deleted afterwards); with int8, `evaluate(model)`'s
+    metrics of the int8 file. Returns the report's "onnx" entry."""
+    from . import export
+    from .report import latency_ratio
+
+    folder = out / "onnx"
+    info = export.export_onnx(compressed, folder / "model.onnx", quantize=run_args.quantize)
+    result = {"path": str(folder / "model.onnx"), "bytes": info["bytes"], "exporter": info["exporter"],
+              "opset": info["opset"], "max_abs_diff": export.check_onnx(compressed, folder / "model.onnx"),
+              "latency": None, "int8": None}
+    small = export.OnnxRuntimeModel(folder / "model.onnx")
+    int8 = export.OnnxRuntimeModel(info["int8_path"]) if info["int8_path"] else None
+    if int8 is not None:
+        result["int8"] = {"path": info["int8_path"], "bytes": info["int8_bytes"],
+                          "quality": evaluate(int8), "latency": None}
+    if run_args.report_latency_repeats > 0:
+        reference = folder / "full_size_reference.onnx"
+        export.export_onnx(full_size, reference)
+        try:
+            full = export.OnnxRuntimeModel(reference)
+            measure = dict(batch_size=run_args.report_latency_batch_size, seq_len=seq_len,
+                           repeats=run_args.report_latency_repeats, vocab_size=vocab_size)
+            result["latency"] = latency_ratio(full, small, **measure)
+            if int8 is not None:
+                result["int8"]["latency"] = latency_ratio(full, int8, **measure)
+        finally:
+            for path in (reference, Path(str(reference) + ".data")):
+                path.unlink(missing_ok=True)
+    return result
+
+
 def check_output_dir(path: str, overwrite: bool) -> None:
     out = Path(path)
     if (out / "report.json").exists() and not overwrite:
@@ -239,6 +303,7 @@ def main_guard(main, script: str) -> None:
 
 
 __all__ = ["ModelArguments", "PACKAGED_MINILM", "RunArguments", "RunError", "card_metrics", "check_model",
-           "check_output_dir", "check_teacher", "config_to_cli", "distillation_kwargs", "finish", "main_guard",
+           "check_export", "check_output_dir", "check_teacher", "config_to_cli", "distillation_kwargs",
+           "export_and_measure", "finish", "main_guard",
            "parse_arguments", "resolve_model_path", "save_model_atomic", "short_name", "train_resuming",
            "training_report"]

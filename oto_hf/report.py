@@ -158,6 +158,7 @@ def render_markdown(report: dict) -> str:
         )
     else:
         lines.append("Latency was not measured (--report_latency_repeats 0).")
+    lines += _onnx_lines(report)
     lines += [
         "",
         f"Training time: {report['training']['train_runtime_s']:.0f} s for {report['training']['steps']} steps.",
@@ -168,6 +169,35 @@ def render_markdown(report: dict) -> str:
         "",
     ]
     return "\n".join(lines)
+
+
+def _onnx_lines(report: dict) -> list[str]:
+    """The ONNX Runtime section (--export_onnx): the files, their agreement with PyTorch, their latency against the
+    full-size model's export, and the int8 file's quality beside the compressed model's."""
+    onnx = report.get("onnx")
+    if not onnx:
+        return []
+    diff = max(onnx["max_abs_diff"].values())
+    lines = ["", "## ONNX Runtime", "",
+             f"`{onnx['path']}` ({onnx['bytes'] / 1e6:.1f} MB, opset {onnx['opset']}): onnxruntime's outputs differ "
+             f"from PyTorch's by at most {diff:.1e} on padded test batches."]
+    int8, lat = onnx.get("int8"), onnx.get("latency")
+    if int8:
+        lines.append(f"`{int8['path']}` (int8 dynamic quantization, {int8['bytes'] / 1e6:.1f} MB).")
+    if lat:
+        lines += ["", f"Latency in onnxruntime against the full-size model's own export, batch {lat['batch_size']} × "
+                  f"{lat['seq_len']} tokens ({lat['repeats']} interleaved repeats, medians, {lat['threads']} threads):", "",
+                  "| file | median (s) | speedup over full size, float32 |", "|---|---|---|",
+                  f"| full size, float32 | {lat['dense_median_s']:.4f} | 1.00× |",
+                  f"| compressed, float32 | {lat['compressed_median_s']:.4f} | {lat['speedup']:.2f}× |"]
+        if int8 and int8.get("latency"):
+            lines.append(f"| compressed, int8 | {int8['latency']['compressed_median_s']:.4f} | "
+                         f"{int8['latency']['speedup']:.2f}× |")
+    if int8:
+        lines += ["", "Quality of the int8 file:", "", *_report_head(report, "")[-2:],
+                  _quality_row(report, "compressed, float32 (PyTorch)", report["quality"]["compressed"]),
+                  _quality_row(report, "compressed, int8 (onnxruntime)", int8["quality"])]
+    return lines
 
 
 def render_dense_markdown(report: dict) -> str:
