@@ -357,3 +357,47 @@ def test_teacher_with_dense_is_refused(small_model_dir, tmp_path):
     with pytest.raises(run_glue.RunError, match="--dense fine-tunes the full model without a teacher"):
         run_glue.main(tiny_argv(small_model_dir, out, dense="true", teacher_model_name_or_path=small_model_dir))
     assert_nothing_trained(out)
+
+
+def test_export_onnx_with_int8_reports_agreement_latency_and_int8_quality(small_model_dir, tmp_path):
+    """--export_onnx --quantize int8: the compressed model's ONNX file agrees with PyTorch, is timed in onnxruntime
+    against the full-size model's export, and its int8 file is scored on the evaluation examples."""
+    pytest.importorskip("onnxruntime")
+    from oto_hf.export import OnnxRuntimeModel
+
+    out = tmp_path / "run"
+    argv = tiny_argv(small_model_dir, out, export_onnx="true", quantize="int8", report_latency_repeats=1)
+    report = run_glue.main(argv)
+
+    onnx = report["onnx"]
+    assert (out / "onnx" / "model.onnx").is_file() and (out / "onnx" / "model.int8.onnx").is_file()
+    assert not (out / "onnx" / "full_size_reference.onnx").exists()  # the timing reference is not left behind
+    assert max(onnx["max_abs_diff"].values()) <= 1e-4
+    assert onnx["int8"]["bytes"] < onnx["bytes"]
+    assert onnx["latency"]["dense_median_s"] > 0 and onnx["int8"]["latency"]["compressed_median_s"] > 0
+    # The float32 file predicts what the compressed PyTorch model predicted, example by example.
+    _, data_args, _, _ = run_glue.parse_arguments(argv)
+    data = run_glue.load_data(data_args)
+    tokenizer = AutoTokenizer.from_pretrained(out / "compressed_model")
+    model = AutoModelForSequenceClassification.from_pretrained(out / "compressed_model")
+    features = run_glue.keep_model_inputs(run_glue.tokenize(data, tokenizer, data_args.max_seq_length), model)
+    _, onnx_predictions, _ = glue.evaluate_classification(OnnxRuntimeModel(out / "onnx" / "model.onnx"),
+                                                          features["validation"], data,
+                                                          DataCollatorWithPadding(tokenizer))
+    saved = json.loads((out / "eval_predictions.json").read_text())
+    assert [data.labels[int(p)] for p in onnx_predictions] == saved
+    assert set(onnx["int8"]["quality"]) == {"accuracy"}
+    markdown = (out / "report.md").read_text()
+    assert "## ONNX Runtime" in markdown and "compressed, int8 (onnxruntime)" in markdown
+
+
+@pytest.mark.parametrize("options, message", [
+    ({"quantize": "int8"}, "--quantize int8 quantizes the exported ONNX file: add --export_onnx"),
+    ({"export_onnx": "true", "dense": "true"}, "--export_onnx exports the compressed model of a pruning run"),
+])
+def test_export_options_that_cannot_be_honoured_are_refused_before_training(options, message, small_model_dir,
+                                                                            tmp_path):
+    out = tmp_path / "run"
+    with pytest.raises(run_glue.RunError, match=message):
+        run_glue.main(tiny_argv(small_model_dir, out, **options))
+    assert_nothing_trained(out)

@@ -265,3 +265,17 @@ def test_config_file_with_overrides(tmp_path):
     # Options alone override the default (quickstart) config.
     _, data_args, training_args, _ = run_squad.parse_arguments(["--oto_target", "0.4", "--output_dir", str(tmp_path)])
     assert training_args.oto_target == 0.4 and data_args.max_train_samples == 1600
+
+
+def test_export_onnx_with_int8_scores_the_int8_file_on_the_dev_questions(small_model_dir, squad_dir, tmp_path):
+    """--export_onnx --quantize int8 in the QA job: start/end logits of the ONNX file agree with PyTorch and the int8
+    file is scored with EM/F1 (no latency here: run_glue.py's test times the files)."""
+    pytest.importorskip("onnxruntime")
+    out = tmp_path / "run"
+    report = run_squad.main(tiny_argv(small_model_dir, out, squad_dir, max_steps=2, save_steps=10,
+                                      report_latency_repeats=0, export_onnx="true", quantize="int8"))
+    onnx = report["onnx"]
+    assert set(onnx["max_abs_diff"]) == {"start_logits", "end_logits"}
+    assert max(onnx["max_abs_diff"].values()) <= 1e-4
+    assert {"exact_match", "f1"} <= set(onnx["int8"]["quality"]) and onnx["latency"] is None
+    assert (out / "onnx" / "model.int8.onnx").is_file()
