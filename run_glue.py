@@ -39,9 +39,9 @@ import oto_hf
 from oto_hf import glue, job
 # ModelArguments, RunArguments and config_to_cli are also read from here by benchmarks/quality.py.
 from oto_hf.job import (ModelArguments, RunArguments, RunError, check_export, check_output_dir,  # noqa: F401
-                        check_teacher, config_to_cli, distillation_kwargs, export_and_measure, finish, main_guard, resolve_model_path, save_model_atomic,
+                        check_teacher, config_to_cli, distillation_kwargs, export_and_measure, finish, main_guard,
+                        measure_latency, resolve_model_path, save_model_atomic,
                         short_name, train_resuming, training_report)
-from oto_hf.report import latency_ratio
 from oto_hf.squad import model_input_names, sample_questions
 
 
@@ -219,14 +219,7 @@ def main(argv: list[str] | None = None) -> dict:
     same = int((sparse_predictions == small_predictions).sum())
     trainer.log({f"eval_{k}": v for k, v in small_metrics.items()})
 
-    latency = None
-    if run_args.report_latency_repeats > 0:
-        seq = data_args.max_seq_length
-        latency = latency_ratio(trainer.model, compressed, run_args.report_latency_batch_size, seq,
-                                run_args.report_latency_repeats, vocab_size=tokenizer.vocab_size)
-        # The encoder FLOPs ratio at the same length, to read the measured speedup against.
-        latency["encoder_flops_ratio"] = (oto_hf.model_stats(trainer.model, seq, exclude_zero_groups=False).encoder_flops
-                                          / max(oto_hf.model_stats(compressed, seq).encoder_flops, 1))
+    latency = measure_latency(trainer.model, compressed, run_args, data_args.max_seq_length, tokenizer.vocab_size)
 
     # ---- save the compressed model (with its card), then the report (last) ----
     before = oto_hf.model_stats(trainer.model, training_args.oto_seq_len, exclude_zero_groups=False)

@@ -34,10 +34,9 @@ from oto_hf import squad
 # PACKAGED_MINILM, ModelArguments, RunArguments and config_to_cli are also read from here by benchmarks/quality.py.
 from oto_hf.job import (PACKAGED_MINILM, ModelArguments, RunArguments, RunError, check_export,  # noqa: F401
                         check_output_dir, check_teacher, config_to_cli, distillation_kwargs, export_and_measure,
-                        finish, main_guard, resolve_model_path, save_model_atomic,
+                        finish, main_guard, measure_latency, resolve_model_path, save_model_atomic,
                         short_name, train_resuming, training_report)
 from oto_hf import job
-from oto_hf.report import latency_ratio
 
 
 logger = logging.getLogger("run_squad")
@@ -154,13 +153,7 @@ def main(argv: list[str] | None = None) -> dict:
     same = sum(sparse_answers[k] == small_answers[k] for k in sparse_answers)
     trainer.log({"eval_exact_match": small_metrics["exact_match"], "eval_f1": small_metrics["f1"]})
 
-    latency = None
-    if run_args.report_latency_repeats > 0:
-        latency = latency_ratio(trainer.model, compressed, run_args.report_latency_batch_size, eval_seq,
-                                run_args.report_latency_repeats, vocab_size=tokenizer.vocab_size)
-        # The encoder FLOPs ratio at the same length, to read the measured speedup against.
-        latency["encoder_flops_ratio"] = (oto_hf.model_stats(trainer.model, eval_seq, exclude_zero_groups=False).encoder_flops
-                                          / max(oto_hf.model_stats(compressed, eval_seq).encoder_flops, 1))
+    latency = measure_latency(trainer.model, compressed, run_args, eval_seq, tokenizer.vocab_size)
 
     # ---- save the compressed model (with its card), then the report (last) ----
     before = oto_hf.model_stats(trainer.model, training_args.oto_seq_len, exclude_zero_groups=False)

@@ -98,6 +98,25 @@ def zero_uniform(model: torch.nn.Module, fraction: float) -> dict:
             "total_heads": int((groups.kinds == HEAD).sum()), "total_neurons": int((groups.kinds == NEURON).sum())}
 
 
+def compressed_copies(dense, fractions, seed: int) -> tuple[dict, dict, dict]:
+    """For each fraction (label "50%", …): the compressed copy of `dense` with that share of its encoder FLOPs zeroed
+    by `zero_uniform` and cut out, what was zeroed, and the largest |Δ| of the QA logits between the group-sparse and
+    the compressed model (float32 rounding expected)."""
+    copies, zeroed, max_diff = {}, {}, {}
+    check = make_inputs(dense, 2, 64, "cpu", seed + 1)
+    for fraction in fractions:
+        label = f"{fraction:.0%}"
+        sparse = copy.deepcopy(dense)
+        zeroed[label] = zero_uniform(sparse, fraction)
+        small = oto_hf.compress(sparse).eval()
+        with torch.no_grad():
+            a, b = sparse(**check), small(**check)
+        max_diff[label] = max(float((a[k] - b[k]).abs().max()) for k in ("start_logits", "end_logits"))
+        copies[label] = small
+        del sparse
+    return copies, zeroed, max_diff
+
+
 def make_inputs(model: torch.nn.Module, batch: int, tokens: int, device: str, seed: int) -> dict[str, torch.Tensor]:
     generator = torch.Generator().manual_seed(seed)
     ids = torch.randint(1000 if model.config.vocab_size > 2000 else 0, model.config.vocab_size, (batch, tokens),
@@ -147,18 +166,7 @@ def run(args) -> dict:
     t_start = time.perf_counter()
     deadline = t_start + args.budget_s
     dense, description = build_model(args.config, args.seed)
-    copies, zeroed, max_diff = {}, {}, {}
-    check = make_inputs(dense, 2, 64, "cpu", args.seed + 1)
-    for fraction in args.fractions:
-        label = f"{fraction:.0%}"
-        sparse = copy.deepcopy(dense)
-        zeroed[label] = zero_uniform(sparse, fraction)
-        small = oto_hf.compress(sparse).eval()
-        with torch.no_grad():
-            a, b = sparse(**check), small(**check)
-        max_diff[label] = max(float((a[k] - b[k]).abs().max()) for k in ("start_logits", "end_logits"))
-        copies[label] = small
-        del sparse
+    copies, zeroed, max_diff = compressed_copies(dense, args.fractions, args.seed)
     stats = {}
     for seq_len in sorted({tokens for _, tokens in args.shapes} | {STATS_SEQ_LEN}):  # the layout's own, too
         base = oto_hf.model_stats(dense, seq_len)

@@ -50,7 +50,6 @@ file of a trained compressed model on real dev data. The timing stops adding rep
 """
 
 import argparse
-import copy
 import gc
 import json
 import math
@@ -65,9 +64,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common  # noqa: E402  (sets the offline environment before transformers is imported)
-from p5_gpu import CONFIGS, STATS_SEQ_LEN, build_model, make_inputs, parse_shape, zero_uniform  # noqa: E402
+from p5_gpu import CONFIGS, STATS_SEQ_LEN, build_model, compressed_copies, make_inputs, parse_shape  # noqa: E402
 
-import torch  # noqa: E402
 
 import oto_hf  # noqa: E402
 from oto_hf import export  # noqa: E402
@@ -118,19 +116,8 @@ def prepare(args, workdir: Path) -> tuple[dict, dict]:
     """Build the models, export and check every file; returns (the result's description, {variant: .onnx path},
     the dense model's config)."""
     dense, description = build_model(args.config, args.seed)
-    models = {"dense": dense}
-    zeroed, sparse_diff = {}, {}
-    check = make_inputs(dense, 2, 64, "cpu", args.seed + 1)
-    for fraction in args.fractions:
-        label = f"{fraction:.0%}"
-        sparse = copy.deepcopy(dense)
-        zeroed[label] = zero_uniform(sparse, fraction)
-        small = oto_hf.compress(sparse).eval()
-        with torch.no_grad():
-            a, b = sparse(**check), small(**check)
-        sparse_diff[label] = max(float((a[k] - b[k]).abs().max()) for k in ("start_logits", "end_logits"))
-        models[label] = small
-        del sparse
+    copies, zeroed, sparse_diff = compressed_copies(dense, args.fractions, args.seed)
+    models = {"dense": dense, **copies}
     stats = {}
     for seq_len in sorted({tokens for _, tokens in args.shapes} | {STATS_SEQ_LEN}):
         base = oto_hf.model_stats(dense, seq_len)

@@ -192,6 +192,22 @@ def check_export(run_args: RunArguments) -> None:
                            "pip install 'oto-hf[onnx]'") from error
 
 
+def measure_latency(full_size, compressed, run_args: RunArguments, seq_len: int, vocab_size: int) -> dict | None:
+    """The report's "latency" entry: `report.latency_ratio` of the full-size (group-sparse) model against the
+    compressed one, with the encoder FLOPs ratio at the same length to read it against; None with
+    --report_latency_repeats 0."""
+    from .report import latency_ratio
+    from .stats import model_stats
+
+    if run_args.report_latency_repeats <= 0:
+        return None
+    latency = latency_ratio(full_size, compressed, run_args.report_latency_batch_size, seq_len,
+                            run_args.report_latency_repeats, vocab_size=vocab_size)
+    latency["encoder_flops_ratio"] = (model_stats(full_size, seq_len, exclude_zero_groups=False).encoder_flops
+                                      / max(model_stats(compressed, seq_len).encoder_flops, 1))
+    return latency
+
+
 def export_and_measure(full_size, compressed, out: Path, run_args: RunArguments, seq_len: int, vocab_size: int,
                        evaluate) -> dict:
     """--export_onnx: the compressed model as <out>/onnx/model.onnx (and model.int8.onnx with --quantize int8),
@@ -304,6 +320,6 @@ def main_guard(main, script: str) -> None:
 
 __all__ = ["ModelArguments", "PACKAGED_MINILM", "RunArguments", "RunError", "card_metrics", "check_model",
            "check_export", "check_output_dir", "check_teacher", "config_to_cli", "distillation_kwargs",
-           "export_and_measure", "finish", "main_guard",
+           "export_and_measure", "finish", "main_guard", "measure_latency",
            "parse_arguments", "resolve_model_path", "save_model_atomic", "short_name", "train_resuming",
            "training_report"]
