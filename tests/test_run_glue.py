@@ -108,9 +108,10 @@ def test_default_config_and_overrides(tmp_path):
 
 @pytest.fixture(scope="module")
 def sst2_run(small_model_dir, tmp_path_factory):
-    """One OTO run on SST-2 (with a latency measurement), shared by the tests that read it."""
+    """One OTO run on SST-2 (with a latency measurement, ONNX export and int8), shared by the tests that read it."""
     out = tmp_path_factory.mktemp("sst2") / "run"
-    argv = tiny_argv(small_model_dir, out, report_latency_repeats=1, save_strategy="steps", save_steps=2)
+    argv = tiny_argv(small_model_dir, out, report_latency_repeats=1, save_strategy="steps", save_steps=2,
+                     export_onnx="true", quantize="int8")
     return out, argv, run_glue.main(argv)
 
 
@@ -359,15 +360,12 @@ def test_teacher_with_dense_is_refused(small_model_dir, tmp_path):
     assert_nothing_trained(out)
 
 
-def test_export_onnx_with_int8_reports_agreement_latency_and_int8_quality(small_model_dir, tmp_path):
+def test_export_onnx_with_int8_reports_agreement_latency_and_int8_quality(sst2_run):
     """--export_onnx --quantize int8: the compressed model's ONNX file agrees with PyTorch, is timed in onnxruntime
     against the full-size model's export, and its int8 file is scored on the evaluation examples."""
-    pytest.importorskip("onnxruntime")
     from oto_hf.export import OnnxRuntimeModel
 
-    out = tmp_path / "run"
-    argv = tiny_argv(small_model_dir, out, export_onnx="true", quantize="int8", report_latency_repeats=1)
-    report = run_glue.main(argv)
+    out, argv, report = sst2_run
 
     onnx = report["onnx"]
     assert (out / "onnx" / "model.onnx").is_file() and (out / "onnx" / "model.int8.onnx").is_file()

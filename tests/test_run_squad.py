@@ -52,10 +52,16 @@ def tiny_argv(model_dir, output_dir, squad_dir, **overrides):
 
 def test_tiny_end_to_end_run(small_model_dir, squad_dir, tmp_path):
     out = tmp_path / "run"
-    report = run_squad.main(tiny_argv(small_model_dir, out, squad_dir))
+    report = run_squad.main(tiny_argv(small_model_dir, out, squad_dir, export_onnx="true", quantize="int8"))
 
     on_disk = json.loads((out / "report.json").read_text())
     assert on_disk["quality"] == report["quality"]
+    # --export_onnx --quantize int8: the ONNX file's start/end logits agree with PyTorch's, the int8 file is scored
+    # with EM/F1 on the same dev questions and both are timed in onnxruntime.
+    onnx = report["onnx"]
+    assert set(onnx["max_abs_diff"]) == {"start_logits", "end_logits"} and max(onnx["max_abs_diff"].values()) <= 1e-4
+    assert {"exact_match", "f1"} <= set(onnx["int8"]["quality"]) and onnx["int8"]["latency"]["speedup"] > 0
+    assert (out / "onnx" / "model.int8.onnx").is_file() and "## ONNX Runtime" in (out / "report.md").read_text()
     assert report["quality"]["identical_predictions"] is True
     assert report["quality"]["compressed"] == report["quality"]["group_sparse"]
     assert abs(1 - report["model"]["kept"]["encoder_flops"] - 0.3) <= 0.01
@@ -266,16 +272,3 @@ def test_config_file_with_overrides(tmp_path):
     _, data_args, training_args, _ = run_squad.parse_arguments(["--oto_target", "0.4", "--output_dir", str(tmp_path)])
     assert training_args.oto_target == 0.4 and data_args.max_train_samples == 1600
 
-
-def test_export_onnx_with_int8_scores_the_int8_file_on_the_dev_questions(small_model_dir, squad_dir, tmp_path):
-    """--export_onnx --quantize int8 in the QA job: start/end logits of the ONNX file agree with PyTorch and the int8
-    file is scored with EM/F1 (no latency here: run_glue.py's test times the files)."""
-    pytest.importorskip("onnxruntime")
-    out = tmp_path / "run"
-    report = run_squad.main(tiny_argv(small_model_dir, out, squad_dir, max_steps=2, save_steps=10,
-                                      report_latency_repeats=0, export_onnx="true", quantize="int8"))
-    onnx = report["onnx"]
-    assert set(onnx["max_abs_diff"]) == {"start_logits", "end_logits"}
-    assert max(onnx["max_abs_diff"].values()) <= 1e-4
-    assert {"exact_match", "f1"} <= set(onnx["int8"]["quality"]) and onnx["latency"] is None
-    assert (out / "onnx" / "model.int8.onnx").is_file()
