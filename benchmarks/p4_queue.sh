@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The P4 runs in the order they were run on the 2-core CPU (each is resumable and skipped once it has a result):
 # seed 0 of every SST-2 point, then RTE's three seeds, then SST-2's second seed; a summary after each suite.
-#     nohup bash benchmarks/p4_queue.sh > benchmarks/results/p4_queue.log 2>&1 &
+#     nohup bash benchmarks/p4_queue.sh > benchmarks/results/p4_queue.log 2>&1 &   (the seed-0 SST-2 log: p4_sst2/queue_seed0.log)
 set -u
 cd "$(dirname "$0")/.."
 run() { python benchmarks/quality.py run "$@" --table benchmarks/p4.yaml; }
