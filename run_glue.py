@@ -37,11 +37,12 @@ from transformers import AutoModelForSequenceClassification, AutoTokenizer, Data
 
 import oto_hf
 from oto_hf import glue, job
-# ModelArguments, RunArguments and config_to_cli are also read from here by benchmarks/quality.py.
-from oto_hf.job import (ModelArguments, RunArguments, RunError, check_export, check_output_dir,  # noqa: F401
-                        check_teacher, config_to_cli, distillation_kwargs, export_and_measure, finish, main_guard,
-                        measure_latency, resolve_model_path, save_model_atomic,
-                        short_name, train_resuming, training_report)
+# ModelArguments, RunArguments, config_to_cli and resolve_model_path are also read from here by benchmarks/quality.py.
+from oto_hf.job import (  # noqa: F401
+    ModelArguments, RunArguments, RunError, config_to_cli, distillation_kwargs, export_and_measure,
+    finish, main_guard, measure_latency, resolve_model_path, save_model_atomic, short_name,
+    train_resuming, training_report
+)
 from oto_hf.squad import model_input_names, sample_questions
 
 
@@ -90,10 +91,6 @@ def parse_arguments(argv: list[str]):
             and "--task_name" not in given:
         data_args.task_name = None
     return model_args, data_args, training_args, run_args
-
-
-def check_model(path: str, what: str = "--model_name_or_path") -> None:
-    job.check_model(path, "AutoModelForSequenceClassification", "run_glue.py", what)
 
 
 def load_data(data_args: DataArguments) -> glue.ClassificationData:
@@ -149,11 +146,7 @@ def main(argv: list[str] | None = None) -> dict:
         training_args.oto_seq_len = data_args.max_seq_length
 
     # ---- everything that can be wrong with the input is checked before any long work ----
-    check_output_dir(training_args.output_dir, run_args.overwrite_output_dir)
-    model_path = resolve_model_path(model_args.model_name_or_path)
-    check_model(model_path)
-    teacher_path = check_teacher(model_args, run_args, "AutoModelForSequenceClassification", "run_glue.py")
-    check_export(run_args)
+    model_path, teacher_path = job.check_inputs(model_args, training_args, run_args, "AutoModelForSequenceClassification", "run_glue.py")
     data = load_data(data_args)
     tokenizer = AutoTokenizer.from_pretrained(model_path)
     if data_args.max_seq_length > tokenizer.model_max_length:

@@ -31,11 +31,13 @@ from transformers import AutoModelForQuestionAnswering, AutoTokenizer, Trainer, 
 
 import oto_hf
 from oto_hf import squad
-# PACKAGED_MINILM, ModelArguments, RunArguments and config_to_cli are also read from here by benchmarks/quality.py.
-from oto_hf.job import (PACKAGED_MINILM, ModelArguments, RunArguments, RunError, check_export,  # noqa: F401
-                        check_output_dir, check_teacher, config_to_cli, distillation_kwargs, export_and_measure,
-                        finish, main_guard, measure_latency, resolve_model_path, save_model_atomic,
-                        short_name, train_resuming, training_report)
+# PACKAGED_MINILM, ModelArguments, RunArguments, config_to_cli and resolve_model_path are also read from here by
+# benchmarks/quality.py.
+from oto_hf.job import (  # noqa: F401
+    PACKAGED_MINILM, ModelArguments, RunArguments, RunError, config_to_cli, distillation_kwargs,
+    export_and_measure, finish, main_guard, measure_latency, resolve_model_path, save_model_atomic,
+    short_name, train_resuming, training_report
+)
 from oto_hf import job
 
 
@@ -73,10 +75,6 @@ def parse_arguments(argv: list[str]):
     return job.parse_arguments(DataArguments, argv, DEFAULT_CONFIG)
 
 
-def check_model(path: str, what: str = "--model_name_or_path") -> None:
-    job.check_model(path, "AutoModelForQuestionAnswering", "run_squad.py", what)
-
-
 def resolve_data_files(data: DataArguments) -> dict:
     if data.dataset_name:
         return {"dataset_name": data.dataset_name}
@@ -98,11 +96,7 @@ def main(argv: list[str] | None = None) -> dict:
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
 
     # ---- everything that can be wrong with the input is checked before any long work ----
-    check_output_dir(training_args.output_dir, run_args.overwrite_output_dir)
-    model_path = resolve_model_path(model_args.model_name_or_path)
-    check_model(model_path)
-    teacher_path = check_teacher(model_args, run_args, "AutoModelForQuestionAnswering", "run_squad.py")
-    check_export(run_args)
+    model_path, teacher_path = job.check_inputs(model_args, training_args, run_args, "AutoModelForQuestionAnswering", "run_squad.py")
     data_files = resolve_data_files(data_args)
     try:
         raw = squad.load_squad(**data_files)

@@ -149,6 +149,18 @@ def check_model(path: str, auto_class: str, script: str, what: str = "--model_na
         )
 
 
+def check_inputs(model_args: ModelArguments, training_args, run_args: RunArguments, auto_class: str,
+                 script: str) -> tuple[str, str | None]:
+    """The checks every job makes before reading data: output folder, model, teacher, export options. Returns the
+    model's and the teacher's resolved paths (None without a teacher)."""
+    check_output_dir(training_args.output_dir, run_args.overwrite_output_dir)
+    model_path = resolve_model_path(model_args.model_name_or_path)
+    check_model(model_path, auto_class, script)
+    teacher_path = check_teacher(model_args, run_args, auto_class, script)
+    check_export(run_args)
+    return model_path, teacher_path
+
+
 def check_teacher(model_args: ModelArguments, run_args: RunArguments, auto_class: str, script: str) -> str | None:
     """The teacher's resolved path (None without one), after checking it and the distillation settings."""
     if run_args.dense and model_args.teacher_model_name_or_path:
@@ -319,7 +331,7 @@ def main_guard(main, script: str) -> None:
 
 
 __all__ = ["ModelArguments", "PACKAGED_MINILM", "RunArguments", "RunError", "card_metrics", "check_model",
-           "check_export", "check_output_dir", "check_teacher", "config_to_cli", "distillation_kwargs",
+           "check_export", "check_inputs", "check_output_dir", "check_teacher", "config_to_cli", "distillation_kwargs",
            "export_and_measure", "finish", "main_guard", "measure_latency",
            "parse_arguments", "resolve_model_path", "save_model_atomic", "short_name", "train_resuming",
            "training_report"]
