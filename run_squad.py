@@ -150,9 +150,7 @@ def main(argv: list[str] | None = None) -> dict:
     latency = measure_latency(trainer.model, compressed, run_args, eval_seq, tokenizer.vocab_size)
 
     # ---- save the compressed model (with its card), then the report (last) ----
-    before = oto_hf.model_stats(trainer.model, training_args.oto_seq_len, exclude_zero_groups=False)
-    after = oto_hf.model_stats(compressed, training_args.oto_seq_len)
-    removed = round(100 * (1 - after.encoder_flops / before.encoder_flops))
+    before, after, removed = job.size_stats(trainer.model, compressed, training_args.oto_seq_len)
     trainer.model_card_info = {
         "base_model": model_path, "speedup": latency,
         "model_name": f"{short_name(model_path)}-squad-oto{removed}",

@@ -204,6 +204,15 @@ def check_export(run_args: RunArguments) -> None:
                            "pip install 'oto-hf[onnx]'") from error
 
 
+def size_stats(full_size, compressed, seq_len: int | None):
+    """(stats of the model before pruning, of the compressed model, percent of encoder FLOPs removed) at `seq_len`."""
+    from .stats import model_stats
+
+    before = model_stats(full_size, seq_len, exclude_zero_groups=False)
+    after = model_stats(compressed, seq_len)
+    return before, after, round(100 * (1 - after.encoder_flops / before.encoder_flops))
+
+
 def measure_latency(full_size, compressed, run_args: RunArguments, seq_len: int, vocab_size: int) -> dict | None:
     """The report's "latency" entry: `report.latency_ratio` of the full-size (group-sparse) model against the
     compressed one, with the encoder FLOPs ratio at the same length to read it against; None with
@@ -234,7 +243,6 @@ def export_and_measure(full_size, compressed, out: Path, run_args: RunArguments,
     result = {"path": str(folder / "model.onnx"), "bytes": info["bytes"], "exporter": info["exporter"],
               "opset": info["opset"], "max_abs_diff": export.check_onnx(compressed, folder / "model.onnx"),
               "latency": None, "int8": None}
-    small = export.OnnxRuntimeModel(folder / "model.onnx")
     int8 = export.OnnxRuntimeModel(info["int8_path"]) if info["int8_path"] else None
     if int8 is not None:
         result["int8"] = {"path": info["int8_path"], "bytes": info["int8_bytes"],
@@ -246,7 +254,7 @@ def export_and_measure(full_size, compressed, out: Path, run_args: RunArguments,
             full = export.OnnxRuntimeModel(reference)
             measure = dict(batch_size=run_args.report_latency_batch_size, seq_len=seq_len,
                            repeats=run_args.report_latency_repeats, vocab_size=vocab_size)
-            result["latency"] = latency_ratio(full, small, **measure)
+            result["latency"] = latency_ratio(full, export.OnnxRuntimeModel(folder / "model.onnx"), **measure)
             if int8 is not None:
                 result["int8"]["latency"] = latency_ratio(full, int8, **measure)
         finally:
@@ -333,5 +341,5 @@ def main_guard(main, script: str) -> None:
 __all__ = ["ModelArguments", "PACKAGED_MINILM", "RunArguments", "RunError", "card_metrics", "check_model",
            "check_export", "check_inputs", "check_output_dir", "check_teacher", "config_to_cli", "distillation_kwargs",
            "export_and_measure", "finish", "main_guard", "measure_latency",
-           "parse_arguments", "resolve_model_path", "save_model_atomic", "short_name", "train_resuming",
+           "parse_arguments", "resolve_model_path", "save_model_atomic", "short_name", "size_stats", "train_resuming",
            "training_report"]
