@@ -29,7 +29,7 @@ family has it).
 
 Exporter: ``torch.onnx.export(..., dynamo=True)``, torch's default and maintained exporter (torch.export, then
 onnxscript). The legacy TorchScript exporter (``exporter="torchscript"``) gives the same outputs on every family
-and is several times faster to export, but torch deprecates it (every call warns that it is no longer the default
+and exports faster, but torch deprecates it (every call warns that it is no longer the default
 and will go); it is kept as a fallback for a model that torch.export cannot trace. optimum-onnx was not used: its
 only release requires transformers < 4.58 and does not import with transformers 5 (docs/deployment.md has the
 evidence).
@@ -38,8 +38,7 @@ int8 (``quantize="int8"``): onnxruntime's `quantize_dynamic` of the exported flo
 ``OUT.int8.onnx`` (``model.onnx`` -> ``model.int8.onnx``): int8 weights (QInt8) of every projection (MatMul/Gemm
 with a weight) and of the embedding tables (Gather, one scale per table), activations quantized at run time; the
 attention products themselves stay float. Projection weights are quantized per output channel by default
-(``per_channel=True``), which was the more accurate on the real MiniLM; ``per_channel=False`` gives one scale per
-tensor. Projections with no rows or columns (layers left without a head or a neuron) stay float: there is nothing
+(``per_channel=True``; docs/deployment.md compares the two); ``per_channel=False`` gives one scale per tensor. Projections with no rows or columns (layers left without a head or a neuron) stay float: there is nothing
 to quantize and onnxruntime's per-channel quantizer fails on them. ``reduce_range`` is left off (onnxruntime's
 default), which suits CPUs with VNNI; onnxruntime recommends it for AVX2/AVX-512 CPUs without VNNI.
 
