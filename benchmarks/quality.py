@@ -7,6 +7,7 @@ SQuAD; benchmarks/p4.yaml: P4 on GLUE SST-2 and RTE).
     python benchmarks/quality.py compare A B [--full_dev]              # A, B: NAME (in --suite) or SUITE/NAME
     python benchmarks/quality.py summarize [--suite SUITE]             # summary.md and the two plots
     python benchmarks/quality.py latency [NAME ...]                    # measure latency ratios again
+    python benchmarks/quality.py onnx NAME [NAME ...] [--full_dev]     # the saved model in onnxruntime, fp32 and int8
     python benchmarks/quality.py losses NAME [NAME ...] [--steps 240 400 540]
 
 The suite defaults to the table's first (p1), the table to benchmarks/p1.yaml (--table). `run` writes
@@ -666,6 +667,57 @@ def remeasure_latency(bench: Bench, names: list[str]) -> None:
             **lat, "measured_at": time.strftime("%Y-%m-%d %H:%M:%S")}})
 
 
+def onnx_quality(bench: Bench, names: list[str], full_dev: bool = False) -> None:
+    """Score finished runs' saved models exported to ONNX in float32 and quantized to int8 (`oto_hf.export.
+    export_onnx(..., quantize="int8")`, what the jobs' `--export_onnx --quantize int8` write), run in onnxruntime on
+    the CPU, on the run's own dev examples (every dev question with `full_dev`). Writes each file's answers
+    (predictions_onnx_{fp32,int8}[_full_dev].json.gz) and, in result.json under "onnx" ("onnx_full_dev"), each file's
+    metrics, size and max |Δ| against PyTorch, and its paired difference from the PyTorch model's answers."""
+    import tempfile
+
+    from oto_hf import export
+
+    suffix = "_full_dev" if full_dev else ""
+    reference_file = FULL_DEV_PREDICTIONS if full_dev else PREDICTIONS
+    for name in names:
+        if bench.result(name) is None or not bench.model_dir(name).exists():
+            raise SystemExit(f"{name}: no finished run with a saved model in {bench.folder(name)}: "
+                             f"`{bench.command('run', name)}` first")
+        if (reference := read_predictions(bench.folder(name) / reference_file)) is None:
+            raise SystemExit(f"{name}: {reference_file} not found" +
+                             (f": `{bench.command('full_dev', name)}` first" if full_dev else ""))
+    data, questions = None, golds(bench, full_dev)
+    for name in names:
+        model_args, data_args, train_args = bench.adamw_settings(bench.run(name), bench.results / "tmp")
+        data = data or bench.task.load(model_args, data_args, train=False, full_dev=full_dev)
+        model = bench.task.model(bench.model_dir(name)).eval()
+        reference = read_predictions(bench.folder(name) / reference_file)
+        pytorch_scores = bench.task.scores(reference, questions)
+        entry = {"pytorch": bench.result(name)["quality_full_dev" if full_dev else "quality"], "files": {},
+                 "command": bench.command("onnx", name) + " --full_dev" * full_dev,
+                 "environment": common.machine_info(), "measured_at": time.strftime("%Y-%m-%d %H:%M:%S")}
+        with tempfile.TemporaryDirectory(dir=bench.results) as tmp:
+            t0 = time.perf_counter()
+            info = export.export_onnx(model, Path(tmp) / "model.onnx", quantize="int8")
+            entry.update(exporter=info["exporter"], opset=info["opset"], export_s=time.perf_counter() - t0)
+            for precision, path, size in (("fp32", info["path"], info["bytes"]),
+                                          ("int8", info["int8_path"], info["int8_bytes"])):
+                t0 = time.perf_counter()
+                metrics, answers = bench.task.evaluate(export.OnnxRuntimeModel(path), data, data_args, train_args,
+                                                       f"{name}, onnxruntime {precision}")
+                write_predictions(bench.folder(name) / f"predictions_onnx_{precision}{suffix}.json.gz", answers)
+                entry["files"][precision] = {
+                    "bytes": size, "max_abs_diff": export.check_onnx(model, path, atol=1e-4 if precision == "fp32" else None),
+                    "quality": metrics,
+                    "same_answer_as_pytorch": sum(answers[q] == reference[q] for q in questions) / len(questions),
+                    "vs_pytorch": paired_difference(bench.task.scores(answers, questions), pytorch_scores),
+                    "eval_wall_s": time.perf_counter() - t0}
+                d = entry["files"][precision]["vs_pytorch"]
+                log(f"{name}: onnxruntime {precision}: {bench.task.describe(metrics)}; minus PyTorch "
+                    f"{d['difference']:+.2f} [{d['ci95'][0]:+.2f}, {d['ci95'][1]:+.2f}]")
+        bench.write_result(name, {**bench.result(name), f"onnx{suffix}": entry})
+
+
 # --- Comparing and summarising
 
 
@@ -876,15 +928,17 @@ def main(argv=None) -> None:
              "compare": "paired F1 difference A - B with its 95%% interval (A, B: NAME or SUITE/NAME)",
              "summarize": "summary.md and the plots in the results folder",
              "latency": "measure latency ratios again (default: every finished run with a saved model)",
-             "losses": "the losses runs logged at some steps"}
+             "losses": "the losses runs logged at some steps",
+             "onnx": "score saved models exported to ONNX, float32 and int8, in onnxruntime"}
     sub = p.add_subparsers(dest="command", required=True)
     cmd = {name: sub.add_parser(name, parents=[shared], help=text) for name, text in helps.items()}
-    for name in ("run", "full_dev", "latency", "losses"):
+    for name in ("run", "full_dev", "latency", "losses", "onnx"):
         cmd[name].add_argument("names", nargs="*" if name == "latency" else "+", metavar="NAME")
     cmd["run"].add_argument("--force", action="store_true", help="rerun from scratch runs that have a result")
     cmd["compare"].add_argument("a", metavar="A")
     cmd["compare"].add_argument("b", metavar="B")
-    cmd["compare"].add_argument("--full_dev", action="store_true", help="on every dev question")
+    for name in ("compare", "onnx"):
+        cmd[name].add_argument("--full_dev", action="store_true", help="on every dev question")
     cmd["losses"].add_argument("--steps", nargs="+", type=int, default=[240, 400, 540],
                                help="default 240 400 540 (each a mean over the logging_steps before it)")
     args = p.parse_args(argv)
@@ -899,7 +953,8 @@ def main(argv=None) -> None:
         compare(bench, args.a, args.b, args.full_dev)
     else:
         {"run": lambda: run(bench, names, args.force), "full_dev": lambda: full_dev(bench, names),
-         "summarize": lambda: summarize(bench), "latency": lambda: remeasure_latency(bench, names)}[args.command]()
+         "summarize": lambda: summarize(bench), "latency": lambda: remeasure_latency(bench, names),
+         "onnx": lambda: onnx_quality(bench, names, args.full_dev)}[args.command]()
 
 
 if __name__ == "__main__":

@@ -200,3 +200,12 @@ def test_a_dense_an_oto_and_a_peer_run_end_to_end(tmp_path, squad_dir):
     assert all(f"| {a} | {b} | " in summary for a, b in (("oto50", "dense"), ("tp50", "dense"), ("oto50", "tp50")))
     assert (tmp_path / "f1_vs_flops.png").exists() and (tmp_path / "f1_vs_flops_full_dev.png").exists()
     assert quality.loss_table(bench, ["oto50"], [oto["training"]["loss_log"][0]["step"]])[2].startswith("| oto50 | ")
+    quality.onnx_quality(bench, ["oto50"])  # its saved model exported, in onnxruntime: fp32 and int8
+    onnx = bench.result("oto50")["onnx"]
+    fp32, int8 = onnx["files"]["fp32"], onnx["files"]["int8"]
+    assert max(fp32["max_abs_diff"].values()) <= 1e-4 and fp32["same_answer_as_pytorch"] >= 0.95
+    assert fp32["quality"]["f1"] == pytest.approx(oto["quality"]["f1"], abs=100 * (1 - fp32["same_answer_as_pytorch"]))
+    assert int8["bytes"] < fp32["bytes"] / 2 and int8["vs_pytorch"]["questions"] == 24
+    assert quality.read_predictions(tmp_path / "oto50" / "predictions_onnx_int8.json.gz").keys() == golds.keys()
+    with pytest.raises(SystemExit, match="dense: predictions_full_dev.json.gz not found"):
+        quality.onnx_quality(bench, ["dense"], full_dev=True)
