@@ -100,11 +100,14 @@ def file_bytes(path: Path) -> int:
     return path.stat().st_size + (data.stat().st_size if data.exists() else 0)
 
 
-def make_session(path: Path, threads: int):
+def make_session(path: Path, threads: int, profile_prefix: Path | None = None):
     import onnxruntime as ort
 
     options = ort.SessionOptions()
     options.log_severity_level = 3
+    if profile_prefix is not None:
+        options.enable_profiling = True
+        options.profile_file_prefix = str(profile_prefix)
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
     options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
@@ -189,6 +192,28 @@ def time_block(sessions: dict, feed: dict, args, deadline: float) -> dict:
             "foreign_load_cores": foreign, "seconds": times}
 
 
+def profile_ops(paths: dict, feed: dict, threads: int, runs: int, workdir: Path) -> dict:
+    """Where the time goes: each file run `runs` times under onnxruntime's profiler after one profiled warm-up run
+    (left out), and the milliseconds per run its kernels spent, by operator type, largest first. The profiler's own
+    cost makes these totals a little above the timed medians; compare shares, not absolute times."""
+    out = {}
+    for name, path in paths.items():
+        session = make_session(path, threads, workdir / f"profile_{name.replace(' ', '_').rstrip('%')}")
+        for _ in range(runs + 1):
+            session.run(None, feed)
+        trace = Path(session.end_profiling())
+        events = json.loads(trace.read_text())
+        trace.unlink()
+        starts = sorted(e["ts"] for e in events if e.get("cat") == "Session" and e.get("name") == "model_run")
+        per_op: dict[str, float] = {}
+        for e in events:
+            if e.get("cat") == "Node" and e.get("name", "").endswith("_kernel_time") and e["ts"] >= starts[1]:
+                op = e["args"]["op_name"]
+                per_op[op] = per_op.get(op, 0.0) + e["dur"] / 1e3 / runs
+        out[name] = dict(sorted(per_op.items(), key=lambda kv: -kv[1]))
+    return out
+
+
 def ratios(block: dict, labels: list[str], flops: dict[str, float], shape: tuple[int, int]) -> dict:
     """The protocol's ratios of one shape (numerator / denominator: > 1 means the denominator is faster)."""
     seconds = block["seconds"]
@@ -243,6 +268,12 @@ def run(args, workdir: Path, t_start: float) -> dict:
                    + f" ({block['repeats']} repeats of {block['inner']} runs"
                    + (", truncated by the time budget)" if block["truncated_by_budget"] else ")"))
     result["latency"] = {f"{b}x{t}": latency[f"{b}x{t}"] for b, t in args.shapes}
+    if args.profile:
+        batch, tokens = args.shapes[0]
+        inputs = make_inputs(vocab, batch, tokens, "cpu", args.seed)
+        feed = {name: inputs[name].numpy() for name in input_names}
+        result["profile"] = {"shape": f"{batch}x{tokens}", "runs": args.profile,
+                             "ms_per_run_by_op": profile_ops(paths, feed, args.threads, args.profile, workdir)}
     result["load_average_at_end"] = load_average()
     result["wall_time_s"] = time.perf_counter() - t_start
     return result
@@ -272,6 +303,19 @@ def print_table(result: dict) -> None:
                    + (f"; other processes used up to {max(loads):.2f} cores" if loads else ""))
 
 
+def print_profile(result: dict) -> None:
+    """Each file's milliseconds per run by operator type (the profiled shape), with dense / file for each type."""
+    prof = result["profile"]
+    by_op = prof["ms_per_run_by_op"]
+    names = list(by_op)
+    ops = list(dict.fromkeys(op for name in names for op in by_op[name]))
+    common.log(f"\nonnxruntime profile at {prof['shape']}, ms per run by operator type ({prof['runs']} runs each)")
+    common.log(f"{'operator':<24}" + "".join(f"{n:>12}" for n in names))
+    for op in ops + ["total"]:
+        row = [sum(by_op[n].values()) if op == "total" else by_op[n].get(op, 0.0) for n in names]
+        common.log(f"{op:<24}" + "".join(f"{v:>12.2f}" for v in row))
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", choices=CONFIGS, default="minilm")
@@ -296,6 +340,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="largest max |Δ| of an fp32 file against PyTorch before the run stops (default 1e-4)")
     parser.add_argument("--workdir", default=None,
                         help="where the .onnx files go and stay (default: a temporary folder, deleted at the end)")
+    parser.add_argument("--profile", type=int, default=0, metavar="RUNS",
+                        help="after the timing, profile every file this many runs at the first --shapes shape and "
+                             "record the time per operator type (default 0: no profile)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", help="where to write the JSON results")
     parser.add_argument("--show", metavar="JSON", help="print the tables of a finished run's JSON and exit")
@@ -304,6 +351,8 @@ def main(argv: list[str] | None = None) -> int:
         payload = json.loads(Path(args.show).read_text())
         for result in payload["results"].values():
             print_table(result)
+            if "profile" in result:
+                print_profile(result)
         return 0
     if not args.out:
         parser.error("--out is required (or --show JSON)")
@@ -335,6 +384,8 @@ def main(argv: list[str] | None = None) -> int:
     payload["results"][args.config] = result
     common.write_json(args.out, payload)
     print_table(result)
+    if "profile" in result:
+        print_profile(result)
     common.log(f"\nwrote {args.out} (wall time {result['wall_time_s']:.0f} s)")
     return 0
 

@@ -36,7 +36,7 @@ def smoke(tmp_path_factory):
     env = dict(os.environ, TMPDIR=str(tmp / "tmp"), OMP_NUM_THREADS="1")
     proc = subprocess.run(
         [sys.executable, "benchmarks/p5_onnx.py", "--config", "tiny", "--repeats", "1", "--shapes", "2x16",
-         "--threads", "1", "--exporter", "torchscript", "--min-timing-s", "0.005", "--out", str(out)],
+         "--threads", "1", "--exporter", "torchscript", "--min-timing-s", "0.005", "--profile", "2", "--out", str(out)],
         cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return json.loads(out.read_text()), proc.stdout, tmp
@@ -75,6 +75,12 @@ def test_smoke_run_writes_every_variant_and_ratio(smoke):
         assert "meets_target" not in r  # the target applies at 32 x 384 only
 
     assert "speedup/FLOPs" in stdout and "fp32 dense / int8 70%" in stdout
+    profile = result["profile"]  # --profile 2: time per operator type of every file at the first shape
+    assert (profile["shape"], profile["runs"], list(profile["ms_per_run_by_op"])) == ("2x16", 2, VARIANTS)
+    for name, by_op in profile["ms_per_run_by_op"].items():
+        assert "MatMul" in "".join(by_op) and all(ms >= 0 for ms in by_op.values()), (name, by_op)
+        assert list(by_op.values()) == sorted(by_op.values(), reverse=True)
+    assert "ms per run by operator type" in stdout
     assert result["workdir"] is None and not list((tmp / "tmp").glob("p5_onnx_*"))  # the .onnx files are gone
 
 
@@ -85,7 +91,7 @@ def test_show_prints_the_tables_of_a_finished_run(smoke, capsys):
     payload, _, tmp = smoke
     assert p5_onnx.main(["--show", str(tmp / "p5.json")]) == 0
     shown = capsys.readouterr().out
-    assert "int8 70%" in shown and "fp32 dense / int8 dense" in shown
+    assert "int8 70%" in shown and "fp32 dense / int8 dense" in shown and "by operator type" in shown
 
 
 def test_target_is_judged_on_fp32_at_32x384():
