@@ -1,6 +1,7 @@
 """ONNX export of compressed (and dense) models, checked against PyTorch, with optional int8 dynamic quantization.
 
     python -m oto_hf.export MODEL_DIR OUT.onnx [--quantize int8] [--opset N] [--check] [--atol 1e-4]
+                                               [--attention eager|model]
 
     from oto_hf.export import export_onnx, check_onnx
     info = export_onnx("out/compressed", "model.onnx", quantize="int8")  # also writes model.int8.onnx
@@ -10,8 +11,14 @@
 What is exported: any model of a supported family (`oto_hf.architectures`), compressed or dense stock, with any
 task head, in float32, as it computes in eval mode (layers left with no head or no FFN neuron included: their
 zero-width projections export as empty tensors). A folder is loaded with the class its config names (the compressed
-`OTO…` classes after `import oto_hf`, or the stock ones) and its default attention implementation (sdpa where the
-family has it).
+`OTO…` classes after `import oto_hf`, or the stock ones).
+
+Attention is traced in its eager form by default (``attn_implementation="eager"``: softmax(QKᵀ/√d + mask)·V as
+plain MatMul/Softmax nodes), whatever the model was loaded with; the model is switched back afterwards. Eager and
+SDPA give the same outputs, but the SDPA trace carries guards for fully masked rows (IsNaN/Where over every
+batch × head × query × key score) that onnxruntime runs as separate passes, so the eager file is faster on the CPU
+(docs/deployment.md has the measurement). ``attn_implementation=None`` (``--attention model``) traces the model's own
+implementation.
 
 - Inputs are the model's own, in this order: ``input_ids``, ``attention_mask``, ``token_type_ids`` for text (only
   those its forward takes, chosen by `oto_hf.squad.model_input_names`; ``token_type_ids`` also only where the model
@@ -245,17 +252,20 @@ def int8_path_for(onnx_path: str | os.PathLike) -> Path:
 
 @torch.no_grad()
 def export_onnx(model_or_dir, out_path: str | os.PathLike, opset: int = DEFAULT_OPSET, quantize: str | None = None,
-                exporter: str = "dynamo", per_channel: bool = True) -> dict:
+                exporter: str = "dynamo", per_channel: bool = True, attn_implementation: str | None = "eager") -> dict:
     """Export a model (an `nn.Module`, or the folder of a saved one) to ONNX at `out_path`; see the module
     docstring for the inputs, axes and outputs. The model is traced in eval mode in float32 and left in the mode it
     was in.
 
     `opset`: the ONNX opset (default 18). `quantize`: None, or "int8" to also write the dynamically quantized file
     ``OUT.int8.onnx`` (`int8_path_for`), per channel unless `per_channel` is False. `exporter`: "dynamo" (default,
-    torch.onnx.export with dynamo=True) or "torchscript" (the deprecated legacy exporter).
+    torch.onnx.export with dynamo=True) or "torchscript" (the deprecated legacy exporter). `attn_implementation`:
+    the attention traced (default "eager", see the module docstring; None: the model's own); the model is left with
+    the implementation it had.
 
-    Returns {"path", "bytes", "input_names", "output_names", "opset", "exporter", "external_data", "int8_path",
-    "int8_bytes"} (the int8 entries None without `quantize`); bytes count the external data file too.
+    Returns {"path", "bytes", "input_names", "output_names", "opset", "exporter", "attn_implementation",
+    "external_data", "int8_path", "int8_bytes"} (the int8 entries None without `quantize`); bytes count the external
+    data file too.
     """
     onnx, _ = _require_onnx()
     if quantize not in (None, "int8"):
@@ -273,8 +283,12 @@ def export_onnx(model_or_dir, out_path: str | os.PathLike, opset: int = DEFAULT_
         stale.unlink(missing_ok=True)
     names = onnx_input_names(model)
     was_training = model.training
+    own_attention = getattr(model.config, "_attn_implementation", None)
+    traced = attn_implementation or own_attention
     model.eval()
     try:
+        if traced != own_attention:
+            _set_attention(model, traced)
         sample = sample_inputs(model, names=names)
         outputs = _output_names(model, sample)
         wrapper = _TensorOutputs(model, names, outputs).eval()
@@ -285,18 +299,29 @@ def export_onnx(model_or_dir, out_path: str | os.PathLike, opset: int = DEFAULT_
             else:
                 _export_torchscript(wrapper, model, sample, out, names, outputs, opset)
     finally:
+        if traced != own_attention:
+            _set_attention(model, own_attention)
         model.train(was_training)
     graph = _strip_node_metadata(out).graph
     got = [i.name for i in graph.input]
     if got != names:
         raise RuntimeError(f"the exported graph takes {got}, not the model's inputs {names}")
     info = {"path": str(out), "bytes": _size(out), "input_names": names, "output_names": outputs, "opset": opset,
-            "exporter": exporter, "external_data": Path(str(out) + ".data").exists(), "int8_path": None,
+            "exporter": exporter, "attn_implementation": traced, "external_data": Path(str(out) + ".data").exists(), "int8_path": None,
             "int8_bytes": None}
     if quantize == "int8":
         target = quantize_int8(out, per_channel=per_channel)
         info.update(int8_path=str(target), int8_bytes=_size(target))
     return info
+
+
+def _set_attention(model: nn.Module, implementation: str) -> None:
+    """Make every config in `model` name `implementation`: the encoders read it at each forward to pick the attention
+    function and the mask's form. (`PreTrainedModel.set_attn_implementation` refuses classes defined outside
+    transformers, such as the compressed `OTO…` ones, so the config is set directly.)"""
+    configs = {id(m.config): m.config for m in model.modules() if hasattr(getattr(m, "config", None), "to_dict")}
+    for config in configs.values():
+        config._attn_implementation = implementation
 
 
 def _export_dynamo(wrapper, model, sample, out, names, outputs, opset, external) -> None:
@@ -489,6 +514,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--exporter", choices=_EXPORTERS, default="dynamo",
                         help="torch.onnx exporter (default dynamo; torchscript is torch's deprecated one)")
     parser.add_argument("--per-tensor", action="store_true", help="int8: one scale per tensor, not per channel")
+    parser.add_argument("--attention", choices=["eager", "model"], default="eager",
+                        help="attention traced: eager (default; onnxruntime runs it faster than the SDPA trace, same "
+                             "outputs) or the implementation the model loads with")
     args = parser.parse_args(argv)
     try:
         model = load_model(args.model_dir)
@@ -496,9 +524,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {error}", file=sys.stderr)
         return 2
     info = export_onnx(model, args.out, opset=args.opset, quantize=args.quantize, exporter=args.exporter,
-                       per_channel=not args.per_tensor)
+                       per_channel=not args.per_tensor,
+                       attn_implementation=None if args.attention == "model" else args.attention)
     print(f"wrote {info['path']} ({info['bytes'] / 1e6:.1f} MB): inputs {info['input_names']}, "
-          f"outputs {info['output_names']}, opset {info['opset']}, {info['exporter']} exporter")
+          f"outputs {info['output_names']}, opset {info['opset']}, {info['exporter']} exporter, "
+          f"{info['attn_implementation']} attention")
     if info["int8_path"]:
         print(f"wrote {info['int8_path']} ({info['int8_bytes'] / 1e6:.1f} MB, int8 dynamic quantization)")
     status = 0

@@ -98,6 +98,15 @@ def test_inputs_are_the_forwards_and_axes_are_dynamic(exported):
     assert not any(node.metadata_props for node in graph.node)
 
 
+def test_attention_is_traced_eager_and_the_model_keeps_its_own(exported):
+    """Eager attention is traced whatever the model runs (no SDPA guards for fully masked rows: IsNaN/Where over
+    every score); the model is left with its own, and the file still equals it (the test above)."""
+    model_type, model, info = exported
+    assert info["attn_implementation"] == "eager"
+    assert model.config._attn_implementation == families.ATTENTION[model_type][-1]
+    assert "IsNaN" not in {node.op_type for node in onnx.load(info["path"]).graph.node}
+
+
 def test_int8_is_smaller_and_close(exported):
     model_type, model, info = exported
     assert Path(info["int8_path"]).name == "model.int8.onnx" and info["int8_bytes"] < info["bytes"]
@@ -139,11 +148,14 @@ def test_input_names_of_every_model_type():
     assert onnx_input_names(roberta) == ["input_ids", "attention_mask"]
 
 
-def test_torchscript_fallback(tmp_path):
+def test_torchscript_fallback_and_the_models_own_attention(tmp_path):
     model = families.compressed_model("bert", "BertForSequenceClassification", attn="sdpa")
     info = export_onnx(model, tmp_path / "ts.onnx", exporter="torchscript")
     assert info["input_names"] == ["input_ids", "attention_mask", "token_type_ids"]
     assert check_onnx(model, info["path"], batch_sizes=(1, 3), seq_lens=(7, 33))["logits"] <= 1e-4
+    own = export_onnx(model, tmp_path / "sdpa.onnx", exporter="torchscript", attn_implementation=None)
+    assert own["attn_implementation"] == "sdpa" and "IsNaN" in {n.op_type for n in onnx.load(own["path"]).graph.node}
+    assert check_onnx(model, own["path"], batch_sizes=(1, 3), seq_lens=(7, 33))["logits"] <= 1e-4
 
 
 def test_int8_of_a_file_with_external_data(bert_exported, tmp_path):
@@ -205,7 +217,7 @@ def test_command_line_on_the_real_minilm_compressed(minilm_path, tmp_path):
     assert "(tolerance 0.0001): ok" in result.stdout
     info = json.loads(result.stdout.strip().splitlines()[-1])
     assert info["input_names"] == ["input_ids", "attention_mask", "token_type_ids"]
-    assert info["output_names"] == ["last_hidden_state", "pooler_output"]
+    assert info["output_names"] == ["last_hidden_state", "pooler_output"] and info["attn_implementation"] == "eager"
     assert max(info["max_abs_diff"].values()) <= 1e-4
     assert info["int8_path"] == str(tmp_path / "onnx" / "minilm.int8.onnx")
     assert info["int8_bytes"] < info["bytes"] / 3
