@@ -6,11 +6,12 @@ machine its ratios are noise.
 The models are those of `benchmarks/p5_gpu.py` (its `build_model` and `zero_uniform`, imported from there):
 `--config minilm` (the packaged all-MiniLM-L6-v2, real weights, as BertForQuestionAnswering), `bert-base`
 (BertConfig's defaults, random weights: speed does not depend on them) or `tiny` (a 2-layer toy, the smoke check),
-SDPA attention, and copies compressed with the uniform layout that removes 50% and 70% (`--fractions`) of every
+loaded with SDPA attention, and copies compressed with the uniform layout that removes 50% and 70% (`--fractions`) of every
 layer's encoder FLOPs at 384 tokens (lowest-norm heads and FFN neurons zeroed, then cut out by `oto_hf.compress`).
 
-Each model (dense and every compressed copy) is exported in float32 with `oto_hf.export.export_onnx` (the dynamo
-exporter by default, about 26 s per bert-base model on the busy 2-core machine; `--exporter torchscript` for
+Each model (dense and every compressed copy) is exported in float32 with `oto_hf.export.export_onnx` (its attention
+traced in the eager form, export_onnx's default; `--attention model` traces the SDPA the models run in PyTorch; the
+dynamo exporter by default, about 26 s per bert-base model on the busy 2-core machine; `--exporter torchscript` for
 torch's faster deprecated one, same outputs) and quantized to int8 with `export.quantize_int8`, what
 `export_onnx(..., quantize="int8")` runs (onnxruntime's dynamic quantization, int8 weights per output channel,
 activations quantized at run time; about 14 s for bert-base). Every file is checked against its PyTorch model
@@ -37,12 +38,13 @@ Also: file sizes, export and quantization times, every file's max |Δ| against P
 |Δ| against their group-sparse originals (PyTorch, fp32), the machine (`common.machine_info`, onnxruntime's version,
 the CPU's int8-relevant flags) and the load average at the start, before timing and at the end.
 
-Quality is NOT measured here: the jobs' `--export_onnx --quantize int8` (run_squad.py, run_glue.py) score the int8
-file of a trained compressed model on real dev data. The timing stops adding repeats to a shape once its share of
+Quality is NOT measured here: the jobs' `--export_onnx --quantize int8` (run_squad.py, run_glue.py) and
+`benchmarks/quality.py onnx` score the int8 file of a trained compressed model on real dev data. The timing stops adding repeats to a shape once its share of
 `--budget-s` (the time left, split evenly over the shapes still to time) is spent; a truncated shape says so.
 
-    python benchmarks/p5_onnx.py --out benchmarks/results/p5_onnx_minilm.json
-    python benchmarks/p5_onnx.py --config bert-base --out benchmarks/results/p5_onnx_bert_base.json
+    python benchmarks/p5_onnx.py --repeats 20 --profile 5 --out benchmarks/results/p5_onnx_minilm.json
+    python benchmarks/p5_onnx.py --config bert-base --repeats 10 --out benchmarks/results/p5_onnx_bert_base.json
+    python benchmarks/p5_onnx.py --attention model --repeats 20 --out benchmarks/results/p5_onnx_minilm_sdpa.json
     python benchmarks/p5_onnx.py --config tiny --repeats 1 --shapes 2x16 --threads 1 --out /tmp/p5_onnx_smoke.json
     python benchmarks/p5_onnx.py --config tiny --repeats 1 --shapes 2x16 --threads 1 --exporter torchscript \
         --min-timing-s 0.005 --out /tmp/p5_onnx_smoke.json    # the test's smoke run: ~15 s instead of ~30 s
@@ -131,7 +133,8 @@ def prepare(args, workdir: Path) -> tuple[dict, dict]:
     for label, model in models.items():
         target = workdir / f"{args.config}_{label.rstrip('%')}.onnx"
         t0 = time.perf_counter()
-        info = export.export_onnx(model, target, exporter=args.exporter)
+        info = export.export_onnx(model, target, exporter=args.exporter,
+                                  attn_implementation=None if args.attention == "model" else args.attention)
         export_s = time.perf_counter() - t0
         t0 = time.perf_counter()
         int8 = export.quantize_int8(target)
@@ -147,7 +150,8 @@ def prepare(args, workdir: Path) -> tuple[dict, dict]:
                    f"max |Δ| {max(int8_diff.values()):.2e})")
     order = [f"{dtype} {label}" for dtype in ("fp32", "int8") for label in ["dense", *zeroed]]
     result = {
-        "model": description, "attention": dense.config._attn_implementation, "exporter": args.exporter,
+        "model": description, "attention": dense.config._attn_implementation,
+        "attention_traced": info["attn_implementation"], "exporter": args.exporter,
         "opset": export.DEFAULT_OPSET, "fractions": args.fractions, "zeroed": zeroed,
         "heads_per_layer": {label: m.config.num_attention_heads_per_layer for label, m in models.items()
                             if label != "dense"},
@@ -280,7 +284,8 @@ def run(args, workdir: Path, t_start: float) -> dict:
 
 
 def print_table(result: dict) -> None:
-    common.log(f"\nP5 on CPU — onnxruntime, {result['session']['intra_op_num_threads']} threads: {result['model']}; "
+    common.log(f"\nP5 on CPU — onnxruntime, {result['session']['intra_op_num_threads']} threads: {result['model']}, "
+               f"{result.get('attention_traced', result['attention'])} attention traced; "
                "medians of interleaved repeats; ratio = numerator / denominator (paired median [IQR])")
     common.log(f"{'input':<8} {'variant':<11} {'median ms':>10} {'file MB':>8} {'max |Δ| vs PyTorch':>19}")
     for key, block in result["latency"].items():
@@ -336,6 +341,9 @@ def main(argv: list[str] | None = None) -> int:
                              "spent, split evenly over the shapes left (default 2400)")
     parser.add_argument("--exporter", choices=["dynamo", "torchscript"], default="dynamo",
                         help="torch.onnx exporter (default dynamo; torchscript: torch's deprecated, faster one)")
+    parser.add_argument("--attention", choices=["eager", "model"], default="eager",
+                        help="attention traced into the files: eager (default, export_onnx's default) or the models' "
+                             "own (SDPA)")
     parser.add_argument("--atol", type=float, default=1e-4,
                         help="largest max |Δ| of an fp32 file against PyTorch before the run stops (default 1e-4)")
     parser.add_argument("--workdir", default=None,
