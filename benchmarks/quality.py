@@ -679,11 +679,13 @@ def onnx_quality(bench: Bench, names: list[str], full_dev: bool = False) -> None
 
     suffix = "_full_dev" if full_dev else ""
     reference_file = FULL_DEV_PREDICTIONS if full_dev else PREDICTIONS
+    references = {}  # each run's PyTorch answers, checked for every run before any export
     for name in names:
         if bench.result(name) is None or not bench.model_dir(name).exists():
             raise SystemExit(f"{name}: no finished run with a saved model in {bench.folder(name)}: "
                              f"`{bench.command('run', name)}` first")
-        if (reference := read_predictions(bench.folder(name) / reference_file)) is None:
+        references[name] = read_predictions(bench.folder(name) / reference_file)
+        if references[name] is None:
             raise SystemExit(f"{name}: {reference_file} not found" +
                              (f": `{bench.command('full_dev', name)}` first" if full_dev else ""))
     data, questions = None, golds(bench, full_dev)
@@ -691,7 +693,7 @@ def onnx_quality(bench: Bench, names: list[str], full_dev: bool = False) -> None
         model_args, data_args, train_args = bench.adamw_settings(bench.run(name), bench.results / "tmp")
         data = data or bench.task.load(model_args, data_args, train=False, full_dev=full_dev)
         model = bench.task.model(bench.model_dir(name)).eval()
-        reference = read_predictions(bench.folder(name) / reference_file)
+        reference = references[name]
         pytorch_scores = bench.task.scores(reference, questions)
         entry = {"pytorch": bench.result(name)["quality_full_dev" if full_dev else "quality"], "files": {},
                  "command": bench.command("onnx", name) + " --full_dev" * full_dev,
@@ -707,8 +709,8 @@ def onnx_quality(bench: Bench, names: list[str], full_dev: bool = False) -> None
                                                        f"{name}, onnxruntime {precision}")
                 write_predictions(bench.folder(name) / f"predictions_onnx_{precision}{suffix}.json.gz", answers)
                 entry["files"][precision] = {
-                    "bytes": size, "max_abs_diff": export.check_onnx(model, path, atol=1e-4 if precision == "fp32" else None),
-                    "quality": metrics,
+                    "bytes": size, "quality": metrics,
+                    "max_abs_diff": export.check_onnx(model, path, atol=1e-4 if precision == "fp32" else None),
                     "same_answer_as_pytorch": sum(answers[q] == reference[q] for q in questions) / len(questions),
                     "vs_pytorch": paired_difference(bench.task.scores(answers, questions), pytorch_scores),
                     "eval_wall_s": time.perf_counter() - t0}

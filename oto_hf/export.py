@@ -45,8 +45,9 @@ int8 (``quantize="int8"``): onnxruntime's `quantize_dynamic` of the exported flo
 ``OUT.int8.onnx`` (``model.onnx`` -> ``model.int8.onnx``): int8 weights (QInt8) of every projection (MatMul/Gemm
 with a weight) and of the embedding tables (Gather, one scale per table), activations quantized at run time; the
 attention products themselves stay float. Projection weights are quantized per output channel by default
-(``per_channel=True``; docs/deployment.md compares the two); ``per_channel=False`` gives one scale per tensor. Projections with no rows or columns (layers left without a head or a neuron) stay float: there is nothing
-to quantize and onnxruntime's per-channel quantizer fails on them. ``reduce_range`` is left off (onnxruntime's
+(``per_channel=True``; docs/deployment.md compares the two); ``per_channel=False`` gives one scale per tensor.
+Projections with no rows or columns (layers left without a head or a neuron) stay float: there is nothing to
+quantize and onnxruntime's per-channel quantizer fails on them. ``reduce_range`` is left off (onnxruntime's
 default), which suits CPUs with VNNI; onnxruntime recommends it for AVX2/AVX-512 CPUs without VNNI.
 
 Needs the ``onnx`` extra: ``pip install 'oto-hf[onnx]'`` (onnx, onnxruntime, onnxscript).
@@ -307,8 +308,8 @@ def export_onnx(model_or_dir, out_path: str | os.PathLike, opset: int = DEFAULT_
     if got != names:
         raise RuntimeError(f"the exported graph takes {got}, not the model's inputs {names}")
     info = {"path": str(out), "bytes": _size(out), "input_names": names, "output_names": outputs, "opset": opset,
-            "exporter": exporter, "attn_implementation": traced, "external_data": Path(str(out) + ".data").exists(), "int8_path": None,
-            "int8_bytes": None}
+            "exporter": exporter, "attn_implementation": traced, "external_data": Path(str(out) + ".data").exists(),
+            "int8_path": None, "int8_bytes": None}
     if quantize == "int8":
         target = quantize_int8(out, per_channel=per_channel)
         info.update(int8_path=str(target), int8_bytes=_size(target))
