@@ -725,11 +725,27 @@ def onnx_quality(bench: Bench, names: list[str], full_dev: bool = False) -> None
 
 def paired_difference(scores_a, scores_b, resamples: int = BOOTSTRAP_RESAMPLES, seed: int = 0) -> dict:
     """Mean of a - b over the same questions, in points, with a 95% paired bootstrap interval (questions resampled
-    with replacement, the two runs' scores kept together)."""
+    with replacement, the two runs' scores kept together).
+
+    Given one row of scores per seed (a's seed-s run paired with b's), the difference is the mean over seeds and
+    questions, and each resample draws the seeds with replacement as well as the questions, so the interval holds the
+    run-to-run spread as well as the questions' (a two-level bootstrap). `a_better`/`b_better` then count questions
+    by their difference averaged over the seeds."""
     import numpy as np
 
     diff = 100.0 * (np.asarray(scores_a, dtype=np.float64) - np.asarray(scores_b, dtype=np.float64))
-    means = diff[np.random.default_rng(seed).integers(0, len(diff), size=(resamples, len(diff)))].mean(axis=1)
+    rng = np.random.default_rng(seed)
+    if diff.ndim == 1:
+        means = diff[rng.integers(0, len(diff), size=(resamples, len(diff)))].mean(axis=1)
+    else:  # seeds x questions: per resample, the seeds' question-resampled means averaged over the resampled seeds
+        n_seeds, n = diff.shape
+        means = np.empty(resamples)
+        for start in range(0, resamples, 500):  # in chunks: seeds x 500 x questions floats at a time
+            size = min(500, resamples - start)
+            per_seed = diff[:, rng.integers(0, n, size=(size, n))].mean(axis=2).T  # (size, seeds)
+            picked = rng.integers(0, n_seeds, size=(size, n_seeds))
+            means[start:start + size] = np.take_along_axis(per_seed, picked, axis=1).mean(axis=1)
+        diff = diff.mean(axis=0)
     low, high = np.percentile(means, [2.5, 97.5])
     return {"difference": float(diff.mean()), "ci95": (float(low), float(high)), "questions": len(diff),
             "a_better": int((diff > 0).sum()), "b_better": int((diff < 0).sum())}
@@ -749,17 +765,24 @@ def scores_of(bench: Bench, name: str, golds_: dict, full_dev: bool) -> list[flo
     return bench.task.scores(predictions, golds_)
 
 
-def compare(bench: Bench, a: str, b: str, full_dev: bool = False) -> dict:
+def compare(bench: Bench, a: str, b: str, full_dev: bool = False, seeds: list[int] | None = None) -> dict:
     """Paired difference a - b of the task's main metric (F1, accuracy); a and b are run names in `bench`'s suite or
-    SUITE/NAME."""
+    SUITE/NAME. With `seeds`, a and b are table entries and their runs of those seeds are pooled (each seed's run of
+    a paired with b's; see `paired_difference`)."""
     (bench_a, name_a), (bench_b, name_b) = [
         (Bench(suite, bench.table_path, bench.smoke) if suite else bench, name)
         for suite, _, name in (ref.rpartition("/") for ref in (a, b))]
     questions = golds(bench_a, full_dev)
-    d = paired_difference(*(scores_of(*where, questions, full_dev) for where in ((bench_a, name_a), (bench_b, name_b))))
+    if seeds:
+        d = paired_difference(*([scores_of(where, run_name(entry, s), questions, full_dev) for s in seeds]
+                                for where, entry in ((bench_a, name_a), (bench_b, name_b))))
+    else:
+        d = paired_difference(*(scores_of(*where, questions, full_dev)
+                                for where in ((bench_a, name_a), (bench_b, name_b))))
     metric, unit = bench.task.names[bench.task.metrics[-1]], bench.task.unit
-    log(f"{a} minus {b}: Δ{metric} {d['difference']:+.2f}, 95% interval [{d['ci95'][0]:+.2f}, {d['ci95'][1]:+.2f}], "
-        f"better on {d['a_better']} / worse on {d['b_better']} of {d['questions']} {unit}")
+    pooled = f" (seeds {', '.join(map(str, seeds))} pooled)" if seeds else ""
+    log(f"{a} minus {b}{pooled}: Δ{metric} {d['difference']:+.2f}, 95% interval [{d['ci95'][0]:+.2f}, "
+        f"{d['ci95'][1]:+.2f}], better on {d['a_better']} / worse on {d['b_better']} of {d['questions']} {unit}")
     return d
 
 
@@ -789,7 +812,32 @@ def paired_lines(bench: Bench, names: list[str], full_dev: bool = False) -> list
         d = paired_difference(f1[a], f1[b])
         lines.append(f"| {a} | {b} | {d['difference']:+.2f} | [{d['ci95'][0]:+.2f}, {d['ci95'][1]:+.2f}] | "
                      f"{d['a_better']} / {d['b_better']} |")
-    return lines
+    return lines + pooled_lines(bench, pairs, f1, full_dev)
+
+
+def pooled_lines(bench: Bench, pairs: list[tuple[str, str]], scores: dict, full_dev: bool = False) -> list[str]:
+    """The same comparisons per table entry, over every seed that both entries' runs have (where that is two or
+    more): the per-seed rows above pooled by `paired_difference`'s two-level bootstrap."""
+    seeds = {}  # (entry a, entry b): the seeds of their paired runs
+    for a, b in pairs:
+        run_a, run_b = bench.runs[a], bench.runs[b]
+        if run_a.seed == run_b.seed:
+            seeds.setdefault((run_a.entry, run_b.entry), []).append(run_a.seed)
+    rows = []
+    for (a, b), s in seeds.items():
+        if len(s) > 1:
+            d = paired_difference([scores[run_name(a, x)] for x in s], [scores[run_name(b, x)] for x in s])
+            rows.append(f"| {a} | {b} | {', '.join(map(str, s))} | {d['difference']:+.2f} | "
+                        f"[{d['ci95'][0]:+.2f}, {d['ci95'][1]:+.2f}] | {d['a_better']} / {d['b_better']} |")
+    if not rows:
+        return []
+    metric, unit = bench.task.names[bench.task.metrics[-1]], bench.task.unit
+    command = bench.command("compare", "A", "B") + (" --full_dev" if full_dev else "") + " --seeds S…"
+    return ["", "### Seeds pooled", "", f"Mean over the seeds of the per-{unit[:-1]} Δ{metric}; 95% interval of a "
+            f"two-level bootstrap ({BOOTSTRAP_RESAMPLES:,} resamples of the seeds and of the {unit}, numpy seed 0), "
+            f"so it holds the run-to-run spread too: `{command}`.", "",
+            f"| run | reference | seeds | Δ{metric} | 95% interval | {unit} run better / reference better (seed mean) |",
+            "|---" * 6 + "|", *rows]
 
 
 def seed_f1(bench: Bench, results: dict, entry: str, key: str = "quality_full_dev") -> dict[int, float]:
@@ -939,6 +987,8 @@ def main(argv=None) -> None:
     cmd["run"].add_argument("--force", action="store_true", help="rerun from scratch runs that have a result")
     cmd["compare"].add_argument("a", metavar="A")
     cmd["compare"].add_argument("b", metavar="B")
+    cmd["compare"].add_argument("--seeds", nargs="+", type=int, help="A and B are table entries: pool their runs of "
+                                "these seeds (a two-level bootstrap over seeds and examples)")
     for name in ("compare", "onnx"):
         cmd[name].add_argument("--full_dev", action="store_true", help="on every dev question")
     cmd["losses"].add_argument("--steps", nargs="+", type=int, default=[240, 400, 540],
@@ -952,7 +1002,7 @@ def main(argv=None) -> None:
     elif args.command == "losses":
         print("\n".join(loss_table(bench, names, args.steps)))
     elif args.command == "compare":
-        compare(bench, args.a, args.b, args.full_dev)
+        compare(bench, args.a, args.b, args.full_dev, args.seeds)
     else:
         {"run": lambda: run(bench, names, args.force), "full_dev": lambda: full_dev(bench, names),
          "summarize": lambda: summarize(bench), "latency": lambda: remeasure_latency(bench, names),

@@ -151,6 +151,18 @@ def test_paired_difference_and_its_interval():
     assert (split["a_better"], split["b_better"], split["questions"]) == (500, 500, 1000)
 
 
+def test_paired_difference_pooled_over_seeds_holds_the_run_to_run_spread():
+    steady = quality.paired_difference([[0.6] * 50, [0.6] * 50], [[0.5] * 50, [0.5] * 50])
+    assert steady["difference"] == pytest.approx(10.0) and steady["ci95"] == pytest.approx((10.0, 10.0))
+    # seed 0: a wins by 10 points on every question; seed 1: a tie. Questions alone would say exactly +5 (every
+    # question's seed mean is +5); resampling the seeds as well puts both runs' outcomes inside the interval.
+    spread = quality.paired_difference([[0.6] * 50, [0.5] * 50], [[0.5] * 50, [0.5] * 50])
+    assert spread["difference"] == pytest.approx(5.0) and spread["ci95"] == pytest.approx((0.0, 10.0))
+    assert (spread["a_better"], spread["b_better"], spread["questions"]) == (50, 0, 50)
+    one_seed = quality.paired_difference([[1.0, 0.0] * 500], [[0.0, 1.0] * 500])  # one row: questions only
+    assert one_seed["difference"] == 0 and one_seed["ci95"][0] < -3 and one_seed["ci95"][1] > 3
+
+
 def test_saved_predictions_score_what_the_results_say_and_compare_across_suites(squad_dir):
     bench = quality.Bench("p1")
     for full_dev, key in ((False, "quality"), (True, "quality_full_dev")):
