@@ -885,7 +885,7 @@ def summarize(bench: Bench) -> None:
              if len(f1 := seed_f1(bench, results, e, seed_key)) > 1]
     main = names[-1]
     lines += ["", f"## Seeds (every dev {task.unit[:-1]})", "", f"{main} of each seed, their mean and range (the "
-              "run-to-run spread, which the paired intervals do not include).", "",
+              "run-to-run spread, which the per-seed intervals do not include).", "",
               f"| run | {main} per seed | mean | range |", "|---" * 4 + "|", *seeds] if seeds else []
     lines += ["", "## Commands", "", *(f"- `{bench.command('run', n)}`: {bench.runs[n].spec['about']}" for n in results)]
     notes = [f"- {r['method']}: {note}" for r in [*results.values(), *history]
