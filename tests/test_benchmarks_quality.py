@@ -99,6 +99,28 @@ def test_every_committed_result_is_what_its_description_runs_today():
     assert checked >= 75
 
 
+def test_every_committed_p4_result_is_a_run_of_its_table_and_scores_what_it_records():
+    """P4 (benchmarks/p4.yaml, GLUE): each committed run names a run of the table, was trained with the table's task
+    and seed, and its saved predictions give the accuracy its result.json records, on every dev example."""
+    table, checked = BENCH / "p4.yaml", 0
+    for suite in quality.load_table(table)["suites"]:
+        bench = quality.Bench(suite, table=table)
+        golds = quality.golds(bench, full_dev=False)
+        for path in sorted(bench.results.glob("*/result.json")):
+            result, name = json.loads(path.read_text()), path.parent.name
+            assert result["method"] == name in bench.runs, f"{path}: no run of that name in {table.name}"
+            assert result["training"]["seed"] == bench.runs[name].seed
+            command = result["run_glue_command"] if "run_glue_command" in result else " ".join(result["overrides"])
+            assert f"--task_name {bench.suite['options']['task_name']}" in command, name
+            if bench.runs[name].spec["kind"] == "oto":
+                assert f"--oto_target {bench.runs[name].spec['target']}" in command, name
+            scores = quality.scores_of(bench, name, golds, full_dev=False)
+            assert len(scores) == len(golds) and 100 * sum(scores) / len(scores) == pytest.approx(
+                100 * result["quality"]["accuracy"], abs=1e-9), name
+            checked += 1
+    assert checked >= 15
+
+
 def test_a_changed_description_no_longer_matches_its_result(tmp_path):
     table = yaml.safe_load(quality.TABLE.read_text())
     table["runs"]["oto50"]["options"] = {**table["runs"]["oto50"]["options"], "oto_layer_floor": 0.25}
