@@ -773,12 +773,13 @@ def compare(bench: Bench, a: str, b: str, full_dev: bool = False, seeds: list[in
         (Bench(suite, bench.table_path, bench.smoke) if suite else bench, name)
         for suite, _, name in (ref.rpartition("/") for ref in (a, b))]
     questions = golds(bench_a, full_dev)
-    if seeds:
-        d = paired_difference(*([scores_of(where, run_name(entry, s), questions, full_dev) for s in seeds]
-                                for where, entry in ((bench_a, name_a), (bench_b, name_b))))
-    else:
-        d = paired_difference(*(scores_of(*where, questions, full_dev)
-                                for where in ((bench_a, name_a), (bench_b, name_b))))
+
+    def scores(where: Bench, name: str):  # one run's scores, or one row per seed of a table entry
+        if seeds:
+            return [scores_of(where, run_name(name, s), questions, full_dev) for s in seeds]
+        return scores_of(where, name, questions, full_dev)
+
+    d = paired_difference(scores(bench_a, name_a), scores(bench_b, name_b))
     metric, unit = bench.task.names[bench.task.metrics[-1]], bench.task.unit
     pooled = f" (seeds {', '.join(map(str, seeds))} pooled)" if seeds else ""
     log(f"{a} minus {b}{pooled}: Δ{metric} {d['difference']:+.2f}, 95% interval [{d['ci95'][0]:+.2f}, "
