@@ -11,7 +11,7 @@ import json
 import sys
 from pathlib import Path
 
-from .squad import answer_question
+from .tasks.squad import answer_question
 
 
 def load_qa_model(path: str):

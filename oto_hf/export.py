@@ -145,8 +145,8 @@ def _is_multiple_choice(model: nn.Module) -> bool:
 def onnx_input_names(model: nn.Module) -> list[str]:
     """The inputs the exported model takes (see the module docstring): ``pixel_values`` for vision models; for text,
     those of ``input_ids``, ``attention_mask``, ``token_type_ids`` that the forward takes
-    (`oto_hf.squad.model_input_names`), without ``token_type_ids`` where the model has at most one token type."""
-    from .squad import model_input_names
+    (`oto_hf.tasks.common.model_input_names`), without ``token_type_ids`` where the model has at most one token type."""
+    from .tasks.common import model_input_names
 
     if _is_vision(model):
         return ["pixel_values"]

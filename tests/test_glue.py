@@ -1,4 +1,4 @@
-"""Tests for oto_hf.glue: the metrics, GLUE's local files, the user's CSV / TSV / JSON files and every refusal of bad
+"""Tests for oto_hf.tasks.classification: the metrics, GLUE's local files, the user's CSV / TSV / JSON files and every refusal of bad
 data (each naming the file, the row and what is wrong). Fast: no model, no training."""
 
 import csv
@@ -17,8 +17,8 @@ try:  # plain `pytest` (unlike `python -m pytest`) does not put the repo root on
 except ImportError:
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from oto_hf import glue  # noqa: E402
-from oto_hf.glue import GlueDataError, classification_metrics, load_classification_data  # noqa: E402
+from oto_hf.tasks import classification as glue  # noqa: E402
+from oto_hf.tasks.classification import GlueDataError, classification_metrics, load_classification_data  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -455,3 +455,12 @@ def test_read_table_keeps_text_verbatim(tmp_path):
         csv.writer(handle).writerows([["text", "label"], ['He said "no", twice', "neg"], ["NA", "null"]])
     assert glue.read_table(tmp_path / "q.csv") == [{"text": 'He said "no", twice', "label": "neg"},
                                                    {"text": "NA", "label": "null"}]
+
+
+def test_the_old_module_is_a_deprecated_alias_of_the_task_module():
+    import importlib
+
+    sys.modules.pop("oto_hf.glue", None)
+    with pytest.warns(DeprecationWarning, match="oto_hf.glue is deprecated.*oto_hf.tasks.classification"):
+        old = importlib.import_module("oto_hf.glue")
+    assert old.load_classification_data is load_classification_data and old.GLUE_TASKS is glue.GLUE_TASKS

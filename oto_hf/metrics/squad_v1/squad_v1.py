@@ -1,6 +1,6 @@
 """SQuAD v1.1 exact match / F1 as a local `evaluate` metric.
 
-Load it offline with ``evaluate.load(str(oto_hf.squad.squad_metric_path()))``.
+Load it offline with ``evaluate.load(str(oto_hf.tasks.squad.squad_metric_path()))``.
 Inputs and outputs are those of the Hub ``squad`` metric:
 
     predictions = [{"id": "56be4db0acb8001400a502ec", "prediction_text": "Denver Broncos"}]
@@ -8,12 +8,12 @@ Inputs and outputs are those of the Hub ``squad`` metric:
                    "answers": {"text": ["Denver Broncos"], "answer_start": [177]}}]
     -> {"exact_match": 100.0, "f1": 100.0}
 
-The numbers come from ``oto_hf.squad`` (``squad_v1_metrics``, i.e. the official
+The numbers come from ``oto_hf.tasks.squad`` (``squad_v1_metrics``, i.e. the official
 normalisation, EM and F1), so there is a single copy of the metric code.
 
 ``evaluate`` copies this script into its modules cache (``~/.cache/huggingface/modules``)
 and imports it from there, so ``oto_hf`` is not necessarily importable from the
-copy's location.  If plain ``import oto_hf.squad`` fails, the repository that holds
+copy's location.  If plain ``import oto_hf.tasks.squad`` fails, the repository that holds
 the *original* script (recorded by evaluate in a ``.json`` file next to the copy)
 is put on ``sys.path``.  The imports below are done through ``importlib`` on
 purpose: evaluate scans ``import``/``from`` lines of a script and demands that the
@@ -30,11 +30,11 @@ import evaluate
 
 
 def _import_oto_squad():
-    """Import ``oto_hf.squad``, locating the repository if it is not on sys.path."""
+    """Import ``oto_hf.tasks.squad``, locating the repository if it is not on sys.path."""
     try:
-        return importlib.import_module("oto_hf.squad")
+        return importlib.import_module("oto_hf.tasks.squad")
     except ModuleNotFoundError as err:
-        if err.name not in ("oto_hf", "oto_hf.squad"):
+        if err.name not in ("oto_hf", "oto_hf.tasks", "oto_hf.tasks.squad"):
             raise  # oto_hf was found but something it imports is missing
         first_error = err
     here = Path(__file__).resolve()
@@ -46,9 +46,9 @@ def _import_oto_squad():
         pass
     for script in scripts:
         # <repo>/oto_hf/metrics/squad_v1/squad_v1.py -> <repo>
-        if len(script.parents) > 3 and (script.parents[3] / "oto_hf" / "squad.py").is_file():
+        if len(script.parents) > 3 and (script.parents[3] / "oto_hf" / "tasks" / "squad.py").is_file():
             sys.path.insert(0, str(script.parents[3]))
-            return importlib.import_module("oto_hf.squad")
+            return importlib.import_module("oto_hf.tasks.squad")
     raise ImportError(
         "the squad_v1 metric needs the oto_hf package: install it or put the repository on PYTHONPATH"
     ) from first_error
@@ -57,7 +57,7 @@ def _import_oto_squad():
 _squad = _import_oto_squad()
 
 _DESCRIPTION = """Official SQuAD v1.1 metric (exact match and token F1 in percent, maximum over the
-gold answers of each question), computed by oto_hf.squad."""
+gold answers of each question), computed by oto_hf.tasks.squad."""
 
 _CITATION = """@inproceedings{rajpurkar-etal-2016-squad,
     title = "{SQ}u{AD}: 100,000+ Questions for Machine Comprehension of Text",
@@ -80,7 +80,7 @@ Returns:
 
 @evaluate.utils.file_utils.add_start_docstrings(_DESCRIPTION, _KWARGS_DESCRIPTION)
 class SquadV1(evaluate.Metric):
-    """SQuAD v1.1 exact match / F1, delegating to ``oto_hf.squad.squad_v1_metrics``."""
+    """SQuAD v1.1 exact match / F1, delegating to ``oto_hf.tasks.squad.squad_v1_metrics``."""
 
     def _info(self):
         return evaluate.MetricInfo(
