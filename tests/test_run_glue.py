@@ -19,7 +19,11 @@ from conftest import REPO_ROOT
 
 sys.path.insert(0, str(REPO_ROOT))
 import run_glue  # noqa: E402
-from oto_hf import glue  # noqa: E402
+from oto_hf.runner import RunError  # noqa: E402
+from oto_hf.tasks import classification as glue  # noqa: E402
+from oto_hf.tasks.common import keep_model_inputs  # noqa: E402
+
+TASK = glue.ClassificationTask()
 
 
 @pytest.fixture(scope="module")
@@ -62,10 +66,10 @@ def reevaluate(model_dir, argv):
     """(metrics, label of each evaluation example) of the saved model in `model_dir` on the run's evaluation sample,
     tokenized anew as `argv` says."""
     _, data_args, _, _ = run_glue.parse_arguments(argv)
-    data = run_glue.load_data(data_args)
+    data = TASK.load_data(data_args)
     model = AutoModelForSequenceClassification.from_pretrained(model_dir)
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    features = run_glue.keep_model_inputs(run_glue.tokenize(data, tokenizer, data_args.max_seq_length), model)
+    features = keep_model_inputs(glue.tokenize(data, tokenizer, data_args.max_seq_length), model)
     metrics, predictions, _ = glue.evaluate_classification(model, features["validation"], data,
                                                            DataCollatorWithPadding(tokenizer))
     return metrics, [model.config.id2label[int(p)] for p in predictions]
@@ -83,7 +87,7 @@ def test_default_config_and_overrides(tmp_path):
     assert data_args.max_eval_samples is None and data_args.train_file is None
     assert training_args.oto_target == 0.5 and training_args.oto_target_unit == "flops"
     assert training_args.num_train_epochs == 1 and training_args.use_cpu and training_args.learning_rate == 1e-4
-    assert training_args.oto_seq_len is None  # main() counts FLOPs at --max_seq_length
+    assert training_args.oto_seq_len == 128  # FLOPs counted at --max_seq_length unless --oto_seq_len says otherwise
     assert run_args.report_latency_repeats == 5 and not run_args.dense and not run_args.overwrite_output_dir
     # Options alone override the quickstart; after a config file, they override that.
     _, data_args, training_args, run_args = run_glue.parse_arguments(
@@ -95,7 +99,7 @@ def test_default_config_and_overrides(tmp_path):
     _, data_args, training_args, _ = run_glue.parse_arguments(
         [str(REPO_ROOT / "configs" / "sst2_quickstart.yaml"), "--max_seq_length", "64"])
     assert data_args.max_seq_length == 64 and training_args.oto_target == 0.5
-    with pytest.raises(run_glue.RunError, match="does not exist"):
+    with pytest.raises(RunError, match="does not exist"):
         run_glue.parse_arguments(["nowhere.yaml"])
     # The user's files with options alone are the user's data, not the quickstart's SST-2; a task named with them
     # (or in a config file) gives them its labels and metrics.
@@ -170,7 +174,7 @@ def test_sst2_end_to_end(sst2_run, small_model_dir, tmp_path_factory):
     assert json.loads((out / "eval_predictions.json").read_text()) == labels
 
     # A second start on the finished folder refuses to overwrite it, before any work.
-    with pytest.raises(run_glue.RunError, match="already holds a finished run"):
+    with pytest.raises(RunError, match="already holds a finished run"):
         run_glue.main(argv)
 
 
@@ -181,7 +185,7 @@ def test_interrupted_run_resumes_from_its_last_checkpoint(sst2_run, tmp_path, ca
     out = tmp_path / "run"
     shutil.copytree(done / "checkpoint-2", out / "checkpoint-2")
     argv = [str(out) if a == str(done) else a for a in argv]
-    caplog.set_level(logging.INFO, logger="oto_hf.job")
+    caplog.set_level(logging.INFO, logger="oto_hf.runner")
     resumed = run_glue.main(argv)
     assert f"resuming from {out / 'checkpoint-2'}" in caplog.text
     assert resumed["training"]["steps"] == 4 and (out / "checkpoint-4").is_dir()
@@ -213,8 +217,8 @@ def test_rte_sentence_pairs(small_model_dir, tmp_path):
     assert [(r.dataset_config, r.dataset_name) for r in card.data.eval_results] == [("rte", "GLUE RTE")]
     # Both sentences reach the model: two [SEP]s and both token types in every input.
     _, data_args, _, _ = run_glue.parse_arguments(argv)
-    data = run_glue.load_data(data_args)
-    features = run_glue.tokenize(data, AutoTokenizer.from_pretrained(small_model_dir), 64)["validation"]
+    data = TASK.load_data(data_args)
+    features = glue.tokenize(data, AutoTokenizer.from_pretrained(small_model_dir), 64)["validation"]
     assert all(ids.count(102) == 2 and set(types) == {0, 1}
                for ids, types in zip(features["input_ids"], features["token_type_ids"]))
 
@@ -239,7 +243,7 @@ def test_dense_run_then_pruning_from_it_with_its_baseline(small_model_dir, tmp_p
     # The OTO run keeps the dense model's trained head (same labels): no new head.
     argv = tiny_argv(dense_out / "model", tmp_path / "oto", teacher_model_name_or_path=dense_out / "model")
     _, data_args, _, _ = run_glue.parse_arguments(argv)
-    start = run_glue.load_model(str(dense_out / "model"), run_glue.load_data(data_args), "sdpa")
+    start = TASK.load_model(str(dense_out / "model"), TASK.load_data(data_args), "sdpa")
     saved = AutoModelForSequenceClassification.from_pretrained(dense_out / "model")
     assert torch.equal(start.classifier.weight, saved.classifier.weight)
 
@@ -273,7 +277,7 @@ def test_user_csv_files_with_a_custom_text_column(small_model_dir, tmp_path):
     argv = tiny_argv(small_model_dir, out, task_name=None, train_file=train, validation_file=dev,
                      text_columns=["review"], label_column="verdict", max_train_samples=None, max_eval_samples=None)
     _, data_args, _, _ = run_glue.parse_arguments(argv)
-    data = run_glue.load_data(data_args)
+    data = TASK.load_data(data_args)
     assert data.task_name is None and not data.pair and data.train[0]["text_a"] == sentences[0]["sentence"].strip()
     report = run_glue.main(argv)
     assert report["data"]["labels"] == ["bad", "good"] and report["task"]["metrics"] == ["accuracy", "f1"]
@@ -317,10 +321,10 @@ def test_unsupported_model_is_refused(tmp_path):
     gpt2 = tmp_path / "gpt2"
     GPT2Model(GPT2Config(n_layer=1, n_embd=16, n_head=2, vocab_size=50)).save_pretrained(gpt2)
     out = tmp_path / "run"
-    with pytest.raises(run_glue.RunError, match="--model_name_or_path: .*'gpt2' model; run_glue.py prunes "
+    with pytest.raises(RunError, match="--model_name_or_path: .*'gpt2' model; run_glue.py prunes "
                                                 "SequenceClassification models of the supported families.*bert"):
         run_glue.main(tiny_argv(gpt2, out))
-    with pytest.raises(run_glue.RunError, match="--model_name_or_path: cannot read a model config"):
+    with pytest.raises(RunError, match="--model_name_or_path: cannot read a model config"):
         run_glue.main(tiny_argv(tmp_path / "nowhere", out))
     assert_nothing_trained(out)
 
@@ -329,10 +333,10 @@ def test_bad_data_file_is_refused_naming_file_and_row(small_model_dir, tmp_path)
     (tmp_path / "train.csv").write_text("text,label\ngood film,pos\n   ,neg\n")
     (tmp_path / "dev.csv").write_text("text,label\nbad film,neg\n")
     out = tmp_path / "run"
-    with pytest.raises(run_glue.RunError, match=r"train\.csv, row 2: the text column 'text' is empty"):
+    with pytest.raises(RunError, match=r"train\.csv, row 2: the text column 'text' is empty"):
         run_glue.main(tiny_argv(small_model_dir, out, task_name=None, train_file=tmp_path / "train.csv",
                                 validation_file=tmp_path / "dev.csv"))
-    with pytest.raises(run_glue.RunError, match="is not a GLUE task"):
+    with pytest.raises(RunError, match="is not a GLUE task"):
         run_glue.main(tiny_argv(small_model_dir, out, task_name="sst5"))
     assert_nothing_trained(out)
 
@@ -341,21 +345,21 @@ def test_finished_output_dir_is_refused_without_overwrite(small_model_dir, tmp_p
     out = tmp_path / "run"
     out.mkdir()
     (out / "report.json").write_text("{}")
-    with pytest.raises(run_glue.RunError, match="already holds a finished run.*--overwrite_output_dir true"):
+    with pytest.raises(RunError, match="already holds a finished run.*--overwrite_output_dir true"):
         run_glue.main(tiny_argv(small_model_dir, out))
     assert not list(out.glob("checkpoint-*"))
 
 
 def test_max_seq_length_above_the_model_is_refused(small_model_dir, tmp_path):
     out = tmp_path / "run"
-    with pytest.raises(run_glue.RunError, match="--max_seq_length 1024 exceeds what .* takes \\(512 tokens\\)"):
+    with pytest.raises(RunError, match="--max_seq_length 1024 exceeds what .* takes \\(512 tokens\\)"):
         run_glue.main(tiny_argv(small_model_dir, out, max_seq_length=1024))
     assert_nothing_trained(out)
 
 
 def test_teacher_with_dense_is_refused(small_model_dir, tmp_path):
     out = tmp_path / "run"
-    with pytest.raises(run_glue.RunError, match="--dense fine-tunes the full model without a teacher"):
+    with pytest.raises(RunError, match="--dense fine-tunes the full model without a teacher"):
         run_glue.main(tiny_argv(small_model_dir, out, dense="true", teacher_model_name_or_path=small_model_dir))
     assert_nothing_trained(out)
 
@@ -375,10 +379,10 @@ def test_export_onnx_with_int8_reports_agreement_latency_and_int8_quality(sst2_r
     assert onnx["latency"]["dense_median_s"] > 0 and onnx["int8"]["latency"]["compressed_median_s"] > 0
     # The float32 file predicts what the compressed PyTorch model predicted, example by example.
     _, data_args, _, _ = run_glue.parse_arguments(argv)
-    data = run_glue.load_data(data_args)
+    data = TASK.load_data(data_args)
     tokenizer = AutoTokenizer.from_pretrained(out / "compressed_model")
     model = AutoModelForSequenceClassification.from_pretrained(out / "compressed_model")
-    features = run_glue.keep_model_inputs(run_glue.tokenize(data, tokenizer, data_args.max_seq_length), model)
+    features = keep_model_inputs(glue.tokenize(data, tokenizer, data_args.max_seq_length), model)
     _, onnx_predictions, _ = glue.evaluate_classification(OnnxRuntimeModel(out / "onnx" / "model.onnx"),
                                                           features["validation"], data,
                                                           DataCollatorWithPadding(tokenizer))
@@ -396,6 +400,6 @@ def test_export_onnx_with_int8_reports_agreement_latency_and_int8_quality(sst2_r
 def test_export_options_that_cannot_be_honoured_are_refused_before_training(options, message, small_model_dir,
                                                                             tmp_path):
     out = tmp_path / "run"
-    with pytest.raises(run_glue.RunError, match=message):
+    with pytest.raises(RunError, match=message):
         run_glue.main(tiny_argv(small_model_dir, out, **options))
     assert_nothing_trained(out)

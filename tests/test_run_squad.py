@@ -14,7 +14,9 @@ from conftest import REPO_ROOT
 
 sys.path.insert(0, str(REPO_ROOT))
 import run_squad  # noqa: E402
-from oto_hf import squad  # noqa: E402
+from oto_hf.runner import RETIRED_OPTIONS, RunError  # noqa: E402
+from oto_hf.tasks import squad  # noqa: E402
+from oto_hf.tasks.common import sample_examples  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -88,7 +90,7 @@ def test_tiny_end_to_end_run(small_model_dir, squad_dir, tmp_path):
     model = AutoModelForQuestionAnswering.from_pretrained(out / "compressed_model")
     tokenizer = AutoTokenizer.from_pretrained(out / "compressed_model")
     raw = squad.load_squad(validation_file=squad_dir / squad.SQUAD_DEV_FILE)
-    examples = squad.sample_questions(raw["validation"], 24, 0)
+    examples = sample_examples(raw["validation"], 24, 0)
     features = squad.tokenize_squad(examples, tokenizer, "validation", max_seq_length=128, doc_stride=32,
                                     max_query_length=32)
     metrics, answers = squad.evaluate_squad(model, examples, features)
@@ -96,7 +98,7 @@ def test_tiny_end_to_end_run(small_model_dir, squad_dir, tmp_path):
     assert json.loads((out / "eval_predictions.json").read_text()) == answers
 
     # A second start on the same folder refuses to overwrite the finished run.
-    with pytest.raises(run_squad.RunError, match="already holds a finished run"):
+    with pytest.raises(RunError, match="already holds a finished run"):
         run_squad.main(tiny_argv(small_model_dir, out, squad_dir))
 
     # The answering command works on the saved model.
@@ -123,29 +125,43 @@ def test_interrupted_run_resumes_from_its_last_checkpoint(small_model_dir, squad
 def test_distillation_from_a_teacher_folder(small_model_dir, squad_dir, tmp_path):
     out = tmp_path / "run"
     report = run_squad.main(tiny_argv(small_model_dir, out, squad_dir, max_steps=4, report_latency_repeats=0,
-                                      teacher_model_name_or_path=small_model_dir, distillation_alpha=0.6,
-                                      distillation_hidden_weight=0.5))
-    assert report["distillation"] == {"teacher": str(small_model_dir), "alpha": 0.6, "temperature": 2.0,
-                                      "hidden_weight": 0.5}
+                                      teacher_model_name_or_path=small_model_dir, distillation_alpha=0.6))
+    assert report["distillation"] == {"teacher": str(small_model_dir), "alpha": 0.6, "temperature": 2.0}
     history = json.loads((out / "checkpoint-4" / "trainer_state.json").read_text())["log_history"]
     kd = [entry["distill_kd_loss"] for entry in history if "distill_kd_loss" in entry]
     assert len(kd) == 4 and all(value >= 0 for value in kd)  # logging_steps 1
-    # The student starts as its teacher: its layers differ from the teacher's by dropout (train mode), then pruning.
-    hidden = [entry["distill_hidden_loss"] for entry in history if "distill_hidden_loss" in entry]
-    assert len(hidden) == 4 and all(0 < value < 1 for value in hidden)
 
 
 def test_bad_teacher_or_distillation_settings_are_refused_before_any_work(small_model_dir, squad_dir, tmp_path):
     out = tmp_path / "run"
-    with pytest.raises(run_squad.RunError, match="--teacher_model_name_or_path: cannot read a model config"):
+    with pytest.raises(RunError, match="--teacher_model_name_or_path: cannot read a model config"):
         run_squad.main(tiny_argv(small_model_dir, out, squad_dir, teacher_model_name_or_path=tmp_path / "nowhere"))
-    with pytest.raises(run_squad.RunError, match="alpha must lie in"):
+    with pytest.raises(RunError, match="alpha must lie in"):
         run_squad.main(tiny_argv(small_model_dir, out, squad_dir, teacher_model_name_or_path=small_model_dir,
                                  distillation_alpha=0))
-    with pytest.raises(run_squad.RunError, match="hidden weight must be ≥ 0"):
-        run_squad.main(tiny_argv(small_model_dir, out, squad_dir, teacher_model_name_or_path=small_model_dir,
-                                 distillation_hidden_weight=-0.5))
     assert not (out / "report.json").exists() and not list(out.glob("checkpoint-*"))
+
+
+@pytest.mark.parametrize("option, value", [("distillation_hidden_weight", "1"), ("oto_hold_lr_through_window", "true"),
+                                           ("oto_saliency_zero_init", "false")])
+def test_a_retired_option_is_refused_before_any_work_on_the_command_line_and_in_a_config(
+        small_model_dir, squad_dir, tmp_path, option, value):
+    out = tmp_path / "run"
+    with pytest.raises(RunError, match=f"--{option} is retired: .*it still runs at commit 9a312b9"):
+        run_squad.main(tiny_argv(small_model_dir, out, squad_dir, **{option: value}))
+    config = tmp_path / "old.yaml"
+    config.write_text((REPO_ROOT / "configs" / "quickstart.yaml").read_text() + f"{option}: {value}\n")
+    with pytest.raises(RunError, match=f"--{option} is retired"):
+        run_squad.parse_arguments([str(config), "--output_dir", str(out)])
+    assert not out.exists() and RETIRED_OPTIONS[option].startswith(f"--{option} is retired")
+
+
+def test_the_script_prints_a_retired_option_as_one_error_line_and_exits_with_status_2(tmp_path):
+    result = subprocess.run([sys.executable, str(REPO_ROOT / "run_squad.py"), "--distillation_hidden_weight", "1",
+                             "--output_dir", str(tmp_path / "run")], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert result.stderr.strip().splitlines()[-1] == f"run_squad.py: error: {RETIRED_OPTIONS['distillation_hidden_weight']}"
+    assert not (tmp_path / "run").exists()
 
 
 def test_dense_run_then_pruning_from_it_and_distilling_from_it(small_model_dir, squad_dir, tmp_path):
@@ -167,7 +183,7 @@ def test_dense_run_then_pruning_from_it_and_distilling_from_it(small_model_dir, 
     assert not torch.equal(model.bert.encoder.layer[0].attention.self.query.weight,
                            start.bert.encoder.layer[0].attention.self.query.weight)
     raw = squad.load_squad(validation_file=squad_dir / squad.SQUAD_DEV_FILE)
-    examples = squad.sample_questions(raw["validation"], 24, 0)
+    examples = sample_examples(raw["validation"], 24, 0)
     features = squad.tokenize_squad(examples, AutoTokenizer.from_pretrained(dense_out / "model"), "validation",
                                     max_seq_length=128, doc_stride=32, max_query_length=32)
     metrics, answers = squad.evaluate_squad(model, examples, features)
@@ -195,7 +211,7 @@ def test_dense_run_then_pruning_from_it_and_distilling_from_it(small_model_dir, 
 
 def test_dense_run_with_a_teacher_is_refused_before_any_work(small_model_dir, squad_dir, tmp_path):
     out = tmp_path / "run"
-    with pytest.raises(run_squad.RunError, match="--dense fine-tunes the full model without a teacher"):
+    with pytest.raises(RunError, match="--dense fine-tunes the full model without a teacher"):
         run_squad.main(tiny_argv(small_model_dir, out, squad_dir, dense="true",
                                  teacher_model_name_or_path=small_model_dir))
     assert not (out / "report.json").exists() and not list(out.glob("checkpoint-*"))
@@ -215,7 +231,7 @@ def test_bad_data_file_is_named_before_any_work(problem, small_model_dir, squad_
     elif problem == "not_squad":
         write_gz(bad, {"version": "1.1", "articles": []})
     out = tmp_path / "run"
-    with pytest.raises(run_squad.RunError, match="train.json.gz"):
+    with pytest.raises(RunError, match="train.json.gz"):
         run_squad.main(tiny_argv(small_model_dir, out, squad_dir, train_file=bad))
     assert not (out / "report.json").exists() and not (out / "compressed_model").exists()
 
@@ -242,16 +258,16 @@ def test_other_families_run_end_to_end(model_type, minilm_path, squad_dir, tmp_p
 def test_model_that_is_not_supported_is_refused(squad_dir, tmp_path):
     gpt2 = tmp_path / "gpt2"
     GPT2Model(GPT2Config(n_layer=1, n_embd=16, n_head=2, vocab_size=50)).save_pretrained(gpt2)
-    with pytest.raises(run_squad.RunError, match="'gpt2' model.*bert, roberta"):
+    with pytest.raises(RunError, match="'gpt2' model.*bert, roberta"):
         run_squad.main(tiny_argv(gpt2, tmp_path / "run", squad_dir))
-    with pytest.raises(run_squad.RunError, match="cannot read a model config"):
+    with pytest.raises(RunError, match="cannot read a model config"):
         run_squad.main(tiny_argv(tmp_path / "nowhere", tmp_path / "run", squad_dir))
 
 
 def test_unwritable_output_dir_is_refused(small_model_dir, squad_dir, tmp_path):
     blocker = tmp_path / "a_file"
     blocker.write_text("not a folder")
-    with pytest.raises(run_squad.RunError, match="not writable"):
+    with pytest.raises(RunError, match="not writable"):
         run_squad.main(tiny_argv(small_model_dir, blocker / "run", squad_dir))
 
 
@@ -266,7 +282,7 @@ def test_config_file_with_overrides(tmp_path):
     _, data_args, training_args, _ = run_squad.parse_arguments(
         [str(REPO_ROOT / "configs" / "bert_base_squad.yaml"), "--bf16", "false", "--output_dir", str(tmp_path)])
     assert data_args.dataset_name == "squad" and training_args.oto_num_periods == 8
-    with pytest.raises(run_squad.RunError, match="does not exist"):
+    with pytest.raises(RunError, match="does not exist"):
         run_squad.parse_arguments(["nowhere.yaml"])
     # Options alone override the default (quickstart) config.
     _, data_args, training_args, _ = run_squad.parse_arguments(["--oto_target", "0.4", "--output_dir", str(tmp_path)])
