@@ -10,20 +10,12 @@ averaged over the model's logit outputs (start and end logits for question answe
 classification). The teacher runs in eval mode without gradients on the same inputs (labels removed); it is never
 trained, saved or checkpointed: pass it again when resuming.
 
-With `distillation_hidden_weight` β > 0 the loss also gets β times a hidden-state term: each encoder layer's output
-is pulled toward the teacher's (TinyBERT's and CoFi's layer distillation). Pruning heads and FFN neurons keeps the
-layer count and the hidden size, so layer l of the student is compared with layer l of the teacher, with no learned
-projection:
-
-    hidden term = mean over layers l of  Σ_tokens ‖h_l − h_l^teacher‖² / Σ_tokens ‖h_l^teacher‖²
-
-over the non-padding tokens: the relative squared error, so that β means the same for any model's scale.
-
     trainer = OTOTrainer(model=student, args=args, ..., teacher_model=dense_finetuned)
     trainer = DistillationTrainer(model=student, args=TrainingArguments(...), ..., teacher_model=dense_finetuned)
 """
 
 import math
+import warnings
 
 import torch
 import torch.nn.functional as F
@@ -62,10 +54,14 @@ def distillation_loss(student_outputs, teacher_outputs, temperature: float) -> t
 
 
 def hidden_state_loss(student_hidden, teacher_hidden, attention_mask=None) -> torch.Tensor:
-    """The mean over encoder layers of Σ‖h − h_teacher‖² / Σ‖h_teacher‖² over the tokens `attention_mask` keeps.
+    """Deprecated (the trainers no longer use it; removed in oto-hf 0.4): the mean over encoder layers of
+    Σ‖h − h_teacher‖² / Σ‖h_teacher‖² over the tokens `attention_mask` keeps, the layer term of the retired
+    `distillation_hidden_weight`.
 
     `student_hidden` and `teacher_hidden` are a model's `hidden_states` (the embeddings' output, then each layer's);
     the embeddings' output is left out, as it is not what pruning changes."""
+    warnings.warn("oto_hf.hidden_state_loss is deprecated and will be removed in oto-hf 0.4: the layer term it computes "
+                  "gave no gain (docs/experiments.md)", DeprecationWarning, stacklevel=2)
     if student_hidden is None or teacher_hidden is None:
         raise ValueError("hidden-state distillation needs the hidden states of the student and of the teacher "
                          "(call both with output_hidden_states=True)")
@@ -77,7 +73,7 @@ def hidden_state_loss(student_hidden, teacher_hidden, attention_mask=None) -> to
             f"has {len(student_layers)} layers of shape {tuple(student_layers[0].shape) if student_layers else None} "
             f"and the teacher {len(teacher_layers)} of shape "
             f"{tuple(teacher_layers[0].shape) if teacher_layers else None}. Use the dense model the student was "
-            "pruned from (pruning heads and FFN neurons keeps both), or distillation_hidden_weight=0."
+            "pruned from (pruning heads and FFN neurons keeps both)."
         )
     mask = None if attention_mask is None else attention_mask.unsqueeze(-1).float()
     losses = []
@@ -97,18 +93,17 @@ def _field(outputs, name):
 class DistillationMixin:
     """Put before `Trainer` in a class's bases: `teacher_model` (a trained model of the same task and vocabulary),
     `distillation_alpha` α in (0, 1] (weight of the distillation term; 1 ignores the labels) and
-    `distillation_temperature` T > 0, and `distillation_hidden_weight` β ≥ 0 (weight of the hidden-state term, 0:
-    none). Without a teacher the trainer is unchanged. Each training log gets `distill_task_loss` and
-    `distill_kd_loss` (and `distill_hidden_loss` with β > 0), the terms averaged since the last log."""
+    `distillation_temperature` T > 0. Without a teacher the trainer is unchanged. Each training log gets
+    `distill_task_loss` and `distill_kd_loss`, the terms averaged since the last log."""
 
     def __init__(self, *args, teacher_model=None, distillation_alpha: float = 0.5,
-                 distillation_temperature: float = 2.0, distillation_hidden_weight: float = 0.0, **kwargs):
+                 distillation_temperature: float = 2.0, **kwargs):
+        _refuse_hidden_weight(kwargs)
         if teacher_model is not None:
-            check_distillation_settings(distillation_alpha, distillation_temperature, distillation_hidden_weight)
+            check_distillation_settings(distillation_alpha, distillation_temperature)
         self.teacher_model = teacher_model
         self.distillation_alpha = float(distillation_alpha)
         self.distillation_temperature = float(distillation_temperature)
-        self.distillation_hidden_weight = float(distillation_hidden_weight)
         self._distill_sums = None
         super().__init__(*args, **kwargs)
         if teacher_model is not None:
@@ -119,16 +114,6 @@ class DistillationMixin:
                     f"the teacher's vocabulary ({teacher_vocab} tokens) is not the student's ({student_vocab}): "
                     "both must read the same token ids. Use a teacher fine-tuned from the same checkpoint."
                 )
-            if self.distillation_hidden_weight > 0:
-                shapes = [tuple(getattr(getattr(m, "config", None), k, None) for k in ("num_hidden_layers", "hidden_size"))
-                          for m in (teacher_model, self.model)]
-                if None not in shapes[0] + shapes[1] and shapes[0] != shapes[1]:
-                    raise ValueError(
-                        f"hidden-state distillation pairs layer l of the student with layer l of the teacher, but the "
-                        f"teacher has {shapes[0][0]} layers of width {shapes[0][1]} and the student {shapes[1][0]} "
-                        f"layers of width {shapes[1][1]}. Use the dense model the student was pruned from, or "
-                        "distillation_hidden_weight=0."
-                    )
             # Never trained: eval mode (no dropout), no gradients, on the training device.
             self.teacher_model = teacher_model.to(self.args.device).eval().requires_grad_(False)
 
@@ -138,16 +123,12 @@ class DistillationMixin:
             return None
         name = getattr(getattr(self.teacher_model, "config", None), "_name_or_path", None)
         return {"teacher": name or type(self.teacher_model).__name__, "alpha": self.distillation_alpha,
-                "temperature": self.distillation_temperature, "hidden_weight": self.distillation_hidden_weight}
+                "temperature": self.distillation_temperature}
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         if self.teacher_model is None:
             return super().compute_loss(model, inputs, return_outputs=return_outputs,
                                         num_items_in_batch=num_items_in_batch)
-        # Hidden states only while training: in evaluation they would be gathered with the logits.
-        hidden = self.distillation_hidden_weight > 0 and model.training
-        if hidden:
-            inputs = {**inputs, "output_hidden_states": True}
         task_loss, outputs = super().compute_loss(model, inputs, return_outputs=True,
                                                   num_items_in_batch=num_items_in_batch)
         labels = set(LABEL_INPUTS) | set(getattr(self, "label_names", None) or ())
@@ -156,44 +137,39 @@ class DistillationMixin:
         kd_loss = distillation_loss(outputs, teacher_outputs, self.distillation_temperature)
         alpha = self.distillation_alpha
         loss = (1 - alpha) * task_loss + alpha * kd_loss
-        hidden_loss = torch.zeros_like(kd_loss)
-        if hidden:
-            hidden_loss = hidden_state_loss(_field(outputs, "hidden_states"), _field(teacher_outputs, "hidden_states"),
-                                            inputs.get("attention_mask"))
-            loss = loss + self.distillation_hidden_weight * hidden_loss
-            if return_outputs:  # the caller gets the outputs it would have had without the hidden term
-                outputs = _without_hidden_states(outputs)
         if model.training:
-            sums = torch.stack([task_loss.detach().float(), kd_loss.detach().float(), hidden_loss.detach().float(),
-                                torch.ones_like(kd_loss).float()])
+            sums = torch.stack([task_loss.detach().float(), kd_loss.detach().float(), torch.ones_like(kd_loss).float()])
             self._distill_sums = sums if self._distill_sums is None else self._distill_sums + sums
         return (loss, outputs) if return_outputs else loss
 
     def log(self, logs: dict[str, float], *args, **kwargs) -> None:
         if self._distill_sums is not None and not any(k.startswith(("eval_", "test_")) for k in logs):
-            task, kd, hidden, count = self._distill_sums.tolist()
+            task, kd, count = self._distill_sums.tolist()
             logs["distill_task_loss"] = round(task / count, 4)
             logs["distill_kd_loss"] = round(kd / count, 4)
-            if self.distillation_hidden_weight > 0:
-                logs["distill_hidden_loss"] = round(hidden / count, 4)
             self._distill_sums = None
         super().log(logs, *args, **kwargs)
 
 
-def _without_hidden_states(outputs):
-    if isinstance(outputs, dict) and outputs.get("hidden_states") is not None:
-        return type(outputs)(**{k: v for k, v in outputs.items() if k != "hidden_states"})
-    return outputs
+def _refuse_hidden_weight(kwargs: dict) -> None:
+    """The retired `distillation_hidden_weight`: a weight above 0 is refused (the layer term is gone), 0 (its old
+    default, which changed nothing) is accepted with a DeprecationWarning for one release."""
+    if "distillation_hidden_weight" not in kwargs:
+        return
+    weight = kwargs.pop("distillation_hidden_weight")
+    if weight:
+        raise ValueError(f"distillation_hidden_weight={weight!r}: the hidden-state term is retired (it gave no gain in "
+                         "benchmark P1, docs/experiments.md; it still runs at commit 9a312b9). Leave it out.")
+    warnings.warn("distillation_hidden_weight is retired and will be refused in oto-hf 0.4: leave it out",
+                  DeprecationWarning, stacklevel=3)
 
 
-def check_distillation_settings(alpha: float, temperature: float, hidden_weight: float = 0.0) -> None:
+def check_distillation_settings(alpha: float, temperature: float) -> None:
     problems = []
     if not (isinstance(alpha, (int, float)) and 0 < alpha <= 1):
         problems.append(f"distillation alpha must lie in (0, 1] (the weight of the teacher's term), got {alpha!r}")
     if not (isinstance(temperature, (int, float)) and math.isfinite(temperature) and temperature > 0):
         problems.append(f"distillation temperature must be > 0, got {temperature!r}")
-    if not (isinstance(hidden_weight, (int, float)) and math.isfinite(hidden_weight) and hidden_weight >= 0):
-        problems.append(f"distillation hidden weight must be ≥ 0 (0: no hidden-state term), got {hidden_weight!r}")
     if problems:
         raise ValueError("Invalid distillation settings:\n  - " + "\n  - ".join(problems))
 

@@ -69,7 +69,8 @@ def test_hidden_term_is_the_relative_squared_error_of_each_layer_over_the_kept_t
         return error / scale
 
     expected = (relative_error(student[1], teacher[1]) + relative_error(student[2], teacher[2])) / 2
-    assert hidden_state_loss(student, teacher, mask).item() == pytest.approx(expected, rel=1e-5)
+    with pytest.warns(DeprecationWarning, match="hidden_state_loss is deprecated"):
+        assert hidden_state_loss(student, teacher, mask).item() == pytest.approx(expected, rel=1e-5)
     # Neither the embeddings' output nor a padding token counts; a student equal to its teacher pays nothing.
     moved = (student[0] + 10.0, student[1].clone(), student[2].clone())
     moved[1][1, 2] += 5.0
@@ -149,37 +150,21 @@ def test_training_with_a_teacher_blends_the_losses_and_leaves_the_teacher_alone(
 
 
 @pytest.mark.parametrize("trainer_class", [OTOTrainer, DistillationTrainer])
-def test_the_hidden_term_is_added_to_the_blend_and_logged(trainer_class, minilm_path, squad_sample, tmp_path):
-    """With distillation_hidden_weight the loss is (1 - alpha) task + alpha KD + beta hidden, each term logged; the
-    student here is a compressed model (fewer heads and neurons) and the teacher the dense model, as for the peer."""
+def test_the_retired_hidden_weight_is_refused_and_its_old_default_warns(trainer_class, minilm_path, squad_sample,
+                                                                       tmp_path):
+    """distillation_hidden_weight is retired (docs/experiments.md): a weight is refused with where it still runs; 0,
+    its old default that changed nothing, still builds the trainer for one release, with a DeprecationWarning."""
     tokenizer, features, _, _ = squad_sample
-    student = small_bert(minilm_path)
-    groups = zero_invariant_groups(student)
-    groups.zero_(torch.rand(len(groups), generator=torch.Generator().manual_seed(5)) < 0.3)
-    student = compress(student).train()
-    alpha, beta = 0.5, 2.0
-    args = (make_args(tmp_path / "run", max_steps=6, oto_target=None, oto_lambda_only=True) if trainer_class is OTOTrainer
-            else plain_args(tmp_path / "run"))
-    trainer = trainer_class(model=student, args=args, train_dataset=features, processing_class=tokenizer,
-                            teacher_model=small_bert(minilm_path), distillation_alpha=alpha,
-                            distillation_hidden_weight=beta)
-    trainer.train()
-    logged = [entry for entry in trainer.state.log_history if "loss" in entry]
-    assert len(logged) == 2
-    for entry in logged:
-        task, kd, hidden = entry["distill_task_loss"], entry["distill_kd_loss"], entry["distill_hidden_loss"]
-        assert task > 0 and kd > 0 and hidden > 0
-        assert entry["loss"] == pytest.approx((1 - alpha) * task + alpha * kd + beta * hidden, rel=1e-3, abs=1e-3)
-    assert trainer.distillation_settings()["hidden_weight"] == beta
-    # A caller that asks for the outputs while training gets them as without the term (no hidden states).
-    batch = {k: torch.tensor(features[k][:2]) for k in ("input_ids", "attention_mask", "token_type_ids",
-                                                        "start_positions", "end_positions")}
-    with torch.no_grad():
-        loss, outputs = trainer.compute_loss(trainer.model.train(), batch, return_outputs=True)
-    assert loss.item() > 0 and outputs.start_logits.shape == (2, SEQ) and outputs.get("hidden_states") is None
-    # Evaluation returns the logits alone (the hidden states are asked for while training only).
-    predictions = trainer.predict(features.select(range(4)))
-    assert [tuple(p.shape) for p in predictions.predictions] == [(4, SEQ), (4, SEQ)]
+    args = (make_args(tmp_path / "run", max_steps=2, oto_target=None, oto_lambda_only=True)
+            if trainer_class is OTOTrainer else plain_args(tmp_path / "run"))
+    kwargs = dict(model=small_bert(minilm_path), args=args, train_dataset=features, processing_class=tokenizer,
+                  teacher_model=small_bert(minilm_path))
+    with pytest.raises(ValueError, match="distillation_hidden_weight=1.0: the hidden-state term is retired.*9a312b9"):
+        trainer_class(**kwargs, distillation_hidden_weight=1.0)
+    with pytest.warns(DeprecationWarning, match="distillation_hidden_weight is retired"):
+        trainer = trainer_class(**kwargs, distillation_hidden_weight=0.0)
+    assert trainer.distillation_settings() == {"teacher": trainer.distillation_settings()["teacher"], "alpha": 0.5,
+                                               "temperature": 2.0}
 
 
 def test_a_teacher_pulls_the_student_towards_its_answers(minilm_path, squad_sample, tmp_path):
@@ -207,13 +192,6 @@ def test_bad_teacher_or_settings_are_refused(minilm_path, squad_sample, tmp_path
             DistillationTrainer(model=small_bert(minilm_path), args=plain_args(tmp_path / "b"), train_dataset=features,
                                 teacher_model=teacher_model(minilm_path), distillation_alpha=alpha,
                                 distillation_temperature=temperature)
-    with pytest.raises(ValueError, match="hidden weight must be ≥ 0"):
-        DistillationTrainer(model=small_bert(minilm_path), args=plain_args(tmp_path / "b"), train_dataset=features,
-                            teacher_model=teacher_model(minilm_path), distillation_hidden_weight=-1.0)
-    # The hidden term pairs layer l with layer l: a teacher with other layers is refused before any step.
     deeper = BertForQuestionAnswering.from_pretrained(minilm_path, num_hidden_layers=3)
-    with pytest.raises(ValueError, match="3 layers of width 384.*2 layers of width 384.*distillation_hidden_weight=0"):
-        DistillationTrainer(model=small_bert(minilm_path), args=plain_args(tmp_path / "b"), train_dataset=features,
-                            teacher_model=deeper, distillation_hidden_weight=1.0)
     DistillationTrainer(model=small_bert(minilm_path), args=plain_args(tmp_path / "b"), train_dataset=features,
-                        teacher_model=deeper)  # without the hidden term, any depth may teach
+                        teacher_model=deeper)  # the logits alone are compared: any depth may teach
