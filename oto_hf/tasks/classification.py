@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from .common import keep_model_inputs, sample_examples
+from .common import keep_model_inputs, model_input_names, sample_examples
 
 if TYPE_CHECKING:
     import datasets
@@ -390,7 +390,7 @@ def evaluate_classification(model, features: "datasets.Dataset", data: Classific
 
     model.eval()
     device = next(model.parameters()).device
-    columns = [c for c in features.column_names if c != "labels"]
+    columns = model_input_names(model, features.column_names)  # what its forward takes (ONNX files: their inputs)
     logits = []
     with torch.no_grad():
         for start in tqdm(range(0, len(features), batch_size), desc=desc):
