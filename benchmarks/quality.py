@@ -23,7 +23,6 @@ import json
 import os
 import shlex
 import shutil
-import sys
 import time
 from pathlib import Path
 
@@ -32,17 +31,15 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 HERE = Path(__file__).resolve().parent
 REPO_ROOT = HERE.parent
-sys.path[:0] = [str(REPO_ROOT), str(HERE)]
 
 import torch  # noqa: E402
 import yaml  # noqa: E402
 
-import common  # noqa: E402
+import common  # noqa: E402  (benchmarks/, the script's own folder)
 import oto_hf  # noqa: E402
-import run_glue  # noqa: E402
-import run_squad  # noqa: E402
-from oto_hf import glue, squad  # noqa: E402
+from oto_hf import runner  # noqa: E402
 from oto_hf.report import latency_ratio  # noqa: E402
+from oto_hf.tasks import get_task  # noqa: E402
 
 THREADS = 2
 torch.set_num_threads(THREADS)
@@ -207,6 +204,7 @@ class Bench:
         if spec["teacher"] != "none":
             argv += options_argv({"teacher_model_name_or_path": self.model_dir(self.ref(run, spec["teacher"])),
                                   "distillation_alpha": spec.get("alpha"),
+                                  # retired: a run that gives it is refused by `run` (it ran at RETIRED_AT)
                                   "distillation_hidden_weight": spec.get("hidden_weight")})
         if self.smoke:
             argv += options_argv({**self.table["smoke"]["options"],
@@ -224,12 +222,15 @@ class Bench:
 
     def adamw_settings(self, run: Run, output_dir: Path):
         """(model_args, data_args, TrainingArguments) of a dense or peer run: the same command line parsed into the
-        plain Hugging Face TrainingArguments with optim adamw_torch (the oto_* options are left unused)."""
+        plain Hugging Face TrainingArguments with optim adamw_torch (the oto_* options are left unused; retired
+        options are left out: `run` refuses a run that gives one, scoring needs only the data settings)."""
         from transformers import HfArgumentParser, TrainingArguments
 
-        job, argv = self.task.job, self.argv(run)
-        argv = job.config_to_cli(argv[0]) + argv[1:] + ["--output_dir", str(output_dir), "--optim", "adamw_torch"]
-        parser = HfArgumentParser((job.ModelArguments, job.DataArguments, TrainingArguments, job.RunArguments))
+        argv = self.argv(run)
+        argv = runner.config_to_cli(argv[0]) + argv[1:] + ["--output_dir", str(output_dir), "--optim", "adamw_torch"]
+        argv = without_retired(argv)
+        parser = HfArgumentParser((runner.ModelArguments, self.task.task.data_arguments, TrainingArguments,
+                                   runner.RunArguments))
         *settings, _, rest = parser.parse_args_into_dataclasses(args=argv, return_remaining_strings=True)
         if unused := [a for a in rest if a.startswith("--") and not a.startswith("--oto_")]:
             raise SystemExit(f"{run.name}: options the AdamW runs do not know: {unused}")
@@ -253,6 +254,28 @@ def options_argv(options: dict) -> list[str]:
     return [a for key, value in options.items() if value is not None for a in (f"--{key}", str(value))]
 
 
+def without_retired(argv: list[str]) -> list[str]:
+    """`argv` without its retired options (`oto_hf.runner.RETIRED_OPTIONS`) and their values."""
+    out, skip = [], False
+    for arg in argv:
+        if skip and not arg.startswith("--"):
+            continue
+        skip = arg.startswith("--") and arg[2:].split("=")[0] in runner.RETIRED_OPTIONS
+        if not skip:
+            out.append(arg)
+    return out
+
+
+def refuse_retired(bench: "Bench", run: "Run") -> None:
+    """A run whose description gives an option the evidence retired cannot run with today's code: say which, and where
+    it still runs, before any work (its committed result stays, and its settings are still checked by the tests)."""
+    if retired := runner.retired_options(bench.argv(run)):
+        raise SystemExit(f"{run.name}: its description uses the retired option(s) {', '.join('--' + r for r in retired)} "
+                         f"({runner.RETIRED_OPTIONS[retired[0]]}); to rerun it, check out commit {runner.RETIRED_AT} "
+                         "(e.g. `git worktree add ../oto-hf-retired " + runner.RETIRED_AT + "`) and run "
+                         f"`{bench.command('run', run.name)}` there")
+
+
 def relative(path) -> str:
     return os.path.relpath(path, REPO_ROOT) if os.path.isabs(path) else str(path)
 
@@ -262,24 +285,74 @@ def tiny_minilm(path: Path) -> Path:
     if not (path / "config.json").exists():
         from transformers import AutoModel, AutoTokenizer
 
-        src = run_squad.resolve_model_path(run_squad.PACKAGED_MINILM)
+        src = runner.resolve_model_path(runner.PACKAGED_MINILM)
         AutoModel.from_pretrained(src, num_hidden_layers=2).save_pretrained(path)
         AutoTokenizer.from_pretrained(src).save_pretrained(path)
     return path
 
 
-# --- The task: its job script, data, model class and scoring (another task is another class in TASKS)
+# --- The task: the job's task object (oto_hf.tasks) and what the benchmark adds to it: how results are shown and
+# scored example by example (another task is another adapter in TASKS)
 
 
-class Squad:
-    """SQuAD v1.1 question answering with run_squad.py; EM/F1 on the suite's dev questions."""
+class BenchTask:
+    """A task of `oto_hf.tasks` as the benchmark runner uses it: `main` is the job the user runs (`oto_hf.runner.run`
+    with this task), `load` the data and features that job trains and scores on, `evaluate` its evaluation."""
 
-    job = run_squad
-    metrics = ("exact_match", "f1")  # as the job reports them, in points; the last is the one runs are compared by
+    metrics: tuple[str, ...]  # as the job reports them; the last is the one runs are compared by
+    names: dict[str, str]
+    scale: float  # metric → points
+    full_dev: bool  # whether runs may also be scored on every dev example (a suite scores a sample)
+
+    def __init__(self, task_name: str):
+        self.task = get_task(task_name)
+        self.script = self.task.script.removesuffix(".py")  # the name in a result's "<script>_command" keys
+        self.unit = self.task.unit
+
+    def parse_arguments(self, argv: list[str]):
+        return runner.parse_arguments(self.task, argv)
+
+    def main(self, argv: list[str]) -> dict:
+        return runner.run(self.task, argv)
+
+    def model(self, path, **kwargs):
+        """A saved model of the task, with its own head."""
+        return self.task.load_model(path, None, **kwargs)
+
+    def load(self, model_args, data_args, train: bool = True, full_dev: bool = False) -> dict:
+        """The examples and features the job trains and scores on (no training features if not `train`)."""
+        from transformers import AutoTokenizer
+
+        model_path = runner.resolve_model_path(model_args.model_name_or_path)
+        tokenizer = AutoTokenizer.from_pretrained(model_path)
+        examples = self.examples(data_args, train, full_dev)
+        features = self.task.features(examples, data_args, tokenizer, **self.feature_splits(train))
+        return dict(task=self.task, model_path=model_path, tokenizer=tokenizer, examples=examples, features=features,
+                    data_files=self.data_source(examples), collator=features.get("collator"),
+                    train_examples=examples.train, train_features=features.get("train"),
+                    validation_examples=examples.validation, validation_features=features["validation"])
+
+    def evaluate(self, model, data, data_args, train_args, desc) -> tuple[dict, dict]:
+        """(metrics, {example key: prediction}) of `model` on the loaded dev examples."""
+        evaluated = self.task.evaluate(model, data["examples"], data["features"], data_args,
+                                       train_args.per_device_eval_batch_size, desc)
+        return evaluated.metrics, self.keyed(evaluated, data["examples"])
+
+    def scores(self, predictions: dict, golds: dict) -> list[float]:
+        """Per-example score (0-1) in a fixed order of the examples, so that two runs' lists pair up."""
+        return self.task.example_scores(predictions, golds)
+
+
+class Squad(BenchTask):
+    """SQuAD v1.1 question answering (run_squad.py); EM/F1 on the suite's dev questions."""
+
+    metrics = ("exact_match", "f1")  # in points
     names = {"exact_match": "EM", "f1": "F1"}
     scale = 1
-    unit = "questions"
-    full_dev = True  # runs may also be scored on every dev question (a suite scores a sample)
+    full_dev = True
+
+    def __init__(self):
+        super().__init__("squad")
 
     @staticmethod
     def describe(quality: dict) -> str:
@@ -290,65 +363,41 @@ class Squad:
         """The job's eval_predictions.json as {question id: answer}."""
         return json.loads(path.read_text())
 
-    @staticmethod
-    def model(path, **kwargs):
-        from transformers import AutoModelForQuestionAnswering
+    def examples(self, data_args, train: bool, full_dev: bool):
+        from oto_hf.tasks.squad import SquadData
 
-        return AutoModelForQuestionAnswering.from_pretrained(str(path), **kwargs)
-
-    @staticmethod
-    def questions(data_args, split: str, full_dev: bool = False) -> list:
-        """The seeded sample of a split's questions (every dev question with `full_dev`)."""
-        files = run_squad.resolve_data_files(data_args)
-        if split == "validation" and "validation_file" in files:
-            files = {"validation_file": files["validation_file"]}
-        n = data_args.max_train_samples if split == "train" else None if full_dev else data_args.max_eval_samples
-        return squad.sample_questions(squad.load_squad(**files)[split], n, data_args.sample_seed)
-
-    def load(self, model_args, data_args, train: bool = True, full_dev: bool = False) -> dict:
-        """The questions and features run_squad.main trains and scores on (no training features if not `train`)."""
-        from transformers import AutoTokenizer
-
-        model_path = run_squad.resolve_model_path(model_args.model_name_or_path)
-        data = dict(model_path=model_path, tokenizer=AutoTokenizer.from_pretrained(model_path),
-                    data_files=run_squad.resolve_data_files(data_args))
-        window = dict(doc_stride=data_args.doc_stride, max_query_length=data_args.max_query_length,
-                      num_proc=data_args.preprocessing_num_workers)
-        eval_seq = data_args.eval_max_seq_length or data_args.max_seq_length
-        for split, seq in [("train", data_args.max_seq_length)] * train + [("validation", eval_seq)]:
-            data[f"{split}_examples"] = self.questions(data_args, split, full_dev)
-            data[f"{split}_features"] = squad.tokenize_squad(data[f"{split}_examples"], data["tokenizer"], split,
-                                                             max_seq_length=seq, **window)
-        return data
+        validation = self.task.questions(data_args, "validation", full_dev)
+        return SquadData(files=self.task.data_files(data_args), validation=validation,
+                         train=self.task.questions(data_args, "train") if train else None)
 
     @staticmethod
-    def evaluate(model, data, data_args, train_args, desc) -> tuple[dict, dict]:
-        """(EM/F1, {question id: answer}) of `model` on the loaded dev questions."""
-        return squad.evaluate_squad(model, data["validation_examples"], data["validation_features"], desc=desc,
-                                    batch_size=train_args.per_device_eval_batch_size,
-                                    n_best_size=data_args.n_best_size, max_answer_length=data_args.max_answer_length)
+    def feature_splits(train: bool) -> dict:
+        return {"splits": ("train", "validation") if train else ("validation",)}
+
+    @staticmethod
+    def data_source(examples) -> dict:
+        return examples.files
+
+    @staticmethod
+    def keyed(evaluated, examples) -> dict:
+        return evaluated.predictions
 
     def golds(self, data_args, full_dev: bool = False) -> dict[str, list[str]]:
         """{question id: gold answers} of the dev questions the runs are scored on."""
-        return {q["id"]: list(q["answers"]["text"]) for q in self.questions(data_args, "validation", full_dev)}
-
-    @staticmethod
-    def scores(predictions: dict, golds: dict) -> list[float]:
-        """Per-question F1 (0-1) in the sorted order of the question ids, so that two runs' lists pair up."""
-        scores = squad.squad_v1_scores(predictions, golds)
-        return [scores[q]["f1"] for q in sorted(golds)]
+        return {q["id"]: list(q["answers"]["text"]) for q in self.task.questions(data_args, "validation", full_dev)}
 
 
-class Glue:
-    """GLUE text classification with run_glue.py; accuracy (the task's metrics) on every dev example. A prediction
+class Glue(BenchTask):
+    """GLUE text classification (run_glue.py); accuracy (the task's metrics) on every dev example. A prediction
     file maps each dev example's index to its predicted label."""
 
-    job = run_glue
     metrics = ("accuracy",)  # as fractions; shown and compared in points
     names = {"accuracy": "accuracy"}
     scale = 100
-    unit = "examples"
     full_dev = False  # every run is scored on every dev example
+
+    def __init__(self):
+        super().__init__("classification")
 
     @staticmethod
     def describe(quality: dict) -> str:
@@ -358,46 +407,25 @@ class Glue:
     def job_predictions(path: Path) -> dict:
         return {str(i): label for i, label in enumerate(json.loads(path.read_text()))}
 
-    @staticmethod
-    def model(path, **kwargs):
-        from transformers import AutoModelForSequenceClassification
-
-        return AutoModelForSequenceClassification.from_pretrained(str(path), **kwargs)
-
-    def load(self, model_args, data_args, train: bool = True, full_dev: bool = False) -> dict:
-        """The examples and features run_glue.main trains and scores on (every dev example: `full_dev` changes
-        nothing)."""
-        from transformers import AutoTokenizer, DataCollatorWithPadding
-
-        model_path = run_glue.resolve_model_path(model_args.model_name_or_path)
-        tokenizer = AutoTokenizer.from_pretrained(model_path)
-        classification = run_glue.load_data(data_args)
-        features = run_glue.keep_model_inputs(
-            run_glue.tokenize(classification, tokenizer, data_args.max_seq_length, data_args.preprocessing_num_workers),
-            run_glue.load_model(model_path, classification, model_args.attn_implementation))
-        return dict(model_path=model_path, tokenizer=tokenizer, data_files=classification.source,
-                    classification=classification, collator=DataCollatorWithPadding(tokenizer),
-                    train_examples=classification.train, train_features=features["train"],
-                    validation_examples=classification.validation, validation_features=features["validation"])
+    def examples(self, data_args, train: bool, full_dev: bool):
+        return self.task.load_data(data_args)  # every dev example: `full_dev` changes nothing
 
     @staticmethod
-    def evaluate(model, data, data_args, train_args, desc) -> tuple[dict, dict]:
-        """(metrics, {example index: predicted label}) of `model` on the dev examples."""
-        metrics, predictions, _ = glue.evaluate_classification(
-            model, data["validation_features"], data["classification"], data["collator"],
-            batch_size=train_args.per_device_eval_batch_size, desc=desc)
-        labels = data["classification"].labels
-        return metrics, {str(i): labels[int(p)] for i, p in enumerate(predictions)}
+    def feature_splits(train: bool) -> dict:
+        return {}
+
+    @staticmethod
+    def data_source(examples) -> dict:
+        return examples.source
+
+    @staticmethod
+    def keyed(evaluated, examples) -> dict:
+        return {str(i): examples.labels[int(p)] for i, p in enumerate(evaluated.predictions)}
 
     def golds(self, data_args, full_dev: bool = False) -> dict[str, str]:
         """{example index: gold label} of the dev examples."""
-        classification = run_glue.load_data(data_args)
-        return {str(i): classification.labels[label] for i, label in enumerate(classification.validation["label"])}
-
-    @staticmethod
-    def scores(predictions: dict, golds: dict) -> list[float]:
-        """Per-example accuracy (1 or 0) in the order of the examples, so that two runs' lists pair up."""
-        return [float(predictions[i] == golds[i]) for i in sorted(golds, key=int)]
+        examples = self.task.load_data(data_args)
+        return {str(i): examples.labels[label] for i, label in enumerate(examples.validation["label"])}
 
 
 TASKS = {"squad": Squad(), "glue": Glue()}
@@ -438,7 +466,7 @@ def measure_latency(bench: Bench, model) -> dict:
                       and ((d := bench.model_dir(r.name)) / "config.json").exists()), None)
     if dense_dir is None:
         model_args = bench.adamw_settings(bench.run(bench.table["baseline"]), bench.results / "tmp")[0]
-        dense_dir = Path(bench.task.job.resolve_model_path(model_args.model_name_or_path))
+        dense_dir = Path(runner.resolve_model_path(model_args.model_name_or_path))
     torch.set_num_threads(THREADS)
     load0, lat = os.getloadavg(), bench.latency
     lat = latency_ratio(bench.task.model(dense_dir).eval(), model.eval().cpu(), lat["batch_size"], lat["seq_len"],
@@ -460,12 +488,11 @@ def logged_losses(run_dir: Path) -> list[dict] | None:
 
 
 def save_model_atomic(model, tokenizer, final: Path) -> None:
-    partial = final.with_name(final.name + ".partial")
-    shutil.rmtree(partial, ignore_errors=True)
-    model.save_pretrained(partial)
-    tokenizer.save_pretrained(partial)
-    shutil.rmtree(final, ignore_errors=True)
-    os.replace(partial, final)
+    def save(folder):
+        model.save_pretrained(folder)
+        tokenizer.save_pretrained(folder)
+
+    runner.save_atomic(final, save)
 
 
 def training_settings(args) -> dict:
@@ -478,24 +505,22 @@ def training_settings(args) -> dict:
 
 
 def train_adamw(model, train_args, model_args, data, run_dir: Path, max_steps: int | None = None, teacher=None):
-    """The plain `Trainer` (torch.optim.AdamW), or with a teacher `oto_hf.DistillationTrainer` with the run's
-    distillation settings; resumes from the last checkpoint in run_dir."""
-    from transformers import Trainer, default_data_collator
+    """The job's dense path (`oto_hf.runner.train_dense`: the plain `Trainer` and torch.optim.AdamW, or with a teacher
+    `DistillationTrainer` with the run's distillation settings) on the task's trainer inputs; resumes from the last
+    checkpoint in run_dir. Returns (trainer, the result's "training" entry)."""
     from transformers.trainer_utils import get_last_checkpoint
 
     if max_steps is not None:
         train_args = dataclasses.replace(train_args, max_steps=int(max_steps))
-    kwargs = dict(model=model, args=train_args, train_dataset=data["train_features"],
-                  processing_class=data["tokenizer"], data_collator=data.get("collator", default_data_collator))
-    trainer = Trainer(**kwargs) if teacher is None else oto_hf.DistillationTrainer(
-        **kwargs, teacher_model=teacher, distillation_alpha=model_args.distillation_alpha,
-        distillation_temperature=model_args.distillation_temperature,
-        distillation_hidden_weight=model_args.distillation_hidden_weight)
+    inputs = data["task"].trainer_inputs(data["examples"], data["features"], model, data["tokenizer"])
+    distillation = dict(distillation_alpha=model_args.distillation_alpha,
+                        distillation_temperature=model_args.distillation_temperature)
     resume = get_last_checkpoint(str(run_dir)) if run_dir.exists() else None
     torch.set_num_threads(THREADS)
     meter, t0 = common.ForeignLoad(), time.perf_counter()
     meter.start()
-    out = trainer.train(resume_from_checkpoint=resume)
+    trainer, out = runner.train_dense(model, train_args, inputs, data["tokenizer"], teacher, distillation,
+                                      resume_from=run_dir)
     opt = getattr(trainer.optimizer, "optimizer", trainer.optimizer)  # accelerate wraps it
     if not isinstance(opt, torch.optim.AdamW):
         raise RuntimeError(f"expected torch.optim.AdamW, the Trainer built {type(opt)}")
@@ -505,7 +530,7 @@ def train_adamw(model, train_args, model_args, data, run_dir: Path, max_steps: i
         "resumed_from_checkpoint": resume, "steps": steps,
         "steps_this_session": steps - (int(Path(resume).name.split("-")[-1]) if resume else 0),
         "other_processes_cpu_cores_during_training": meter.stop(), "train_loss": out.metrics.get("train_loss"),
-        "optimizer": f"{type(opt).__module__}.{type(opt).__name__}", **training_settings(train_args),
+        "optimizer": runner.optimizer_name(trainer), **training_settings(train_args),
         "max_steps": train_args.max_steps,
         "distillation": trainer.distillation_settings() if teacher is not None else None}
 
@@ -575,11 +600,11 @@ def run_oto(bench: Bench, run: Run) -> dict:
         existing_model(bench, bench.ref(run, ref))
     wall = foreign = None
     if not (run_dir / "report.json").exists():  # a finished job leaves its report last
-        log(f"{run.name}: {bench.task.job.__name__}.main({argv})")
+        log(f"{run.name}: {bench.task.script}.main({argv})")
         torch.set_num_threads(THREADS)
         meter, t0 = common.ForeignLoad(), time.perf_counter()
         meter.start()
-        bench.task.job.main(argv)
+        bench.task.main(argv)
         wall, foreign = time.perf_counter() - t0, meter.stop()
     report = json.loads((run_dir / "report.json").read_text())
     write_predictions(bench.folder(run.name) / PREDICTIONS, bench.task.job_predictions(run_dir / "eval_predictions.json"))
@@ -588,7 +613,7 @@ def run_oto(bench: Bench, run: Run) -> dict:
                          "seq_len): give the config the same oto_seq_len")
     model = bench.task.model(run_dir / "compressed_model")
     stats, quality = model_stats(model, bench.seq_len), report["quality"]
-    script = bench.task.job.__name__
+    script = bench.task.script
     return {"target_flops_removed": run.spec["target"],
             f"{script}_command": f"python {script}.py " + shlex.join(relative(a) for a in argv),
             "quality": quality["compressed"], "quality_group_sparse": quality["group_sparse"],
@@ -599,14 +624,17 @@ def run_oto(bench: Bench, run: Run) -> dict:
             "latency": measure_latency(bench, model),
             "training": {**report["training"], f"{script}_wall_s_this_session": wall,
                          "other_processes_cpu_cores_during_run": foreign, "optimizer": "oto_hf.HSPG (direction adamw)",
-                         **training_settings(bench.task.job.parse_arguments(argv)[2]),
+                         **training_settings(bench.task.parse_arguments(argv)[2]),
                          "oto_settings": report.get("oto_settings"), "distillation": report.get("distillation")},
             "model_dir": str(run_dir / "compressed_model"), "data": report["data"]}
 
 
 def run(bench: Bench, names: list[str], force: bool = False) -> None:
     """Train, score and record each named run (a finished one is skipped unless `force`), then, where the suite
-    says so, score them on every dev question."""
+    says so, score them on every dev question. A run that needs a retired option is refused before any run starts."""
+    for name in names:
+        if force or not bench.result(name):
+            refuse_retired(bench, bench.run(name))
     for name in names:
         r = bench.run(name)
         if bench.result(name) and not force:

@@ -11,13 +11,19 @@ import pytest
 import yaml
 
 BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
-sys.path.insert(0, str(BENCH))
+sys.path[:0] = [str(BENCH), str(BENCH.parent)]  # quality.py's folder; the repository root for run_squad.py
 
 import quality  # noqa: E402
 import run_squad  # noqa: E402
+from oto_hf import runner  # noqa: E402
+from oto_hf.tasks import get_task  # noqa: E402
 
+SQUAD = get_task("squad")
 # Options added to run_squad.py after some runs: absent from their record, they behaved as these values do.
 BEFORE_THEY_EXISTED = {"oto_layer_floor": 0.0, "oto_saliency_zero_init": False, "oto_hold_lr_through_window": False}
+# Retired options (runner.RETIRED_OPTIONS): what today's code does in their stead, when a description does not give
+# them (a description that gives one describes a run that only runs at runner.RETIRED_AT).
+RETIRED_TODAY = {"oto_saliency_zero_init": True, "oto_hold_lr_through_window": False, "distillation_hidden_weight": 0.0}
 
 
 def _committed_results():
@@ -27,11 +33,15 @@ def _committed_results():
 
 
 def _settings(argv: list[str]) -> dict:
-    """Every field run_squad.parse_arguments gives for `argv`, with the model folders named from the results folder
-    (where a run's fine-tuned model lies) or by their folder name (a pretrained model), and no output folder."""
-    fields = {}
-    for args in run_squad.parse_arguments(argv):
+    """Every field run_squad.py's parser gives for `argv`, with the model folders named from the results folder
+    (where a run's fine-tuned model lies) or by their folder name (a pretrained model), and no output folder; a
+    retired option has the value `argv` gives it, else what today's code does in its stead."""
+    fields = dict(RETIRED_TODAY)
+    for args in runner.parse_arguments(SQUAD, [argv[0], *quality.without_retired(argv[1:])]):
         fields.update(args.to_dict() if hasattr(args, "to_dict") else dataclasses.asdict(args))
+    for i, arg in enumerate(argv[:-1]):
+        if arg.startswith("--") and arg[2:] in runner.RETIRED_OPTIONS:
+            fields[arg[2:]] = yaml.safe_load(argv[i + 1])
     for key in ("model_name_or_path", "teacher_model_name_or_path"):
         if fields[key]:
             fields[key] = fields[key].split("benchmarks/results/")[-1] if "benchmarks/results/" in fields[key] \
@@ -64,7 +74,7 @@ def mismatches(bench: quality.Bench, result: dict) -> dict:
         if distillation:
             pairs |= {"alpha": (distillation["alpha"], model_args.distillation_alpha),
                       "temperature": (distillation["temperature"], model_args.distillation_temperature),
-                      "hidden_weight": (distillation.get("hidden_weight", 0.0), model_args.distillation_hidden_weight)}
+                      "hidden_weight": (distillation.get("hidden_weight", 0.0), run.spec.get("hidden_weight", 0.0))}
         return {k: v for k, v in pairs.items() if v[0] != v[1]}
     # dense and OTO: the recorded command line against today's, both parsed by run_squad.py; where the run recorded
     # the value it used (its lr, seed, epochs, oto_* and distillation settings), that value wins over the command
@@ -208,17 +218,21 @@ def test_saved_predictions_score_what_the_results_say_and_compare_across_suites(
 
 def test_a_dense_an_oto_and_a_peer_run_end_to_end(tmp_path, squad_dir):
     bench = quality.Bench("p1", smoke=True, results=tmp_path)
-    quality.run(bench, ["dense", "oto50", "tp50"])
-    results = {n: bench.result(n) for n in ("dense", "oto50", "tp50")}
+    # oto50 (and tp50, which follows it) used the retired saliency start: refused before any work, naming the commit
+    with pytest.raises(SystemExit, match=r"oto50: .*retired option\(s\) --oto_saliency_zero_init.*9a312b9"):
+        quality.run(bench, ["dense", "oto50"])
+    assert not list(tmp_path.iterdir())
+    quality.run(bench, ["dense", "oto30zerouniform", "tp30"])
+    results = {n: bench.result(n) for n in ("dense", "oto30zerouniform", "tp30")}
     for name, result in results.items():
         golds = quality.golds(bench, False)
         f1 = quality.scores_of(bench, name, golds, False)
         assert len(golds) == 24 and 100 * sum(f1) / len(f1) == pytest.approx(result["quality"]["f1"])
         assert result["command"] == f"python benchmarks/quality.py run {name} --suite p1 --smoke"
         assert result["training"]["loss_log"] and result["latency"]["speedup"] > 0
-    oto, peer = results["oto50"], results["tp50"]
-    assert "--oto_target 0.5" in oto["run_squad_command"] and oto["kept"]["encoder_flops"] < 0.6
-    assert (peer["matched_to"], peer["pruned_from"]) == ("oto50", "dense")
+    oto, peer = results["oto30zerouniform"], results["tp30"]
+    assert "--oto_target 0.3" in oto["run_squad_command"] and oto["kept"]["encoder_flops"] < 0.8
+    assert (peer["matched_to"], peer["pruned_from"]) == ("oto30zerouniform", "dense")
     assert peer["training"]["max_steps"] == peer["training"]["steps"] == oto["training"]["steps"]
     assert peer["kept"]["encoder_flops"] == pytest.approx(oto["kept"]["encoder_flops"], abs=0.01)
     quality.run(bench, ["dense"])  # finished: skipped
@@ -231,15 +245,16 @@ def test_a_dense_an_oto_and_a_peer_run_end_to_end(tmp_path, squad_dir):
         quality.read_predictions(tmp_path / "dense" / quality.PREDICTIONS)
     quality.summarize(bench)
     summary = (tmp_path / "summary.md").read_text()
-    assert all(f"| {a} | {b} | " in summary for a, b in (("oto50", "dense"), ("tp50", "dense"), ("oto50", "tp50")))
+    assert all(f"| {a} | {b} | " in summary for a, b in (("oto30zerouniform", "dense"), ("tp30", "dense"),
+                                                                ("oto30zerouniform", "tp30")))
     assert (tmp_path / "f1_vs_flops.png").exists() and (tmp_path / "f1_vs_flops_full_dev.png").exists()
-    assert quality.loss_table(bench, ["oto50"], [oto["training"]["loss_log"][0]["step"]])[2].startswith("| oto50 | ")
-    quality.onnx_quality(bench, ["oto50"])  # its saved model exported, in onnxruntime: fp32 and int8
-    onnx = bench.result("oto50")["onnx"]
+    assert quality.loss_table(bench, ["oto30zerouniform"], [oto["training"]["loss_log"][0]["step"]])[2].startswith("| oto30zerouniform | ")
+    quality.onnx_quality(bench, ["oto30zerouniform"])  # its saved model exported, in onnxruntime: fp32 and int8
+    onnx = bench.result("oto30zerouniform")["onnx"]
     fp32, int8 = onnx["files"]["fp32"], onnx["files"]["int8"]
     assert max(fp32["max_abs_diff"].values()) <= 1e-4 and fp32["same_answer_as_pytorch"] >= 0.95
     assert fp32["quality"]["f1"] == pytest.approx(oto["quality"]["f1"], abs=100 * (1 - fp32["same_answer_as_pytorch"]))
     assert int8["bytes"] < fp32["bytes"] / 2 and int8["vs_pytorch"]["questions"] == 24
-    assert quality.read_predictions(tmp_path / "oto50" / "predictions_onnx_int8.json.gz").keys() == golds.keys()
+    assert quality.read_predictions(tmp_path / "oto30zerouniform" / "predictions_onnx_int8.json.gz").keys() == golds.keys()
     with pytest.raises(SystemExit, match="dense: predictions_full_dev.json.gz not found"):
         quality.onnx_quality(bench, ["dense"], full_dev=True)
