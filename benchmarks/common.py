@@ -277,6 +277,23 @@ def add_timing_arguments(parser, patience: float, out: str) -> None:
     parser.add_argument("--out", default=out)
 
 
+def add_block_timing_arguments(parser, repeats: int, warmup: int, min_timing_s: float, max_inner: int) -> None:
+    """The options of the P5 scripts, which time every variant in blocks of shapes: which shapes and compressed shares,
+    how many repeats and warm-up calls, how long one timing should last (`oto_hf.timing.interleaved`'s calibration)."""
+    parser.add_argument("--shapes", nargs="+", type=parse_shape, default=[(32, 384), (1, 128)],
+                        help="batch x tokens (default 32x384 1x128)")
+    parser.add_argument("--fractions", nargs="+", type=float, default=[0.5, 0.7],
+                        help="fractions of the encoder FLOPs to remove (default 0.5 0.7)")
+    parser.add_argument("--repeats", type=int, default=repeats, help=f"interleaved repeats per block (default {repeats})")
+    parser.add_argument("--warmup", type=int, default=warmup,
+                        help=f"untimed calls per variant and block first (default {warmup})")
+    parser.add_argument("--min-timing-s", type=float, default=min_timing_s,
+                        help="calls per timing are chosen so that one timing of the fastest variant lasts about this "
+                             f"long (default {min_timing_s})")
+    parser.add_argument("--max-inner", type=int, default=max_inner,
+                        help=f"at most this many calls per timing (default {max_inner})")
+
+
 def write_json(path: str | os.PathLike, payload: dict) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -15,6 +15,8 @@ Published: the ratios HSPG / AdamW (ratio of medians, and median and IQR of the 
 Absolute medians go to the JSON only.
 
     python benchmarks/p2_optimizer_overhead.py --models minilm bert-base --repeats 10 --out benchmarks/results/p2.json
+    python benchmarks/p2_optimizer_overhead.py --models minilm --repeats 1 --step-repeats 1 --minilm-batch 2 \
+        --minilm-seq-len 32 --patience 0 --out /tmp/p2_smoke.json     # a smoke run of the script, not a measurement
 """
 
 import argparse

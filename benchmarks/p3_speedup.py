@@ -27,6 +27,8 @@ Measured:
     python benchmarks/p3_speedup.py --models minilm bert-base --out benchmarks/results/p3.json
     python benchmarks/p3_speedup.py --models roberta-base distilbert-base deberta-v3-base modernbert-base vit-base \
         --batches 32 --no-encoder-only --out benchmarks/results/p3_families.json
+    python benchmarks/p3_speedup.py --models minilm --batches 1 --repeats-b1 2 --compress-repeats 1 --check-examples 2 \
+        --patience 0 --out /tmp/p3_smoke.json     # a smoke run of the script, not a measurement
 """
 
 import argparse

@@ -126,16 +126,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--config", choices=CONFIGS, default="minilm")
     parser.add_argument("--device", default="cuda", help="cuda (default) or cpu (smoke check only)")
     parser.add_argument("--dtypes", nargs="+", choices=list(DTYPES), default=["fp16", "bf16"])
-    parser.add_argument("--shapes", nargs="+", type=common.parse_shape, default=[(32, 384), (1, 128)],
-                        help="batch x tokens (default 32x384 1x128)")
-    parser.add_argument("--fractions", nargs="+", type=float, default=[0.5, 0.7],
-                        help="fractions of the encoder FLOPs to remove (default 0.5 0.7)")
-    parser.add_argument("--repeats", type=int, default=30, help="interleaved repeats per block (default 30)")
-    parser.add_argument("--warmup", type=int, default=3, help="untimed calls per variant first (default 3)")
-    parser.add_argument("--min-timing-s", type=float, default=0.02,
-                        help="calls per timing are chosen so that one timing of the fastest variant lasts about this "
-                             "long (default 0.02)")
-    parser.add_argument("--max-inner", type=int, default=50, help="at most this many calls per timing (default 50)")
+    common.add_block_timing_arguments(parser, repeats=30, warmup=3, min_timing_s=0.02, max_inner=50)
     parser.add_argument("--budget-s", type=float, default=240.0,
                         help="stop adding repeats after this many seconds from the start (default 240)")
     parser.add_argument("--threads", type=int, default=1,

@@ -283,16 +283,7 @@ def print_profile(result: dict) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", choices=CONFIGS, default="minilm")
-    parser.add_argument("--fractions", nargs="+", type=float, default=[0.5, 0.7],
-                        help="fractions of the encoder FLOPs to remove (default 0.5 0.7)")
-    parser.add_argument("--shapes", nargs="+", type=common.parse_shape, default=[(32, 384), (1, 128)],
-                        help="batch x tokens (default 32x384 1x128)")
-    parser.add_argument("--repeats", type=int, default=10, help="interleaved repeats per shape (default 10)")
-    parser.add_argument("--warmup", type=int, default=1, help="untimed runs per variant and shape first (default 1)")
-    parser.add_argument("--min-timing-s", type=float, default=0.25,
-                        help="runs per timing are chosen so that the fastest variant's timing lasts about this "
-                             "long (default 0.25)")
-    parser.add_argument("--max-inner", type=int, default=100, help="at most this many runs per timing (default 100)")
+    common.add_block_timing_arguments(parser, repeats=10, warmup=1, min_timing_s=0.25, max_inner=100)
     parser.add_argument("--threads", type=int, default=common.THREADS,
                         help="onnxruntime intra-op threads and torch threads (default 2)")
     parser.add_argument("--budget-s", type=float, default=2400.0,
