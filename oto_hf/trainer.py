@@ -6,6 +6,7 @@ collators, schedulers, callbacks, evaluation, checkpoints, the Hub) works as bef
 import inspect
 import os
 import re
+import warnings
 from dataclasses import dataclass, field
 
 import torch
@@ -19,7 +20,7 @@ from .compress import compress
 from .distillation import DistillationMixin
 from .groups import zero_invariant_groups
 from .hspg import ALLOCATIONS, DIRECTIONS, HSPG, SALIENCIES, TARGET_UNITS
-from .model_card import Evaluation, hub_id, licence_of, model_card
+from .model_card import CardInfo, card_arguments_evaluations, hub_id, licence_of, model_card
 from .stats import model_stats
 
 
@@ -212,12 +213,14 @@ class OTOTrainer(DistillationMixin, Trainer):
     * `teacher_model=` (with `distillation_alpha=`, `distillation_temperature=`, `distillation_hidden_weight=`) adds a
       distillation term from a trained dense model to the task loss; see `oto_hf.distillation`.
 
-    * `trainer.compress()` returns the compressed model at any time (the trained model is left untouched).
+    * `trainer.compress()` returns the compressed model at any time (the trained model is left untouched; cut once
+      per state of the weights).
     * `save_model()` (and so the end of `run_squad.py`, `push_to_hub()`) writes the compressed model with a model card;
       checkpoints written during training keep the full-size group-sparse model, so that `resume_from_checkpoint`
       restores model, HSPG state and schedule exactly. `create_model_card` / `push_to_hub` take transformers' card
       arguments (`finetuned_from`, `tasks`, `dataset_tags`, `dataset`, `dataset_args`, `language`, `license`,
-      `tags`, `model_name`) and write them into the compressed model's card.
+      `tags`, `model_name`) and write them into the compressed model's card; `trainer.card_info`
+      (`oto_hf.model_card.CardInfo`) adds what a script measured itself (evaluations, speedup).
     * Each log entry, training and evaluation alike, reports group sparsity, heads and FFN neurons kept, encoder
       FLOPs and parameters kept and λ (`oto/*`).
 
@@ -270,7 +273,8 @@ class OTOTrainer(DistillationMixin, Trainer):
                 )
         self._saving_checkpoint = False
         # What the model card states beyond the run itself (see write_model_card); job scripts fill it.
-        self.model_card_info: dict = {}
+        self.card_info = CardInfo()
+        self._compressed = None  # (fingerprint of the trained weights, their compressed model): see compress()
         super().__init__(model, args, *posargs, **kwargs)
         # First in the list, so that its check runs before any other callback starts anything at train start.
         self.callback_handler.callbacks.insert(0, _OTOTrainStartCheck())
@@ -399,9 +403,18 @@ class OTOTrainer(DistillationMixin, Trainer):
 
     # ---- compression, saving, the Hub ----
 
-    def compress(self):
-        """The compressed model: the trained model without its zero heads and FFN neurons."""
-        return compress(self.accelerator.unwrap_model(self.model), seq_len_for_stats=self.args.oto_seq_len)
+    def compress(self, refresh: bool = False):
+        """The compressed model: the trained model without its zero heads and FFN neurons (the trained model is left
+        untouched). Cut once per state of the weights: until a training step, a loaded checkpoint or any in-place
+        write to a parameter changes them, the same compressed model is returned, so a job that evaluates it and then
+        saves it cuts the model once. Writes through `param.data` bypass torch's version counters: after those, pass
+        `refresh=True`."""
+        model = self.accelerator.unwrap_model(self.model)
+        # Every in-place write to a parameter (optimizer steps, load_state_dict) bumps its version counter.
+        fingerprint = (self.state.global_step, tuple((id(p), p._version) for p in model.parameters()))
+        if refresh or self._compressed is None or self._compressed[0] != fingerprint:
+            self._compressed = (fingerprint, compress(model, seq_len_for_stats=self.args.oto_seq_len))
+        return self._compressed[1]
 
     def _save_checkpoint(self, model, trial):
         # Checkpoints keep the full-size group-sparse model: resuming needs weights shaped like the optimizer state.
@@ -448,40 +461,48 @@ class OTOTrainer(DistillationMixin, Trainer):
                          tags: str | list[str] | None = None, tasks: str | list[str] | None = None,
                          dataset_tags: str | list[str] | None = None,
                          dataset_args: str | list[str] | None = None) -> str:
-        """Write `compressed`'s card (oto_hf.model_card) to `output_dir`/README.md. What the run does not know itself
-        comes from `self.model_card_info`, which a job script fills before saving: "evaluations" (a list of
-        `oto_hf.model_card.Evaluation`), "speedup" (a `report.latency_ratio` result), "base_model" (where the run
-        started, if `config._name_or_path` does not say it), "model_name". Without "evaluations", the card reports
-        the evaluation of the model being saved (see `_card_eval_metrics`) on `dataset_tags` / `dataset`."""
-        info = self.model_card_info
+        """Write `compressed`'s card (oto_hf.model_card) to `output_dir`/README.md. The arguments (transformers' card
+        arguments) come first; what they leave open comes from `self.card_info` (a `CardInfo` that a job script fills
+        before saving: its evaluations, measured speedup, stats, base model, name), and the rest from the run itself:
+        the OTO settings, the family, the stats of the trained and compressed models, and, without evaluations, the
+        evaluation of the model being saved (see `_card_eval_metrics`) on `dataset_tags` / `dataset`."""
+        given = CardInfo(model_name=model_name, base_model=finetuned_from, licence=license, language=language,
+                         tags=_as_list(tags), task=(_as_list(tasks) or [None])[0],
+                         datasets=_as_list(dataset_tags) or None)
+        info = given.merged(self.card_info)
         model = self.accelerator.unwrap_model(self.model)
-        before = model_stats(model, self.args.oto_seq_len, exclude_zero_groups=False)
-        after = model_stats(compressed, self.args.oto_seq_len)
-        base = finetuned_from or info.get("base_model") or getattr(model.config, "_name_or_path", None)
-        hub_datasets, names, configs = _as_list(dataset_tags), _as_list(dataset), _as_list(dataset_args)
-        evaluations = info.get("evaluations")
+        before = info.before or model_stats(model, self.args.oto_seq_len, exclude_zero_groups=False)
+        after = info.after or model_stats(compressed, self.args.oto_seq_len)
+        base = info.base_model or getattr(model.config, "_name_or_path", None)
+        evaluations = info.evaluations
         if evaluations is None:
-            metrics = self._card_eval_metrics()
-            evaluations = [Evaluation(dataset_type=kind, dataset_name=names[i] if i < len(names) else kind,
-                                      split="evaluation", metrics=metrics,
-                                      dataset_config=configs[i] if i < len(configs) else None)
-                           for i, kind in enumerate(hub_datasets or names)] or [
-                Evaluation(dataset_type="", dataset_name="evaluation data", split="evaluation", metrics=metrics)]
-            evaluations = evaluations if metrics else []
+            evaluations = card_arguments_evaluations(self._card_eval_metrics(), _as_list(dataset_tags),
+                                                     _as_list(dataset), _as_list(dataset_args))
         removed = round(100 * (1 - after.encoder_flops / before.encoder_flops)) if before.encoder_flops else 0
         hub_model = getattr(self, "hub_model_id", None) or self.args.hub_model_id or ""
-        name = (model_name or info.get("model_name") or hub_model.split("/")[-1]
+        name = (info.model_name or hub_model.split("/")[-1]
                 or f"{(hub_id(base) or 'model').split('/')[-1]}-oto{removed}")
         settings = {**{k: v for k, v in self.args.to_dict().items() if k.startswith("oto_")},
                     **({"distillation": self.distillation_settings()} if self.teacher_model is not None else {})}
-        task = (_as_list(tasks) or [None])[0]
-        card = model_card(compressed, model_name=name, base_model=base, before=before, after=after,
-                          settings=settings, evaluations=evaluations, speedup=info.get("speedup"),
-                          family=self.oto_groups.family.name, licence=license or licence_of(base),
-                          datasets=hub_datasets or None, language=language, tags=_as_list(tags), task=task)
+        card = model_card(compressed, info, model_name=name, base_model=base, before=before, after=after,
+                          settings=settings, evaluations=evaluations, family=self.oto_groups.family.name,
+                          licence=info.licence or licence_of(base))
         path = os.path.join(output_dir, "README.md")
         card.save(path)
         return path
+
+    @property
+    def model_card_info(self) -> dict:
+        """Deprecated (one release): set `card_info`, a `oto_hf.model_card.CardInfo`, instead of this dict."""
+        warnings.warn("OTOTrainer.model_card_info is deprecated: use trainer.card_info (an oto_hf.model_card.CardInfo)",
+                      DeprecationWarning, stacklevel=2)
+        return {k: v for k, v in vars(self.card_info).items() if v not in (None, [])}
+
+    @model_card_info.setter
+    def model_card_info(self, info: dict) -> None:
+        warnings.warn("OTOTrainer.model_card_info is deprecated: set trainer.card_info = oto_hf.model_card.CardInfo(...)",
+                      DeprecationWarning, stacklevel=2)
+        self.card_info = CardInfo(**info)
 
     def _card_eval_metrics(self) -> dict:
         """The evaluation metrics of the model being saved: those logged after training ended, if any; else, where

@@ -330,6 +330,40 @@ def test_create_model_card_and_push_to_hub_write_the_example_scripts_arguments(m
     assert (result.task_type, result.dataset_type, result.dataset_config) == ("multiple-choice", "swag", "regular")
 
 
+def test_compress_cuts_once_per_state_of_the_weights(minilm_path, tmp_path):
+    trainer = make_trainer(minilm_path, make_args(tmp_path, max_steps=4, oto_half_space_start=0.0))
+    trainer.train()
+    small = trainer.compress()
+    assert trainer.compress() is small  # nothing changed: the same cut model (save_model reuses it)
+    trainer.save_model(str(tmp_path / "saved"))
+    assert trainer.compress() is small
+    with torch.no_grad():  # any in-place write to a parameter makes it stale
+        trainer.model.classifier.bias.add_(1.0)
+    fresh = trainer.compress()
+    assert fresh is not small
+    torch.testing.assert_close(fresh.classifier.bias, trainer.model.classifier.bias)
+    trainer.model.classifier.bias.data.sub_(1.0)  # .data bypasses the version counters: refresh says so
+    assert trainer.compress() is fresh
+    torch.testing.assert_close(trainer.compress(refresh=True).classifier.bias, trainer.model.classifier.bias)
+
+
+def test_card_info_from_a_script_and_the_deprecated_dict(minilm_path, tmp_path):
+    from oto_hf.model_card import CardInfo, Evaluation
+
+    trainer = make_trainer(minilm_path, make_args(tmp_path / "run", max_steps=2, oto_half_space_start=0.0))
+    trainer.train()
+    evaluation = Evaluation("glue", "GLUE SST-2", "validation", {"accuracy": 0.75}, dataset_config="sst2")
+    trainer.card_info = CardInfo(model_name="from-script", evaluations=[evaluation])
+    trainer.save_model()
+    data = ModelCard.load(tmp_path / "run" / "README.md").data
+    assert data.model_name == "from-script" and [r.metric_value for r in data.eval_results] == [0.75]
+    with pytest.warns(DeprecationWarning, match="card_info"):
+        trainer.model_card_info = {"model_name": "from-dict"}
+    assert trainer.card_info == CardInfo(model_name="from-dict")
+    trainer.save_model()
+    assert ModelCard.load(tmp_path / "run" / "README.md").data.model_name == "from-dict"
+
+
 # ---- what is refused, before any training step ----
 
 
