@@ -26,7 +26,6 @@ from .stats import model_stats
 
 logger = logging.get_logger(__name__)
 
-TRAINING_ARGS_NAME = "training_args.bin"
 _DEFAULT_OPTIMS = {OptimizerNames.ADAMW_TORCH, OptimizerNames.ADAMW_TORCH_FUSED}
 
 
@@ -278,6 +277,7 @@ class OTOTrainer(DistillationMixin, Trainer):
         super().__init__(model, args, *posargs, **kwargs)
         # First in the list, so that its check runs before any other callback starts anything at train start.
         self.callback_handler.callbacks.insert(0, _OTOTrainStartCheck())
+        mean_loss_under_gradient_accumulation(self)
 
     def hyperparameter_search(self, *args, **kwargs):
         raise ValueError(_NO_MODEL_INIT)
@@ -437,7 +437,6 @@ class OTOTrainer(DistillationMixin, Trainer):
             super()._save(os.path.join(output_dir, "group_sparse"), state_dict)
         if self.processing_class is not None:
             self.processing_class.save_pretrained(output_dir)
-        torch.save(self.args, os.path.join(output_dir, TRAINING_ARGS_NAME))
         self.write_model_card(output_dir, small)
 
     def create_model_card(self, language: str | None = None, license: str | None = None,
@@ -541,6 +540,21 @@ class _OTOTrainStartCheck(TrainerCallback):
             )
 
 
+def mean_loss_under_gradient_accumulation(trainer: Trainer) -> None:
+    """Make `trainer` (any `transformers.Trainer`) divide each micro-batch's loss by the accumulation steps for a model
+    whose loss is a mean over its micro-batch, so that `gradient_accumulation_steps=k` gives the gradients, clipping
+    and logged loss of one batch k times as large.
+
+    The Trainer assumes that a model whose forward takes `**kwargs` normalises its loss itself by the count of labels
+    in the whole accumulated batch (`num_items_in_batch`), and then skips that division. Only causal-LM heads do so;
+    the encoder heads' losses (classification, regression, question answering, masked LM, multiple choice, token
+    classification) are plain means that ignore the count, so their loss and gradients would come out k times too
+    large, which changes gradient clipping and the length of HSPG's SGD steps. Causal-LM heads are left as they are."""
+    model = trainer.accelerator.unwrap_model(trainer.model)
+    if not type(model).__name__.endswith(("ForCausalLM", "LMHeadModel")):
+        trainer.model_accepts_loss_kwargs = False
+
+
 def _unwrap_hspg(optimizer) -> HSPG | None:
     while optimizer is not None and not isinstance(optimizer, HSPG):
         optimizer = getattr(optimizer, "optimizer", None)
@@ -566,4 +580,4 @@ def _latest_eval_metrics(log_history: list[dict]) -> dict:
     return metrics
 
 
-__all__ = ["OTOTrainer", "OTOTrainingArguments"]
+__all__ = ["OTOTrainer", "OTOTrainingArguments", "mean_loss_under_gradient_accumulation"]
