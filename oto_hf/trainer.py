@@ -6,16 +6,18 @@ collators, schedulers, callbacks, evaluation, checkpoints, the Hub) works as bef
 import inspect
 import os
 import re
+import shutil
 import warnings
 from dataclasses import dataclass, field
 
 import torch
 from transformers import Trainer, TrainerCallback, TrainingArguments
 from transformers.optimization import get_wsd_schedule
-from transformers.trainer_utils import HubStrategy, IntervalStrategy, SchedulerType
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, HubStrategy, IntervalStrategy, SchedulerType
 from transformers.utils import logging
 from transformers.training_args import OptimizerNames
 
+from .checkpoints import checkpoint_problem, last_complete_checkpoint, write_failure
 from .compress import compress
 from .distillation import DistillationMixin
 from .groups import zero_invariant_groups
@@ -416,11 +418,38 @@ class OTOTrainer(DistillationMixin, Trainer):
             self._compressed = (fingerprint, compress(model, seq_len_for_stats=self.args.oto_seq_len))
         return self._compressed[1]
 
+    def train(self, resume_from_checkpoint: str | bool | None = None, *args, **kwargs):
+        """`Trainer.train`; `resume_from_checkpoint=True` resumes from the last *complete* checkpoint in `output_dir`
+        (one whose writing was interrupted is skipped with a warning), and a given checkpoint folder that cannot be
+        resumed from is refused with the reason."""
+        needs_optimizer = not self.args.save_only_model
+        if resume_from_checkpoint is True:
+            resume_from_checkpoint = last_complete_checkpoint(self.args.output_dir, needs_optimizer)
+            if resume_from_checkpoint is None:
+                raise ValueError(f"resume_from_checkpoint=True, but {self.args.output_dir} holds no complete "
+                                 "checkpoint to resume from")
+        elif resume_from_checkpoint:
+            problem = checkpoint_problem(resume_from_checkpoint, needs_optimizer)
+            if problem:
+                raise ValueError(f"Cannot resume from {resume_from_checkpoint}: {problem}. Resume from an earlier "
+                                 "checkpoint, or start fresh without resume_from_checkpoint")
+        return super().train(resume_from_checkpoint, *args, **kwargs)
+
     def _save_checkpoint(self, model, trial):
         # Checkpoints keep the full-size group-sparse model: resuming needs weights shaped like the optimizer state.
         self._saving_checkpoint = True
+        folder = os.path.join(self._get_output_dir(trial=trial), f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}")
         try:
             super()._save_checkpoint(model, trial)
+        except (OSError, RuntimeError) as error:
+            # What was written of this checkpoint cannot be resumed from: remove it (on a full disk that frees the
+            # space it took), so that a rerun resumes from the last whole one.
+            if self.args.should_save and checkpoint_problem(folder, not self.args.save_only_model):
+                shutil.rmtree(folder, ignore_errors=True)
+            disk_full = write_failure(error, folder)
+            if disk_full is not None:
+                raise disk_full from error
+            raise
         finally:
             self._saving_checkpoint = False
 
