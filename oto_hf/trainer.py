@@ -17,7 +17,8 @@ from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, HubStrategy, Inter
 from transformers.utils import logging
 from transformers.training_args import OptimizerNames
 
-from .checkpoints import checkpoint_problem, last_complete_checkpoint, write_failure
+from .checkpoints import (checkpoint_problem, last_complete_checkpoint, run_differences, run_identity,
+                          write_failure, write_run_identity)
 from .compress import compress
 from .distillation import DistillationMixin
 from .groups import zero_invariant_groups
@@ -433,13 +434,28 @@ class OTOTrainer(DistillationMixin, Trainer):
             if problem:
                 raise ValueError(f"Cannot resume from {resume_from_checkpoint}: {problem}. Resume from an earlier "
                                  "checkpoint, or start fresh without resume_from_checkpoint")
+        if resume_from_checkpoint:
+            # A resumed run continues the checkpoint's pruning: settings that differ would be ignored, and reported.
+            differences = run_differences(resume_from_checkpoint, self._run_identity())
+            if differences:
+                raise ValueError(
+                    f"{resume_from_checkpoint} was written by a run with other settings, which resuming it would keep "
+                    "while reporting the new ones:\n  - " + "\n  - ".join(differences) + "\nStart fresh instead (another "
+                    "output_dir, or --overwrite_output_dir true in the job scripts), or resume with the checkpoint's "
+                    "settings.")
         return super().train(resume_from_checkpoint, *args, **kwargs)
+
+    def _run_identity(self) -> dict:
+        return run_identity(self.args, self.accelerator.unwrap_model(self.model), self.train_dataset,
+                            self.distillation_settings())
 
     def _save_checkpoint(self, model, trial):
         # Checkpoints keep the full-size group-sparse model: resuming needs weights shaped like the optimizer state.
         self._saving_checkpoint = True
         folder = os.path.join(self._get_output_dir(trial=trial), f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}")
         try:
+            if self.args.should_save:
+                write_run_identity(folder, self._run_identity())
             super()._save_checkpoint(model, trial)
         except (OSError, RuntimeError) as error:
             # What was written of this checkpoint cannot be resumed from: remove it (on a full disk that frees the

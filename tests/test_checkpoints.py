@@ -27,14 +27,15 @@ class FirstStep(TrainerCallback):
         self.step = state.global_step
 
 
-def trainer(output_dir, max_steps=4, **overrides):
+def trainer(output_dir, max_steps=4, data=None, **overrides):
     torch.manual_seed(0)
-    args = OTOTrainingArguments(output_dir=str(output_dir), per_device_train_batch_size=4, max_steps=max_steps,
-                                save_strategy="steps", save_steps=2, use_cpu=True, report_to=[], disable_tqdm=True,
-                                oto_target=0.3, oto_half_space_start=0.0, oto_prune_fraction=0.5, oto_num_periods=1,
-                                **overrides)
+    settings = dict(output_dir=str(output_dir), per_device_train_batch_size=4, max_steps=max_steps,
+                    save_strategy="steps", save_steps=2, use_cpu=True, report_to=[], disable_tqdm=True, oto_target=0.3,
+                    oto_half_space_start=0.0, oto_prune_fraction=0.5, oto_num_periods=1)
+    args = OTOTrainingArguments(**{**settings, **overrides})
     first = FirstStep()
-    return OTOTrainer(model=BertForSequenceClassification(tiny_bert_config()), args=args, train_dataset=examples(),
+    return OTOTrainer(model=BertForSequenceClassification(tiny_bert_config()), args=args,
+                      train_dataset=examples() if data is None else data,
                       data_collator=collate, callbacks=[first]), first
 
 
@@ -81,3 +82,21 @@ def test_a_full_disk_is_named_and_leaves_no_torn_checkpoint(tmp_path, monkeypatc
     monkeypatch.setattr(oto_hf.checkpoints.shutil, "disk_usage", lambda path: usage._replace(free=50 * 2**30))
     with pytest.raises(RuntimeError, match="iostream error"):
         trainer(tmp_path / "again", max_steps=2)[0].train()
+
+
+def test_resuming_with_other_settings_model_data_or_seed_is_refused_with_what_differs(tmp_path):
+    run, _ = trainer(tmp_path, max_steps=2)
+    run.train()
+    recorded = json.loads((tmp_path / "checkpoint-2" / "oto_run.json").read_text())
+    assert recorded["oto_settings"]["oto_target"] == 0.3 and recorded["train_data"]["examples"] == 16
+    with pytest.raises(ValueError, match=r"other settings(.|\n)*oto_target: 0.3 in the checkpoint, 0.7 now(.|\n)*"
+                                         r"Start fresh"):
+        trainer(tmp_path, max_steps=2, oto_target=0.7)[0].train(resume_from_checkpoint=True)
+    other_data = examples(20)
+    with pytest.raises(ValueError, match=r"train data: .*'examples': 16.* in the checkpoint, .*'examples': 20"):
+        trainer(tmp_path, max_steps=2, data=other_data)[0].train(resume_from_checkpoint=True)
+    with pytest.raises(ValueError, match=r"seed: 42 in the checkpoint, 7 now"):
+        trainer(tmp_path, max_steps=2, seed=7)[0].train(resume_from_checkpoint=True)
+    same, first = trainer(tmp_path, max_steps=2)  # the same run resumes (here: nothing left to train)
+    same.train(resume_from_checkpoint=True)
+    assert first.step == 2
