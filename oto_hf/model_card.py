@@ -21,6 +21,7 @@ from pathlib import Path
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
 from .stats import ModelStats
+from .timing import describe_load
 
 
 # Local copies of Hub models that oto-hf knows: the Python package that ships one -> the Hub id it is a copy of.
@@ -192,7 +193,8 @@ def model_card(model, info: CardInfo | None = None, **kwargs) -> ModelCard:
         lines += ["## Speed", "", f"Measured on the training machine's CPU: {speedup['speedup']:.2f}× faster than the "
                   f"model it was pruned from at batch {speedup['batch_size']} × {speedup['seq_len']} tokens "
                   f"({speedup.get('threads', '?')} threads, {speedup['repeats']} interleaved repeats, medians), "
-                  f"against an encoder FLOPs ratio of {speedup['encoder_flops_ratio']:.2f}.", ""]
+                  f"against an encoder FLOPs ratio of {speedup['encoder_flops_ratio']:.2f}. {describe_load(speedup)}"
+                  .rstrip(), ""]
     lines += _evaluation_lines(evaluations)
     if pruned:
         lines += ["## Training and pruning settings", "", "```json",

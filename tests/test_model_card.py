@@ -64,3 +64,11 @@ def test_card_arguments_become_evaluations():
     unnamed = card_arguments_evaluations(metrics, [], [], [])
     assert [(e.dataset_type, e.dataset_name) for e in unnamed] == [("", "evaluation data")]
     assert card_arguments_evaluations({}, ["glue"], [], []) == []
+
+
+def test_a_speedup_measured_on_a_busy_machine_says_so(models):
+    _, small, before, after = models
+    speedup = {"speedup": 1.08, "batch_size": 8, "seq_len": 128, "threads": 2, "repeats": 5,
+               "encoder_flops_ratio": 2.0, "busy": True, "max_foreign_load_cores": 1.9, "foreign_load_cores": [1.9]}
+    text = str(model_card(small, CardInfo(model_name="m", before=before, after=after, settings={}, speedup=speedup)))
+    assert "1.08× faster" in text and "busy machine: other processes used up to 1.90 cores" in text
