@@ -22,9 +22,9 @@ from pathlib import Path
 
 import yaml
 from transformers import AutoConfig, AutoTokenizer, HfArgumentParser, Trainer, set_seed
-from transformers.trainer_utils import get_last_checkpoint
 
 from . import distillation, model_card
+from .checkpoints import last_complete_checkpoint
 from .groups import supported_model_types, zero_invariant_groups
 from .modeling_oto import AUTO_CLASSES
 from .report import write_report
@@ -78,8 +78,9 @@ class ModelArguments:
 @dataclass
 class RunArguments:
     overwrite_output_dir: bool = field(
-        default=False, metadata={"help": "Allow an --output_dir that already holds a finished run (its report and "
-                                 "compressed model are replaced)."},
+        default=False, metadata={"help": "Start fresh in an --output_dir that already holds a run: a finished one's "
+                                 "report and model are replaced, and its checkpoints are not resumed from (as in "
+                                 "Hugging Face's example scripts)."},
     )
     report_latency_batch_size: int = field(default=8, metadata={"help": "Batch size of the latency comparison."})
     report_latency_repeats: int = field(default=5, metadata={"help": "Interleaved repeats (0: skip latency)."})
@@ -319,11 +320,12 @@ def check_output_dir(path: str, overwrite: bool) -> None:
         raise RunError(f"--output_dir {out} is not writable: {error}") from error
 
 
-def train_resuming(trainer, training_args, folder: str | os.PathLike | None = None):
-    """Train, resuming from --resume_from_checkpoint or else the last checkpoint in `folder` (default: the output
-    folder), if any."""
-    folder = str(folder if folder is not None else training_args.output_dir)
-    resume = training_args.resume_from_checkpoint or (get_last_checkpoint(folder) if os.path.isdir(folder) else None)
+def train_resuming(trainer, training_args, folder: str | os.PathLike | None = None, fresh: bool = False):
+    """Train, resuming from --resume_from_checkpoint or else the last complete checkpoint in `folder` (default: the
+    output folder), if any; `fresh` (--overwrite_output_dir true) resumes only from a checkpoint given by name."""
+    folder = folder if folder is not None else training_args.output_dir
+    resume = training_args.resume_from_checkpoint or (
+        None if fresh else last_complete_checkpoint(folder, needs_optimizer=not training_args.save_only_model))
     if resume:
         logger.info("resuming from %s", resume)
     return trainer.train(resume_from_checkpoint=resume)
@@ -385,15 +387,16 @@ def finish(out: Path, report: dict, trainer) -> dict:
 
 
 def train_dense(model, training_args, trainer_inputs: dict, tokenizer, teacher=None, distillation_settings=None,
-                resume_from: str | None = None):
+                resume_from: str | None = None, fresh: bool = False):
     """Fine-tune `model` without pruning: the plain `Trainer` (its default optimizer, torch.optim.AdamW), or with a
     `teacher` `DistillationTrainer` with `distillation_settings` (alpha, temperature). Used by --dense of both jobs
     and by the benchmark runner's dense and peer runs. Resumes from --resume_from_checkpoint, else from the last
-    checkpoint in `resume_from` (default: the output folder). Returns (trainer, train_result)."""
+    complete checkpoint in `resume_from` (default: the output folder) unless `fresh`. Returns (trainer,
+    train_result)."""
     kwargs = dict(model=model, args=training_args, processing_class=tokenizer, **trainer_inputs)
     trainer = Trainer(**kwargs) if teacher is None else distillation.DistillationTrainer(
         **kwargs, teacher_model=teacher, **(distillation_settings or {}))
-    return trainer, train_resuming(trainer, training_args, resume_from)
+    return trainer, train_resuming(trainer, training_args, resume_from, fresh)
 
 
 # ---- a job
@@ -453,7 +456,7 @@ def run_oto(task: Task, job: Prepared, model, inputs: dict, report: dict) -> dic
                              **distillation_kwargs(teacher, model_args))
     except ValueError as error:  # a Trainer feature that cannot be combined with pruning, a teacher of another vocabulary
         raise RunError(str(error)) from error
-    train_result = train_resuming(trainer, training_args)
+    train_result = train_resuming(trainer, training_args, fresh=run_args.overwrite_output_dir)
 
     # ---- the group-sparse model and the compressed one on the same examples ----
     sparse = evaluate(task, job, trainer.model, "evaluating group-sparse model")
@@ -466,14 +469,13 @@ def run_oto(task: Task, job: Prepared, model, inputs: dict, report: dict) -> dic
 
     # ---- the compressed model (with its card), then the report (last) ----
     before, after = sizes.at(training_args.oto_seq_len)
-    trainer.model_card_info = {
-        "base_model": job.model_path, "speedup": latency,
-        "model_name": f"{short_name(job.model_path)}-{task.card_task_name(job.data)}-oto"
-                      f"{sizes.removed_percent(training_args.oto_seq_len)}",
-        "evaluations": [task.card_evaluation(job.data, job.data_args, small.metrics,
-                                             baseline=card_metrics(job.teacher_path or job.model_path,
-                                                                   task.pipeline_tag))],
-    }
+    trainer.card_info = model_card.CardInfo(
+        base_model=job.model_path, speedup=latency, before=before, after=after,
+        model_name=f"{short_name(job.model_path)}-{task.card_task_name(job.data)}-oto"
+                   f"{sizes.removed_percent(training_args.oto_seq_len)}",
+        evaluations=[task.card_evaluation(job.data, job.data_args, small.metrics,
+                                          baseline=card_metrics(job.teacher_path or job.model_path,
+                                                                task.pipeline_tag))])
     out = Path(training_args.output_dir)
     final = save_model_atomic(trainer, out / "compressed_model")
     task.write_predictions(out, small, job.data)
@@ -501,7 +503,8 @@ def run_oto(task: Task, job: Prepared, model, inputs: dict, report: dict) -> dic
 def run_dense(task: Task, job: Prepared, model, inputs: dict, report: dict) -> dict:
     """--dense: fine-tune the full model (`train_dense`), evaluate it, save it with its card (whose metrics are the
     dense baseline of a pruning run that starts from this model), report."""
-    trainer, train_result = train_dense(model, job.training_args, inputs, job.tokenizer)
+    trainer, train_result = train_dense(model, job.training_args, inputs, job.tokenizer,
+                                        fresh=job.run_args.overwrite_output_dir)
     dense = evaluate(task, job, trainer.model, "evaluating dense model")
     trainer.log(task.logged_metrics(dense.metrics))
     out = Path(job.training_args.output_dir)

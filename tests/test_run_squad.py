@@ -288,3 +288,14 @@ def test_config_file_with_overrides(tmp_path):
     _, data_args, training_args, _ = run_squad.parse_arguments(["--oto_target", "0.4", "--output_dir", str(tmp_path)])
     assert training_args.oto_target == 0.4 and data_args.max_train_samples == 1600
 
+
+
+def test_overwrite_output_dir_starts_fresh_instead_of_resuming(small_model_dir, squad_dir, tmp_path):
+    """--overwrite_output_dir true is the fresh start the trainer's refusal of a mismatched resume points to: the
+    checkpoints already in the folder are not resumed from."""
+    out = tmp_path / "run"
+    run_squad.main(tiny_argv(small_model_dir, out, squad_dir, max_steps=2, report_latency_repeats=0))
+    assert (out / "checkpoint-2").is_dir()
+    again = run_squad.main(tiny_argv(small_model_dir, out, squad_dir, max_steps=2, report_latency_repeats=0,
+                                     oto_target=0.2, overwrite_output_dir="true"))
+    assert again["training"]["steps"] == 2 and again["oto_settings"]["oto_target"] == 0.2
