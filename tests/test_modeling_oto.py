@@ -121,9 +121,7 @@ def test_a_compressed_vit_loads_into_masked_image_modeling(model_type, tmp_path)
     stock = families.build(model_type, families.classifier(model_type))
     stock.save_pretrained(tmp_path / "stock")
     stock_mim = AutoModelForMaskedImageModeling.from_pretrained(tmp_path / "stock")
-    pixels = families.inputs(model_type)["pixel_values"]
-    masked = torch.zeros(2, families.tokens(model_type) - (2 if model_type == "deit" else 1), dtype=torch.bool)
-    masked[:, ::3] = True
+    pixels, masked = families.inputs(model_type, "ViTForMaskedImageModeling").values()
     for loaded in (AutoModelForMaskedImageModeling.from_pretrained(tmp_path / "small"),
                    AutoModel.from_pretrained(tmp_path / "small", use_mask_token=True)):
         body = loaded.base_model.eval()
