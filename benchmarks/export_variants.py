@@ -7,7 +7,8 @@ about 30% of its groups zeroed at random plus every head of layer 1 and every FF
 by `oto_hf.compress`.
 
 1. Exporters: `export_onnx` with `exporter="dynamo"` and `"torchscript"`, each `--repeats` times in alternating order
-   (wall time of the whole call, time.perf_counter; the first call of each also pays its imports), then `check_onnx`
+   (`oto_hf.timing.interleaved` without warm-up: wall time of the whole call, the first call of each also paying its
+   imports; other processes' CPU load recorded under "export_timing_load"), then `check_onnx`
    of each file: max |Δ| of `last_hidden_state` and `pooler_output` against PyTorch at batches 1, 3, 8 × lengths
    7, 33, 128, rows after the first padded, every position compared.
 2. int8: the dynamo file quantized with `quantize_int8`, per channel (the default) and per tensor. The float32 file
@@ -27,7 +28,7 @@ The files go to a temporary folder deleted at the end. Times are wall times on w
 import argparse
 import sys
 import tempfile
-import time
+from functools import partial
 from importlib.metadata import version
 from pathlib import Path
 
@@ -40,6 +41,7 @@ import torch  # noqa: E402
 import transformers  # noqa: E402
 
 import oto_hf  # noqa: E402
+from oto_hf import timing  # noqa: E402
 from oto_hf.export import check_onnx, export_onnx, quantize_int8, sample_inputs  # noqa: E402
 from oto_hf.groups import HEAD, NEURON  # noqa: E402
 
@@ -51,7 +53,7 @@ def compressed_minilm():
     torch.manual_seed(0)
     dense = transformers.AutoModel.from_pretrained(common.minilm_path()).eval()
     groups = oto_hf.zero_invariant_groups(dense)
-    groups.zero_((torch.rand(len(groups)) < 0.3) | ((groups.layers == 1) & (groups.kinds == HEAD))
+    groups.zero_((torch.rand(groups.num_groups) < 0.3) | ((groups.layers == 1) & (groups.kinds == HEAD))
                  | ((groups.layers == 2) & (groups.kinds == NEURON)))
     return oto_hf.compress(dense).eval()
 
@@ -92,13 +94,15 @@ def main(argv=None) -> None:
     options.log_severity_level = 3
     options.intra_op_num_threads = torch.get_num_threads()
     with tempfile.TemporaryDirectory() as tmp:
-        exporters = {"dynamo": {"seconds": []}, "torchscript": {"seconds": []}}
-        for r in range(args.repeats):
-            for name in (("dynamo", "torchscript") if r % 2 == 0 else ("torchscript", "dynamo")):
-                start = time.perf_counter()
-                info = export_onnx(model, Path(tmp) / f"{name}.onnx", exporter=name)
-                exporters[name]["seconds"].append(round(time.perf_counter() - start, 2))
-                exporters[name]["bytes"] = info["bytes"]
+        exporters = {"dynamo": {}, "torchscript": {}}
+
+        def export_with(name):
+            exporters[name]["bytes"] = export_onnx(model, Path(tmp) / f"{name}.onnx", exporter=name)["bytes"]
+
+        times = timing.interleaved({name: partial(export_with, name) for name in exporters}, args.repeats, warmup=0)
+        for name, entry in exporters.items():
+            entry["seconds"] = [round(s, 2) for s in times.seconds[name]]
+        result["export_timing_load"] = times.load()
         for name, entry in exporters.items():
             entry["max_abs_diff"] = check_onnx(model, Path(tmp) / f"{name}.onnx", batch_sizes=(1, 3, 8),
                                                seq_lens=(7, 33, 128), atol=None)

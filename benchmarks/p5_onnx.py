@@ -3,7 +3,7 @@
 A prepared script: run it on an otherwise idle machine (docs/deployment.md, "P5 (CPU, onnxruntime)"); on a shared
 machine its ratios are noise.
 
-The models are those of `benchmarks/p5_gpu.py` (its `build_model` and `zero_uniform`, imported from there):
+The models are those of `benchmarks/p5_gpu.py` (`common.build_model` and `common.compressed_copies`):
 `--config minilm` (the packaged all-MiniLM-L6-v2, real weights, as BertForQuestionAnswering), `bert-base`
 (BertConfig's defaults, random weights: speed does not depend on them) or `tiny` (a 2-layer toy, the smoke check),
 loaded with SDPA attention, and copies compressed with the uniform layout that removes 50% and 70% (`--fractions`) of every
@@ -25,8 +25,8 @@ same numpy feed for every variant. Per shape: `--warmup` untimed runs per varian
 which `inner` is chosen so that one timing of the fastest variant lasts about `--min-timing-s` (at most
 `--max-inner`); then `--repeats` repeats, each timing every variant once in an order rotated every repeat
 (interleaved, all six variants in the same process and the same repeats); one timing = the mean of `inner`
-back-to-back runs. The CPU time other processes used during each repeat is recorded (a noise indicator: ~0 on an
-idle machine). Shapes are timed cheapest first.
+back-to-back runs (`oto_hf.timing.interleaved`). The CPU time other processes used during each repeat is recorded (a
+noise indicator: ~0 on an idle machine). Shapes are timed cheapest first.
 
 Reported per shape (medians; for each ratio the ratio of medians and the median and IQR of per-repeat ratios):
 * fp32 dense / fp32 compressed, per fraction, beside the encoder FLOPs ratio dense / compressed at that length
@@ -54,23 +54,20 @@ Quality is NOT measured here: the jobs' `--export_onnx --quantize int8` (run_squ
 import argparse
 import gc
 import json
-import math
 import os
 import shutil
-import statistics
 import sys
 import tempfile
 import time
-import types
+from functools import partial
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common  # noqa: E402  (sets the offline environment before transformers is imported)
-from p5_gpu import CONFIGS, STATS_SEQ_LEN, build_model, compressed_copies, make_inputs, parse_shape  # noqa: E402
-
+from p5_gpu import CONFIGS, STATS_SEQ_LEN  # noqa: E402
 
 import oto_hf  # noqa: E402
-from oto_hf import export  # noqa: E402
+from oto_hf import export, timing  # noqa: E402
 
 TARGET_QUOTIENT = 0.9  # speedup / encoder FLOPs ratio, fp32, at 32 x 384
 TARGET_SHAPE = (32, 384)
@@ -102,26 +99,11 @@ def file_bytes(path: Path) -> int:
     return path.stat().st_size + (data.stat().st_size if data.exists() else 0)
 
 
-def make_session(path: Path, threads: int, profile_prefix: Path | None = None):
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.log_severity_level = 3
-    if profile_prefix is not None:
-        options.enable_profiling = True
-        options.profile_file_prefix = str(profile_prefix)
-    options.intra_op_num_threads = threads
-    options.inter_op_num_threads = 1
-    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-
-
 def prepare(args, workdir: Path) -> tuple[dict, dict]:
     """Build the models, export and check every file; returns (the result's description, {variant: .onnx path},
     the dense model's config)."""
-    dense, description = build_model(args.config, args.seed)
-    copies, zeroed, sparse_diff = compressed_copies(dense, args.fractions, args.seed)
+    dense, description = common.build_model(args.config, args.seed, attn_implementation="sdpa")
+    copies, zeroed, sparse_diff = common.compressed_copies(dense, args.fractions, args.seed)
     models = {"dense": dense, **copies}
     stats = {}
     for seq_len in sorted({tokens for _, tokens in args.shapes} | {STATS_SEQ_LEN}):
@@ -164,36 +146,15 @@ def prepare(args, workdir: Path) -> tuple[dict, dict]:
     return result, {name: paths[name] for name in order}, dense.config
 
 
-def timing(session, feed: dict, inner: int) -> float:
-    """Seconds per run: the mean of `inner` back-to-back `session.run` calls."""
-    start = time.perf_counter()
-    for _ in range(inner):
-        session.run(None, feed)
-    return (time.perf_counter() - start) / inner
-
-
 def time_block(sessions: dict, feed: dict, args, deadline: float) -> dict:
-    """Interleaved timings of every session on `feed`: warm-up, calibration of `inner`, then up to `args.repeats`
-    repeats (fewer if `deadline` passes), the order rotated every repeat."""
-    names = list(sessions)
-    for _ in range(args.warmup):
-        for name in names:
-            timing(sessions[name], feed, 1)
-    fastest = min(timing(sessions[name], feed, 1) for name in names)
-    inner = max(1, min(args.max_inner, math.ceil(args.min_timing_s / max(fastest, 1e-9))))
-    times = {name: [] for name in names}
-    foreign, meter, truncated = [], common.ForeignLoad(), False
-    for r in range(args.repeats):
-        if r > 0 and time.perf_counter() > deadline:
-            truncated = True
-            break
-        order = names[r % len(names):] + names[:r % len(names)]
-        meter.start()
-        for name in order:
-            times[name].append(timing(sessions[name], feed, inner))
-        foreign.append(meter.stop())
-    return {"inner": inner, "repeats": len(times[names[0]]), "truncated_by_budget": truncated,
-            "foreign_load_cores": foreign, "seconds": times}
+    """Interleaved timings of every session on `feed` (`oto_hf.timing.interleaved`): warm-up, calibration of `inner`
+    on the fastest, then up to `args.repeats` repeats (fewer if `deadline` passes), the order rotated every repeat;
+    other processes' CPU load recorded per repeat."""
+    times = timing.interleaved({name: partial(session.run, None, feed) for name, session in sessions.items()},
+                               args.repeats, warmup=args.warmup, min_timing_s=args.min_timing_s,
+                               max_inner=args.max_inner, deadline=deadline)
+    return {"inner": times.inner, "repeats": times.repeats, "truncated_by_budget": times.truncated_by_deadline,
+            "foreign_load_cores": times.foreign_load_cores, "seconds": times.seconds, "median_s": times.medians()}
 
 
 def profile_ops(paths: dict, feed: dict, threads: int, runs: int, workdir: Path) -> dict:
@@ -202,7 +163,7 @@ def profile_ops(paths: dict, feed: dict, threads: int, runs: int, workdir: Path)
     cost makes these totals a little above the timed medians; compare shares, not absolute times."""
     out = {}
     for name, path in paths.items():
-        session = make_session(path, threads, workdir / f"profile_{name.replace(' ', '_').rstrip('%')}")
+        session = common.onnx_session(path, threads, workdir / f"profile_{name.replace(' ', '_').rstrip('%')}")
         for _ in range(runs + 1):
             session.run(None, feed)
         trace = Path(session.end_profiling())
@@ -224,7 +185,7 @@ def ratios(block: dict, labels: list[str], flops: dict[str, float], shape: tuple
     out = {}
 
     def add(kind: str, num: str, den: str, flops_ratio: float | None = None):
-        entry = {"kind": kind, **common.ratio_summary(seconds[num], seconds[den])}
+        entry = {"kind": kind, **timing.ratio_summary(seconds[num], seconds[den])}
         if flops_ratio is not None:
             entry["encoder_flops_ratio"] = flops_ratio
             entry["speedup_over_flops_ratio"] = entry["ratio_of_medians"] / flops_ratio
@@ -248,8 +209,7 @@ def run(args, workdir: Path, t_start: float) -> dict:
     result, paths, config = prepare(args, workdir)
     labels = list(result["zeroed"])
     gc.collect()  # the PyTorch models are no longer needed
-    vocab = types.SimpleNamespace(config=config)  # what p5_gpu.make_inputs reads
-    sessions = {name: make_session(path, args.threads) for name, path in paths.items()}
+    sessions = {name: common.onnx_session(path, args.threads) for name, path in paths.items()}
     input_names = [i.name for i in sessions["fp32 dense"].get_inputs()]
     result["session"] = {"provider": "CPUExecutionProvider", "intra_op_num_threads": args.threads,
                          "inter_op_num_threads": 1, "execution_mode": "sequential",
@@ -261,10 +221,9 @@ def run(args, workdir: Path, t_start: float) -> dict:
     for i, (batch, tokens) in enumerate(shapes):
         key = f"{batch}x{tokens}"
         share = (deadline - time.perf_counter()) / (len(shapes) - i)
-        inputs = make_inputs(vocab, batch, tokens, "cpu", args.seed)
+        inputs = common.random_batch(config, batch, tokens, "cpu", args.seed)
         feed = {name: inputs[name].numpy() for name in input_names}
         block = time_block(sessions, feed, args, time.perf_counter() + share)
-        block["median_s"] = {name: statistics.median(t) for name, t in block["seconds"].items()}
         block["ratios"] = ratios(block, labels, result["encoder_flops_ratio_dense_over_compressed"][str(tokens)],
                                  (batch, tokens))
         latency[key] = block
@@ -274,7 +233,7 @@ def run(args, workdir: Path, t_start: float) -> dict:
     result["latency"] = {f"{b}x{t}": latency[f"{b}x{t}"] for b, t in args.shapes}
     if args.profile:
         batch, tokens = args.shapes[0]
-        inputs = make_inputs(vocab, batch, tokens, "cpu", args.seed)
+        inputs = common.random_batch(config, batch, tokens, "cpu", args.seed)
         feed = {name: inputs[name].numpy() for name in input_names}
         result["profile"] = {"shape": f"{batch}x{tokens}", "runs": args.profile,
                              "ms_per_run_by_op": profile_ops(paths, feed, args.threads, args.profile, workdir)}
@@ -324,16 +283,7 @@ def print_profile(result: dict) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", choices=CONFIGS, default="minilm")
-    parser.add_argument("--fractions", nargs="+", type=float, default=[0.5, 0.7],
-                        help="fractions of the encoder FLOPs to remove (default 0.5 0.7)")
-    parser.add_argument("--shapes", nargs="+", type=parse_shape, default=[(32, 384), (1, 128)],
-                        help="batch x tokens (default 32x384 1x128)")
-    parser.add_argument("--repeats", type=int, default=10, help="interleaved repeats per shape (default 10)")
-    parser.add_argument("--warmup", type=int, default=1, help="untimed runs per variant and shape first (default 1)")
-    parser.add_argument("--min-timing-s", type=float, default=0.25,
-                        help="runs per timing are chosen so that the fastest variant's timing lasts about this "
-                             "long (default 0.25)")
-    parser.add_argument("--max-inner", type=int, default=100, help="at most this many runs per timing (default 100)")
+    common.add_block_timing_arguments(parser, repeats=10, warmup=1, min_timing_s=0.25, max_inner=100)
     parser.add_argument("--threads", type=int, default=common.THREADS,
                         help="onnxruntime intra-op threads and torch threads (default 2)")
     parser.add_argument("--budget-s", type=float, default=2400.0,

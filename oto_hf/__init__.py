@@ -43,7 +43,7 @@ from .stats import ModelStats, model_stats
 from .trainer import OTOTrainer, OTOTrainingArguments
 
 
-__version__ = "0.2.0"
+__version__ = "0.3.0"
 
 
 def _register_auto_classes() -> None:

@@ -7,18 +7,21 @@ the model, says how to load it with and without oto_hf, what was removed (in all
 and the quality beside the dense baseline where the run had them, the OTO settings and the paper to cite. No path of
 the training machine appears in the card.
 
-One function, `model_card`, serves `OTOTrainer.save_model` / `create_model_card` / `push_to_hub` and the job scripts.
+What a card says is one typed object, `CardInfo`: a job script fills what it measured (evaluations, speedup, the
+stats it computed), `OTOTrainer` the rest from its run (settings, family, the evaluation it logged), and one function,
+`model_card`, renders it for `OTOTrainer.save_model` / `create_model_card` / `push_to_hub` and the job scripts alike.
 """
 
 import json
 import os
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
 from .stats import ModelStats
+from .timing import describe_load
 
 
 # Local copies of Hub models that oto-hf knows: the Python package that ships one -> the Hub id it is a copy of.
@@ -69,6 +72,39 @@ class Evaluation:
     note: str = ""
 
 
+@dataclass
+class CardInfo:
+    """Everything a model card states beyond the model's own weights and config.
+
+    `before` / `after`: the stats of the model it was pruned from and of the model itself (`oto_hf.model_stats`);
+    `settings`: the OTO settings of the run (None for a dense model: the card then says so); `evaluations`: what the run
+    measured (None: `OTOTrainer` fills in the evaluation it logged); `speedup`: a `report.latency_ratio` result with
+    its `encoder_flops_ratio`, where the run measured one; `base_model`: where the run started (a Hub id or a local
+    folder, never written as a path); `family`: the encoder family's tag; `licence`: the base model's where known;
+    `datasets` (Hub dataset ids; default: the evaluations' dataset types), `language` and `tags` (added to the card's
+    own) go into the metadata; `task` overrides the task read from the model's head in the evaluation results, and the
+    pipeline tag where it is one."""
+
+    model_name: str | None = None
+    base_model: str | None = None
+    before: ModelStats | None = None
+    after: ModelStats | None = None
+    settings: dict | None = None
+    evaluations: list[Evaluation] | None = None
+    speedup: dict | None = None
+    family: str | None = None
+    licence: str | None = None
+    datasets: list[str] | None = None
+    language: str | list[str] | None = None
+    tags: list[str] = field(default_factory=list)
+    task: str | None = None
+
+    def merged(self, other: "CardInfo") -> "CardInfo":
+        """This info, with each field it leaves unset (None or empty) taken from `other`."""
+        return replace(self, **{f.name: getattr(other, f.name) for f in fields(self)
+                                if getattr(self, f.name) in (None, [], ()) and getattr(other, f.name) is not None})
+
+
 def hub_id(name_or_path) -> str | None:
     """The Hub id a model source stands for, or None: the id itself; for a local folder, the `base_model` its own card
     names (a model this project saved), or the Hub model a known package ships. Never a local path."""
@@ -111,16 +147,14 @@ def task_of(model) -> tuple[str | None, str, str]:
     return next((task for suffix, task in TASKS.items() if name.endswith(suffix)), (None, "other", "AutoModel"))
 
 
-def model_card(model, *, model_name: str, base_model: str | None, before: ModelStats, after: ModelStats,
-               settings: dict | None = None, evaluations: list[Evaluation] = (), speedup: dict | None = None,
-               family: str = "bert", licence: str | None = None, datasets: list[str] | None = None,
-               language: str | list[str] | None = None, tags: list[str] = (), task: str | None = None) -> ModelCard:
-    """The card of `model` (compressed, or dense when `settings` is None): `before` and `after` are the stats of the
-    model it was pruned from and of `model`; `speedup` a `report.latency_ratio` result with its
-    `encoder_flops_ratio`, if the job measured one. `datasets` (Hub dataset ids; default: the evaluations' dataset
-    types), `language` and `tags` (added to the card's own) go into the metadata; `task` overrides the task read
-    from the model's head in the evaluation results, and the pipeline tag where it is one."""
-    base = hub_id(base_model)
+def model_card(model, info: CardInfo | None = None, **kwargs) -> ModelCard:
+    """The card of `model` (compressed, or dense when `info.settings` is None) from `info`; keyword arguments name
+    `CardInfo` fields and override `info`'s. `model_name`, `before` and `after` are required."""
+    info = replace(info or CardInfo(), **kwargs)
+    if info.model_name is None or info.before is None or info.after is None:
+        raise ValueError("model_card needs model_name, before and after (the stats before and after pruning)")
+    model_name, before, after, evaluations, task = info.model_name, info.before, info.after, info.evaluations or [], info.task
+    base = hub_id(info.base_model)
     task_from_head, task_name, auto = task_of(model)
     task_name = task or task_name
     task = task if task in PIPELINE_TAGS else task_from_head
@@ -129,12 +163,13 @@ def model_card(model, *, model_name: str, base_model: str | None, before: ModelS
                           metric_name=METRICS[key][1], metric_value=round(float(value), 4))
                for e in evaluations if e.dataset_type for key, value in _known(e.metrics).items()]
     data = ModelCardData(
-        library_name="transformers", pipeline_tag=task, base_model=base, license=licence,
-        tags=list(dict.fromkeys(["oto-hf", "structured-pruning", family, *tags])), language=language or None,
-        datasets=datasets or sorted({e.dataset_type for e in evaluations if e.dataset_type}) or None,
+        library_name="transformers", pipeline_tag=task, base_model=base, license=info.licence,
+        tags=list(dict.fromkeys(["oto-hf", "structured-pruning", info.family or "bert", *info.tags])),
+        language=info.language or None,
+        datasets=info.datasets or sorted({e.dataset_type for e in evaluations if e.dataset_type}) or None,
         model_name=model_name, eval_results=results or None,
     )
-    pruned = settings is not None
+    pruned, speedup = info.settings is not None, info.speedup
     removed = 1 - after.encoder_flops / before.encoder_flops if before.encoder_flops else 0.0
     lines = [f"# {model_name}", ""]
     start = f"[`{base}`](https://huggingface.co/{base})" if base else "a pre-trained model"
@@ -158,13 +193,27 @@ def model_card(model, *, model_name: str, base_model: str | None, before: ModelS
         lines += ["## Speed", "", f"Measured on the training machine's CPU: {speedup['speedup']:.2f}× faster than the "
                   f"model it was pruned from at batch {speedup['batch_size']} × {speedup['seq_len']} tokens "
                   f"({speedup.get('threads', '?')} threads, {speedup['repeats']} interleaved repeats, medians), "
-                  f"against an encoder FLOPs ratio of {speedup['encoder_flops_ratio']:.2f}.", ""]
+                  f"against an encoder FLOPs ratio of {speedup['encoder_flops_ratio']:.2f}. {describe_load(speedup)}"
+                  .rstrip(), ""]
     lines += _evaluation_lines(evaluations)
     if pruned:
         lines += ["## Training and pruning settings", "", "```json",
-                  json.dumps(_without_paths(settings), indent=2, sort_keys=True, default=str), "```", ""]
+                  json.dumps(_without_paths(info.settings), indent=2, sort_keys=True, default=str), "```", ""]
     lines += ["## Citation", "", "```bibtex", CITATION, "```", ""]
     return ModelCard(f"---\n{data.to_yaml()}\n---\n\n" + "\n".join(lines))
+
+
+def card_arguments_evaluations(metrics: dict, dataset_tags: list[str], dataset: list[str],
+                                dataset_args: list[str]) -> list[Evaluation]:
+    """`metrics` (one evaluation's) as the card's evaluations, one per dataset that transformers' card arguments name
+    (`dataset_tags`: Hub ids; `dataset`: names shown; `dataset_args`: configs), or one on unnamed "evaluation data";
+    none without metrics."""
+    if not metrics:
+        return []
+    named = [Evaluation(dataset_type=kind, dataset_name=dataset[i] if i < len(dataset) else kind, split="evaluation",
+                        metrics=metrics, dataset_config=dataset_args[i] if i < len(dataset_args) else None)
+             for i, kind in enumerate(dataset_tags or dataset)]
+    return named or [Evaluation(dataset_type="", dataset_name="evaluation data", split="evaluation", metrics=metrics)]
 
 
 def _for(task: str | None) -> str:
@@ -221,4 +270,5 @@ def _without_paths(values):
     return values
 
 
-__all__ = ["PIPELINE_TAGS", "Evaluation", "hub_id", "licence_of", "model_card", "read_card", "task_of"]
+__all__ = ["PIPELINE_TAGS", "CardInfo", "Evaluation", "card_arguments_evaluations", "hub_id", "licence_of", "model_card",
+           "read_card", "task_of"]

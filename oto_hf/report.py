@@ -6,45 +6,15 @@ fractions (shown as percentages) and what one prediction is called; without one 
 
 import json
 import os
-import statistics
-import time
 from pathlib import Path
 
-import torch
+from .timing import latency_ratio  # noqa: F401  (its home is timing.py; this import keeps report.latency_ratio)
 
 
 SQUAD_TASK = {"title": "SQuAD v1.1, official EM/F1", "metrics": ["exact_match", "f1"], "fractions": False,
               "unit": "answers"}
 METRIC_NAMES = {"exact_match": "EM", "f1": "F1", "accuracy": "accuracy", "matthews_correlation": "Matthews corr.",
                 "pearson": "Pearson", "spearmanr": "Spearman"}
-
-
-def latency_ratio(dense, compressed, batch_size: int, seq_len: int, repeats: int = 5, vocab_size: int = 1000) -> dict:
-    """Inference latency of `dense` and `compressed` on the same random batch, interleaved (A, B, A, B, …) so that
-    machine noise hits both alike; medians. Returns both medians (seconds) and speedup = dense / compressed."""
-    generator = torch.Generator().manual_seed(0)
-    device = next(dense.parameters()).device
-    inputs = {
-        "input_ids": torch.randint(0, vocab_size, (batch_size, seq_len), generator=generator).to(device),
-        "attention_mask": torch.ones(batch_size, seq_len, dtype=torch.long, device=device),
-    }
-    times = {"dense": [], "compressed": []}
-    models = {"dense": dense.eval(), "compressed": compressed.eval()}
-    with torch.no_grad():
-        for model in models.values():  # warm-up
-            model(**inputs)
-        for _ in range(repeats):
-            for name, model in models.items():
-                if device.type == "cuda":
-                    torch.cuda.synchronize()
-                start = time.perf_counter()
-                model(**inputs)
-                if device.type == "cuda":
-                    torch.cuda.synchronize()
-                times[name].append(time.perf_counter() - start)
-    dense_s, small_s = statistics.median(times["dense"]), statistics.median(times["compressed"])
-    return {"batch_size": batch_size, "seq_len": seq_len, "repeats": repeats, "threads": torch.get_num_threads(),
-            "dense_median_s": dense_s, "compressed_median_s": small_s, "speedup": dense_s / small_s}
 
 
 def write_report(output_dir: str | os.PathLike, report: dict, log_history: list[dict]) -> dict[str, Path]:

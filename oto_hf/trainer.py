@@ -6,27 +6,29 @@ collators, schedulers, callbacks, evaluation, checkpoints, the Hub) works as bef
 import inspect
 import os
 import re
+import shutil
 import warnings
 from dataclasses import InitVar, dataclass, field
 
 import torch
 from transformers import Trainer, TrainerCallback, TrainingArguments
-from transformers.trainer_utils import HubStrategy, IntervalStrategy
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, HubStrategy, IntervalStrategy
 from transformers.utils import logging
 from transformers.training_args import OptimizerNames
 
+from .checkpoints import (checkpoint_problem, last_complete_checkpoint, run_differences, run_identity,
+                          write_failure, write_run_identity)
 from .compress import compress
 from .distillation import DistillationMixin
 from .groups import zero_invariant_groups
 from .hspg import HSPG
-from .model_card import Evaluation, hub_id, licence_of, model_card
+from .model_card import CardInfo, card_arguments_evaluations, hub_id, licence_of, model_card
 from .settings import DIRECTIONS, RETIRED_OPTIONS, SALIENCIES, TARGET_UNITS, InvalidOTOSettings, OTOSettings
 from .stats import model_stats
 
 
 logger = logging.get_logger(__name__)
 
-TRAINING_ARGS_NAME = "training_args.bin"
 _DEFAULT_OPTIMS = {OptimizerNames.ADAMW_TORCH, OptimizerNames.ADAMW_TORCH_FUSED}
 
 
@@ -194,12 +196,14 @@ class OTOTrainer(DistillationMixin, Trainer):
     * `teacher_model=` (with `distillation_alpha=`, `distillation_temperature=`, `distillation_hidden_weight=`) adds a
       distillation term from a trained dense model to the task loss; see `oto_hf.distillation`.
 
-    * `trainer.compress()` returns the compressed model at any time (the trained model is left untouched).
+    * `trainer.compress()` returns the compressed model at any time (the trained model is left untouched; cut once
+      per state of the weights).
     * `save_model()` (and so the end of `run_squad.py`, `push_to_hub()`) writes the compressed model with a model card;
       checkpoints written during training keep the full-size group-sparse model, so that `resume_from_checkpoint`
       restores model, HSPG state and schedule exactly. `create_model_card` / `push_to_hub` take transformers' card
       arguments (`finetuned_from`, `tasks`, `dataset_tags`, `dataset`, `dataset_args`, `language`, `license`,
-      `tags`, `model_name`) and write them into the compressed model's card.
+      `tags`, `model_name`) and write them into the compressed model's card; `trainer.card_info`
+      (`oto_hf.model_card.CardInfo`) adds what a script measured itself (evaluations, speedup).
     * Each log entry, training and evaluation alike, reports group sparsity, heads and FFN neurons kept, encoder
       FLOPs and parameters kept and λ (`oto/*`).
 
@@ -252,10 +256,12 @@ class OTOTrainer(DistillationMixin, Trainer):
                 )
         self._saving_checkpoint = False
         # What the model card states beyond the run itself (see write_model_card); job scripts fill it.
-        self.model_card_info: dict = {}
+        self.card_info = CardInfo()
+        self._compressed = None  # (fingerprint of the trained weights, their compressed model): see compress()
         super().__init__(model, args, *posargs, **kwargs)
         # First in the list, so that its check runs before any other callback starts anything at train start.
         self.callback_handler.callbacks.insert(0, _OTOTrainStartCheck())
+        mean_loss_under_gradient_accumulation(self)
 
     def hyperparameter_search(self, *args, **kwargs):
         raise ValueError(_NO_MODEL_INIT)
@@ -332,15 +338,66 @@ class OTOTrainer(DistillationMixin, Trainer):
 
     # ---- compression, saving, the Hub ----
 
-    def compress(self):
-        """The compressed model: the trained model without its zero heads and FFN neurons."""
-        return compress(self.accelerator.unwrap_model(self.model), seq_len_for_stats=self.args.oto_seq_len)
+    def compress(self, refresh: bool = False):
+        """The compressed model: the trained model without its zero heads and FFN neurons (the trained model is left
+        untouched). Cut once per state of the weights: until a training step, a loaded checkpoint or any in-place
+        write to a parameter changes them, the same compressed model is returned, so a job that evaluates it and then
+        saves it cuts the model once. Writes through `param.data` bypass torch's version counters: after those, pass
+        `refresh=True`."""
+        model = self.accelerator.unwrap_model(self.model)
+        # Every in-place write to a parameter (optimizer steps, load_state_dict) bumps its version counter.
+        fingerprint = (self.state.global_step, tuple((id(p), p._version) for p in model.parameters()))
+        if refresh or self._compressed is None or self._compressed[0] != fingerprint:
+            self._compressed = (fingerprint, compress(model, seq_len_for_stats=self.args.oto_seq_len))
+        return self._compressed[1]
+
+    def train(self, resume_from_checkpoint: str | bool | None = None, *args, **kwargs):
+        """`Trainer.train`; `resume_from_checkpoint=True` resumes from the last *complete* checkpoint in `output_dir`
+        (one whose writing was interrupted is skipped with a warning), and a given checkpoint folder that cannot be
+        resumed from is refused with the reason."""
+        needs_optimizer = not self.args.save_only_model
+        if resume_from_checkpoint is True:
+            resume_from_checkpoint = last_complete_checkpoint(self.args.output_dir, needs_optimizer)
+            if resume_from_checkpoint is None:
+                raise ValueError(f"resume_from_checkpoint=True, but {self.args.output_dir} holds no complete "
+                                 "checkpoint to resume from")
+        elif resume_from_checkpoint:
+            problem = checkpoint_problem(resume_from_checkpoint, needs_optimizer)
+            if problem:
+                raise ValueError(f"Cannot resume from {resume_from_checkpoint}: {problem}. Resume from an earlier "
+                                 "checkpoint, or start fresh without resume_from_checkpoint")
+        if resume_from_checkpoint:
+            # A resumed run continues the checkpoint's pruning: settings that differ would be ignored, and reported.
+            differences = run_differences(resume_from_checkpoint, self._run_identity())
+            if differences:
+                raise ValueError(
+                    f"{resume_from_checkpoint} was written by a run with other settings, which resuming it would keep "
+                    "while reporting the new ones:\n  - " + "\n  - ".join(differences) + "\nStart fresh instead (another "
+                    "output_dir, or --overwrite_output_dir true in the job scripts), or resume with the checkpoint's "
+                    "settings.")
+        return super().train(resume_from_checkpoint, *args, **kwargs)
+
+    def _run_identity(self) -> dict:
+        return run_identity(self.args, self.accelerator.unwrap_model(self.model), self.train_dataset,
+                            self.distillation_settings())
 
     def _save_checkpoint(self, model, trial):
         # Checkpoints keep the full-size group-sparse model: resuming needs weights shaped like the optimizer state.
         self._saving_checkpoint = True
+        folder = os.path.join(self._get_output_dir(trial=trial), f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}")
         try:
+            if self.args.should_save:
+                write_run_identity(folder, self._run_identity())
             super()._save_checkpoint(model, trial)
+        except (OSError, RuntimeError) as error:
+            # What was written of this checkpoint cannot be resumed from: remove it (on a full disk that frees the
+            # space it took), so that a rerun resumes from the last whole one.
+            if self.args.should_save and checkpoint_problem(folder, not self.args.save_only_model):
+                shutil.rmtree(folder, ignore_errors=True)
+            disk_full = write_failure(error, folder)
+            if disk_full is not None:
+                raise disk_full from error
+            raise
         finally:
             self._saving_checkpoint = False
 
@@ -357,7 +414,6 @@ class OTOTrainer(DistillationMixin, Trainer):
             super()._save(os.path.join(output_dir, "group_sparse"), state_dict)
         if self.processing_class is not None:
             self.processing_class.save_pretrained(output_dir)
-        torch.save(self.args, os.path.join(output_dir, TRAINING_ARGS_NAME))
         self.write_model_card(output_dir, small)
 
     def create_model_card(self, language: str | None = None, license: str | None = None,
@@ -381,40 +437,48 @@ class OTOTrainer(DistillationMixin, Trainer):
                          tags: str | list[str] | None = None, tasks: str | list[str] | None = None,
                          dataset_tags: str | list[str] | None = None,
                          dataset_args: str | list[str] | None = None) -> str:
-        """Write `compressed`'s card (oto_hf.model_card) to `output_dir`/README.md. What the run does not know itself
-        comes from `self.model_card_info`, which a job script fills before saving: "evaluations" (a list of
-        `oto_hf.model_card.Evaluation`), "speedup" (a `report.latency_ratio` result), "base_model" (where the run
-        started, if `config._name_or_path` does not say it), "model_name". Without "evaluations", the card reports
-        the evaluation of the model being saved (see `_card_eval_metrics`) on `dataset_tags` / `dataset`."""
-        info = self.model_card_info
+        """Write `compressed`'s card (oto_hf.model_card) to `output_dir`/README.md. The arguments (transformers' card
+        arguments) come first; what they leave open comes from `self.card_info` (a `CardInfo` that a job script fills
+        before saving: its evaluations, measured speedup, stats, base model, name), and the rest from the run itself:
+        the OTO settings, the family, the stats of the trained and compressed models, and, without evaluations, the
+        evaluation of the model being saved (see `_card_eval_metrics`) on `dataset_tags` / `dataset`."""
+        given = CardInfo(model_name=model_name, base_model=finetuned_from, licence=license, language=language,
+                         tags=_as_list(tags), task=(_as_list(tasks) or [None])[0],
+                         datasets=_as_list(dataset_tags) or None)
+        info = given.merged(self.card_info)
         model = self.accelerator.unwrap_model(self.model)
-        before = model_stats(model, self.args.oto_seq_len, exclude_zero_groups=False)
-        after = model_stats(compressed, self.args.oto_seq_len)
-        base = finetuned_from or info.get("base_model") or getattr(model.config, "_name_or_path", None)
-        hub_datasets, names, configs = _as_list(dataset_tags), _as_list(dataset), _as_list(dataset_args)
-        evaluations = info.get("evaluations")
+        before = info.before or model_stats(model, self.args.oto_seq_len, exclude_zero_groups=False)
+        after = info.after or model_stats(compressed, self.args.oto_seq_len)
+        base = info.base_model or getattr(model.config, "_name_or_path", None)
+        evaluations = info.evaluations
         if evaluations is None:
-            metrics = self._card_eval_metrics()
-            evaluations = [Evaluation(dataset_type=kind, dataset_name=names[i] if i < len(names) else kind,
-                                      split="evaluation", metrics=metrics,
-                                      dataset_config=configs[i] if i < len(configs) else None)
-                           for i, kind in enumerate(hub_datasets or names)] or [
-                Evaluation(dataset_type="", dataset_name="evaluation data", split="evaluation", metrics=metrics)]
-            evaluations = evaluations if metrics else []
+            evaluations = card_arguments_evaluations(self._card_eval_metrics(), _as_list(dataset_tags),
+                                                     _as_list(dataset), _as_list(dataset_args))
         removed = round(100 * (1 - after.encoder_flops / before.encoder_flops)) if before.encoder_flops else 0
         hub_model = getattr(self, "hub_model_id", None) or self.args.hub_model_id or ""
-        name = (model_name or info.get("model_name") or hub_model.split("/")[-1]
+        name = (info.model_name or hub_model.split("/")[-1]
                 or f"{(hub_id(base) or 'model').split('/')[-1]}-oto{removed}")
         settings = {**{k: v for k, v in self.args.to_dict().items() if k.startswith("oto_")},
                     **({"distillation": self.distillation_settings()} if self.teacher_model is not None else {})}
-        task = (_as_list(tasks) or [None])[0]
-        card = model_card(compressed, model_name=name, base_model=base, before=before, after=after,
-                          settings=settings, evaluations=evaluations, speedup=info.get("speedup"),
-                          family=self.oto_groups.family.name, licence=license or licence_of(base),
-                          datasets=hub_datasets or None, language=language, tags=_as_list(tags), task=task)
+        card = model_card(compressed, info, model_name=name, base_model=base, before=before, after=after,
+                          settings=settings, evaluations=evaluations, family=self.oto_groups.family.name,
+                          licence=info.licence or licence_of(base))
         path = os.path.join(output_dir, "README.md")
         card.save(path)
         return path
+
+    @property
+    def model_card_info(self) -> dict:
+        """Deprecated (one release): set `card_info`, a `oto_hf.model_card.CardInfo`, instead of this dict."""
+        warnings.warn("OTOTrainer.model_card_info is deprecated: use trainer.card_info (an oto_hf.model_card.CardInfo)",
+                      DeprecationWarning, stacklevel=2)
+        return {k: v for k, v in vars(self.card_info).items() if v not in (None, [])}
+
+    @model_card_info.setter
+    def model_card_info(self, info: dict) -> None:
+        warnings.warn("OTOTrainer.model_card_info is deprecated: set trainer.card_info = oto_hf.model_card.CardInfo(...)",
+                      DeprecationWarning, stacklevel=2)
+        self.card_info = CardInfo(**info)
 
     def _card_eval_metrics(self) -> dict:
         """The evaluation metrics of the model being saved: those logged after training ended, if any; else, where
@@ -453,6 +517,21 @@ class _OTOTrainStartCheck(TrainerCallback):
             )
 
 
+def mean_loss_under_gradient_accumulation(trainer: Trainer) -> None:
+    """Make `trainer` (any `transformers.Trainer`) divide each micro-batch's loss by the accumulation steps for a model
+    whose loss is a mean over its micro-batch, so that `gradient_accumulation_steps=k` gives the gradients, clipping
+    and logged loss of one batch k times as large.
+
+    The Trainer assumes that a model whose forward takes `**kwargs` normalises its loss itself by the count of labels
+    in the whole accumulated batch (`num_items_in_batch`), and then skips that division. Only causal-LM heads do so;
+    the encoder heads' losses (classification, regression, question answering, masked LM, multiple choice, token
+    classification) are plain means that ignore the count, so their loss and gradients would come out k times too
+    large, which changes gradient clipping and the length of HSPG's SGD steps. Causal-LM heads are left as they are."""
+    model = trainer.accelerator.unwrap_model(trainer.model)
+    if not type(model).__name__.endswith(("ForCausalLM", "LMHeadModel")):
+        trainer.model_accepts_loss_kwargs = False
+
+
 def _unwrap_hspg(optimizer) -> HSPG | None:
     while optimizer is not None and not isinstance(optimizer, HSPG):
         optimizer = getattr(optimizer, "optimizer", None)
@@ -476,4 +555,4 @@ def _latest_eval_metrics(log_history: list[dict]) -> dict:
     return metrics
 
 
-__all__ = ["OTOTrainer", "OTOTrainingArguments"]
+__all__ = ["OTOTrainer", "OTOTrainingArguments", "mean_loss_under_gradient_accumulation"]

@@ -276,6 +276,31 @@ def test_trainer_features_train_to_the_target_and_compress_exactly(feature, mini
     assert_meets_target_and_compresses_exactly(trainer)
 
 
+class RecordGradients(TrainerCallback):
+    def on_pre_optimizer_step(self, args, state, control, model=None, **kwargs):
+        self.gradients = torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None]).clone()
+
+
+@pytest.mark.parametrize("label_smoothing", [0.0, 0.1])
+def test_gradient_accumulation_gives_the_gradients_and_loss_of_the_whole_batch(label_smoothing, tmp_path):
+    # transformers would skip the division by the accumulation steps for these heads (their forward takes **kwargs)
+    # and so make the loss and gradients k times too large.
+    runs = []
+    for batch, accumulation in ((8, 1), (2, 4)):
+        torch.manual_seed(0)
+        recorder = RecordGradients()
+        args = make_args(tmp_path / f"ga{accumulation}", per_device_train_batch_size=batch, max_steps=1,
+                         gradient_accumulation_steps=accumulation, learning_rate=0.0, max_grad_norm=1e9,
+                         logging_steps=1, label_smoothing_factor=label_smoothing)
+        trainer = OTOTrainer(model=BertForSequenceClassification(tiny_bert_config(vocab_size=VOCAB, num_labels=2)),
+                             args=args, train_dataset=EVAL[:8], data_collator=pad, callbacks=[recorder])
+        result = trainer.train()
+        runs.append((recorder.gradients, result.training_loss))
+    (whole, whole_loss), (accumulated, accumulated_loss) = runs
+    assert accumulated_loss == pytest.approx(whole_loss, rel=1e-4)
+    torch.testing.assert_close(accumulated, whole, rtol=1e-3, atol=1e-5 * float(whole.abs().max()))
+
+
 def test_the_pruning_window_ends_inside_training_whatever_the_rounding(tmp_path):
     # 0.75 * 2 and 0.25 * 2 round to 2 and 0 (+1 at least): unclamped, the window would end at step 3 of 2.
     args = make_args(tmp_path, max_steps=2, oto_half_space_start=0.75, oto_prune_fraction=0.25, oto_num_periods=1)
@@ -328,6 +353,42 @@ def test_create_model_card_and_push_to_hub_write_the_example_scripts_arguments(m
     assert data.pipeline_tag == "text-classification" and "swag-run" in data.tags and data.datasets == ["swag"]
     (result,) = data.eval_results
     assert (result.task_type, result.dataset_type, result.dataset_config) == ("multiple-choice", "swag", "regular")
+
+
+def test_compress_cuts_once_per_state_of_the_weights(minilm_path, tmp_path):
+    trainer = make_trainer(minilm_path, make_args(tmp_path, max_steps=4, oto_half_space_start=0.0))
+    trainer.train()
+    small = trainer.compress()
+    assert trainer.compress() is small  # nothing changed: the same cut model (save_model reuses it)
+    trainer.save_model(str(tmp_path / "saved"))
+    assert trainer.compress() is small
+    with torch.no_grad():  # any in-place write to a parameter makes it stale
+        trainer.model.classifier.bias.add_(1.0)
+    fresh = trainer.compress()
+    assert fresh is not small
+    torch.testing.assert_close(fresh.classifier.bias, trainer.model.classifier.bias)
+    trainer.model.classifier.bias.data.sub_(1.0)  # .data bypasses the version counters: refresh says so
+    assert trainer.compress() is fresh
+    torch.testing.assert_close(trainer.compress(refresh=True).classifier.bias, trainer.model.classifier.bias)
+
+
+def test_card_info_from_a_script_and_the_deprecated_dict(minilm_path, tmp_path):
+    from oto_hf.model_card import CardInfo, Evaluation
+
+    trainer = make_trainer(minilm_path, make_args(tmp_path / "run", max_steps=2, oto_half_space_start=0.0))
+    trainer.train()
+    evaluation = Evaluation("glue", "GLUE SST-2", "validation", {"accuracy": 0.75}, dataset_config="sst2")
+    trainer.card_info = CardInfo(model_name="from-script", evaluations=[evaluation])
+    trainer.save_model()
+    data = ModelCard.load(tmp_path / "run" / "README.md").data
+    assert data.model_name == "from-script" and [r.metric_value for r in data.eval_results] == [0.75]
+    # A published model carries no pickle of the training arguments (it holds the machine's absolute paths).
+    assert not (tmp_path / "run" / "training_args.bin").exists()
+    with pytest.warns(DeprecationWarning, match="card_info"):
+        trainer.model_card_info = {"model_name": "from-dict"}
+    assert trainer.card_info == CardInfo(model_name="from-dict")
+    trainer.save_model()
+    assert ModelCard.load(tmp_path / "run" / "README.md").data.model_name == "from-dict"
 
 
 # ---- what is refused, before any training step ----

@@ -1,6 +1,6 @@
 """Markdown tables from the JSON that the benchmark scripts write (for docs/benchmarks.md).
 
-    python benchmarks/report.py benchmarks/results/p2.json benchmarks/results/p3.json
+    python benchmarks/tables.py benchmarks/results/p2_run5.json benchmarks/results/p3_run4.json
 """
 
 import json
