@@ -26,7 +26,8 @@ import common  # noqa: E402
 import torch  # noqa: E402
 from torch.profiler import ProfilerActivity, profile  # noqa: E402
 
-from p2_optimizer_overhead import build_model, make_optimizer  # noqa: E402
+from oto_hf import timing  # noqa: E402
+from p2_optimizer_overhead import make_optimizer  # noqa: E402
 
 
 # The named phases of HSPG.step, in the order it calls them ("policy.saliency.observe": the saliency's running
@@ -114,7 +115,7 @@ def main(argv=None) -> None:
     batch_size = args.batch or (16 if args.model == "minilm" else 8)
     seq_len = args.seq_len or (256 if args.model == "minilm" else 384)
 
-    base, description = build_model(args.model, args.seed)
+    base, description = common.build_model(args.model, args.seed)
     base.train()
     batch = common.squad_batch(batch_size, seq_len, split="train", seed=args.seed)
     start = torch.randint(1, seq_len - 1, (batch_size,), generator=torch.Generator().manual_seed(args.seed))
@@ -126,7 +127,7 @@ def main(argv=None) -> None:
         for _ in range(3):
             opts[k].step()
 
-    times = common.interleaved({k: opts[k].step for k in opts}, args.repeats, warmup=1, patience_s=30.0)
+    times = timing.interleaved({k: opts[k].step for k in opts}, args.repeats, warmup=1, patience_s=30.0).seconds
     wall = {k: statistics.median(times[k]) for k in opts}
     common.log(f"{description}, batch {batch_size}x{seq_len}: opt.step alone, median of {args.repeats} interleaved: "
                + ", ".join(f"{k} {v * 1e3:.1f} ms" for k, v in wall.items())
