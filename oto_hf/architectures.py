@@ -71,6 +71,10 @@ class Family:
     # Projections whose rows also belong to a head, where the model has them (DeBERTa's relative-position
     # projections when `share_att_key` is off). They project the relative-position table, not the tokens.
     head_extras: tuple[str, ...] = ()
+    # The norms applied before the attention only and before the FFN only (pre-LN layouts), if any: a layer without
+    # heads (without FFN neurons) never reads the first's (the second's) output.
+    attention_norm: str | None = None
+    ffn_norm: str | None = None
     # Attributes of the attention module: its head size, and those that hold its head count (updated when heads go).
     head_size_attribute: str = "attention_head_size"
     head_count_attributes: tuple[str, ...] = ("num_attention_heads", "all_head_size")
@@ -143,6 +147,8 @@ FAMILIES: tuple[Family, ...] = (
         ffn_input="mlp.Wi",
         ffn_output="mlp.Wo",
         glu=True,
+        attention_norm="attn_norm",
+        ffn_norm="mlp_norm",
         head_size_attribute="head_dim",
         head_count_attributes=(),
     ),
@@ -155,6 +161,8 @@ FAMILIES: tuple[Family, ...] = (
         attention_output="attention.o_proj",
         ffn_input="mlp.fc1",
         ffn_output="mlp.fc2",
+        attention_norm="layernorm_before",
+        ffn_norm="layernorm_after",
         head_size_attribute="head_dim",
         head_count_attributes=("num_attention_heads",),
         default_tokens=_vision_tokens,

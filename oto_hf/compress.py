@@ -54,21 +54,28 @@ def compress(model: nn.Module, seq_len_for_stats: int | None = None) -> nn.Modul
     with torch.device("meta"):
         new = target_cls(config)
     shapes = {name: p.shape for name, p in new.named_parameters(remove_duplicate=False)}
-    state = {name: tensor.detach().clone() for name, tensor in model.state_dict().items()}
+    # A layer left with no head holds no parameter that nothing reads (`modeling_oto.resize_layer`): what the new
+    # model does not hold is not carried over.
+    wanted = new.state_dict().keys()
+    state = {name: tensor.detach().clone() for name, tensor in model.state_dict().items() if name in wanted}
     local = _local_indices(groups, keep)
     for t in groups.tensors:
-        state[t.name] = t.view(state[t.name]).index_select(t.group_dim, local[t.offset].to(t.param.device)) \
-            .reshape(shapes[t.name])
+        if t.name in state:
+            state[t.name] = t.view(state[t.name]).index_select(t.group_dim, local[t.offset].to(t.param.device)) \
+                .reshape(shapes[t.name])
 
     new.load_state_dict(state, strict=True, assign=True)
     # Buffers that are not saved in a state dict (position ids, rotary tables) are still on the meta device: take
-    # them over.
+    # them over (the empty projections of a layer without heads are new, and empty).
     source_buffers = dict(model.named_buffers())
+    device = next(model.parameters()).device
     for name, buffer in list(new.named_buffers()):
         if buffer.is_meta:
             owner_name, _, attr = name.rpartition(".")
             owner = new.get_submodule(owner_name) if owner_name else new
-            owner.register_buffer(attr, source_buffers[name].clone(), persistent=False)
+            value = (source_buffers[name].clone() if name in source_buffers
+                     else torch.empty(buffer.shape, dtype=buffer.dtype, device=device))
+            owner.register_buffer(attr, value, persistent=False)
     if getattr(config, "tie_word_embeddings", False):
         new.tie_weights()
     new.train(model.training)

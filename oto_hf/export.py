@@ -289,7 +289,10 @@ def export_onnx(model_or_dir, out_path: str | os.PathLike, opset: int = DEFAULT_
     model.eval()
     try:
         if traced != own_attention:
-            _set_attention(model, traced)
+            model.set_attn_implementation(traced)
+            if model.config._attn_implementation != traced:  # transformers only warns when a class cannot switch
+                raise ValueError(f"{type(model).__name__} cannot switch its attention to {traced!r}: export it with "
+                                 "attn_implementation=None (its own attention) instead")
         sample = sample_inputs(model, names=names)
         outputs = _output_names(model, sample)
         wrapper = _TensorOutputs(model, names, outputs).eval()
@@ -301,7 +304,7 @@ def export_onnx(model_or_dir, out_path: str | os.PathLike, opset: int = DEFAULT_
                 _export_torchscript(wrapper, model, sample, out, names, outputs, opset)
     finally:
         if traced != own_attention:
-            _set_attention(model, own_attention)
+            model.set_attn_implementation(own_attention)
         model.train(was_training)
     graph = _strip_node_metadata(out).graph
     got = [i.name for i in graph.input]
@@ -314,15 +317,6 @@ def export_onnx(model_or_dir, out_path: str | os.PathLike, opset: int = DEFAULT_
         target = quantize_int8(out, per_channel=per_channel)
         info.update(int8_path=str(target), int8_bytes=_size(target))
     return info
-
-
-def _set_attention(model: nn.Module, implementation: str) -> None:
-    """Make every config in `model` name `implementation`: the encoders read it at each forward to pick the attention
-    function and the mask's form. (`PreTrainedModel.set_attn_implementation` refuses classes defined outside
-    transformers, such as the compressed `OTO…` ones, so the config is set directly.)"""
-    configs = {id(m.config): m.config for m in model.modules() if hasattr(getattr(m, "config", None), "to_dict")}
-    for config in configs.values():
-        config._attn_implementation = implementation
 
 
 def _export_dynamo(wrapper, model, sample, out, names, outputs, opset, external) -> None:

@@ -84,6 +84,8 @@ class _LayerCosts:
     head_params: int
     neuron_params: int
     fixed_params: int  # never pruned: layer norms, output biases, anything else in the layer
+    attention_norm_params: int  # of these, the pre-attention norm's: `compress` drops it with the last head
+    ffn_norm_params: int  # and the pre-FFN norm's: dropped with the last FFN neuron
     head_token_weights: int  # weight elements of one head that multiply each token (FLOPs = 2 · t · this)
     neuron_token_weights: int
     attention: nn.Module
@@ -175,6 +177,8 @@ class ZeroInvariantGroups:
             members.append((linear.weight, (*lead, d * linear.in_features), len(lead) - 1, per_token))
             if linear.bias is not None:
                 members.append((linear.bias, (*lead, d), len(lead) - 1, False))
+        if n is None:
+            n = 0  # a compressed layer left with no head holds no projection parameters (only empty buffers)
         out = get_submodule(layer, family.attention_output)
         members.append((out.weight, (out.out_features, n, d), 1, True))
         return members, n, d
@@ -200,10 +204,18 @@ class ZeroInvariantGroups:
             num_heads=n, num_neurons=width,
             head_params=per_group(head_members, n), neuron_params=per_group(neuron_members, width),
             fixed_params=sum(p.numel() for p in layer.parameters()) - grouped,
+            attention_norm_params=self._norm_params(layer, self.family.attention_norm),
+            ffn_norm_params=self._norm_params(layer, self.family.ffn_norm),
             head_token_weights=per_group(head_members, n, tokens_only=True),
             neuron_token_weights=per_group(neuron_members, width, tokens_only=True),
             attention=get_submodule(layer, self.family.attention), head_size=d, family=self.family,
         )
+
+    @staticmethod
+    def _norm_params(layer: nn.Module, path: str | None) -> int:
+        """Parameters of the layer's norm at `path` (a pre-LN norm before the attention or the FFN), if any."""
+        norm = get_submodule(layer, path) if path else None
+        return sum(p.numel() for p in norm.parameters()) if norm is not None else 0
 
     @classmethod
     def from_tensors(cls, members: list[tuple[nn.Parameter, tuple[int, ...], int]]) -> "ZeroInvariantGroups":
@@ -272,10 +284,12 @@ class ZeroInvariantGroups:
 
     def layer_totals(self, keep: torch.Tensor, seq_len: int | None = None) -> tuple[list[int], list[int], int, int]:
         """Heads and FFN neurons per layer among the groups `keep` selects (kinds that are not grouped count whole),
-        and the encoder parameters and FLOPs per example at `seq_len` of that model."""
+        and the encoder parameters and FLOPs per example at `seq_len` of that model (a layer left with no head or no
+        FFN neuron loses its pre-LN norm before that block too, as its compressed form does)."""
         seq_len = seq_len or self.default_seq_len
         heads, widths = self.count_per_layer(keep, "head"), self.count_per_layer(keep, "neuron")
         params = sum(h * c.head_params + w * c.neuron_params + c.fixed_params
+                     - (c.attention_norm_params if h == 0 else 0) - (c.ffn_norm_params if w == 0 else 0)
                      for h, w, c in zip(heads, widths, self._layer_costs))
         flops = sum(h * c.head_flops(seq_len) + w * c.neuron_flops(seq_len)
                     for h, w, c in zip(heads, widths, self._layer_costs))

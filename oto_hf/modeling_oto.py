@@ -7,17 +7,24 @@ then resized to the per-layer sizes of its config (`OTOConfigMixin`): embeddings
 `forward` stay stock, so a compressed model behaves exactly like the model it came from, parameter names included.
 Resizing happens in `post_init`, before weights are initialised, and under `from_pretrained` on the meta device, so
 it costs nothing. A layer left with no head gets an attention module that returns an empty context (zero-width, or
-the output projection's bias where the module projects itself) and empty attention weights (batch, 0, T, T), and
-keeps the KV cache's length in step.
+the output projection's bias where the module projects itself) and empty attention weights (batch, 0, T, keys), and
+keeps the KV cache's length in step. An emptied block holds no parameter that nothing reads (distributed training
+with `find_unused_parameters=False` needs every parameter to get a gradient): a headless attention's zero-row
+projections keep their empty tensors as unsaved buffers, and in pre-LN families the norm before a headless attention
+or a neuron-less FFN, whose output nothing would read, is an `nn.Identity`.
 
 Loading is strict for the body: a checkpoint whose embeddings or encoder do not match the per-layer config is an
-error, never a silent re-initialisation. The task head behaves as in transformers: a head of another size is an
-error, or re-initialised with `ignore_mismatched_sizes=True`.
+error, never a silent re-initialisation; only parameters that a task head adds to the body (ViT's mask token for
+masked image modeling) may be new, and are initialised as in transformers. The task head behaves as in transformers:
+a head of another size is an error (`HeadSizeMismatchError`, both a `ValueError` and the `RuntimeError` transformers
+raises), or re-initialised with `ignore_mismatched_sizes=True`. `set_attn_implementation` switches a compressed
+class wherever it switches its stock class.
 
 This file travels with every compressed checkpoint (``trust_remote_code=True``), so it imports only ``torch``,
 ``transformers`` and the two files beside it, never ``oto_hf``.
 """
 
+import re
 import warnings
 
 import torch
@@ -68,6 +75,40 @@ def resize_layer(layer: nn.Module, family: Family, num_heads: int, width: int) -
         # class as a base, so that transformers still records its (empty) attention weights.
         attention.__class__ = empty_attention_class(type(attention))
         attention.oto_family = family
+    if num_heads == 0:
+        # Nothing reads what a headless attention would read: no parameter may stay behind that never gets a
+        # gradient (DDP with find_unused_parameters=False, the Trainer's choice under gradient checkpointing, fails).
+        for path in family.head_rows():
+            linear = get_submodule(layer, path)
+            if linear is not None:
+                _parameters_to_buffers(linear)
+    for norm, emptied in ((family.attention_norm, num_heads == 0), (family.ffn_norm, width == 0)):
+        if emptied and norm is not None and get_submodule(layer, norm) is not None:
+            _replace(layer, norm, nn.Identity())
+
+
+def _parameters_to_buffers(module: nn.Module) -> None:
+    """Turn `module`'s own (empty) parameters into buffers that are not saved: the stock code that builds or
+    initialises the module still finds its `weight` and `bias`, and nothing trains or stores them."""
+    for name, param in list(module._parameters.items()):
+        if param is not None:
+            del module._parameters[name]
+            module.register_buffer(name, param.detach(), persistent=False)
+
+
+def unread_parameter_names(model: nn.Module, family: Family) -> list[str]:
+    """Names (relative to the base model) of the parameters a compressed model does not hold because nothing reads
+    them: the empty projections and the pre-attention norm of each layer left with no head, the pre-FFN norm of each
+    layer left with no FFN neuron. Checkpoints of earlier oto_hf versions still carry them."""
+    names = []
+    for i, layer in enumerate(get_submodule(model.base_model, family.layers)):
+        paths = []
+        if isinstance(get_submodule(layer, family.attention), EmptyAttention):
+            paths += [*family.head_rows(), *([family.attention_norm] if family.attention_norm else [])]
+        if family.ffn_norm and get_submodule(layer, family.ffn_output).in_features == 0:
+            paths.append(family.ffn_norm)
+        names += [f"{family.layers}.{i}.{path}.{p}" for path in paths for p in ("weight", "bias")]
+    return names
 
 
 class EmptyAttention(nn.Module):
@@ -82,15 +123,17 @@ def _empty_attention_forward(self, hidden_states: torch.Tensor, *args, **kwargs)
     family = self.oto_family
     if family.output_inside_attention:
         context = get_submodule(self, family.attention_output[len(family.attention) + 1:])(context)
+    keys = length
     cache = kwargs.get("cache", kwargs.get("past_key_values"))
     if cache is not None:
-        # Keep the cache's length in step with the other layers (it is read from any layer's keys).
+        # Keep the cache's length in step with the other layers (it is read from any layer's keys); the weights
+        # then span every cached key, as the other layers' do.
         cache = cache.self_attention_cache if isinstance(cache, EncoderDecoderCache) else cache
         empty = hidden_states.new_zeros(batch, 0, length, getattr(self, family.head_size_attribute))
-        cache.update(empty, empty, self.layer_idx)
+        keys = cache.update(empty, empty, self.layer_idx)[0].shape[-2]
     # Attention weights where the stock module would return them: eager attention (sdpa and flash return none).
     eager = getattr(getattr(self, "config", None), "_attn_implementation", "eager") == "eager"
-    return context, hidden_states.new_zeros(batch, 0, length, length) if eager else None
+    return context, hidden_states.new_zeros(batch, 0, length, keys) if eager else None
 
 
 _EMPTY_ATTENTION_CLASSES: dict[type, type] = {}
@@ -117,10 +160,22 @@ class OTOModelMixin:
     checkpoint that loads with `trust_remote_code=True` through any Auto class of its family."""
 
     family: Family
+    stock_class: type
 
     def post_init(self):
         resize_model(self, self.family, self.config)
+        # Checkpoints of earlier versions still hold the parameters of headless layers that nothing read: dropping
+        # them on load loses nothing (they are empty, or a norm whose output went unread).
+        self._keys_to_ignore_on_load_unexpected = set(self._keys_to_ignore_on_load_unexpected or ()) | {
+            "(^|\\.)" + re.escape(name) + "$" for name in unread_parameter_names(self, self.family)}
         super().post_init()
+
+    @classmethod
+    def _can_set_attn_implementation(cls) -> bool:
+        # transformers guesses from the source file of a model's class whether its attention follows the
+        # AttentionInterface, and this file (with its own attention module for headless layers) fails the guess.
+        # The forwards are the stock class's, so its answer holds.
+        return cls.stock_class._can_set_attn_implementation()
 
     @classmethod
     def from_pretrained(cls, *args, **kwargs):
@@ -149,7 +204,8 @@ def _strict_from_pretrained(load, cls, *args, **kwargs):
     base = model.base_model
     prefix = "" if base is model else model.base_model_prefix + "."
     body = tuple(prefix + name + "." for name, _ in base.named_children() if name != "pooler")
-    missing = sorted(k for k in info.get("missing_keys", ()) if k.startswith(body))
+    own = _plain_body_parameter_names(base)
+    missing = sorted(k for k in info.get("missing_keys", ()) if k.startswith(body) and k[len(prefix):] in own)
     mismatched = [k for k in info.get("mismatched_keys", ())]
     body_mismatched = sorted(str(k) for k in mismatched if str(_key(k)).startswith(body))
     head_mismatched = sorted(str(k) for k in mismatched if not str(_key(k)).startswith(body))
@@ -168,12 +224,27 @@ def _strict_from_pretrained(load, cls, *args, **kwargs):
             "must come from the same compressed model: save them together with `save_pretrained`."
         )
     if head_mismatched and not allow_new_head:
-        raise ValueError(
+        raise HeadSizeMismatchError(
             f"The task head at {source!r} has other sizes than {type(model).__name__} asks for: {head_mismatched[:5]}. "
             "Pass ignore_mismatched_sizes=True to initialise a new head (e.g. num_labels for another task); the "
             "compressed body is loaded as it is either way."
         )
     return (model, info) if want_info else model
+
+
+class HeadSizeMismatchError(ValueError, RuntimeError):
+    """A checkpoint's task head has other sizes than the model asks for. Both a `ValueError` and the
+    `RuntimeError` transformers raises for the same case, so code written for either catches it."""
+
+
+def _plain_body_parameter_names(base: nn.Module) -> set[str]:
+    """The parameter names of `base` as its class builds it without a task head's options: a parameter `base` has
+    beyond these (ViT's mask token, which the masked-image-modeling head asks for) belongs to the head and may be new
+    in a checkpoint. Built on the meta device: nothing is allocated."""
+    with torch.device("meta"), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        plain = type(base)(base.config)
+    return {name for name, _ in plain.named_parameters()}
 
 
 def _key(entry):
@@ -208,6 +279,7 @@ def _compressed_model_class(stock: type, family: Family, config_class: type) -> 
         "__doc__": f"`{stock.__name__}` with the per-layer heads and FFN widths of `{config_class.__name__}`.",
         "config_class": config_class,
         "family": family,
+        "stock_class": stock,
     })
 
 
@@ -242,5 +314,6 @@ for _classes in AUTO_CLASSES.values():
     for _auto, _cls in _classes.items():
         _cls.register_for_auto_class(_auto)
 
-__all__ = ["AUTO_CLASSES", "EmptyAttention", "OTOModelMixin", "STOCK_TO_COMPRESSED", "resize_layer",
+__all__ = ["AUTO_CLASSES", "EmptyAttention", "HeadSizeMismatchError", "OTOModelMixin", "STOCK_TO_COMPRESSED",
+           "resize_layer", "unread_parameter_names",
            *sorted({c.__name__ for c in STOCK_TO_COMPRESSED.values()})]

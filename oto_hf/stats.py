@@ -48,9 +48,10 @@ def model_stats(model: nn.Module, seq_len: int | None = None, exclude_zero_group
     keep = ~groups.is_zero().cpu() if exclude_zero_groups else groups.kinds >= 0  # kinds, sizes: on the CPU
     seq_len = seq_len or groups.default_seq_len
     heads, widths, encoder_params, encoder_flops = groups.layer_totals(keep, seq_len)
-    removed_params = int(groups.sizes[~keep].sum())
+    # What compressing removes: the zero groups, and the pre-LN norm before a block they empty.
+    physical_encoder_params = groups.layer_totals(groups.kinds >= 0, seq_len)[2]
     # model.parameters() yields tied weights (MLM decoder = word embeddings) once.
-    total_params = sum(p.numel() for p in model.parameters()) - removed_params
+    total_params = sum(p.numel() for p in model.parameters()) - (physical_encoder_params - encoder_params)
     return ModelStats(
         total_params=total_params,
         encoder_params=encoder_params,

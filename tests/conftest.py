@@ -40,3 +40,22 @@ def tiny_bert_config(**overrides):
     )
     values.update(overrides)
     return BertConfig(**values)
+
+
+def exactness_tolerance(expected: torch.Tensor, relative: float = 1e-5) -> float:
+    """The largest |difference| float32 rounding explains in outputs like `expected`: `relative` times their
+    magnitude (max |expected|, at least 1). Rounding errors scale with the numbers being summed, so a fixed bound
+    that holds for one CPU's summation order fails on another's once outputs are larger than about 1 (issue 43:
+    logits of order 4 differed by 1.16e-5 on an AMD EPYC). Raise `relative` for quantities that accumulate more
+    rounding (gradients, several steps)."""
+    return relative * max(1.0, expected.detach().abs().max().item()) if expected.numel() else 0.0
+
+
+def assert_exact(actual: torch.Tensor, expected: torch.Tensor, relative: float = 1e-5, what: str = "") -> None:
+    """`actual` equals `expected` up to float32 rounding (`exactness_tolerance`), shape included."""
+    assert actual.shape == expected.shape, f"{what}: shape {tuple(actual.shape)} != {tuple(expected.shape)}"
+    if not actual.numel():
+        return
+    delta = (actual.detach().float() - expected.detach().float()).abs().max().item()
+    tolerance = exactness_tolerance(expected.float(), relative)
+    assert delta <= tolerance, f"{what}: max |Δ| {delta:.3g} > {tolerance:.3g} (relative {relative:g} of the outputs)"

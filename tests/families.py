@@ -22,7 +22,7 @@ SHARED = Path(__file__).resolve().parents[2] / "shared"
 _COMMON = dict(hidden_size=32, num_hidden_layers=3, num_attention_heads=4, intermediate_size=24, vocab_size=97,
                max_position_embeddings=64, initializer_range=0.3, hidden_dropout_prob=0.0,
                attention_probs_dropout_prob=0.0)
-_VISION = dict(image_size=16, patch_size=4, num_channels=3)
+_VISION = dict(image_size=16, patch_size=4, num_channels=3, encoder_stride=4)  # stride = patch: masked image modeling
 
 
 def _config(model_type: str, **overrides) -> transformers.PreTrainedConfig:
@@ -86,10 +86,16 @@ def build(model_type: str, class_name: str, attn: str = "eager", **overrides):
 
 def inputs(model_type: str, class_name: str = "", batch: int = 2, length: int = 12, seed: int = 0) -> dict:
     """Inputs for a model of `model_type`: a padded batch of token ids (the second row padded after 7 tokens), or
-    random pixels; with the extra axis a multiple-choice head wants."""
+    random pixels (every third patch masked for a masked-image-modeling head, so that its mask token is used); with
+    the extra axis a multiple-choice head wants."""
     generator = torch.Generator().manual_seed(seed)
     if model_type in VISION:
-        return {"pixel_values": torch.randn(batch, 3, 16, 16, generator=generator)}
+        pixels = {"pixel_values": torch.randn(batch, 3, 16, 16, generator=generator)}
+        if "MaskedImageModeling" in class_name:
+            masked = torch.zeros(batch, 16, dtype=torch.bool)  # 16 patches of 4 × 4
+            masked[:, ::3] = True
+            pixels["bool_masked_pos"] = masked
+        return pixels
     ids = torch.randint(5, 97, (batch, length), generator=generator)
     mask = torch.ones_like(ids)
     mask[1:, 7:] = 0

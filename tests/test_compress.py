@@ -5,7 +5,7 @@ import torch
 from transformers import AutoTokenizer, BertForQuestionAnswering
 
 import families
-from conftest import tiny_bert_config
+from conftest import assert_exact, exactness_tolerance, tiny_bert_config
 from oto_hf import OTOBertForQuestionAnswering, UnsupportedModelError, compress, model_stats, zero_invariant_groups
 from oto_hf.groups import HEAD, NEURON
 
@@ -19,14 +19,28 @@ def random_zero_pattern(groups, generator, fraction):
     return mask
 
 
-def assert_outputs_close(a, b, atol=1e-4):
+def assert_outputs_close(a, b, relative=1e-5):
+    """Every tensor output of `b` equals `a`'s up to float32 rounding, relative to the outputs' magnitude."""
     compared = 0
     for key, value in a.items():
         if torch.is_tensor(value):
-            assert value.shape == b[key].shape, key
-            assert (value - b[key]).abs().max().item() <= atol, key
+            assert_exact(b[key], value, relative, what=key)
             compared += 1
     assert compared > 0
+
+
+def test_exactness_tolerance_scales_with_the_outputs():
+    """Issue 43: on an AMD EPYC, logits of order 4 differed by 1.16e-5 after compression, a fixed atol=1e-5 failed.
+    Rounding of that size is exact at that magnitude; a real error of the same relative size at magnitude 1 is not."""
+    logits = torch.tensor([[4.0, -3.5], [0.25, 2.0]])
+    rounded = logits + torch.tensor([[1.16e-5, 0.0], [0.0, -3e-6]])
+    assert (rounded - logits).abs().max() > 1e-5  # what the old absolute bound refused
+    assert_exact(rounded, logits)
+    assert exactness_tolerance(logits) == pytest.approx(4e-5)
+    with pytest.raises(AssertionError, match="max"):
+        assert_exact(logits + 1e-3, logits)
+    with pytest.raises(AssertionError, match="max"):
+        assert_exact(torch.tensor([0.5]) + 2e-5, torch.tensor([0.5]))  # small outputs: the floor of 1e-5 holds
 
 
 HEADS = [(t, c, attn) for t, c in families.all_heads() for attn in families.ATTENTION[t]]
@@ -52,7 +66,7 @@ def test_compression_is_exact_in_every_family_and_head(model_type, class_name, a
     for seed, length in [(0, 5), (1, 12)]:
         inputs = families.inputs(model_type, class_name, length=length, seed=seed)
         with torch.no_grad():
-            assert_outputs_close(model(**inputs), small(**inputs), atol=1e-5)
+            assert_outputs_close(model(**inputs), small(**inputs))
 
 
 def test_compression_is_exact_on_real_minilm(minilm_path):

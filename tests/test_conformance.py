@@ -3,6 +3,9 @@ for every family and task head, on compressed models with heterogeneous layers (
 FFN neuron). The stock model of the same class passes the same checks; the tests hold the compressed one to them."""
 
 import gzip
+import json
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -10,6 +13,7 @@ import transformers
 from transformers import AutoModelForQuestionAnswering, AutoModelForSequenceClassification, AutoTokenizer, Trainer
 
 import families
+from conftest import REPO_ROOT, assert_exact
 from oto_hf import OTOTrainer, OTOTrainingArguments, compress, model_stats
 from oto_hf.architectures import get_submodule
 from oto_hf.groups import find_base_model, zero_invariant_groups
@@ -29,12 +33,12 @@ def tensors(output) -> dict[str, torch.Tensor]:
     return {k: v for k, v in output.items() if torch.is_tensor(v)}
 
 
-def assert_same_outputs(a, b, atol=1e-5):
+def assert_same_outputs(a, b, relative=1e-5):
+    """The same tensor outputs, up to float32 rounding relative to their magnitude (`relative=0`: identical)."""
     a, b = tensors(a), tensors(b)
     assert a.keys() == b.keys() and a
     for key in a:
-        assert a[key].shape == b[key].shape, key
-        assert (a[key] - b[key]).abs().max() <= atol, key
+        assert_exact(b[key], a[key], relative, what=key)
 
 
 @pytest.mark.parametrize("model_type,class_name", HEADS, ids=HEAD_IDS)
@@ -45,7 +49,7 @@ def test_save_and_load_round_trip(model_type, class_name, tmp_path):
     assert loaded.config.num_attention_heads_per_layer == small.config.num_attention_heads_per_layer
     inputs = families.inputs(model_type, class_name)
     with torch.no_grad():
-        assert_same_outputs(small(**inputs), loaded(**inputs), atol=0)
+        assert_same_outputs(small(**inputs), loaded(**inputs), relative=0)
 
 
 @pytest.mark.parametrize("model_type,class_name", BASES, ids=[t for t, _ in BASES])
@@ -66,10 +70,10 @@ def test_one_attention_map_and_hidden_state_per_layer(model_type, class_name):
     assert len(out.attentions) == 3 and len(out.hidden_states) == 4
     for layer, (attention, kept) in enumerate(zip(out.attentions, heads)):
         assert attention.shape == (batch, len(kept), tokens, tokens), layer
-        torch.testing.assert_close(attention, full.attentions[layer][:, kept], rtol=1e-5, atol=1e-6)
+        assert_exact(attention, full.attentions[layer][:, kept], what=f"attentions[{layer}]")
     assert out.attentions[1].shape[1] == 0
     for a, b in zip(out.hidden_states, full.hidden_states):
-        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+        assert_exact(a, b, what="hidden state")
 
 
 @pytest.mark.parametrize("model_type", families.MODEL_TYPES)
@@ -80,15 +84,21 @@ def test_a_new_task_head_keeps_the_compressed_body(model_type, tmp_path):
                    else "AutoModelForSequenceClassification")
     small = families.compressed_model(model_type, families.classifier(model_type))
     small.save_pretrained(tmp_path)
-    with pytest.raises(ValueError, match="ignore_mismatched_sizes=True"):
+    stock = families.build(model_type, families.classifier(model_type))
+    stock.save_pretrained(tmp_path / "stock")
+    with pytest.raises(Exception) as stock_error:
+        auto.from_pretrained(tmp_path / "stock", num_labels=5)
+    # What transformers raises (a RuntimeError), so that code written for stock models catches ours too.
+    with pytest.raises(stock_error.type, match="ignore_mismatched_sizes=True") as error:
         auto.from_pretrained(tmp_path, num_labels=5)
+    assert isinstance(error.value, ValueError) and isinstance(error.value, RuntimeError)
     reheaded = auto.from_pretrained(tmp_path, num_labels=5, ignore_mismatched_sizes=True)
     assert reheaded.config.num_labels == 5 and reheaded.num_labels == 5
     assert reheaded.config.num_attention_heads_per_layer == small.config.num_attention_heads_per_layer
     body, new_body = small.base_model.eval(), reheaded.base_model.eval()
     inputs = families.inputs(model_type)
     with torch.no_grad():
-        torch.testing.assert_close(new_body(**inputs).last_hidden_state, body(**inputs).last_hidden_state)
+        assert_exact(new_body(**inputs).last_hidden_state, body(**inputs).last_hidden_state)
     if model_type in families.VISION:
         return
     # A QA checkpoint gives a classifier its body too (its head is new; ModernBERT names both heads "classifier").
@@ -96,8 +106,8 @@ def test_a_new_task_head_keeps_the_compressed_body(model_type, tmp_path):
     qa.save_pretrained(tmp_path / "qa")
     classifier = auto.from_pretrained(tmp_path / "qa", num_labels=3, ignore_mismatched_sizes=True).eval()
     with torch.no_grad():
-        torch.testing.assert_close(classifier.base_model(**inputs).last_hidden_state,
-                                   qa.eval().base_model(**inputs).last_hidden_state)
+        assert_exact(classifier.base_model(**inputs).last_hidden_state,
+                     qa.eval().base_model(**inputs).last_hidden_state)
 
 
 SDPA = [(t, c) for t, c in HEADS if "sdpa" in families.ATTENTION[t]]
@@ -116,22 +126,91 @@ def test_eager_and_sdpa_attention_agree(model_type, class_name, tmp_path):
     assert_same_outputs(*outputs)
 
 
+ATTENTION_IMPLEMENTATIONS = ("eager", "sdpa", "flash_attention_2", "flex_attention")
+
+
+def _switch(model, implementation: str):
+    """What `set_attn_implementation` does to `model`: the implementation it is left on, or the error's type."""
+    try:
+        model.set_attn_implementation(implementation)
+    except Exception as error:  # noqa: BLE001 - the stock class's refusal is the expected answer
+        return type(error)
+    return model.config._attn_implementation
+
+
+@pytest.mark.parametrize("model_type", families.MODEL_TYPES)
+def test_set_attn_implementation_switches_like_the_stock_class(model_type):
+    """`set_attn_implementation` switches a compressed model wherever it switches the stock one (and refuses the same
+    way where the stock one refuses, e.g. flash attention without its package); after switching to eager, the
+    attentions are one tensor per layer, (B, 0, T, T) in the layer without heads, and the outputs are those of the
+    other implementations."""
+    class_name = families.classifier(model_type)
+    start = families.ATTENTION[model_type][-1]
+    stock = families.build(model_type, class_name, start)
+    small = families.compressed_model(model_type, class_name, start)
+    inputs = families.inputs(model_type)
+    with torch.no_grad():
+        reference = small(**inputs)
+    # transformers caches on the class whether it can switch, and a subclass inherits its stock class's cached answer:
+    # forget any answer earlier tests left, and ask the compressed class first, as a user does.
+    for cls in {*type(small).__mro__, *type(stock).__mro__}:
+        if "_can_set_attn_implementation_cached_value" in vars(cls):
+            delattr(cls, "_can_set_attn_implementation_cached_value")
+    for implementation in ATTENTION_IMPLEMENTATIONS:
+        got = _switch(small, implementation)
+        assert got == _switch(stock, implementation), implementation
+        assert small.config._attn_implementation == stock.config._attn_implementation
+        assert _switch(stock, start) == _switch(small, start) == start
+    assert _switch(small, "eager") == "eager"
+    with torch.no_grad():
+        out = small(**inputs, output_attentions=True)
+    tokens = families.tokens(model_type)
+    heads = small.config.num_attention_heads_per_layer
+    assert [tuple(a.shape) for a in out.attentions] == [(2, h, tokens, tokens) for h in heads] and heads[1] == 0
+    assert_same_outputs(reference, out)  # the attentions, a tuple, are not compared
+
+
+def test_ddp_fine_tunes_compressed_models_with_emptied_layers(tmp_path):
+    """The prune → re-head → fine-tune story on two processes: the plain Trainer fine-tunes compressed models with a
+    layer without heads and one without FFN neurons, with gradient checkpointing on, so that DDP runs with
+    find_unused_parameters=False and fails on any parameter that gets no gradient. Every parameter trains, and the
+    ranks end with the same weights."""
+    script = REPO_ROOT / "tests" / "scripts" / "ddp_finetune_compressed.py"
+    result = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29519",
+         str(script), str(tmp_path)], capture_output=True, text=True, timeout=600,
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
+    assert ranks[0].keys() == {"bert", "deberta-v2", "modernbert", "vit"}
+    for model_type, run in ranks[0].items():
+        assert (run["ddp"], run["find_unused_parameters"], run["gradient_checkpointing"], run["steps"]) == (
+            True, False, True, 2), model_type
+        assert run["changed"] == run["parameters"], model_type
+        assert run["checksum"] == ranks[1][model_type]["checksum"], model_type
+
+
 @pytest.mark.parametrize("model_type,class_name", DECODERS, ids=[c for _, c in DECODERS])
 def test_the_kv_cache_is_used_and_agrees_with_the_uncached_forward(model_type, class_name):
+    """Cached decoding gives the uncached logits, and every layer's attention weights span the cached keys: (B, heads,
+    1, 9) for one new token after 8, (B, 0, 1, 9) in the layer without heads."""
     small = families.compressed_model(model_type, class_name)
     assert small.config.num_attention_heads_per_layer[1] == 0
-    ids = families.inputs(model_type, length=9)["input_ids"][:1]
+    ids = families.inputs(model_type, length=9)["input_ids"][:2]
     with torch.no_grad():
         full = small(ids).logits
         prefix = small(ids[:, :-1], use_cache=True)
-        step = small(ids[:, -1:], cache=prefix.past_key_values, use_cache=True)
-        torch.testing.assert_close(step.logits[:, -1], full[:, -1], rtol=1e-5, atol=1e-5)
+        step = small(ids[:, -1:], cache=prefix.past_key_values, use_cache=True, output_attentions=True)
+        assert_exact(step.logits[:, -1], full[:, -1])
+        heads = small.config.num_attention_heads_per_layer
+        assert [tuple(a.shape) for a in step.attentions] == [(2, h, 1, 9) for h in heads]
+        ids = ids[:1]
         for beams in (1, 2):
             args = dict(max_new_tokens=5, do_sample=False, num_beams=beams, output_scores=True,
                         return_dict_in_generate=True, pad_token_id=0)
             cached, uncached = small.generate(ids, use_cache=True, **args), small.generate(ids, use_cache=False, **args)
             assert torch.equal(cached.sequences, uncached.sequences)
-            torch.testing.assert_close(torch.stack(cached.scores), torch.stack(uncached.scores), rtol=1e-4, atol=1e-4)
+            assert_exact(torch.stack(cached.scores), torch.stack(uncached.scores), relative=1e-4)
 
 
 def _gradients(model, inputs) -> dict[str, torch.Tensor]:
@@ -175,8 +254,8 @@ def test_gradient_checkpointing_through_the_api_and_the_config_gives_the_same_gr
     from_config = _gradients(legacy, inputs)
     assert reference.keys() == checkpointed.keys() == from_config.keys()
     for name in reference:
-        torch.testing.assert_close(checkpointed[name], reference[name], rtol=1e-4, atol=1e-5)
-        torch.testing.assert_close(from_config[name], reference[name], rtol=1e-4, atol=1e-5)
+        assert_exact(checkpointed[name], reference[name], relative=1e-4, what=name)
+        assert_exact(from_config[name], reference[name], relative=1e-4, what=name)
 
 
 TEXT_HEADS = [(t, c) for t, c in HEADS if t not in families.VISION]
@@ -214,18 +293,19 @@ def test_torch_export_of_the_compressed_model(model_type, class_name):
     with torch.no_grad():
         expected = small(**inputs)
     got = exported.module()(**inputs)
-    torch.testing.assert_close(got["last_hidden_state"], expected.last_hidden_state, rtol=1e-5, atol=1e-5)
+    assert_exact(got["last_hidden_state"], expected.last_hidden_state)
 
 
 @pytest.mark.parametrize("model_type,class_name", HEADS, ids=HEAD_IDS)
 def test_a_training_step(model_type, class_name):
-    """Every kept head and neuron gets a finite gradient, and one AdamW step changes the model's outputs. (In a
-    pre-LN layer left without heads, the norm before the attention gets none: nothing reads it any more.)"""
+    """Every parameter gets a finite gradient (a layer emptied of heads or FFN neurons holds none that nothing
+    reads, as DDP with find_unused_parameters=False requires), and one AdamW step changes the model's outputs."""
     small = families.compressed_model(model_type, class_name).train()
     inputs = families.inputs(model_type, class_name)
     grads = _gradients(small, inputs)
     grouped = [t.name for t in zero_invariant_groups(small).tensors]
     assert grouped and all(n in grads and torch.isfinite(grads[n]).all() for n in grouped)
+    assert sorted(n for n, p in small.named_parameters() if p.requires_grad and n not in grads) == []
     assert all(torch.isfinite(g).all() for g in grads.values())
     small.eval()
     with torch.no_grad():
@@ -283,7 +363,7 @@ def test_prune_publish_rehead_finetune_and_prune_further(minilm_path, tmp_path):
     reloaded = AutoModelForSequenceClassification.from_pretrained(tmp_path / "sst2").eval()
     batch = {k: torch.tensor([row[k] for row in sst2[:4]]) for k in ("input_ids", "attention_mask")}
     with torch.no_grad():
-        torch.testing.assert_close(reloaded(**batch).logits, classifier.eval()(**batch).logits)
+        assert_exact(reloaded(**batch).logits, classifier.eval()(**batch).logits)
     assert reloaded.config.num_attention_heads_per_layer == pruned_heads
 
     further = OTOTrainer(model=reloaded.train(), args=OTOTrainingArguments(
@@ -293,7 +373,7 @@ def test_prune_publish_rehead_finetune_and_prune_further(minilm_path, tmp_path):
     further.save_model()
     smallest = AutoModelForSequenceClassification.from_pretrained(tmp_path / "sst2_more").eval()
     with torch.no_grad():
-        torch.testing.assert_close(smallest(**batch).logits, further.compress().eval()(**batch).logits)
+        assert_exact(smallest(**batch).logits, further.compress().eval()(**batch).logits)
     assert sum(smallest.config.num_attention_heads_per_layer) < sum(pruned_heads)
     info = smallest.config.oto_pruning_info
     assert info["original_num_attention_heads_per_layer"] == [12, 12] and info["stats_seq_len"] == 96

@@ -78,3 +78,19 @@ def _counted_layer_flops(model, model_type):
         model(**families.inputs(model_type, batch=1))
     layer_names = {prefix + str(i) for i in range(len(get_submodule(base, family.layers)))}
     return sum(sum(c.values()) for name, c in counter.get_flop_counts().items() if name in layer_names)
+
+
+@pytest.mark.parametrize("model_type", families.MODEL_TYPES)
+def test_group_sparse_stats_predict_the_compressed_model_in_every_family(model_type):
+    """With one layer emptied of heads and one of FFN neurons (whose pre-LN norms the compressed model drops, as
+    nothing reads them), the group-sparse model's stats are the compressed model's, and those are its real sizes."""
+    torch.manual_seed(0)
+    sparse = families.build(model_type, families.task_heads(model_type)["AutoModel"])
+    groups = zero_invariant_groups(sparse)
+    groups.zero_((torch.rand(len(groups)) < 0.3) | ((groups.layers == 1) & (groups.kinds == 0))
+                 | ((groups.layers == 2) & (groups.kinds == 1)))
+    small = compress(sparse)
+    assert model_stats(sparse) == model_stats(small)
+    layers = get_submodule(find_base_model(small), zero_invariant_groups(small).family.layers)
+    assert model_stats(small).encoder_params == sum(p.numel() for p in layers.parameters())
+    assert model_stats(small).total_params == sum(p.numel() for p in small.parameters())

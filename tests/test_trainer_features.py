@@ -16,7 +16,7 @@ from safetensors.torch import load_file
 from transformers import BertForSequenceClassification, EarlyStoppingCallback, TrainerCallback
 from transformers.trainer_pt_utils import LabelSmoother, LengthGroupedSampler
 
-from conftest import tiny_bert_config
+from conftest import assert_exact, tiny_bert_config
 from oto_hf import OTOTrainer, OTOTrainingArguments, model_stats
 
 
@@ -105,7 +105,7 @@ def assert_meets_target_and_compresses_exactly(trainer):
         # The class's forward, in float32: after a bf16 run, accelerate leaves the instance's forward under autocast.
         sparse, compressed = type(model).forward(model, **batch).logits, small(**batch).logits
     assert sparse.dtype == compressed.dtype == torch.float32
-    assert (sparse - compressed).abs().max() <= 1e-4
+    assert_exact(compressed, sparse, relative=1e-4, what="compressed vs group-sparse logits")
     assert sum(p.numel() for p in small.parameters()) < sum(p.numel() for p in model.parameters())
 
 
@@ -159,7 +159,7 @@ def test_evaluate_and_predict_run_on_the_pruned_model(evaluated_run):
     batch.pop("labels")
     with torch.no_grad():
         compressed = small(**batch).logits.numpy()
-    assert np.abs(prediction.predictions - compressed).max() <= 1e-4
+    assert_exact(torch.from_numpy(prediction.predictions), torch.from_numpy(compressed), relative=1e-4)
     assert_meets_target_and_compresses_exactly(trainer)
 
 
