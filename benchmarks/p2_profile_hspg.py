@@ -177,7 +177,7 @@ def main(argv=None) -> None:
     for k in opts:
         common.log(f"  aten self time per step, {k}: total {results[k]['aten_total_s_per_step'] * 1e3:.1f} ms; by function: "
                    + ", ".join(f"{f} {v * 1e3:.1f} ms" for f, v in list(results[k]["per_function_s_per_step"].items())[:6]))
-        common.log(f"    by operator: " + ", ".join(
+        common.log("    by operator: " + ", ".join(
             f"{o} {v * 1e3:.1f} ms" for o, v in list(results[k]["per_op_s_per_step"].items())[:9]))
 
     if args.out:

@@ -10,7 +10,6 @@ import shutil
 import warnings
 from dataclasses import InitVar, dataclass, field
 
-import torch
 from transformers import Trainer, TrainerCallback, TrainingArguments
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, HubStrategy, IntervalStrategy
 from transformers.utils import logging
@@ -246,14 +245,7 @@ class OTOTrainer(DistillationMixin, Trainer):
             raise ValueError("OTOTrainer needs a model (model_init is not supported: groups are built once).")
         # Build the groups (and so refuse an unsupported model or an impossible target) before any other set-up.
         self.oto_groups = zero_invariant_groups(model, prune_heads=args.oto_prune_heads, prune_neurons=args.oto_prune_neurons)
-        if args.oto_effective_target is not None:
-            unit, seq_len = args.oto_target_unit, args.oto_seq_len
-            removable = float(self.oto_groups.costs(unit, seq_len).sum()) / self.oto_groups.total_cost(unit, seq_len)
-            if args.oto_target > removable:
-                raise ValueError(
-                    f"--oto_target {args.oto_target} asks to remove {args.oto_target:.0%} of the encoder {unit}, but the "
-                    f"prunable groups hold only {removable:.1%} of them. Lower the target or prune both heads and neurons."
-                )
+        args.oto_settings.check_target_fits(self.oto_groups)
         self._saving_checkpoint = False
         # What the model card states beyond the run itself (see write_model_card); job scripts fill it.
         self.card_info = CardInfo()

@@ -8,7 +8,6 @@ so that checkpoints stay small); the data a few dozen synthetic examples whose l
 
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 from huggingface_hub import ModelCard
