@@ -4,6 +4,7 @@ collators, schedulers, callbacks, evaluation, checkpoints, the Hub) works as bef
 """
 
 import inspect
+import math
 import os
 import re
 import shutil
@@ -273,6 +274,7 @@ class OTOTrainer(DistillationMixin, Trainer):
         ]
         # The schedule's fractions become optimizer steps now that the number of steps is known.
         settings = args.oto_settings.in_steps(self.state.max_steps or args.max_steps or 1)
+        _warn_if_the_window_collapsed(args.oto_settings, settings)
         self.optimizer = HSPG(grouped_parameters, self.oto_groups, lr=args.learning_rate, settings=settings,
                               betas=(args.adam_beta1, args.adam_beta2), eps=args.adam_epsilon,
                               weight_decay=args.weight_decay)
@@ -522,6 +524,26 @@ def mean_loss_under_gradient_accumulation(trainer: Trainer) -> None:
     model = trainer.accelerator.unwrap_model(trainer.model)
     if not type(model).__name__.endswith(("ForCausalLM", "LMHeadModel")):
         trainer.model_accepts_loss_kwargs = False
+
+
+MIN_STEPS_PER_PERIOD = 5
+"""Fewer optimizer steps than this per pruning period cut the period's groups nearly at once (one-shot pruning, no
+gradual shrinking while the rest adapts): the run is warned."""
+
+
+def _warn_if_the_window_collapsed(asked: OTOSettings, settings: OTOSettings) -> None:
+    """Warn when training is too short for the schedule `asked` (in fractions): the window `settings` (in steps) has
+    fewer than `MIN_STEPS_PER_PERIOD` steps per asked period, so the target is removed in one or a few steps. Says
+    how many steps the schedule needs."""
+    if settings.target is None or settings.prune_steps >= MIN_STEPS_PER_PERIOD * asked.num_periods:
+        return
+    needed = math.ceil(MIN_STEPS_PER_PERIOD * asked.num_periods / asked.prune_fraction)
+    logger.warning(
+        f"The pruning window has {settings.prune_steps} optimizer step(s) for {asked.num_periods} period(s) "
+        f"(starting at step {settings.half_space_start_step}): the target of {settings.target:g} is cut out in "
+        f"{settings.num_periods} step(s), nearly one-shot, with no gradual shrinking. For this schedule "
+        f"(--oto_prune_fraction {asked.prune_fraction:g}, --oto_num_periods {asked.num_periods}) train at least "
+        f"{needed} optimizer steps (more --max_steps, epochs or data), or lower --oto_num_periods.")
 
 
 def _unwrap_hspg(optimizer) -> HSPG | None:
