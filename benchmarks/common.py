@@ -15,7 +15,6 @@ import platform
 import random
 import subprocess
 import sys
-from collections.abc import Callable
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -26,7 +25,6 @@ import torch  # noqa: E402
 import transformers  # noqa: E402
 
 import oto_hf  # noqa: E402
-from oto_hf import timing  # noqa: E402
 from oto_hf.groups import HEAD, NEURON  # noqa: E402
 from oto_hf.timing import ForeignLoad, quantiles, ratio_summary, wait_for_quiet  # noqa: E402,F401  (the scripts' names)
 
@@ -241,17 +239,6 @@ def onnx_session(path: str | os.PathLike, threads: int, profile_prefix: Path | N
     options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-
-
-def interleaved(variants: dict[str, Callable[[], object]], repeats: int, warmup: int = 1,
-                log: Callable[[str], None] | None = None, quiet_threshold: float | None = timing.BUSY_CORES,
-                patience_s: float = 0.0) -> dict:
-    """`oto_hf.timing.interleaved` in the dict form benchmarks/p2_profile_hspg.py reads: {name: [seconds, …]},
-    "_foreign_load_cores", "_discarded", "_waited_s". Only that script calls it; it goes when the script does."""
-    result = timing.interleaved(variants, repeats, warmup=warmup, log=log, quiet_threshold=quiet_threshold,
-                                patience_s=patience_s)
-    return {**result.seconds, "_foreign_load_cores": result.foreign_load_cores, "_discarded": result.discarded,
-            "_waited_s": result.waited_s}
 
 
 def command_line(script: str, argv: list[str] | None) -> str:

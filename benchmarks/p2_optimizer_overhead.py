@@ -2,9 +2,9 @@
 
 For each model, two (or three) independent copies of the same initial weights are trained on the same real
 SQuAD batch: one with `torch.optim.AdamW`, one with `oto_hf.HSPG` in its most expensive regime (target mode inside
-the pruning window: `target=0.5`, `half_space_start=0`, a window far longer than the run, so every measured step
+the pruning window: `target=0.5`, `half_space_start_step=0`, a window far longer than the run, so every measured step
 is a pruning step with redundant groups taking the adaptive-λ subgradient step and the half-space test), and,
-optionally, one with HSPG in the paper's λ-only stage 2 (`target=None`, `half_space_start=0`: every non-zero group
+optionally, one with HSPG in the paper's λ-only stage 2 (`target=None`, `half_space_start_step=0`: every non-zero group
 is penalised and a projection candidate).
 
 Measured, interleaved (variant order rotated every repeat), after warm-up:
@@ -44,10 +44,10 @@ def make_optimizer(kind: str, model: torch.nn.Module, prune_steps: int):
     groups = oto_hf.zero_invariant_groups(model)
     if kind == "hspg_target":
         return oto_hf.HSPG(model.parameters(), groups, lr=LR, direction="adamw", lmbda=LMBDA,
-                           weight_decay=WEIGHT_DECAY, half_space_start=0, target=0.5, prune_steps=prune_steps)
+                           weight_decay=WEIGHT_DECAY, half_space_start_step=0, target=0.5, prune_steps=prune_steps)
     if kind == "hspg_lambda":
         return oto_hf.HSPG(model.parameters(), groups, lr=LR, direction="adamw", lmbda=LMBDA,
-                           weight_decay=WEIGHT_DECAY, half_space_start=0, target=None)
+                           weight_decay=WEIGHT_DECAY, half_space_start_step=0, target=None)
     raise ValueError(kind)
 
 
@@ -107,9 +107,9 @@ def bench_model(name: str, batch_size: int, seq_len: int, kinds: list[str], step
             "adamw": f"torch.optim.AdamW(lr={LR}, weight_decay={WEIGHT_DECAY}) (defaults: foreach/fused=None, "
                      "i.e. the single-tensor loop on CPU)",
             "hspg_target": f"HSPG(direction='adamw', lr={LR}, weight_decay={WEIGHT_DECAY}, lmbda={LMBDA}, "
-                           f"half_space_start=0, target=0.5, prune_steps={prune_steps})",
+                           f"half_space_start_step=0, target=0.5, prune_steps={prune_steps})",
             "hspg_lambda": f"HSPG(direction='adamw', lr={LR}, weight_decay={WEIGHT_DECAY}, lmbda={LMBDA}, "
-                           "half_space_start=0, target=None)",
+                           "half_space_start_step=0, target=None)",
             "adamw_control": "a second, independent copy trained with the same AdamW (A/A control: its ratio to "
                              "'adamw' shows the noise floor and any bias between copies or positions)",
         },

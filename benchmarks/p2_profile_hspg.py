@@ -1,19 +1,18 @@
 """Where the time of `HSPG.step` goes (companion to P2; diagnosis only, not a published ratio).
 
-Builds the model, fills the gradients once (one forward/backward on a real SQuAD batch), warms up, then runs
-`opt.step()` under `torch.profiler` with Python stacks. Every operator's *self* CPU time is charged to the innermost
-line of `oto_hf/hspg.py` on its stack, and lines are grouped into the sections that `HSPG.step` marks with
-"# 1." … "# 5." comments (`_base_update`, called from section 1, is reported on its own). The same is done for
-`torch.optim.AdamW` (by operator) as the reference. Also: un-profiled wall time of each step alone, interleaved.
+Builds the model, fills the gradients once (one forward/backward on a real SQuAD batch), warms up, then times the
+named phases of `HSPG.step` (`STEP_PHASES`: base directions, per-group sums, the saliency's averages, penalty,
+half-space projection, apply) by wrapping those methods on the optimizer, and runs `opt.step()` under
+`torch.profiler` with Python stacks, every operator's *self* CPU time charged to the innermost oto_hf function on its
+stack. The same is done for `torch.optim.AdamW` (by operator) as the reference. Also: un-profiled wall time of each
+step alone, interleaved. (Until 9a312b9 the phases were found by parsing "# 1." … "# 5." comments in `HSPG.step`;
+its two result files were written that way.)
 
     python benchmarks/p2_profile_hspg.py --model minilm --out benchmarks/results/p2_profile_minilm.json
 """
 
 import argparse
 import copy
-import inspect
-import linecache
-import os
 import re
 import statistics
 import sys
@@ -27,33 +26,14 @@ import common  # noqa: E402
 import torch  # noqa: E402
 from torch.profiler import ProfilerActivity, profile  # noqa: E402
 
-import oto_hf.hspg as hspg_module  # noqa: E402
-from p2_optimizer_overhead import build_model, make_optimizer  # noqa: E402
+from oto_hf import timing  # noqa: E402
+from p2_optimizer_overhead import make_optimizer  # noqa: E402
 
 
-HSPG_FILE = os.path.realpath(inspect.getsourcefile(hspg_module))
-
-
-def section_map() -> tuple[dict[int, str], dict[str, tuple[int, int]]]:
-    """Line number → section name for hspg.py, from the '# N.' comments of HSPG.step and the method boundaries."""
-    lines = Path(HSPG_FILE).read_text().splitlines()
-    step_start = next(i for i, l in enumerate(lines, 1) if re.match(r"\s+def step\(", l))
-    methods = [(i, re.match(r"\s+def (\w+)", l).group(1)) for i, l in enumerate(lines, 1) if re.match(r"\s+def \w+", l)]
-    markers = [(i, l.strip()) for i, l in enumerate(lines, 1) if i > step_start and re.match(r"\s+# [1-9]\. ", l)]
-    step_end = next(i for i, _ in methods if i > step_start) - 1
-    mapping, ranges = {}, {}
-    bounds = [(step_start, "0. step: set-up")] + markers + [(step_end + 1, None)]
-    for (a, name), (b, _) in zip(bounds, bounds[1:]):
-        label = name if name.startswith("0.") else name[2:].split(":")[0][:70]
-        for i in range(a, b):
-            mapping[i] = label
-        ranges[label] = (a, b - 1)
-    for (a, name), (b, _) in zip(methods, methods[1:] + [(len(lines) + 1, None)]):
-        if name != "step":
-            for i in range(a, b):
-                mapping.setdefault(i, f"HSPG.{name}")
-            ranges.setdefault(f"HSPG.{name}", (a, b - 1))
-    return mapping, ranges
+# The named phases of HSPG.step, in the order it calls them ("policy.saliency.observe": the saliency's running
+# averages). _base_update runs inside _base_directions; choose_redundant inside _penalty, once per period.
+STEP_PHASES = ("_base_directions", "_group_sums", "policy.saliency.observe", "_penalty", "_half_space_projection",
+               "_apply")
 
 
 def attribute(prof) -> tuple[dict, dict, float]:
@@ -82,34 +62,41 @@ def attribute(prof) -> tuple[dict, dict, float]:
     return dict(per_op), dict(per_function), total
 
 
-class LineTimer:
-    """Wall time per source line of the traced functions (a minimal line profiler; CPU ops run synchronously, so
-    the time between two line events is the cost of the first line, callees included)."""
+class PhaseTimer:
+    """Wall time of each of `STEP_PHASES` (CPU operators run synchronously, so a call's wall time is its cost), by
+    wrapping those methods on the optimizer instance (and its saliency object) while the timer is entered."""
 
-    def __init__(self, codes):
-        self.codes = set(codes)
+    def __init__(self, hspg):
+        self.hspg = hspg
         self.times = defaultdict(float)
 
-    def _global(self, frame, event, arg):
-        if event == "call" and frame.f_code in self.codes:
-            state = {"line": frame.f_lineno, "t": time.perf_counter()}
-
-            def local(frame, event, arg):
-                now = time.perf_counter()
-                self.times[(frame.f_code.co_name, state["line"])] += now - state["t"]
-                state["line"] = frame.f_lineno
-                state["t"] = time.perf_counter()
-                return local
-
-            return local
-        return None
+    def _owner_and_name(self, phase: str):
+        *path, name = phase.split(".")
+        owner = self.hspg
+        for attribute_name in path:
+            owner = getattr(owner, attribute_name)
+        return owner, name
 
     def __enter__(self):
-        sys.settrace(self._global)
+        for phase in STEP_PHASES:
+            owner, name = self._owner_and_name(phase)
+            setattr(owner, name, self._timed(phase, getattr(owner, name)))
         return self
 
     def __exit__(self, *exc):
-        sys.settrace(None)
+        for phase in STEP_PHASES:
+            owner, name = self._owner_and_name(phase)
+            delattr(owner, name)  # the class's method shows through again
+
+    def _timed(self, phase: str, method):
+        def timed(*args, **kwargs):
+            start = time.perf_counter()
+            try:
+                return method(*args, **kwargs)
+            finally:
+                self.times[phase] += time.perf_counter() - start
+
+        return timed
 
 
 def main(argv=None) -> None:
@@ -128,7 +115,7 @@ def main(argv=None) -> None:
     batch_size = args.batch or (16 if args.model == "minilm" else 8)
     seq_len = args.seq_len or (256 if args.model == "minilm" else 384)
 
-    base, description = build_model(args.model, args.seed)
+    base, description = common.build_model(args.model, args.seed)
     base.train()
     batch = common.squad_batch(batch_size, seq_len, split="train", seed=args.seed)
     start = torch.randint(1, seq_len - 1, (batch_size,), generator=torch.Generator().manual_seed(args.seed))
@@ -140,42 +127,38 @@ def main(argv=None) -> None:
         for _ in range(3):
             opts[k].step()
 
-    times = common.interleaved({k: opts[k].step for k in opts}, args.repeats, warmup=1, patience_s=30.0)
+    times = timing.interleaved({k: opts[k].step for k in opts}, args.repeats, warmup=1, patience_s=30.0).seconds
     wall = {k: statistics.median(times[k]) for k in opts}
     common.log(f"{description}, batch {batch_size}x{seq_len}: opt.step alone, median of {args.repeats} interleaved: "
                + ", ".join(f"{k} {v * 1e3:.1f} ms" for k, v in wall.items())
                + f"; ratio {wall[args.kind] / wall['adamw']:.2f}")
 
-    # Line-level wall time of HSPG.step (callees such as _base_update and the groups' helpers are included in the
-    # line that calls them) and, separately, of _base_update's own lines.
+    # Wall time of each named phase of HSPG.step, and of the whole step (the rest is the step's own glue).
     hspg = opts[args.kind]
-    step_code = inspect.unwrap(type(hspg).step).__code__  # under Optimizer's hook wrapper and no_grad
-    with LineTimer([step_code, type(hspg)._base_update.__code__]) as timer:
+    step_total = 0.0
+    with PhaseTimer(hspg) as timer:
         for _ in range(args.steps):
+            start = time.perf_counter()
             hspg.step()
-    mapping, _ = section_map()
-    per_line = {f"{fn}:{line}": v / args.steps for (fn, line), v in timer.times.items()}
-    per_section = defaultdict(float)
-    for (fn, line), v in timer.times.items():
-        if fn == step_code.co_name:
-            per_section[mapping.get(line, "step: other")] += v / args.steps
-    traced_total = sum(per_section.values())
+            step_total += time.perf_counter() - start
+    per_phase = {phase: timer.times[phase] / args.steps for phase in STEP_PHASES}
+    per_phase["step: other"] = max(step_total / args.steps - sum(per_phase.values()), 0.0)
+    traced_total = step_total / args.steps
 
-    results = {"line_timer": {"per_section_s_per_step": dict(per_section), "per_line_s_per_step": per_line,
-                              "traced_step_s": traced_total}}
+    results = {"phase_timer": {"per_phase_s_per_step": per_phase, "timed_step_s": traced_total}}
 
     # The one-off work at the start of each pruning period (choosing the redundant groups), not in the steps above.
-    if hspg.target is not None:
+    if hspg.settings.target is not None:
         saved = hspg.hspg_state["redundant"].clone()
         sq = hspg.groups.sq_norms()
         t_choose = []
         for _ in range(5):
             t0 = time.perf_counter()
-            hspg._choose_redundant(0, sq)
+            hspg.choose_redundant(0, sq)
             t_choose.append(time.perf_counter() - t0)
         hspg.hspg_state["redundant"] = saved
         results["choose_redundant_s"] = statistics.median(t_choose)
-        common.log(f"_choose_redundant (once per pruning period, {len(hspg.groups)} groups): "
+        common.log(f"choose_redundant (once per pruning period, {len(hspg.groups)} groups): "
                    f"{results['choose_redundant_s'] * 1e3:.1f} ms")
     for k, opt in opts.items():
         with profile(activities=[ProfilerActivity.CPU], with_stack=True) as prof:
@@ -187,19 +170,14 @@ def main(argv=None) -> None:
                                                   sorted(per_function.items(), key=lambda x: -x[1])},
                       "aten_total_s_per_step": total / args.steps}
 
-    common.log(f"\nHSPG ({args.kind}) step by section (line timer, wall time per step; traced step "
-               f"{traced_total * 1e3:.1f} ms, un-traced median {wall[args.kind] * 1e3:.1f} ms, AdamW "
-               f"{wall['adamw'] * 1e3:.1f} ms):")
-    for sec, v in sorted(per_section.items(), key=lambda x: -x[1]):
-        common.log(f"  {v * 1e3:8.1f} ms  {v / traced_total:6.1%}  {sec}")
-    common.log("  top lines (step lines include their callees; _base_update lines are its own):")
-    for key, v in sorted(per_line.items(), key=lambda x: -x[1])[:16]:
-        fn, line = key.split(":")
-        common.log(f"  {v * 1e3:8.1f} ms  hspg.py:{line:<4} {fn:<13} {linecache.getline(HSPG_FILE, int(line)).strip()[:80]}")
+    common.log(f"\nHSPG ({args.kind}) step by phase (wall time per step; timed step {traced_total * 1e3:.1f} ms, "
+               f"un-timed median {wall[args.kind] * 1e3:.1f} ms, AdamW {wall['adamw'] * 1e3:.1f} ms):")
+    for phase, v in sorted(per_phase.items(), key=lambda x: -x[1]):
+        common.log(f"  {v * 1e3:8.1f} ms  {v / traced_total:6.1%}  {phase}")
     for k in opts:
         common.log(f"  aten self time per step, {k}: total {results[k]['aten_total_s_per_step'] * 1e3:.1f} ms; by function: "
                    + ", ".join(f"{f} {v * 1e3:.1f} ms" for f, v in list(results[k]["per_function_s_per_step"].items())[:6]))
-        common.log(f"    by operator: " + ", ".join(
+        common.log("    by operator: " + ", ".join(
             f"{o} {v * 1e3:.1f} ms" for o, v in list(results[k]["per_op_s_per_step"].items())[:9]))
 
     if args.out:
@@ -207,7 +185,7 @@ def main(argv=None) -> None:
             "benchmark": "P2 companion: profile of HSPG.step",
             "command": common.command_line(__file__, argv),
             "machine": common.machine_info(), "model": description, "batch": [batch_size, seq_len],
-            "hspg_sections": {k: list(v) for k, v in section_map()[1].items()},
+            "hspg_phases": list(STEP_PHASES),
             "step_alone_median_s": wall, "step_alone_seconds": {k: times[k] for k in opts},
             "profile": results,
         })

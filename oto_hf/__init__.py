@@ -24,6 +24,9 @@ from .distillation import DistillationTrainer, distillation_loss, hidden_state_l
 from .groups import (GroupedTensor, UnsupportedModelError, ZeroInvariantGroups, supported_model_types,
                      zero_invariant_groups)
 from .hspg import HSPG
+from . import selection
+from .selection import SelectionPolicy
+from .settings import OTOSettings
 from .modeling_oto import (
     AUTO_CLASSES,
     OTOBertForMaskedLM,
@@ -70,6 +73,7 @@ __all__ = [
     "OTOBertForTokenClassification",
     "OTOBertLMHeadModel",
     "OTOBertModel",
+    "OTOSettings",
     "OTOTrainer",
     "OTOTrainingArguments",
     "UnsupportedModelError",
@@ -80,6 +84,8 @@ __all__ = [
     "kept_indices",
     "model_card",
     "model_stats",
+    "selection",
+    "SelectionPolicy",
     "supported_model_types",
     "zero_invariant_groups",
 ]

@@ -4,16 +4,15 @@ collators, schedulers, callbacks, evaluation, checkpoints, the Hub) works as bef
 """
 
 import inspect
+import math
 import os
 import re
 import shutil
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import InitVar, dataclass, field
 
-import torch
 from transformers import Trainer, TrainerCallback, TrainingArguments
-from transformers.optimization import get_wsd_schedule
-from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, HubStrategy, IntervalStrategy, SchedulerType
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, HubStrategy, IntervalStrategy
 from transformers.utils import logging
 from transformers.training_args import OptimizerNames
 
@@ -22,8 +21,9 @@ from .checkpoints import (checkpoint_problem, last_complete_checkpoint, run_diff
 from .compress import compress
 from .distillation import DistillationMixin
 from .groups import zero_invariant_groups
-from .hspg import ALLOCATIONS, DIRECTIONS, HSPG, SALIENCIES, TARGET_UNITS
+from .hspg import HSPG
 from .model_card import CardInfo, card_arguments_evaluations, hub_id, licence_of, model_card
+from .settings import DIRECTIONS, RETIRED_OPTIONS, SALIENCIES, TARGET_UNITS, InvalidOTOSettings, OTOSettings
 from .stats import model_stats
 
 
@@ -77,12 +77,6 @@ class OTOTrainingArguments(TrainingArguments):
     oto_num_periods: int = field(
         default=4, metadata={"help": "With a target: the removed share grows in this many equal periods."}
     )
-    oto_hold_lr_through_window: bool = field(
-        default=False,
-        metadata={"help": "With a target: keep the learning rate at its peak (after warm-up) until the pruning window "
-                  "ends, then decay it (linearly, or cosine with --lr_scheduler_type cosine) to 0 over the remaining "
-                  "steps, so that the pruned model trains at full learning rate. Replaces --lr_scheduler_type."},
-    )
     oto_direction: str = field(
         default="adamw",
         metadata={"help": "Base direction of HSPG: 'adamw' (uses --adam_beta1/2, --adam_epsilon, --weight_decay) "
@@ -95,26 +89,18 @@ class OTOTrainingArguments(TrainingArguments):
                   "'fisher' ((x_g·grad_g)^2), 'magnitude' or 'mixed' (HESSO's equal-weight mix of magnitude, direction "
                   "and both Taylor orders).", "choices": list(SALIENCIES)},
     )
-    oto_saliency_zero_init: bool = field(
-        default=True,
-        metadata={"help": "Start the running average of the saliency scores at zero, so that every step counts by "
-                  "its age (the default). False starts it at the first step's score, which, scored through a "
-                  "still-random task head, keeps over half the average's weight until ~70 steps."},
-    )
     oto_allocation: str = field(
         default="uniform",
+        # No argparse "choices": a retired choice ('global') gets OTOSettings' message saying what to use instead.
         metadata={"help": "How the target is shared between heads and FFN neurons: 'uniform' (the default: every "
                   "layer removes the target's fraction of its cost, the nearest whole number of heads and neurons "
-                  "for the rest; only which ones go is learned), 'balanced' (heads and neurons each remove that "
-                  "fraction of their cost, layers ranked against each other) or 'global' (one ranking by saliency "
-                  "per unit of cost).",
-                  "choices": list(ALLOCATIONS)},
+                  "for the rest; only which ones go is learned) or 'balanced' (heads and neurons each remove that "
+                  "fraction of their cost, layers ranked against each other)."},
     )
     oto_layer_floor: float = field(
         default=0.25,
         metadata={"help": "With a target, every layer keeps at least this fraction of its heads and of its FFN "
-                  "neurons (capped at 1 - oto_target), so that 'balanced' or 'global' cannot empty a layer. 0: no "
-                  "floor."},
+                  "neurons (capped at 1 - oto_target), so that 'balanced' cannot empty a layer. 0: no floor."},
     )
     oto_prune_heads: bool = field(default=True, metadata={"help": "Prune whole attention heads."})
     oto_prune_neurons: bool = field(default=True, metadata={"help": "Prune FFN neurons."})
@@ -123,51 +109,46 @@ class OTOTrainingArguments(TrainingArguments):
         metadata={"help": "`save_model` also writes the full-size group-sparse model to <output_dir>/group_sparse."},
     )
 
+    # Retired options (RETIRED_OPTIONS): accepted only to say so. Asking for the behaviour that stays warns, asking
+    # for the retired one fails.
+    oto_hold_lr_through_window: InitVar[bool | None] = None
+    oto_saliency_zero_init: InitVar[bool | None] = None
+
+    @property
+    def oto_settings(self) -> OTOSettings:
+        """The OTO settings as one checked `OTOSettings`, schedule in fractions of training (`.in_steps(n)` for
+        HSPG). Built from the fields each time, so that a field changed after construction is seen."""
+        return OTOSettings(
+            target=None if self.oto_lambda_only else self.oto_target, target_unit=self.oto_target_unit,
+            seq_len=self.oto_seq_len, lmbda=self.oto_lambda, epsilon=self.oto_epsilon, half_space_start_step=None,
+            half_space_start_fraction=self.oto_half_space_start, prune_fraction=self.oto_prune_fraction,
+            num_periods=self.oto_num_periods, direction=self.oto_direction,
+            momentum=self.oto_momentum if self.oto_direction == "sgd" else 0.0, saliency=self.oto_saliency,
+            allocation=self.oto_allocation, layer_floor=self.oto_layer_floor, prune_heads=self.oto_prune_heads,
+            prune_neurons=self.oto_prune_neurons, named_as="options",
+        )
+
     @property
     def oto_effective_target(self) -> float | None:
+        """Deprecated: `oto_settings.target` (the target, None with --oto_lambda_only)."""
+        warnings.warn("OTOTrainingArguments.oto_effective_target is deprecated: use oto_settings.target.",
+                      DeprecationWarning, stacklevel=2)
         return None if self.oto_lambda_only else self.oto_target
 
-    def __post_init__(self):
+    def __post_init__(self, oto_hold_lr_through_window: bool | None, oto_saliency_zero_init: bool | None):
         super().__post_init__()
         problems = []
-        if self.oto_target is not None and not 0 <= self.oto_target < 1:
-            problems.append(f"--oto_target must lie in [0, 1) (a fraction to remove), got {self.oto_target}")
-        if self.oto_target_unit not in TARGET_UNITS:
-            problems.append(f"--oto_target_unit must be one of {TARGET_UNITS}, got {self.oto_target_unit!r}")
-        if self.oto_lambda < 0:
-            problems.append(f"--oto_lambda must be ≥ 0, got {self.oto_lambda}")
-        if not 0 <= self.oto_epsilon < 1:
-            problems.append(f"--oto_epsilon must lie in [0, 1), got {self.oto_epsilon}")
-        if not 0 <= self.oto_half_space_start < 1:
-            problems.append(f"--oto_half_space_start is a fraction of the training in [0, 1), got {self.oto_half_space_start}")
-        if self.oto_effective_target is not None:
-            if not 0 < self.oto_prune_fraction <= 1 - self.oto_half_space_start:
-                problems.append(
-                    f"--oto_prune_fraction must lie in (0, 1 - oto_half_space_start = {1 - self.oto_half_space_start:g}] "
-                    f"so that the pruning window ends inside training, got {self.oto_prune_fraction}"
-                )
-            if self.oto_num_periods < 1:
-                problems.append(f"--oto_num_periods must be ≥ 1, got {self.oto_num_periods}")
-        if not 0 <= self.oto_layer_floor < 1:
-            problems.append(f"--oto_layer_floor must lie in [0, 1) (a fraction of each layer's heads and neurons), "
-                            f"got {self.oto_layer_floor}")
-        if self.oto_hold_lr_through_window:
-            if self.oto_effective_target is None:
-                problems.append("--oto_hold_lr_through_window needs a target (it aligns the schedule with the pruning window)")
-            scheduler = SchedulerType(self.lr_scheduler_type)
-            if scheduler not in (SchedulerType.LINEAR, SchedulerType.COSINE):
-                problems.append(
-                    f"--oto_hold_lr_through_window decays linearly or by cosine after the window; it cannot follow "
-                    f"--lr_scheduler_type {scheduler.value}. Use linear or cosine, or drop the flag"
-                )
-        if not (self.oto_prune_heads or self.oto_prune_neurons):
-            problems.append("--oto_prune_heads and --oto_prune_neurons are both off: nothing would be pruned")
-        if self.oto_direction not in DIRECTIONS:
-            problems.append(f"--oto_direction must be one of {DIRECTIONS}, got {self.oto_direction!r}")
-        if self.oto_saliency not in SALIENCIES:
-            problems.append(f"--oto_saliency must be one of {SALIENCIES}, got {self.oto_saliency!r}")
-        if self.oto_allocation not in ALLOCATIONS:
-            problems.append(f"--oto_allocation must be one of {ALLOCATIONS}, got {self.oto_allocation!r}")
+        for name, value, keeps in (("oto_hold_lr_through_window", oto_hold_lr_through_window, False),
+                                   ("oto_saliency_zero_init", oto_saliency_zero_init, True)):
+            if value is not None and value != keeps:
+                problems.append(RETIRED_OPTIONS[name])
+            elif value is not None:
+                warnings.warn(RETIRED_OPTIONS[name], DeprecationWarning, stacklevel=3)
+        try:
+            target = self.oto_settings.target
+        except InvalidOTOSettings as invalid:
+            problems += invalid.problems
+            target = None if self.oto_lambda_only else self.oto_target
         if self.optim not in _DEFAULT_OPTIMS:
             problems.append(
                 f"--optim {self.optim.value if hasattr(self.optim, 'value') else self.optim} cannot be combined with OTO: "
@@ -182,7 +163,7 @@ class OTOTrainingArguments(TrainingArguments):
         if self.push_to_hub and self.oto_save_group_sparse:
             problems.append("--oto_save_group_sparse writes a full-size copy into --output_dir, which push_to_hub would "
                             "upload beside the compressed model: drop one of the two")
-        if self.load_best_model_at_end and self.oto_effective_target is None:
+        if self.load_best_model_at_end and target is None:
             problems.append(
                 "--load_best_model_at_end cannot be combined with --oto_lambda_only (no target): without a target "
                 "there is no pruning window after which the architecture is fixed, every later checkpoint is sparser, "
@@ -196,7 +177,7 @@ class OTOTrainingArguments(TrainingArguments):
                 "decide projections; use DDP (torchrun / accelerate launch without FSDP/DeepSpeed)"
             )
         if problems:
-            raise ValueError("Invalid OTO settings:\n  - " + "\n  - ".join(problems))
+            raise InvalidOTOSettings(problems)
 
 
 _NO_MODEL_INIT = (
@@ -265,14 +246,7 @@ class OTOTrainer(DistillationMixin, Trainer):
             raise ValueError("OTOTrainer needs a model (model_init is not supported: groups are built once).")
         # Build the groups (and so refuse an unsupported model or an impossible target) before any other set-up.
         self.oto_groups = zero_invariant_groups(model, prune_heads=args.oto_prune_heads, prune_neurons=args.oto_prune_neurons)
-        if args.oto_effective_target is not None:
-            unit, seq_len = args.oto_target_unit, args.oto_seq_len
-            removable = float(self.oto_groups.costs(unit, seq_len).sum()) / self.oto_groups.total_cost(unit, seq_len)
-            if args.oto_target > removable:
-                raise ValueError(
-                    f"--oto_target {args.oto_target} asks to remove {args.oto_target:.0%} of the encoder {unit}, but the "
-                    f"prunable groups hold only {removable:.1%} of them. Lower the target or prune both heads and neurons."
-                )
+        args.oto_settings.check_target_fits(self.oto_groups)
         self._saving_checkpoint = False
         # What the model card states beyond the run itself (see write_model_card); job scripts fill it.
         self.card_info = CardInfo()
@@ -298,61 +272,13 @@ class OTOTrainer(DistillationMixin, Trainer):
             {"params": [p for n, p in params if n in decay], "weight_decay": args.weight_decay},
             {"params": [p for n, p in params if n not in decay], "weight_decay": 0.0},
         ]
-        max_steps = max(1, self.state.max_steps or args.max_steps or 1)
-        start = int(round(args.oto_half_space_start * max_steps))
-        prune_steps = max(1, int(round(args.oto_prune_fraction * max_steps)))
-        if args.oto_effective_target is not None:
-            # Rounding the two fractions separately must not push the window's end past the last step.
-            start = min(start, max_steps - 1)
-            prune_steps = min(prune_steps, max_steps - start)
-        self.optimizer = HSPG(
-            grouped_parameters,
-            self.oto_groups,
-            lr=args.learning_rate,
-            direction=args.oto_direction,
-            lmbda=args.oto_lambda,
-            epsilon=args.oto_epsilon,
-            half_space_start=start,
-            target=args.oto_effective_target,
-            target_unit=args.oto_target_unit,
-            seq_len=args.oto_seq_len,
-            prune_steps=prune_steps if args.oto_effective_target is not None else None,
-            num_periods=min(args.oto_num_periods, prune_steps),
-            saliency=args.oto_saliency,
-            saliency_zero_init=args.oto_saliency_zero_init,
-            allocation=args.oto_allocation,
-            layer_floor=args.oto_layer_floor,
-            betas=(args.adam_beta1, args.adam_beta2),
-            eps=args.adam_epsilon,
-            momentum=args.oto_momentum if args.oto_direction == "sgd" else 0.0,
-            weight_decay=args.weight_decay,
-        )
+        # The schedule's fractions become optimizer steps now that the number of steps is known.
+        settings = args.oto_settings.in_steps(self.state.max_steps or args.max_steps or 1)
+        _warn_if_the_window_collapsed(args.oto_settings, settings)
+        self.optimizer = HSPG(grouped_parameters, self.oto_groups, lr=args.learning_rate, settings=settings,
+                              betas=(args.adam_beta1, args.adam_beta2), eps=args.adam_epsilon,
+                              weight_decay=args.weight_decay)
         return self.optimizer
-
-    def create_scheduler(self, num_training_steps: int, optimizer=None):
-        if self.lr_scheduler is not None or not self.args.oto_hold_lr_through_window:
-            return super().create_scheduler(num_training_steps, optimizer)
-        # Warm up, hold the peak through the pruning window, decay over what is left: the steps after the window are
-        # the only ones that train the final (pruned) architecture, and a linear schedule leaves them little lr. (Off by
-        # default: it has not beaten the linear schedule so far, docs/experiments.md.)
-        # The window is HSPG's own (create_optimizer has built it), so schedule and pruning cannot disagree.
-        window_end = min(self.hspg.half_space_start + self.hspg.prune_steps, num_training_steps)
-        warmup = self.args.get_warmup_steps(num_training_steps)
-        if warmup > window_end:
-            raise ValueError(
-                f"--oto_hold_lr_through_window: the warm-up ({warmup} steps) outlasts the pruning window (ends at step "
-                f"{window_end} of {num_training_steps}); shorten --warmup_steps or move the window later"
-            )
-        decay = "cosine" if SchedulerType(self.args.lr_scheduler_type) == SchedulerType.COSINE else "linear"
-        self.lr_scheduler = get_wsd_schedule(
-            self.optimizer if optimizer is None else optimizer,
-            num_warmup_steps=warmup,
-            num_stable_steps=window_end - warmup,
-            num_decay_steps=num_training_steps - window_end,
-            decay_type=decay,
-        )
-        self._created_lr_scheduler = True
-        return self.lr_scheduler
 
     @property
     def hspg(self) -> HSPG | None:
@@ -368,7 +294,7 @@ class OTOTrainer(DistillationMixin, Trainer):
     def oto_window_closed(self) -> bool:
         """Whether the model now meets the target and keeps its zero set: the optimizer has taken every step of the
         pruning window (always true without a target, false before training with one)."""
-        if self.args.oto_effective_target is None:
+        if self.args.oto_settings.target is None:
             return True
         hspg = self.hspg
         return hspg is not None and hspg.step_count >= _window_end(hspg)
@@ -600,6 +526,26 @@ def mean_loss_under_gradient_accumulation(trainer: Trainer) -> None:
         trainer.model_accepts_loss_kwargs = False
 
 
+MIN_STEPS_PER_PERIOD = 5
+"""Fewer optimizer steps than this per pruning period cut the period's groups nearly at once (one-shot pruning, no
+gradual shrinking while the rest adapts): the run is warned."""
+
+
+def _warn_if_the_window_collapsed(asked: OTOSettings, settings: OTOSettings) -> None:
+    """Warn when training is too short for the schedule `asked` (in fractions): the window `settings` (in steps) has
+    fewer than `MIN_STEPS_PER_PERIOD` steps per asked period, so the target is removed in one or a few steps. Says
+    how many steps the schedule needs."""
+    if settings.target is None or settings.prune_steps >= MIN_STEPS_PER_PERIOD * asked.num_periods:
+        return
+    needed = math.ceil(MIN_STEPS_PER_PERIOD * asked.num_periods / asked.prune_fraction)
+    logger.warning(
+        f"The pruning window has {settings.prune_steps} optimizer step(s) for {asked.num_periods} period(s) "
+        f"(starting at step {settings.half_space_start_step}): the target of {settings.target:g} is cut out in "
+        f"{settings.num_periods} step(s), nearly one-shot, with no gradual shrinking. For this schedule "
+        f"(--oto_prune_fraction {asked.prune_fraction:g}, --oto_num_periods {asked.num_periods}) train at least "
+        f"{needed} optimizer steps (more --max_steps, epochs or data), or lower --oto_num_periods.")
+
+
 def _unwrap_hspg(optimizer) -> HSPG | None:
     while optimizer is not None and not isinstance(optimizer, HSPG):
         optimizer = getattr(optimizer, "optimizer", None)
@@ -607,9 +553,7 @@ def _unwrap_hspg(optimizer) -> HSPG | None:
 
 
 def _window_end(hspg: HSPG | None) -> int | None:
-    if hspg is None or hspg.target is None:
-        return None
-    return hspg.half_space_start + hspg.prune_steps
+    return None if hspg is None else hspg.settings.window_end_step
 
 
 def _as_list(value) -> list:

@@ -2,7 +2,6 @@
 
 import errno
 import json
-from pathlib import Path
 
 import pytest
 import torch

@@ -4,9 +4,10 @@ import torch.nn.functional as F
 from transformers import BertConfig, BertForQuestionAnswering, BertModel
 
 import families
-from conftest import tiny_bert_config
+from conftest import REPO_ROOT, tiny_bert_config
 from oto_hf import HSPG, UnsupportedModelError, ZeroInvariantGroups, compress, model_stats, zero_invariant_groups
-from oto_hf.groups import NEURON
+from oto_hf.groups import HEAD, NEURON
+from oto_hf.selection import BalancedLayout, Saliency
 
 
 # ---- the paper's convex claim: more group sparsity than Prox-SG at a comparable objective ----
@@ -28,7 +29,7 @@ def train_logistic(X, y, method, lam, lr=0.5, epochs=16, batch=64, epsilon=0.5, 
     if method == "hspg":
         groups = ZeroInvariantGroups.from_tensors([(w, (num_groups, group_size), 0)])
         opt = HSPG([w], groups, lr=lr, direction="sgd", lmbda=lam, epsilon=epsilon,
-                   half_space_start=steps_per_epoch * epochs // 2)
+                   half_space_start_step=steps_per_epoch * epochs // 2)
     for _ in range(epochs):
         order = torch.randperm(len(y), generator=g)
         for i in range(0, len(y), batch):
@@ -91,14 +92,13 @@ def train(model, opt, steps, first_step=0, on_step=None):
 @pytest.mark.parametrize(
     "target,unit,direction,allocation,saliency",
     [(0.3, "flops", "adamw", "balanced", "taylor"), (0.5, "flops", "sgd", "balanced", "fisher"),
-     (0.7, "params", "adamw", "balanced", "magnitude"), (0.5, "flops", "adamw", "global", "taylor"),
-     (0.7, "flops", "adamw", "uniform", "taylor"), (0.7, "flops", "adamw", "balanced-floor", "taylor"),
-     (0.6, "flops", "adamw", "global-floor", "taylor"), (0.7, "flops", "adamw", "uniform", "mixed")],
+     (0.7, "params", "adamw", "balanced", "magnitude"), (0.7, "flops", "adamw", "uniform", "taylor"),
+     (0.7, "flops", "adamw", "balanced-floor", "taylor"), (0.7, "flops", "adamw", "uniform", "mixed")],
 )
 def test_target_is_reached_not_overshot_and_held(target, unit, direction, allocation, saliency):
     lr = 1e-3 if direction == "adamw" else 0.05
     allocation, _, floor = allocation.partition("-")
-    model, groups, opt = make(target=target, target_unit=unit, seq_len=32, prune_steps=30, half_space_start=10,
+    model, groups, opt = make(target=target, target_unit=unit, seq_len=32, prune_steps=30, half_space_start_step=10,
                               num_periods=3, direction=direction, lr=lr, momentum=0.9 if direction == "sgd" else 0.0,
                               allocation=allocation, saliency=saliency, layer_floor=0.35 if floor else 0.0)
     history = []
@@ -119,76 +119,6 @@ def test_target_is_reached_not_overshot_and_held(target, unit, direction, alloca
     # Each period reaches its share of the target.
     at_first_period_end = float(groups.costs(unit, 32)[history[19]].sum()) / groups.total_cost(unit, 32)
     assert abs(at_first_period_end - target / 3) <= 0.01 + 1e-9
-
-
-def layer_relative(groups, score, kind):
-    """Reference for the balanced ranking: the score over its (kind, layer) mean, for the groups of `kind`."""
-    out = {}
-    for layer in range(groups.num_layers):
-        idx = torch.nonzero((groups.kinds == kind) & (groups.layers == layer)).flatten()
-        for i in idx.tolist():
-            out[i] = float(score[i] / score[idx].mean())
-    return out
-
-
-def test_balanced_allocation_shares_the_target_and_ranks_within_each_kind():
-    from oto_hf.groups import HEAD, NEURON
-
-    model, groups, opt = make(target=0.4, seq_len=32, prune_steps=10, half_space_start=0, num_periods=2,
-                              allocation="balanced")
-    g = torch.Generator().manual_seed(3)
-    # Layer 1 scores run 100x larger as a whole: a raw ranking would spare it; a layer-relative one must not.
-    score = torch.rand(groups.num_groups, generator=g) + 0.05
-    score[groups.layers == 1] *= 100
-    opt.hspg_state["taylor"] = score
-    opt._choose_redundant(0, groups.sq_norms())
-    chosen = opt.hspg_state["redundant"]
-    costs = groups.costs("flops", 32).double()
-    goal = 0.2 * groups.total_cost("flops", 32)  # period 0 of 2 holds half of the 40% target
-    neuron_cost = float(costs[groups.kinds == NEURON][0])
-    head_cost = float(costs[groups.kinds == HEAD][0])
-    assert goal - neuron_cost <= float(costs[chosen].sum()) <= goal + 1e-6
-    for kind, unit in ((HEAD, head_cost), (NEURON, neuron_cost)):
-        of_kind = groups.kinds == kind
-        share = float(costs[chosen & of_kind].sum()) / float(costs[of_kind].sum())
-        # Each kind gives up the period's fraction; heads to within one head, neurons also fill the remainder.
-        assert abs(share - 0.2) <= (unit + head_cost) / float(costs[of_kind].sum()), (kind, share)
-    heads = layer_relative(groups, score, HEAD)
-    kept_heads = [heads[i] for i in heads if not chosen[i]]
-    cut_heads = [heads[i] for i in heads if chosen[i]]
-    assert cut_heads and max(cut_heads) <= min(kept_heads)
-    assert chosen[groups.layers == 1].any(), "a layer with larger raw scores must still be pruned"
-
-
-def test_uniform_allocation_removes_the_same_fraction_of_every_layer():
-    from oto_hf.groups import HEAD, NEURON
-
-    torch.manual_seed(0)
-    model = BertForQuestionAnswering(tiny_bert_config(num_attention_heads=8, intermediate_size=96))
-    groups = zero_invariant_groups(model)
-    opt = HSPG(model.parameters(), groups, lr=1e-3, target=0.6, seq_len=32, prune_steps=10, allocation="uniform")
-    g = torch.Generator().manual_seed(4)
-    # Layer 1's scores run 100x larger and layer 0's heads are all nearly useless: neither may change the layout.
-    score = torch.rand(groups.num_groups, generator=g) + 0.05
-    score[groups.layers == 1] *= 100
-    score[(groups.layers == 0) & (groups.kinds == HEAD)] *= 1e-3
-    opt.hspg_state["taylor"] = score
-    opt._choose_redundant(0, groups.sq_norms())
-    chosen = opt.hspg_state["redundant"]
-    costs = groups.costs("flops", 32).double()
-    neuron_cost = float(costs[groups.kinds == NEURON][0])
-    goal = 0.6 * groups.total_cost("flops", 32)
-    assert goal - neuron_cost <= float(costs[chosen].sum()) <= goal + 1e-6
-    for layer in range(groups.num_layers):
-        in_layer = groups.layers == layer
-        layer_goal = 0.6 * float(costs[in_layer].sum())
-        assert layer_goal - neuron_cost <= float(costs[chosen & in_layer].sum()) <= layer_goal + 1e-6, layer
-        heads = torch.nonzero(in_layer & (groups.kinds == HEAD)).flatten()
-        assert int(chosen[heads].sum()) == round(0.6 * len(heads)), (layer, int(chosen[heads].sum()))
-        for kind in (HEAD, NEURON):  # within a layer, the least salient go first
-            pool = torch.nonzero(in_layer & (groups.kinds == kind)).flatten()
-            cut = chosen[pool]
-            assert float(score[pool[cut]].max()) <= float(score[pool[~cut]].min()), (layer, kind)
 
 
 @pytest.mark.parametrize("num_periods", [1, 2, 3, 4, 7])
@@ -231,75 +161,30 @@ def test_target_is_met_in_every_family(model_type):
                                    rtol=1e-5, atol=1e-5)
 
 
-def test_layer_floor_keeps_every_layer_above_it_and_changes_nothing_where_it_does_not_bind():
-    from oto_hf.groups import HEAD, NEURON
-
-    def choose(layer_floor, target=0.6):
-        torch.manual_seed(0)
-        model = BertForQuestionAnswering(tiny_bert_config(num_attention_heads=8, intermediate_size=96))
-        groups = zero_invariant_groups(model)
-        opt = HSPG(model.parameters(), groups, lr=1e-3, target=target, seq_len=32, prune_steps=10,
-                   layer_floor=layer_floor, allocation="balanced")
-        g = torch.Generator().manual_seed(5)
-        # In layer 0 one head and one neuron carry all the score: relative to their layer's mean, the others look
-        # useless, so the balanced ranking empties layer 0 down to that one head and a few neurons.
-        score = torch.rand(groups.num_groups, generator=g) + 0.5
-        for kind in (HEAD, NEURON):
-            pool = torch.nonzero((groups.layers == 0) & (groups.kinds == kind)).flatten()
-            score[pool] *= 1e-3
-            score[pool[0]] = 1e3
-        opt.hspg_state["taylor"] = score
-        opt._choose_redundant(0, groups.sq_norms())
-        return groups, score, opt.hspg_state["redundant"]
-
-    groups, _, free = choose(0.0)
-    kept_heads_layer0 = int((~free & (groups.layers == 0) & (groups.kinds == HEAD)).sum())
-    assert kept_heads_layer0 < 3, "the setup must let the balanced ranking go below the floor tested next"
-
-    groups, score, chosen = choose(0.3)
-    costs = groups.costs("flops", 32).double()
-    neuron_cost = float(costs[groups.kinds == NEURON][0])
-    goal = 0.6 * groups.total_cost("flops", 32)
-    assert goal - neuron_cost <= float(costs[chosen].sum()) <= goal + 1e-6, "the floor must not cost the target"
-    for layer in range(groups.num_layers):
-        for kind, floor in ((HEAD, 2), (NEURON, 28)):  # ⌊0.3 · 8⌋ heads, ⌊0.3 · 96⌋ neurons
-            pool = torch.nonzero((groups.layers == layer) & (groups.kinds == kind)).flatten()
-            cut = chosen[pool]
-            assert int((~cut).sum()) >= floor, (layer, kind, int((~cut).sum()))
-            assert float(score[pool[cut]].max()) <= float(score[pool[~cut]].min()), "least salient go first"
-    # A floor above what the target leaves is lowered to it (0.9 acts as 0.4 at a 60% target). There rounding leaves
-    # the pools above the floors a little short, and the target still comes first.
-    groups, _, tight = choose(0.9)
-    assert goal - neuron_cost <= float(costs[tight].sum()) <= goal + 1e-6
-    assert int((~tight & (groups.layers == 0) & (groups.kinds == HEAD)).sum()) >= 3  # ⌊0.4 · 8⌋
-    # A floor below every layer's kept share does not change the choice at all.
-    assert torch.equal(choose(0.05, target=0.3)[2], choose(0.0, target=0.3)[2])
+def test_saliency_average_starts_at_zero():
+    # From the zero start, one step leaves (1 − decay)·|x_gᵀ∇_g f| in the average, written out per group.
+    model, groups, opt = make(target=0.5, seq_len=32, half_space_start_step=50, prune_steps=10, taylor_decay=0.9)
+    ids, start, end = qa_batch(0)
+    model(ids, start_positions=start, end_positions=end).loss.backward()
+    dots = torch.zeros(groups.num_groups, dtype=torch.float64)
+    for t in groups.tensors:
+        dots[t.span] += t.per_group_sum(t.param.detach().double() * t.param.grad.double())
+    opt.step()
+    torch.testing.assert_close(opt.hspg_state["taylor"].double(), 0.1 * dots.abs(), rtol=1e-4,
+                               atol=1e-6 * float(dots.abs().max()))
+    assert bool((dots != 0).any())
 
 
-def test_saliency_average_starts_at_zero_or_at_the_first_score():
-    # Before the window the saliency average does not change the updates, so both runs see the same parameters and
-    # gradients: their averages differ by decay^(k+1) times the first step's score s0 (the first-step start begins at
-    # s0, the zero start, the default, weighs it (1 - decay)·decay^k like any other step).
-    kwargs = dict(target=0.5, half_space_start=50, prune_steps=10, taylor_decay=0.9, layer_floor=0.0)
-    first, zero_init = make(**kwargs, saliency_zero_init=False), make(**kwargs)
-    assert zero_init[2].saliency_zero_init  # the default
-    s0 = {}
-    for (model, groups, opt), name in ((first, "first"), (zero_init, "zero")):
-        train(model, opt, 1)
-        s0[name] = opt.hspg_state["taylor"].clone()
-        train(model, opt, 5, first_step=1)
-    assert torch.allclose(s0["zero"], 0.1 * s0["first"]) and bool((s0["first"] > 0).any())
-    averages = first[2].hspg_state["taylor"], zero_init[2].hspg_state["taylor"]
-    assert torch.equal(first[0].bert.encoder.layer[0].attention.self.query.weight,
-                       zero_init[0].bert.encoder.layer[0].attention.self.query.weight)
-    torch.testing.assert_close(averages[0] - averages[1], 0.9**6 * s0["first"], rtol=1e-4, atol=1e-9)
+def test_retired_saliency_start_is_refused_and_the_kept_one_warns():
+    with pytest.raises(ValueError, match="saliency_zero_init=...\\) was retired.*always starts at zero"):
+        make(saliency_zero_init=False)
+    with pytest.warns(DeprecationWarning, match="always starts at zero"):
+        make(saliency_zero_init=True)
 
 
-def test_mixed_saliency_averages_the_direction_and_mixes_five_criteria_scaled_within_each_pool():
-    from oto_hf.groups import HEAD, NEURON
-
+def test_mixed_saliency_averages_the_direction():
     # One step from the zero start: the direction average is (1 − decay)·(1 − cos(x_g, ∇_g)), written out per group.
-    model, groups, opt = make(target=0.5, seq_len=32, half_space_start=50, prune_steps=10, saliency="mixed",
+    model, groups, opt = make(target=0.5, seq_len=32, half_space_start_step=50, prune_steps=10, saliency="mixed",
                               taylor_decay=0.9)
     ids, start, end = qa_batch(0)
     model(ids, start_positions=start, end_positions=end).loss.backward()
@@ -314,33 +199,9 @@ def test_mixed_saliency_averages_the_direction_and_mixes_five_criteria_scaled_wi
     torch.testing.assert_close(opt.hspg_state["direction"].double(), expected, rtol=1e-4, atol=1e-7)
     assert bool((expected > 0.1).any()) and bool((expected < 0.1).any()), "both signs of cos must occur"
 
-    # The mix, written out pool by pool, from made-up averages.
-    g = torch.Generator().manual_seed(6)
-    opt.hspg_state["taylor"] = torch.rand(groups.num_groups, generator=g)
-    opt.hspg_state["direction"] = 2 * torch.rand(groups.num_groups, generator=g)
-    sq = groups.sq_norms()
-    alive = torch.ones(groups.num_groups, dtype=torch.bool)
-    alive[3] = False  # a zero group takes no part in its pool's scale
-    mixed = opt._mixed_importance(sq, alive)
-    for layer in range(groups.num_layers):
-        for kind in (HEAD, NEURON):
-            pool = torch.nonzero((groups.layers == layer) & (groups.kinds == kind) & alive).flatten()
-            size = float(groups.sizes[pool[0]])
-            norm, taylor = sq[pool].double().sqrt(), opt.hspg_state["taylor"][pool].double()
-            criteria = [norm, norm / size, opt.hspg_state["direction"][pool].double(), taylor, 0.5 * taylor**2]
-            by_hand = sum(c / c.norm() for c in criteria) / 5
-            torch.testing.assert_close(mixed[pool], by_hand)
-
-    # Each criterion is scaled within its pool: scores of one layer running 100× larger change nothing.
-    opt._choose_redundant(0, sq)
-    before = opt.hspg_state["redundant"].clone()
-    opt.hspg_state["taylor"][groups.layers == 1] *= 100
-    opt._choose_redundant(0, sq)
-    assert torch.equal(before, opt.hspg_state["redundant"]) and before.any()
-
 
 def test_lambda_mode_projects_only_in_stage_two():
-    model, groups, opt = make(lr=0.05, direction="sgd", lmbda=2.0, epsilon=0.9, half_space_start=15)
+    model, groups, opt = make(lr=0.05, direction="sgd", lmbda=2.0, epsilon=0.9, half_space_start_step=15)
     train(model, opt, 15)
     assert not groups.is_zero().any(), "stage 1 must not project"
     train(model, opt, 15, first_step=15)
@@ -349,9 +210,9 @@ def test_lambda_mode_projects_only_in_stage_two():
 
 
 def test_zero_groups_stay_zero_with_moments_cleared():
-    model, groups, opt = make(lr=0.01, lmbda=0.0, epsilon=0.0, half_space_start=0)
+    model, groups, opt = make(lr=0.01, lmbda=0.0, epsilon=0.0, half_space_start_step=0)
     groups.zero_([0, 20, 21])
-    opt2 = HSPG(model.parameters(), groups, lr=0.01, lmbda=0.0, half_space_start=0)  # picks up existing zeros
+    opt2 = HSPG(model.parameters(), groups, lr=0.01, lmbda=0.0, half_space_start_step=0)  # picks up existing zeros
     train(model, opt2, 5)
     zero = groups.is_zero()
     assert zero[[0, 20, 21]].all()
@@ -364,7 +225,7 @@ def test_zero_groups_stay_zero_with_moments_cleared():
 @pytest.mark.parametrize("direction,saliency", [("adamw", "taylor"), ("sgd", "taylor"), ("adamw", "mixed")])
 def test_state_dict_round_trip_resumes_exactly(direction, saliency, tmp_path):
     kwargs = dict(direction=direction, lr=1e-3 if direction == "adamw" else 0.05, momentum=0.9, weight_decay=0.01,
-                  target=0.5, seq_len=32, prune_steps=20, half_space_start=6, num_periods=2, saliency=saliency)
+                  target=0.5, seq_len=32, prune_steps=20, half_space_start_step=6, num_periods=2, saliency=saliency)
     model_a, groups_a, opt_a = make(seed=0, **kwargs)
     train(model_a, opt_a, 12)
     torch.save({"model": model_a.state_dict(), "optim": opt_a.state_dict()}, tmp_path / "ckpt.pt")
@@ -393,6 +254,69 @@ def test_state_from_another_model_is_refused():
         opt.load_state_dict(torch.optim.AdamW(other.parameters()).state_dict())
 
 
+def test_state_written_by_the_code_before_the_policy_moved_out_resumes():
+    """tests/fixtures/hspg_state_9a312b9.pt: a tiny BERT (2 layers, 2 heads of 4, FFN 8) trained 5 steps by HSPG as of
+    commit 9a312b9 (target 0.5 at 8 tokens, window steps [2, 10) in 2 periods, "mixed" saliency, "balanced", no floor,
+    lr 1e-2, weight decay 0.01), its model and optimizer state, and the model after 7 more steps by that code."""
+    checkpoint = torch.load(REPO_ROOT / "tests" / "fixtures" / "hspg_state_9a312b9.pt", weights_only=False)
+    model = BertForQuestionAnswering(BertConfig(
+        vocab_size=11, hidden_size=8, num_hidden_layers=2, num_attention_heads=2, intermediate_size=8,
+        max_position_embeddings=16, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0))
+    model.load_state_dict(checkpoint["model"])
+    groups = zero_invariant_groups(model)
+    opt = HSPG(model.parameters(), groups, lr=1e-2, target=0.5, seq_len=8, half_space_start_step=2, prune_steps=8,
+               num_periods=2, saliency="mixed", allocation="balanced", layer_floor=0.0, weight_decay=0.01)
+    opt.load_state_dict(checkpoint["optim"])
+    assert opt.step_count == 5 and opt.hspg_state["period"] == 0
+    for k in range(5, 12):
+        g = torch.Generator().manual_seed(k)
+        ids = torch.randint(0, 11, (4, 8), generator=g)
+        start = torch.randint(0, 8, (4,), generator=g)
+        model(ids, start_positions=start, end_positions=(start + 1).clamp(max=7)).loss.backward()
+        opt.step()
+        opt.zero_grad()
+    assert torch.equal(groups.is_zero(), checkpoint["zero_after_7_more_steps"]) and groups.is_zero().any()
+    for name, expected in checkpoint["model_after_7_more_steps"].items():
+        actual = model.state_dict()[name]
+        torch.testing.assert_close(actual, expected, rtol=1e-5, atol=1e-6 * float(expected.abs().max()), msg=name)
+
+
+def test_old_keyword_half_space_start_still_works_with_a_warning():
+    with pytest.warns(DeprecationWarning, match="half_space_start_step"):
+        _, _, opt = make(half_space_start=7)
+    assert opt.settings.half_space_start_step == 7
+
+
+def test_policy_objects_can_be_given_instead_of_names():
+    class LastGroupsFirst(Saliency):
+        """A made-up saliency: the later a group's index, the less important."""
+
+        def importance(self, averages, sq, alive, pools):
+            return 1.0 / torch.arange(1, len(sq) + 1, dtype=torch.float64)
+
+    model, groups, opt = make(target=0.3, seq_len=32, prune_steps=4, saliency=LastGroupsFirst(),
+                              allocation=BalancedLayout(), layer_floor=0.0)
+    assert isinstance(opt.policy.saliency, LastGroupsFirst) and isinstance(opt.policy.layout, BalancedLayout)
+    train(model, opt, 1)
+    chosen = opt.hspg_state["redundant"]
+    assert chosen.any()
+    for layer in range(groups.num_layers):  # within each pool, the given saliency's order: the last groups go
+        for kind in (HEAD, NEURON):
+            pool = torch.nonzero((groups.layers == layer) & (groups.kinds == kind)).flatten()
+            cut = int(chosen[pool].sum())
+            assert not chosen[pool[:len(pool) - cut]].any(), (layer, kind)
+
+
+def test_settings_with_the_schedule_in_fractions_are_refused():
+    from oto_hf.settings import OTOSettings
+
+    fractions = OTOSettings(target=0.5, half_space_start_step=None, half_space_start_fraction=0.1, prune_fraction=0.5)
+    with pytest.raises(ValueError, match="in_steps"):
+        make(settings=fractions)
+    _, _, opt = make(settings=fractions.in_steps(100))
+    assert (opt.settings.half_space_start_step, opt.settings.prune_steps) == (10, 50)
+
+
 @pytest.mark.parametrize(
     "kwargs,message",
     [
@@ -406,6 +330,9 @@ def test_state_from_another_model_is_refused():
         (dict(direction="adam"), "direction"),
         (dict(saliency="random"), "saliency"),
         (dict(allocation="even"), "allocation"),
+        (dict(allocation="global"), "allocation 'global' was retired.*Use 'uniform'"),
+        (dict(target=0.5, prune_steps=4, num_periods=5), "num_periods must lie in \\[1, prune_steps=4\\]"),
+        (dict(lr=-1.0), "lr must be"),
         (dict(target=0.5, prune_steps=10, layer_floor=1.0), "layer_floor must lie"),
     ],
 )
@@ -443,7 +370,7 @@ def test_without_penalty_or_projection_the_step_is_the_base_optimizer(direction)
     else:
         kwargs, reference = dict(lr=0.05, momentum=0.9, weight_decay=0.01), lambda ps: torch.optim.SGD(
             ps, lr=0.05, momentum=0.9, weight_decay=0.01)
-    model_a, _, opt_a = make(seed=0, direction=direction, lmbda=0.0, half_space_start=10**9, **kwargs)
+    model_a, _, opt_a = make(seed=0, direction=direction, lmbda=0.0, half_space_start_step=10**9, **kwargs)
     torch.manual_seed(0)
     model_b = BertForQuestionAnswering(tiny_bert_config())
     opt_b = reference(model_b.parameters())
@@ -470,7 +397,7 @@ def test_on_a_gpu_with_the_groups_found_before_the_model_moved(saliency):
     groups = zero_invariant_groups(model)
     model.cuda()
     opt = HSPG(model.parameters(), groups, lr=1e-3, direction="adamw", target=0.7, seq_len=32, prune_steps=30,
-               half_space_start=10, num_periods=3, allocation="uniform", saliency=saliency)
+               half_space_start_step=10, num_periods=3, allocation="uniform", saliency=saliency)
     for k in range(60):
         ids, start, end = (t.cuda() for t in qa_batch(k))
         model(ids, start_positions=start, end_positions=end).loss.backward()

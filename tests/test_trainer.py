@@ -1,7 +1,6 @@
 """OTOTrainer on a small real BERT (MiniLM cut to 2 layers) and a small real SQuAD sample."""
 
 import json
-import math
 import subprocess
 import sys
 import textwrap
@@ -200,21 +199,23 @@ def test_arguments_round_trip_through_hf_argument_parser(tmp_path):
     parser = HfArgumentParser(OTOTrainingArguments)
     (args,) = parser.parse_args_into_dataclasses(
         ["--output_dir", str(tmp_path), "--oto_target", "0.3", "--oto_target_unit", "params", "--oto_direction",
-         "sgd", "--no_oto_prune_heads", "--oto_epsilon", "0.5", "--oto_allocation", "global", "--oto_saliency",
+         "sgd", "--no_oto_prune_heads", "--oto_epsilon", "0.5", "--oto_allocation", "balanced", "--oto_saliency",
          "fisher", "--oto_layer_floor", "0.1", "--use_cpu"]
     )
     assert (args.oto_target, args.oto_target_unit, args.oto_direction, args.oto_prune_heads, args.oto_epsilon,
             args.oto_allocation, args.oto_saliency, args.oto_layer_floor) == (0.3, "params", "sgd", False, 0.5,
-                                                                              "global", "fisher", 0.1)
+                                                                              "balanced", "fisher", 0.1)
     (lambda_only,) = parser.parse_args_into_dataclasses(["--output_dir", str(tmp_path), "--oto_lambda_only"])
-    assert lambda_only.oto_effective_target is None
+    assert lambda_only.oto_settings.target is None
+    with pytest.raises(ValueError, match="--oto_allocation 'global' was retired.*Use 'uniform'"):
+        parser.parse_args_into_dataclasses(["--output_dir", str(tmp_path), "--oto_allocation", "global"])
 
     config = {"output_dir": str(tmp_path), "oto_target": None, "oto_lambda": 0.01, "oto_num_periods": 3,
               "learning_rate": 3e-5}
     path = tmp_path / "args.yaml"
     path.write_text(yaml.safe_dump(config))
     (from_yaml,) = parser.parse_yaml_file(str(path))
-    assert from_yaml.oto_effective_target is None and from_yaml.oto_lambda == 0.01 and from_yaml.oto_num_periods == 3
+    assert from_yaml.oto_settings.target is None and from_yaml.oto_lambda == 0.01 and from_yaml.oto_num_periods == 3
     (from_json,) = parser.parse_json_file(str(_write_json(tmp_path / "args.json", config)))
     assert from_json.oto_lambda == 0.01
 
@@ -236,8 +237,10 @@ def _write_json(path, values):
         (dict(oto_saliency="random"), "--oto_saliency"),
         (dict(oto_layer_floor=1.0), "--oto_layer_floor must lie"),
         (dict(oto_prune_heads=False, oto_prune_neurons=False), "nothing would be pruned"),
-        (dict(oto_hold_lr_through_window=True, lr_scheduler_type="constant"), "cannot follow --lr_scheduler_type constant"),
-        (dict(oto_hold_lr_through_window=True, oto_lambda_only=True), "needs a target"),
+        (dict(oto_hold_lr_through_window=True), "--oto_hold_lr_through_window was retired.*gave no gain.*Drop it"),
+        (dict(oto_saliency_zero_init=False), "--oto_saliency_zero_init was retired.*always starts at zero"),
+        (dict(oto_allocation="global"), "--oto_allocation 'global' was retired"),
+        (dict(oto_num_periods=0), "--oto_num_periods must be ≥ 1"),
         (dict(push_to_hub=True, hub_strategy="every_save"), "full-size group-sparse model"),
         (dict(push_to_hub=True, oto_save_group_sparse=True), "would upload beside the compressed model"),
     ],
@@ -247,32 +250,21 @@ def test_bad_settings_are_refused_with_what_to_change(overrides, message, tmp_pa
         make_args(tmp_path, **overrides)
 
 
-@pytest.mark.parametrize("scheduler_type", ["linear", "cosine"])
-def test_hold_lr_through_window_keeps_the_peak_until_the_window_ends(scheduler_type, tmp_path):
-    # 20 steps, warm-up 2, pruning window [2, 12): peak lr for steps 2..12, then a decay to 0 over the last 8 steps.
-    args = make_args(tmp_path, max_steps=20, warmup_steps=2, oto_half_space_start=0.1, oto_prune_fraction=0.5,
-                     oto_hold_lr_through_window=True, lr_scheduler_type=scheduler_type)
-    trainer = OTOTrainer(model=BertForQuestionAnswering(tiny_bert_config()), args=args)
-    trainer.create_optimizer_and_scheduler(num_training_steps=20)
-    factor = [trainer.lr_scheduler.lr_lambdas[0](step) for step in range(21)]
-    assert factor[0] == 0 and 0 < factor[1] < 1
-    assert factor[2:13] == [1.0] * 11
-    assert all(a > b for a, b in zip(factor[12:20], factor[13:20])) and factor[20] == 0
-    assert factor[16] == pytest.approx(0.5)  # half-way through the decay, for linear and cosine alike
-    assert factor[14] == pytest.approx(0.75 if scheduler_type == "linear" else 0.5 * (1 + math.cos(math.pi / 4)))
-    # The plain linear schedule would already be below half the peak when the window ends.
-    plain = make_args(tmp_path, max_steps=20, warmup_steps=2, oto_half_space_start=0.1, oto_prune_fraction=0.5)
-    linear = OTOTrainer(model=BertForQuestionAnswering(tiny_bert_config()), args=plain)
-    linear.create_optimizer_and_scheduler(num_training_steps=20)
-    assert linear.lr_scheduler.lr_lambdas[0](12) < 0.5
+def test_every_problem_is_listed_at_once(tmp_path):
+    with pytest.raises(ValueError) as refused:
+        make_args(tmp_path, oto_target=1.2, oto_lambda=-1.0, optim="adafactor", oto_hold_lr_through_window=True)
+    assert str(refused.value).count("\n  - ") == 4, str(refused.value)
 
 
-def test_hold_lr_through_window_refuses_a_warmup_longer_than_the_window(tmp_path):
-    args = make_args(tmp_path, max_steps=20, warmup_steps=15, oto_half_space_start=0.1, oto_prune_fraction=0.5,
-                     oto_hold_lr_through_window=True)
-    trainer = OTOTrainer(model=BertForQuestionAnswering(tiny_bert_config()), args=args)
-    with pytest.raises(ValueError, match="warm-up \\(15 steps\\) outlasts the pruning window"):
-        trainer.create_optimizer_and_scheduler(num_training_steps=20)
+def test_retired_options_asking_for_what_stays_only_warn_and_the_old_target_name_still_works(tmp_path):
+    with pytest.warns(DeprecationWarning, match="always starts at zero"):
+        make_args(tmp_path, oto_saliency_zero_init=True)
+    with pytest.warns(DeprecationWarning, match="gave no gain"):
+        make_args(tmp_path, oto_hold_lr_through_window=False)
+    args = make_args(tmp_path, oto_target=0.3)
+    with pytest.warns(DeprecationWarning, match="oto_settings.target"):
+        assert args.oto_effective_target == 0.3 == args.oto_settings.target
+    assert "oto_saliency_zero_init" not in args.to_dict()  # retired options are no longer settings
 
 
 def test_refused_before_any_training(tmp_path):
@@ -292,16 +284,20 @@ def test_refused_before_any_training(tmp_path):
 
 
 def test_the_optimizer_is_built_from_the_oto_settings(tmp_path):
-    args = make_args(tmp_path, max_steps=20, oto_allocation="global", oto_saliency="fisher", oto_layer_floor=0.1,
-                     oto_saliency_zero_init=False)
+    args = make_args(tmp_path, max_steps=20, oto_allocation="balanced", oto_saliency="fisher", oto_layer_floor=0.1,
+                     oto_direction="sgd", oto_momentum=0.8)
     trainer = OTOTrainer(model=BertForQuestionAnswering(tiny_bert_config()), args=args)
     trainer.create_optimizer_and_scheduler(num_training_steps=20)
-    optimizer = trainer.optimizer
-    assert (optimizer.allocation, optimizer.saliency, optimizer.layer_floor, optimizer.saliency_zero_init) == (
-        "global", "fisher", 0.1, False)
-    assert optimizer.target == args.oto_target
+    settings = trainer.optimizer.settings
+    assert (settings.allocation, settings.saliency, settings.layer_floor, settings.direction, settings.momentum) == (
+        "balanced", "fisher", 0.1, "sgd", 0.8)
+    assert (trainer.optimizer.policy.layout.name, trainer.optimizer.policy.saliency.name) == ("balanced", "fisher")
+    assert trainer.optimizer.param_groups[0]["momentum"] == 0.8
+    assert settings.target == args.oto_target == 0.4
+    # The fractions of training, in optimizer steps: stage 2 from 0.25 · 20, a window of 0.5 · 20 steps.
+    assert (settings.half_space_start_step, settings.prune_steps, settings.num_periods) == (5, 10, 2)
+    assert trainer.oto_window_end == 15
     assert make_args(tmp_path).oto_layer_floor == 0.25  # the default: a quarter of each layer's heads and neurons
-    assert make_args(tmp_path).oto_saliency_zero_init  # the default: the saliency average starts at zero
 
 
 # ---- every supported family: train, save_model, reload in a fresh process ----

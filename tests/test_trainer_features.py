@@ -8,7 +8,6 @@ so that checkpoints stay small); the data a few dozen synthetic examples whose l
 
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 from huggingface_hub import ModelCard
@@ -307,6 +306,23 @@ def test_the_pruning_window_ends_inside_training_whatever_the_rounding(tmp_path)
     trainer = OTOTrainer(model=BertForSequenceClassification(tiny_bert_config()), args=args)
     trainer.create_optimizer_and_scheduler(num_training_steps=2)
     assert trainer.oto_window_end == 2
+
+
+def test_a_run_too_short_for_its_schedule_is_warned_with_the_steps_it_needs(tmp_path, caplog):
+    def window(max_steps):
+        args = make_args(tmp_path, max_steps=max_steps, oto_half_space_start=0.1, oto_prune_fraction=0.5,
+                         oto_num_periods=4)
+        trainer = OTOTrainer(model=BertForSequenceClassification(tiny_bert_config()), args=args)
+        caplog.clear()
+        with caplog.at_level("WARNING", logger="oto_hf"):
+            trainer.create_optimizer_and_scheduler(num_training_steps=max_steps)
+        return trainer.hspg.settings, [r.getMessage() for r in caplog.records if "pruning window" in r.getMessage()]
+
+    settings, warned = window(2)  # the whole target at step 0, in one step
+    assert (settings.half_space_start_step, settings.prune_steps, settings.num_periods) == (0, 1, 1)
+    assert len(warned) == 1 and "1 optimizer step(s) for 4 period(s)" in warned[0]
+    assert "train at least 40 optimizer steps" in warned[0]  # 5 steps a period, 4 periods, half of the run
+    assert window(40)[1] == []
 
 
 # ---- model cards with the example scripts' arguments ----

@@ -1,0 +1,374 @@
+"""Which groups HSPG's target mode removes: the selection policy, kept apart from the optimizer.
+
+At the start of each pruning period `HSPG` asks its `SelectionPolicy` for the redundant set: the groups that the
+period's penalty will drive to zero. The policy is three parts handed to the optimizer (as Torch-Pruning hands its
+pruner an importance and a schedule):
+
+* a **saliency** (`TaylorSaliency`, `FisherSaliency`, `MagnitudeSaliency`, `MixedSaliency`): how important each group
+  is, from running averages it updates every step;
+* a **layout** (`UniformLayout`, `BalancedLayout`): how the period's budget is shared between layers and kinds of
+  groups;
+* a **floor** (`LayerFloor`): the fraction of each layer's groups of each kind that must stay.
+
+Everything here works on per-group vectors: a cost per group (FLOPs or parameters today; any cost vector, e.g.
+measured latency, plugs in the same way), a kind per group (heads, neurons; a new kind is a new integer) and a layer
+per group. Groups of one kind in one layer form a *pool*. The budget is never exceeded: a group that would overshoot
+is skipped and cheaper ones fill the rest.
+
+Why these defaults (and why "global", the ranking by saliency per unit of cost, was retired): docs/experiments.md.
+"""
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+from .groups import ZeroInvariantGroups
+
+
+# ---- what the policy works on ----
+
+
+@dataclass(frozen=True)
+class Pools:
+    """Each group's cost (float64), kind and layer on one device, and its (kind, layer) pool as one integer `key`
+    (`num_pools` possible values). Built once per choice from the groups and the cost vector the optimizer counts."""
+
+    costs: torch.Tensor
+    kinds: torch.Tensor
+    layers: torch.Tensor
+    sizes: torch.Tensor
+    num_layers: int
+    key: torch.Tensor
+    num_pools: int
+
+    @classmethod
+    def of(cls, groups: ZeroInvariantGroups, costs: torch.Tensor, device: torch.device) -> "Pools":
+        kinds, layers = groups.kinds.to(device), groups.layers.to(device)
+        key = kinds * (groups.num_layers + 1) + layers
+        return cls(costs=costs.to(device).double(), kinds=kinds, layers=layers, sizes=groups.sizes.to(device),
+                   num_layers=groups.num_layers, key=key, num_pools=int(key.max()) + 1)
+
+
+@dataclass(frozen=True)
+class Goal:
+    """What the zero groups must hold: `target` (a fraction of `total_cost`) reached in `num_periods` equal steps;
+    `period` is the one being chosen for."""
+
+    target: float
+    period: int
+    num_periods: int
+    total_cost: float
+
+    @property
+    def cost_now(self) -> float:
+        """The cost the zero and redundant groups together hold by the end of this period."""
+        return self.target * (self.period + 1) / self.num_periods * self.total_cost
+
+    @property
+    def final_cost(self) -> float:
+        """The cost they hold at the end of the last period."""
+        return self.target * self.total_cost
+
+    @property
+    def fraction_done(self) -> float:
+        """The share of the final goal this period ends at."""
+        return (self.period + 1) / self.num_periods
+
+    @property
+    def last_period(self) -> bool:
+        return self.period == self.num_periods - 1
+
+
+# ---- saliency: how important each group is ----
+
+
+class Saliency:
+    """Scores groups for removal (lower = removed first). Every saliency keeps the running average of a per-step
+    score of x_gᵀ∇_g f (`averages["taylor"]`, started at zero so that every step weighs (1 − decay)·decay^age; a
+    common scale does not change a ranking, so no bias correction is needed). `decay` is that average's decay per
+    step (0.99 by default: about the last hundred steps count).
+
+    Subclasses say how a step is scored (`step_score`) and how the averages become an importance (`importance`).
+    """
+
+    name = ""
+    needs_gradient_norms = False  # whether `observe` needs the per-group ‖∇_g f‖² (only "mixed")
+
+    def __init__(self, decay: float = 0.99):
+        self.decay = decay
+
+    def step_score(self, dot: torch.Tensor) -> torch.Tensor:
+        """This step's score from the per-group x_gᵀ∇_g f."""
+        return dot.abs()
+
+    def observe(self, averages: dict, dot: torch.Tensor, sq: torch.Tensor, grad_sq: torch.Tensor | None) -> None:
+        """Update the running averages in place from this step's per-group x_gᵀ∇_g f (`dot`), ‖x_g‖² (`sq`) and,
+        where `needs_gradient_norms`, ‖∇_g f‖² (`grad_sq`)."""
+        averages["taylor"].mul_(self.decay).add_(self.step_score(dot), alpha=1 - self.decay)
+
+    def importance(self, averages: dict, sq: torch.Tensor, alive: torch.Tensor, pools: Pools) -> torch.Tensor:
+        """Each group's importance (float64) from the averages and its current ‖x_g‖²; `alive`: the non-zero groups."""
+        return averages["taylor"].double()
+
+
+class TaylorSaliency(Saliency):
+    """|x_gᵀ∇_g f|, averaged over steps: the first-order estimate of the loss change if the group were removed."""
+
+    name = "taylor"
+
+
+class FisherSaliency(Saliency):
+    """(x_gᵀ∇_g f)², averaged over steps: the empirical-Fisher (second-order) estimate."""
+
+    name = "fisher"
+
+    def step_score(self, dot: torch.Tensor) -> torch.Tensor:
+        return dot.square()
+
+
+class MagnitudeSaliency(Saliency):
+    """‖x_g‖² / |g|: the group's mean squared weight, now (the Taylor average is kept but not used)."""
+
+    name = "magnitude"
+
+    def importance(self, averages, sq, alive, pools):
+        return sq.double() / pools.sizes
+
+
+class MixedSaliency(Saliency):
+    """HESSO's (OTO v3) saliency: an equal-weight sum of five criteria, each scaled to unit L2 norm over the live
+    groups of its pool, so that every criterion has the same say in every ranking whatever its units: magnitude
+    ‖x_g‖, average magnitude ‖x_g‖/|g|, direction 1 − cos(x_g, ∇_g), first-order Taylor |x_gᵀ∇_g| and second-order
+    Taylor ½(x_gᵀ∇_g)² (the last three from running averages). Within one pool every group has the same size, so the
+    two magnitudes rank alike (magnitude counts twice); HESSO scales over all groups at once and adds cos + 1, which
+    ranks a group the loss asks to shrink as more important; here that is the less important side, as the
+    first-order Taylor estimate of removing it says."""
+
+    name = "mixed"
+    needs_gradient_norms = True
+
+    def observe(self, averages, dot, sq, grad_sq):
+        super().observe(averages, dot, sq, grad_sq)
+        # 1 − cos(x_g, ∇_g) ∈ [0, 2]: small when a descent step would shrink the group (the loss itself asks for
+        # less of it), large when it would grow it. A zero group or gradient counts as orthogonal (1).
+        denominator = sq.sqrt() * grad_sq.sqrt()
+        cosine = torch.where(denominator > 0, dot / denominator.clamp_min(1e-30), torch.zeros_like(dot))
+        averages["direction"].mul_(self.decay).add_(1 - cosine.clamp(-1, 1), alpha=1 - self.decay)
+
+    def importance(self, averages, sq, alive, pools):
+        norm = sq.double().sqrt()
+        taylor = averages["taylor"].double()
+        criteria = (norm, norm / pools.sizes, averages["direction"].double(), taylor, 0.5 * taylor.square())
+        importance = torch.zeros_like(norm)
+        for values in criteria:
+            values = torch.where(alive, values, torch.zeros_like(values))
+            scale = torch.zeros(pools.num_pools, dtype=values.dtype, device=values.device).index_add_(
+                0, pools.key, values.square()).sqrt()
+            importance += values / scale[pools.key].clamp_min(torch.finfo(values.dtype).tiny)
+        return importance / len(criteria)
+
+
+SALIENCIES = {cls.name: cls for cls in (TaylorSaliency, FisherSaliency, MagnitudeSaliency, MixedSaliency)}
+
+
+def layer_relative(importance: torch.Tensor, alive: torch.Tensor, pools: Pools) -> torch.Tensor:
+    """Each group's importance divided by the mean importance of the live groups of its pool, so that layers whose
+    scores run larger or smaller as a whole are ranked fairly against each other (within one pool it ranks like the
+    raw importance)."""
+    key = pools.key
+    total = torch.zeros(pools.num_pools, dtype=importance.dtype, device=importance.device).index_add_(
+        0, key[alive], importance[alive])
+    count = torch.zeros(pools.num_pools, dtype=importance.dtype, device=importance.device).index_add_(
+        0, key[alive], torch.ones_like(importance[alive]))
+    mean = total / count.clamp_min(1)
+    return importance / mean[key].clamp_min(torch.finfo(importance.dtype).tiny)
+
+
+# ---- the floor: what every layer keeps ----
+
+
+@dataclass(frozen=True)
+class LayerFloor:
+    """Every layer keeps at least ⌊f · n⌋ of its n groups of each kind, f = min(`fraction`, 1 − target); 0 sets no
+    floor. It keeps a ranking across layers from emptying a layer (a layer left with one or two heads costs quality
+    far beyond its share). Default 0.25; raise it if a learned layout starves some layers. The target comes first: at
+    f = 1 − target, where rounding can leave too little above the floors, the last few groups come from below."""
+
+    fraction: float = 0.25
+
+    def allowed(self, score: torch.Tensor, zero: torch.Tensor, pools: Pools, target: float) -> torch.Tensor:
+        """The zero groups and, in each pool, the least salient live groups that can go before the pool is down to
+        its floor (every group without a floor). Zero groups stay allowed, so that what a pool already holds is
+        counted."""
+        if self.fraction <= 0:
+            return torch.ones_like(zero)
+        key, slots = pools.key, pools.num_pools
+        size = torch.bincount(key, minlength=slots)
+        keep = torch.floor(min(self.fraction, 1 - target) * size.double() + 1e-9).long()
+        removable = (size - keep - torch.bincount(key[zero], minlength=slots)).clamp_min(0)
+        # Rank the live groups within their pool, least salient first: sort by score, then (stably) by pool, and
+        # subtract each pool's first position.
+        live = torch.nonzero(~zero).flatten()
+        order = live[torch.argsort(score[live])]
+        order = order[torch.argsort(key[order], stable=True)]
+        pool = key[order]
+        rank = torch.arange(len(order), device=zero.device) - torch.searchsorted(pool, pool)
+        allowed = zero.clone()
+        allowed[order[rank < removable[pool]]] = True
+        return allowed
+
+
+# ---- layouts: how the budget is shared ----
+
+
+class Layout:
+    """Shares a period's budget between layers and kinds of groups: `mark` sets the redundant groups of each pool it
+    fills, each pool stopping short of its share by less than one of its groups. `tops_up(goal)` says whether the
+    policy then fills what is left with the cheapest groups, least salient first."""
+
+    name = ""
+
+    def mark(self, redundant: torch.Tensor, allowed: torch.Tensor, score: torch.Tensor, zero: torch.Tensor,
+             pools: Pools, goal: Goal) -> None:
+        raise NotImplementedError
+
+    def tops_up(self, goal: Goal) -> bool:
+        return True
+
+
+class UniformLayout(Layout):
+    """Every layer gives up the target's fraction of its cost (the default). Its layout is fixed by the final target
+    alone (the one a single period would choose): the coarse groups (heads) the nearest whole number of their share
+    of the layer's goal (never more than the goal), the fine ones (neurons) the rest. Each period takes the period's
+    fraction of that, the coarse groups rounded down to whole groups and the fine ones the rest of the period's goal,
+    but never beyond their final share, so that whatever the number of periods, the last one ends at that layout.
+    Only which groups go is learned (least salient first within the layer)."""
+
+    name = "uniform"
+
+    def mark(self, redundant, allowed, score, zero, pools, goal):
+        costs, kinds = pools.costs, pools.kinds
+        removable = float(costs.sum())
+        for layer in range(pools.num_layers):
+            in_layer = pools.layers == layer
+            layer_cost = float(costs[in_layer].sum())
+            final_layer_goal = goal.final_cost * layer_cost / removable
+            layer_kinds = sorted(torch.unique(kinds[in_layer]).tolist(),
+                                 key=lambda k: -float(costs[in_layer & (kinds == k)].max()))
+            final_coarse = 0.0
+            for i, kind in enumerate(layer_kinds):
+                member = in_layer & (kinds == kind)
+                if i < len(layer_kinds) - 1:
+                    unit = float(costs[member].max())
+                    final_share = min(round(final_layer_goal * float(costs[member].sum()) / layer_cost / unit) * unit,
+                                      final_layer_goal - final_coarse)
+                    final_coarse += final_share
+                    share = math.floor(goal.fraction_done * final_share / unit + 1e-9) * unit
+                else:
+                    taken = float(costs[in_layer & ~member & (zero | redundant)].sum())
+                    share = min(goal.fraction_done * final_layer_goal - taken, final_layer_goal - final_coarse)
+                mark_least_salient(redundant, member & allowed, share, score, costs, zero)
+
+    def tops_up(self, goal):
+        # Only in the last period: an earlier fill would give neurons a share that their layer's heads take back
+        # later, and zero groups stay.
+        return goal.last_period
+
+
+class BalancedLayout(Layout):
+    """Each kind (heads, FFN neurons) gives up the target's fraction of its cost, its groups ranked across layers by
+    their layer-relative score, so layers can end up at different sizes."""
+
+    name = "balanced"
+
+    def mark(self, redundant, allowed, score, zero, pools, goal):
+        costs, kinds = pools.costs, pools.kinds
+        removable = float(costs.sum())
+        goal_cost = goal.cost_now
+        for kind in torch.unique(kinds).tolist():
+            member = kinds == kind
+            mark_least_salient(redundant, member & allowed, goal_cost * float(costs[member].sum()) / removable, score,
+                               costs, zero)
+
+
+LAYOUTS = {cls.name: cls for cls in (UniformLayout, BalancedLayout)}
+
+
+# ---- the policy ----
+
+
+@dataclass
+class SelectionPolicy:
+    """The saliency, layout and floor that together choose a period's redundant groups."""
+
+    saliency: Saliency
+    layout: Layout
+    floor: LayerFloor
+
+    def choose(self, zero: torch.Tensor, sq: torch.Tensor, averages: dict, pools: Pools, goal: Goal) -> torch.Tensor:
+        """The redundant groups for `goal`'s period: the least salient live groups, until the zero groups and the
+        redundant ones together hold the period's cost (`goal.cost_now`), never more."""
+        importance = self.saliency.importance(averages, sq, ~zero, pools)
+        score = layer_relative(importance, ~zero, pools)
+        allowed = self.floor.allowed(score, zero, pools, goal.target)
+        redundant = torch.zeros_like(zero)
+        self.layout.mark(redundant, allowed, score, zero, pools, goal)
+        if self.layout.tops_up(goal):
+            top_up(redundant, allowed, score, zero, pools.costs, goal.cost_now)
+        return redundant
+
+
+def top_up(redundant: torch.Tensor, allowed: torch.Tensor, score: torch.Tensor, zero: torch.Tensor,
+           costs: torch.Tensor, goal_cost: float) -> None:
+    """Fill what the pools left of `goal_cost` with the cheapest groups (neurons), least salient first, so the
+    target is met to within one of them. The floor yields to the target: only when it is at 1 − target can rounding
+    leave the allowed groups short, and then the second pass takes the last few from below it. Without a floor every
+    group is allowed and the second pass finds nothing."""
+    for pool in (allowed, ~allowed):
+        need = goal_cost - float(costs[zero | redundant].sum())
+        candidates = torch.nonzero(pool & ~zero & ~redundant).flatten()
+        order = candidates[torch.argsort(score[candidates])]
+        order = order[torch.argsort(costs[order], stable=True)]
+        redundant[order[fill_budget(costs[order], need)]] = True
+
+
+def mark_least_salient(redundant: torch.Tensor, member: torch.Tensor, share: float, score: torch.Tensor,
+                       costs: torch.Tensor, zero: torch.Tensor) -> None:
+    """Mark the least salient live groups of `member` redundant until the pool's zero and newly marked groups hold
+    `share` of the cost (never more)."""
+    need = share - float(costs[zero & member].sum())
+    candidates = torch.nonzero(member & ~zero & ~redundant).flatten()
+    order = candidates[torch.argsort(score[candidates])]
+    redundant[order[fill_budget(costs[order], need)]] = True
+
+
+def fill_budget(costs: torch.Tensor, budget: float) -> torch.Tensor:
+    """Indices of a prefix-greedy selection of `costs` (in priority order) whose sum stays ≤ `budget`: take items in
+    order, skip one that would overshoot, and keep filling with later (cheaper) ones."""
+    if budget <= 0 or len(costs) == 0:
+        return torch.zeros(0, dtype=torch.long, device=costs.device)
+    cumulative = torch.cumsum(costs, 0)
+    take = cumulative <= budget + 1e-6
+    chosen = torch.nonzero(take).flatten()
+    left = budget - float(costs[chosen].sum())
+    rest = torch.nonzero(~take).flatten()
+    extra = []
+    # Only the few items after the first overshoot need a look: costs come in few sizes (head, neuron).
+    for i in rest.tolist():
+        c = float(costs[i])
+        if c <= left + 1e-6:
+            extra.append(i)
+            left -= c
+        if left < float(costs.min()):
+            break
+    if extra:
+        chosen = torch.cat([chosen, torch.tensor(extra, dtype=torch.long, device=costs.device)])
+    return chosen
+
+
+__all__ = [
+    "BalancedLayout", "FisherSaliency", "Goal", "LAYOUTS", "LayerFloor", "Layout", "MagnitudeSaliency",
+    "MixedSaliency", "Pools", "SALIENCIES", "Saliency", "SelectionPolicy", "TaylorSaliency", "UniformLayout",
+    "fill_budget", "layer_relative", "mark_least_salient", "top_up",
+]

@@ -1,0 +1,69 @@
+"""OTOSettings (oto_hf.settings): one check for the trainer and HSPG, the schedule in steps, retired options."""
+
+import pytest
+from transformers import BertForQuestionAnswering
+
+from conftest import tiny_bert_config
+from oto_hf import zero_invariant_groups
+from oto_hf.settings import RETIRED_OPTIONS, InvalidOTOSettings, OTOSettings
+
+
+def test_every_problem_is_listed_in_one_message_named_as_the_caller_spelled_it():
+    with pytest.raises(InvalidOTOSettings) as keywords:
+        OTOSettings(target=1.5, lmbda=-1.0, saliency="random", prune_steps=10)
+    assert len(keywords.value.problems) == 3
+    assert "target must lie in [0, 1)" in str(keywords.value) and "lmbda (λ) must be ≥ 0" in str(keywords.value)
+    with pytest.raises(InvalidOTOSettings, match="--oto_lambda \\(λ\\) must be ≥ 0"):
+        OTOSettings(lmbda=-1.0, named_as="options")
+
+
+def test_the_schedule_is_in_steps_or_in_fractions_not_both():
+    with pytest.raises(InvalidOTOSettings, match="not both or neither"):
+        OTOSettings(half_space_start_step=3, half_space_start_fraction=0.1)
+    with pytest.raises(InvalidOTOSettings, match="not both or neither"):
+        OTOSettings(half_space_start_step=None)
+    with pytest.raises(InvalidOTOSettings, match="pruning window ends inside training"):
+        OTOSettings(target=0.5, half_space_start_step=None, half_space_start_fraction=0.6, prune_fraction=0.5)
+
+
+@pytest.mark.parametrize(
+    "max_steps,fractions,expected",
+    [(100, (0.1, 0.5, 4), (10, 50, 4)),     # the trainer's defaults
+     (3, (0.5, 0.5, 4), (2, 1, 1)),         # rounding: the window still ends inside training, one period per step
+     (1, (0.5, 0.5, 4), (0, 1, 1)),
+     (0, (0.1, 0.5, 2), (0, 1, 1))],        # before the number of steps is known: at least one step
+)
+def test_in_steps_turns_fractions_into_a_window_inside_training(max_steps, fractions, expected):
+    start, prune, periods = fractions
+    settings = OTOSettings(target=0.5, half_space_start_step=None, half_space_start_fraction=start,
+                           prune_fraction=prune, num_periods=periods).in_steps(max_steps)
+    assert (settings.half_space_start_step, settings.prune_steps, settings.num_periods) == expected
+    assert settings.window_end_step <= max(1, max_steps)
+    assert settings.half_space_start_fraction is None and settings.prune_fraction is None
+
+
+def test_without_a_target_there_is_no_window():
+    settings = OTOSettings(half_space_start_step=None, half_space_start_fraction=0.2, prune_fraction=0.5)
+    assert settings.in_steps(50).prune_steps is None and settings.in_steps(50).window_end_step is None
+
+
+def test_an_impossible_target_is_refused_against_the_groups():
+    model = BertForQuestionAnswering(tiny_bert_config())
+    groups = zero_invariant_groups(model, prune_heads=False)  # FFN alone: well under 90%
+    with pytest.raises(InvalidOTOSettings, match="--oto_target 0.9 asks to remove 90%.*hold only"):
+        OTOSettings(target=0.9, prune_steps=10, named_as="options").check_target_fits(groups)
+    OTOSettings(target=0.05, prune_steps=10).check_target_fits(groups)  # 5.1% fits: nothing raised
+
+
+def test_retired_options_and_choices_say_why_and_what_instead():
+    assert set(RETIRED_OPTIONS) == {"oto_hold_lr_through_window", "oto_saliency_zero_init"}
+    for message in RETIRED_OPTIONS.values():
+        assert "retired" in message and "9a312b9" in message
+    with pytest.raises(InvalidOTOSettings, match="--oto_allocation 'global' was retired.*Use 'uniform'"):
+        OTOSettings(allocation="global", named_as="options")
+
+
+def test_the_policy_is_built_from_the_names():
+    policy = OTOSettings(saliency="fisher", allocation="balanced", layer_floor=0.1, taylor_decay=0.9).selection_policy()
+    assert (policy.saliency.name, policy.saliency.decay, policy.layout.name, policy.floor.fraction) == (
+        "fisher", 0.9, "balanced", 0.1)
