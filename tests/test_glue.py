@@ -464,3 +464,38 @@ def test_the_old_module_is_a_deprecated_alias_of_the_task_module():
     with pytest.warns(DeprecationWarning, match="oto_hf.glue is deprecated.*oto_hf.tasks.classification"):
         old = importlib.import_module("oto_hf.glue")
     assert old.load_classification_data is load_classification_data and old.GLUE_TASKS is glue.GLUE_TASKS
+
+
+# ---- issue 43 item 3: one class; item 8: byte-order marks, TSV quotes
+
+
+def test_single_class_training_data_is_refused_before_training(tmp_path):
+    # With one label the head has one output, trains to the end, and compressing the model fails: refuse up front.
+    train = write_rows(tmp_path / "train.csv", [{"text": t, "label": "pos"} for t in ("good", "great", "fine")])
+    dev = write_rows(tmp_path / "dev.csv", [{"text": "bad", "label": "pos"}])
+    message = refused(r"train\.csv: every training row has the label 'pos'; a classifier needs at least two labels",
+                      train_file=str(train), validation_file=str(dev))
+    assert str(train) in message
+    # A GLUE task whose training rows are all one label, too (its label set has two, the data one).
+    train = write_rows(tmp_path / "sst_train.tsv", [{"sentence": "good", "label": "1"}, {"sentence": "fine", "label": "1"}])
+    dev = write_rows(tmp_path / "sst_dev.tsv", [{"sentence": "bad", "label": "0"}])
+    refused(r"sst_train\.tsv: every training row has the label 'positive'", task_name="sst2", train_file=str(train),
+            validation_file=str(dev))
+
+
+@pytest.mark.parametrize("name", ["rows.jsonl", "rows.json", "rows.jsonl.gz", "rows.csv", "rows.tsv"])
+def test_a_byte_order_mark_is_read_like_none(tmp_path, name):
+    plain = write_rows(tmp_path / name, SENTIMENT)
+    raw = gzip.decompress(plain.read_bytes()) if name.endswith(".gz") else plain.read_bytes()
+    marked = write(tmp_path / ("bom_" + name), "\ufeff".encode("utf-8") + raw)
+    assert glue.read_table(marked) == glue.read_table(plain) == SENTIMENT
+
+
+def test_a_tsv_text_keeps_its_quotes(tmp_path):
+    # A TSV's text is kept as written; quoting is CSV's (test_read_table_keeps_text_verbatim).
+    written = '"the movie" is great\tpos\nit said "no"\tneg\n"all quoted"\tpos\n'
+    rows = glue.read_table(write(tmp_path / "quotes.tsv", "text\tlabel\n" + written))
+    assert [r["text"] for r in rows] == ['"the movie" is great', 'it said "no"', '"all quoted"']
+    # A TSV text cannot hold a tab: the error says so (not "quote it", which a TSV does not do).
+    with pytest.raises(GlueDataError, match="a TSV text cannot hold a tab"):
+        glue.read_table(write(tmp_path / "tab.tsv", "text\tlabel\na\tb\tpos\nc\tneg\n"))

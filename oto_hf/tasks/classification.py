@@ -188,9 +188,12 @@ def _load_hub(task: GlueTask, dataset_name: str, text_columns, label_column) -> 
 # ---- reading and checking tables
 
 
-def read_table(path, quoting: int = csv.QUOTE_MINIMAL) -> list[dict]:
+def read_table(path, quoting: int | None = None) -> list[dict]:
     """The rows of a CSV (.csv), TSV (.tsv/.txt) or JSON (.json/.jsonl: JSON lines or an array of objects) file,
-    optionally gzipped, as dicts of strings (JSON values keep their type). GLUE's TSV files use no quoting."""
+    optionally gzipped, as dicts of strings (JSON values keep their type); a UTF-8 byte-order mark is skipped.
+    `quoting` (a `csv.QUOTE_*`) defaults to the format's: quoting is part of CSV (a quoted field may hold a comma), while
+    a TSV's text is kept as written (`"the movie" is great` keeps its quotes; GLUE's TSV files use no quoting either),
+    so a TSV text cannot hold a tab."""
     import pandas as pd
 
     path = Path(path)
@@ -202,13 +205,17 @@ def read_table(path, quoting: int = csv.QUOTE_MINIMAL) -> list[dict]:
         if kind in (".json", ".jsonl"):
             frame = _read_json(path)
         elif kind in (".csv", ".tsv", ".txt"):
-            frame = pd.read_csv(path, sep="," if kind == ".csv" else "\t", dtype=str, keep_default_na=False,
-                                quoting=quoting, compression="infer", on_bad_lines="error")
+            is_csv = kind == ".csv"
+            if quoting is None:
+                quoting = csv.QUOTE_MINIMAL if is_csv else csv.QUOTE_NONE
+            frame = pd.read_csv(path, sep="," if is_csv else "\t", dtype=str, keep_default_na=False,
+                                quoting=quoting, compression="infer", on_bad_lines="error", encoding="utf-8-sig")
             if not isinstance(frame.index, pd.RangeIndex):
                 # pandas takes a first row with one field more than the header as "the first column is the index"
                 # and shifts every column by one; later rows with too many fields it does refuse.
-                raise GlueDataError(f"{path}, row 1: more fields than the header's {frame.shape[1]} columns; "
-                                    "quote a text that holds the separator")
+                raise GlueDataError(f"{path}, row 1: more fields than the header's {frame.shape[1]} columns; " + (
+                    "quote a text that holds the separator" if quoting != csv.QUOTE_NONE else
+                    "a TSV text cannot hold a tab: remove it, or write the file as CSV (whose quotes may hold one)"))
         else:
             raise GlueDataError(f"{path}: unknown file type {kind or '(none)'!r}; give a .csv, .tsv, .json or .jsonl "
                                 "file (optionally .gz)")
@@ -228,11 +235,12 @@ def _read_json(path: Path):
     import gzip
 
     opener = gzip.open if path.suffix.lower() == ".gz" else open
-    with opener(path, "rt", encoding="utf-8") as handle:
+    # utf-8-sig: a file written with a byte-order mark (Windows tools write one) reads like one without.
+    with opener(path, "rt", encoding="utf-8-sig") as handle:
         head = handle.read(1024).lstrip()
     if not head.startswith(("{", "[")):
         raise ValueError("it does not start with '{' (JSON lines) or '[' (an array of objects)")
-    frame = pd.read_json(path, lines=head.startswith("{"), dtype=False, compression="infer")
+    frame = pd.read_json(path, lines=head.startswith("{"), dtype=False, compression="infer", encoding="utf-8-sig")
     return frame.astype(object).where(frame.notna(), None)
 
 
@@ -270,6 +278,12 @@ def _build(tables: dict[str, list[dict]], where: dict[str, str], task: GlueTask 
                 values[key].append(str(text))
             values["label"].append(_label_of(row[label_column], labels, where[split], i, label_column,
                                               by_index=task is not None))
+        if split == "train" and labels is not None and len(set(values["label"])) == 1:
+            # A classifier needs two classes: with one, the head has one output and compressing the trained model
+            # fails at the end (transformers refuses single_label_classification with num_labels 1).
+            raise GlueDataError(f"{where['train']}: every training row has the label "
+                                f"{labels[values['label'][0]]!r}; a classifier needs at least two labels in its "
+                                "training data: add rows of the other label(s)")
         splits[split] = datasets.Dataset.from_dict(values)
     metrics = task.metrics if task else (("pearson", "spearmanr") if regression else
                                          ("accuracy", "f1") if len(labels) == 2 else ("accuracy",))
