@@ -104,6 +104,7 @@ def load_model(model_dir: str | os.PathLike) -> nn.Module:
 
     import oto_hf  # noqa: F401  (registers the compressed model types with the Auto classes)
     from oto_hf import modeling_oto
+    from oto_hf.tasks.common import check_weight_files
 
     path = Path(model_dir)
     if not path.exists():
@@ -123,6 +124,7 @@ def load_model(model_dir: str | os.PathLike) -> nn.Module:
             break
     if cls is None:
         cls = transformers.AutoModel
+    check_weight_files(path)  # a torn weight file: "cannot load weights from FILE: …", not safetensors' bare error
     try:
         model = cls.from_pretrained(path, dtype=torch.float32)
     except OSError as error:

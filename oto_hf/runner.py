@@ -30,6 +30,7 @@ from .modeling_oto import AUTO_CLASSES
 from .report import write_report
 from .stats import model_stats
 from .tasks.base import RunError, Task
+from .tasks.common import check_weight_files, looks_like_folder
 from .trainer import OTOTrainer, OTOTrainingArguments
 
 
@@ -110,7 +111,10 @@ def parse_arguments(task: Task, argv: list[str]):
     if argv[0].endswith((".yaml", ".yml", ".json")):
         argv = config_to_cli(argv[0]) + argv[1:]
     refuse_retired(argv)
-    model_args, data_args, training_args, run_args = parser.parse_args_into_dataclasses(args=argv)
+    try:
+        model_args, data_args, training_args, run_args = parser.parse_args_into_dataclasses(args=argv)
+    except ValueError as error:  # a setting's own check (InvalidOTOSettings, TrainingArguments' __post_init__)
+        raise RunError(str(error)) from error
     task.adjust_arguments(data_args, training_args, given)
     return model_args, data_args, training_args, run_args
 
@@ -160,7 +164,11 @@ def resolve_model_path(name: str) -> str:
 
 
 def check_model(path: str, auto_class: str, script: str, what: str = "--model_name_or_path") -> None:
-    """Refuse a model whose config cannot be read, or whose family has no `auto_class` head in oto-hf."""
+    """Refuse a folder that does not exist, a model whose config cannot be read, whose family has no `auto_class`
+    head in oto-hf, or whose weight files are torn (checked from their headers, before any data work)."""
+    if looks_like_folder(path) and not Path(path).expanduser().exists():
+        raise RunError(f"{what}: no such folder {path!r}; give the folder of a saved model (save_pretrained) or a "
+                       "Hub id such as sentence-transformers/all-MiniLM-L6-v2")
     try:
         config = AutoConfig.from_pretrained(path)
     except (OSError, ValueError) as error:
@@ -174,6 +182,11 @@ def check_model(path: str, auto_class: str, script: str, what: str = "--model_na
             "bert-base-uncased, roberta-base, microsoft/deberta-v3-base, answerdotai/ModernBERT-base or the packaged "
             "all-MiniLM-L6-v2."
         )
+    if Path(path).is_dir():
+        try:
+            check_weight_files(path)
+        except ValueError as error:
+            raise RunError(f"{what}: {error}") from error
 
 
 def check_inputs(model_args: ModelArguments, training_args, run_args: RunArguments, auto_class: str,
@@ -322,7 +335,23 @@ def train_resuming(trainer, training_args, folder: str | os.PathLike | None = No
         None if fresh else last_complete_checkpoint(folder, needs_optimizer=not training_args.save_only_model))
     if resume:
         logger.info("resuming from %s", resume)
-    return trainer.train(resume_from_checkpoint=resume)
+    try:
+        return trainer.train(resume_from_checkpoint=resume)
+    except ValueError as error:
+        if raised_by(error, OTOTrainer.train):
+            # OTOTrainer.train's own refusals, before any step: a checkpoint that cannot be resumed from, or one
+            # written with other settings. Their messages say what to do; a ValueError from inside training is a bug
+            # and keeps its traceback.
+            raise RunError(str(error)) from error
+        raise
+
+
+def raised_by(error: BaseException, function) -> bool:
+    """True where `error` was raised by `function`'s own code (the innermost frame of its traceback)."""
+    frame = error.__traceback__
+    while frame is not None and frame.tb_next is not None:
+        frame = frame.tb_next
+    return frame is not None and frame.tb_frame.f_code is function.__code__
 
 
 def save_atomic(final: Path, save) -> Path:

@@ -240,3 +240,12 @@ def test_command_line_on_the_real_minilm_compressed(minilm_path, tmp_path):
     cosine = (embeddings(hidden) * embeddings(reference)).sum(1)
     print(f"MiniLM compressed int8: sentence-embedding cosine to PyTorch {cosine.round(4).tolist()}")
     assert cosine.min() >= 0.98
+
+
+def test_command_line_names_a_truncated_weight_file(tmp_path, capsys):
+    # Issue 43 item 6: "cannot load weights from FILE", not safetensors' bare error.
+    families.build("bert", "BertModel").save_pretrained(tmp_path / "torn")
+    weights = tmp_path / "torn" / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:-100])
+    assert export.main([str(tmp_path / "torn"), str(tmp_path / "m.onnx")]) == 2
+    assert f"cannot load weights from {weights}: " in capsys.readouterr().err

@@ -13,13 +13,15 @@ import pytest
 import torch
 from huggingface_hub import ModelCard
 from transformers import AutoModelForSequenceClassification, AutoTokenizer, BertModel, DataCollatorWithPadding, \
-    GPT2Config, GPT2Model
+    GPT2Config, GPT2Model, Trainer
 
 from conftest import REPO_ROOT
 
 sys.path.insert(0, str(REPO_ROOT))
 import run_glue  # noqa: E402
+from oto_hf import runner  # noqa: E402
 from oto_hf.runner import RunError  # noqa: E402
+from oto_hf.trainer import OTOTrainer  # noqa: E402
 from oto_hf.tasks import classification as glue  # noqa: E402
 from oto_hf.tasks.common import keep_model_inputs  # noqa: E402
 
@@ -403,3 +405,68 @@ def test_export_options_that_cannot_be_honoured_are_refused_before_training(opti
     with pytest.raises(RunError, match=message):
         run_glue.main(tiny_argv(small_model_dir, out, **options))
     assert_nothing_trained(out)
+
+
+# ---- issue 43 items 5 and 6: setting errors and unreadable models are one-line input errors, found before data work
+
+
+@pytest.mark.parametrize("option, value, message", [
+    ("oto_target", "1.0", "oto_target"), ("oto_target", "-0.1", "oto_target"),
+    ("oto_prune_fraction", "1.0", "oto_prune_fraction"), ("oto_layer_floor", "1", "oto_layer_floor")])
+def test_a_setting_error_is_one_error_line_and_exit_2(small_model_dir, tmp_path, capsys, option, value, message):
+    argv = tiny_argv(small_model_dir, tmp_path / "run", **{option: value})
+    with pytest.raises(RunError, match=message):
+        run_glue.parse_arguments(argv)
+    with pytest.raises(SystemExit) as exit_:
+        runner.main_guard(lambda: run_glue.main(argv), "run_glue.py")
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("run_glue.py: error: ") and message in err and "Traceback" not in err
+
+
+def test_a_refused_resume_is_one_error_line(small_model_dir, tmp_path, monkeypatch):
+    # OTOTrainer.train's own refusal (here: a checkpoint folder that cannot be resumed from) reaches the user as a
+    # RunError, with the trainer's message; it is raised before any step.
+    _, data_args, training_args, _ = run_glue.parse_arguments(tiny_argv(small_model_dir, tmp_path / "run"))
+    torn = tmp_path / "run" / "checkpoint-2"
+    torn.mkdir(parents=True)
+    training_args.resume_from_checkpoint = str(torn)
+    model = AutoModelForSequenceClassification.from_pretrained(small_model_dir, num_labels=2)
+    rows = [{"input_ids": [1, 2], "labels": 0}]
+    trainer = OTOTrainer(model=model, args=training_args, train_dataset=rows, eval_dataset=rows)
+    with pytest.raises(RunError, match=r"Cannot resume from .*checkpoint-2"):
+        runner.train_resuming(trainer, training_args)
+    # A ValueError from inside training is not an input error: it keeps its traceback.
+    def failing_step(self, *args, **kwargs):
+        raise ValueError("raised inside training")
+    monkeypatch.setattr(Trainer, "train", failing_step)
+    training_args.resume_from_checkpoint = None
+    with pytest.raises(ValueError, match="raised inside training"):
+        runner.train_resuming(trainer, training_args, fresh=True)
+
+
+def refuse_data_work(monkeypatch):
+    """Make any data work fail the test: the model checks must come first."""
+    def no_data(*args, **kwargs):
+        raise AssertionError("data was read before the model was checked")
+    monkeypatch.setattr(run_glue.TASK, "load_data", no_data)
+
+
+def test_a_truncated_weight_file_is_named_before_any_data_work(small_model_dir, tmp_path, monkeypatch):
+    torn = tmp_path / "torn"
+    shutil.copytree(small_model_dir, torn)
+    weights = torn / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:-1000])
+    refuse_data_work(monkeypatch)
+    with pytest.raises(RunError, match=rf"--model_name_or_path: cannot load weights from {weights}: "):
+        run_glue.main(tiny_argv(torn, tmp_path / "run"))
+    with pytest.raises(RunError, match=rf"--teacher_model_name_or_path: cannot load weights from {weights}: "):
+        run_glue.main(tiny_argv(small_model_dir, tmp_path / "run2", teacher_model_name_or_path=torn))
+
+
+@pytest.mark.parametrize("name", ["./nope", "runs/x/model", "/nowhere/model", "../nope"])
+def test_a_missing_model_folder_is_no_such_folder(tmp_path, monkeypatch, name):
+    refuse_data_work(monkeypatch)
+    with pytest.raises(RunError, match=rf"--model_name_or_path: no such folder '{name}'") as error:
+        run_glue.main(tiny_argv(name, tmp_path / "run"))
+    assert "Repo id" not in str(error.value)

@@ -299,3 +299,22 @@ def test_overwrite_output_dir_starts_fresh_instead_of_resuming(small_model_dir, 
     again = run_squad.main(tiny_argv(small_model_dir, out, squad_dir, max_steps=2, report_latency_repeats=0,
                                      oto_target=0.2, overwrite_output_dir="true"))
     assert again["training"]["steps"] == 2 and again["oto_settings"]["oto_target"] == 0.2
+
+
+def test_a_truncated_weight_file_is_named_before_any_data_work(small_model_dir, squad_dir, tmp_path, monkeypatch):
+    # Issue 43 item 6: not safetensors' bare error after tokenising, but the file named, before the data is read.
+    import shutil
+
+    torn = tmp_path / "torn"
+    shutil.copytree(small_model_dir, torn)
+    weights = torn / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:-1000])
+
+    def no_data(*args, **kwargs):
+        raise AssertionError("data was read before the model was checked")
+
+    monkeypatch.setattr(run_squad.TASK, "load_data", no_data)
+    with pytest.raises(RunError, match=rf"--model_name_or_path: cannot load weights from {weights}: "):
+        run_squad.main(tiny_argv(torn, tmp_path / "run", squad_dir))
+    with pytest.raises(RunError, match=r"--model_name_or_path: no such folder 'runs/x/model'"):
+        run_squad.main(tiny_argv("runs/x/model", tmp_path / "run", squad_dir))

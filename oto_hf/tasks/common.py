@@ -1,8 +1,12 @@
-"""Helpers every task uses: which feature columns a model's forward takes, and a seeded sample of a split."""
+"""Helpers every task uses: which feature columns a model's forward takes, a seeded sample of a split, and the
+checks of a model folder made before any data work (the folder exists, its weight files are whole)."""
 
 from __future__ import annotations
 
 import inspect
+import json
+import os
+from pathlib import Path
 from typing import TYPE_CHECKING, Mapping
 
 
@@ -41,4 +45,49 @@ def sample_examples(dataset: "datasets.Dataset", n: int | None, seed: int = 0) -
     return dataset.shuffle(seed=seed).select(range(n))
 
 
-__all__ = ["TEXT_INPUTS", "keep_model_inputs", "model_input_names", "sample_examples"]
+def looks_like_folder(name: str) -> bool:
+    """True where `name` can only be a folder, not a Hub id ('org/model' or 'model'): it starts with '.', '/' or '~',
+    or has more than one '/' (or a '\\'). Such a name that does not exist is a mistyped folder, which the Hub would
+    answer with "Repo id must be in the form …"."""
+    return name.startswith((".", "/", "~")) or name.count("/") > 1 or "\\" in name or os.path.isabs(name)
+
+
+def weight_files(folder: str | os.PathLike) -> list[Path]:
+    """The weight files of a saved model `folder`: model.safetensors, the shards its index names, or
+    pytorch_model.bin (or its shards); [] where there are none (from_pretrained then says so)."""
+    folder = Path(folder)
+    for index_name, single in (("model.safetensors.index.json", "model.safetensors"),
+                               ("pytorch_model.bin.index.json", "pytorch_model.bin")):
+        if (folder / single).is_file():
+            return [folder / single]
+        if (folder / index_name).is_file():
+            try:
+                shards = json.loads((folder / index_name).read_text(encoding="utf-8"))["weight_map"].values()
+            except (ValueError, KeyError, TypeError) as error:
+                raise ValueError(f"cannot load weights from {folder / index_name}: not a shard index ({error})") \
+                    from error
+            return [folder / name for name in sorted(set(shards))]
+    return []
+
+
+def check_weight_files(folder: str | os.PathLike) -> None:
+    """Raise ValueError "cannot load weights from FILE: …" where a weight file of `folder` is missing, truncated or
+    not a weight file. Reads only the safetensors headers (which safetensors checks against the file's size) or a
+    .bin's zip directory, so that a torn file is found in milliseconds, before any data work, and named."""
+    import torch
+    from safetensors import SafetensorError, safe_open
+
+    for path in weight_files(folder):
+        try:
+            if path.suffix == ".safetensors":
+                with safe_open(str(path), framework="pt") as handle:
+                    handle.keys()
+            else:
+                torch.load(path, map_location="meta", mmap=True, weights_only=True)
+        except (SafetensorError, OSError, RuntimeError, ValueError) as error:
+            raise ValueError(f"cannot load weights from {path}: {error}. Save the model again (save_pretrained), "
+                             "or copy the whole file") from error
+
+
+__all__ = ["TEXT_INPUTS", "check_weight_files", "keep_model_inputs", "looks_like_folder", "model_input_names",
+           "sample_examples", "weight_files"]
