@@ -113,7 +113,9 @@ def parse_arguments(task: Task, argv: list[str]):
     refuse_retired(argv)
     try:
         model_args, data_args, training_args, run_args = parser.parse_args_into_dataclasses(args=argv)
-    except ValueError as error:  # a setting's own check (InvalidOTOSettings, TrainingArguments' __post_init__)
+    except settings.InvalidOTOSettings as invalid:  # every problem, on the one error line
+        raise RunError("invalid OTO settings: " + "; ".join(invalid.problems)) from invalid
+    except ValueError as error:  # another setting's own check (TrainingArguments' __post_init__)
         raise RunError(str(error)) from error
     task.adjust_arguments(data_args, training_args, given)
     return model_args, data_args, training_args, run_args

@@ -421,7 +421,7 @@ def test_a_setting_error_is_one_error_line_and_exit_2(small_model_dir, tmp_path,
         runner.main_guard(lambda: run_glue.main(argv), "run_glue.py")
     assert exit_.value.code == 2
     err = capsys.readouterr().err.strip()
-    assert err.startswith("run_glue.py: error: ") and message in err and "Traceback" not in err
+    assert err.startswith("run_glue.py: error: invalid OTO settings: --") and message in err and "\n" not in err
 
 
 def test_a_refused_resume_is_one_error_line(small_model_dir, tmp_path, monkeypatch):

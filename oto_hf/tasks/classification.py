@@ -278,13 +278,14 @@ def _build(tables: dict[str, list[dict]], where: dict[str, str], task: GlueTask 
                 values[key].append(str(text))
             values["label"].append(_label_of(row[label_column], labels, where[split], i, label_column,
                                               by_index=task is not None))
-        if split == "train" and labels is not None and len(set(values["label"])) == 1:
-            # A classifier needs two classes: with one, the head has one output and compressing the trained model
-            # fails at the end (transformers refuses single_label_classification with num_labels 1).
-            raise GlueDataError(f"{where['train']}: every training row has the label "
-                                f"{labels[values['label'][0]]!r}; a classifier needs at least two labels in its "
-                                "training data: add rows of the other label(s)")
         splits[split] = datasets.Dataset.from_dict(values)
+    if labels is not None and len(set(splits["train"]["label"])) == 1:
+        # A classifier needs two classes: with one, the head has one output and compressing the trained model fails
+        # at the end (transformers refuses single_label_classification with num_labels 1). After the row checks, which
+        # name a row.
+        raise GlueDataError(f"{where['train']}: every training row has the label "
+                            f"{labels[splits['train']['label'][0]]!r}; a classifier needs at least two labels in its "
+                            "training data: add rows of the other label(s)")
     metrics = task.metrics if task else (("pearson", "spearmanr") if regression else
                                          ("accuracy", "f1") if len(labels) == 2 else ("accuracy",))
     return ClassificationData(splits["train"], splits["validation"], labels, metrics, title, source,
