@@ -7,6 +7,8 @@ the same task head (`modeling_oto`), with the same parameter names, fewer heads 
 config that records the per-layer sizes, and the same outputs as the group-sparse model up to float32 rounding.
 """
 
+import warnings
+
 import torch
 from torch import nn
 
@@ -30,7 +32,10 @@ def compressed_class_for(model: nn.Module) -> type:
 
 
 def kept_indices(model: nn.Module) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
-    """Per layer, the indices of the heads and of the FFN neurons whose groups are not all zero."""
+    """Deprecated (one release): `zero_invariant_groups(model).kept_indices(~groups.is_zero())`. Per layer, the
+    indices of the heads and of the FFN neurons whose groups are not all zero."""
+    warnings.warn("oto_hf.kept_indices is deprecated: use groups.kept_indices(~groups.is_zero()) with "
+                  "groups = oto_hf.zero_invariant_groups(model)", DeprecationWarning, stacklevel=2)
     groups = zero_invariant_groups(model)
     return groups.kept_indices(~groups.is_zero())
 

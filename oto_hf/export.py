@@ -21,9 +21,9 @@ batch × head × query × key score) that onnxruntime runs as separate passes, s
 implementation.
 
 - Inputs are the model's own, in this order: ``input_ids``, ``attention_mask``, ``token_type_ids`` for text (only
-  those its forward takes, chosen by `oto_hf.squad.model_input_names`; ``token_type_ids`` also only where the model
-  has more than one token type, so not for RoBERTa-likes, DeBERTa-v3, DistilBERT or ModernBERT), ``pixel_values``
-  for vision models. Feed a session the tokenizer's outputs that it lists in ``session.get_inputs()``.
+  those its forward takes, chosen by `oto_hf.tasks.common.model_input_names`; ``token_type_ids`` also only where the
+  model has more than one token type, so not for RoBERTa-likes, DeBERTa-v3, DistilBERT or ModernBERT),
+  ``pixel_values`` for vision models. Feed a session the tokenizer's outputs that it lists in ``session.get_inputs()``.
 - Axes ``batch`` and ``sequence`` are dynamic (``batch``, ``choices``, ``sequence`` for multiple choice; ``batch``
   only for images, whose size is fixed by the position embeddings). Sequences are limited to the model's
   ``max_position_embeddings``, as in PyTorch.

@@ -242,17 +242,9 @@ class ZeroInvariantGroups:
 
     # ---- description ----
 
-    def __len__(self) -> int:
-        return len(self.kinds)
-
     @property
     def num_groups(self) -> int:
         return len(self.kinds)
-
-    @property
-    def params(self) -> list[nn.Parameter]:
-        """The grouped parameter tensors (each appears once)."""
-        return [t.param for t in self.tensors]
 
     def flops(self, seq_len: int | None = None) -> torch.Tensor:
         """Encoder FLOPs per example that each group costs at `seq_len` tokens (default: the family's, 384 for
@@ -362,16 +354,6 @@ class ZeroInvariantGroups:
         mask = torch.zeros(self.num_groups, dtype=torch.bool, device=self.device)
         mask[indices] = True
         return mask
-
-    def describe(self, mask: torch.Tensor | None = None) -> str:
-        """One line per layer: heads and neurons kept (those not in the zero `mask`, default: the zero groups)."""
-        zero = self.is_zero() if mask is None else mask
-        heads = self.count_per_layer(~zero, "head")
-        widths = self.count_per_layer(~zero, "neuron")
-        return "\n".join(
-            f"layer {i}: heads {heads[i]}/{self.heads_per_layer[i]}, FFN {widths[i]}/{self.neurons_per_layer[i]}"
-            for i in range(self.num_layers)
-        )
 
 
 # ---- supported architectures ----

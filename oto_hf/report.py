@@ -8,7 +8,8 @@ import json
 import os
 from pathlib import Path
 
-from .timing import latency_ratio  # noqa: F401  (its home is timing.py; this import keeps report.latency_ratio)
+from .timing import describe_load
+from .timing import latency_ratio  # noqa: F401  (re-exported: its home is timing.py)
 
 
 SQUAD_TASK = {"title": "SQuAD v1.1, official EM/F1", "metrics": ["exact_match", "f1"], "fractions": False,
@@ -124,7 +125,7 @@ def render_markdown(report: dict) -> str:
             f"Measured inference speedup of the compressed model: **{lat['speedup']:.2f}×** at batch "
             f"{lat['batch_size']} × {lat['seq_len']} tokens ({lat['repeats']} interleaved repeats, medians, "
             f"{lat['threads']} threads), against an encoder FLOPs ratio of {lat['encoder_flops_ratio']:.2f}× at that "
-            "length (embeddings and the task head are not pruned)."
+            f"length (embeddings and the task head are not pruned). {describe_load(lat)}".rstrip()
         )
     else:
         lines.append("Latency was not measured (--report_latency_repeats 0).")
@@ -163,6 +164,8 @@ def _onnx_lines(report: dict) -> list[str]:
         if int8 and int8.get("latency"):
             lines.append(f"| compressed, int8 | {int8['latency']['compressed_median_s']:.4f} | "
                          f"{int8['latency']['speedup']:.2f}× |")
+        if describe_load(lat):
+            lines += ["", describe_load(lat)]
     if int8:
         lines += ["", "Quality of the int8 file:", "", *_report_head(report, "")[-2:],
                   _quality_row(report, "compressed, float32 (PyTorch)", report["quality"]["compressed"]),

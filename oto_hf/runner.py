@@ -31,7 +31,7 @@ from .report import write_report
 from .stats import model_stats
 from .tasks.base import RunError, Task
 from .tasks.common import check_weight_files, looks_like_folder
-from .trainer import OTOTrainer, OTOTrainingArguments
+from .trainer import OTOTrainer, OTOTrainingArguments, mean_loss_under_gradient_accumulation
 
 
 logger = logging.getLogger(__name__)
@@ -421,6 +421,7 @@ def train_dense(model, training_args, trainer_inputs: dict, tokenizer, teacher=N
     kwargs = dict(model=model, args=training_args, processing_class=tokenizer, **trainer_inputs)
     trainer = Trainer(**kwargs) if teacher is None else distillation.DistillationTrainer(
         **kwargs, teacher_model=teacher, **(distillation_settings or {}))
+    mean_loss_under_gradient_accumulation(trainer)  # as OTOTrainer does: the heads' losses are means
     return trainer, train_resuming(trainer, training_args, resume_from, fresh)
 
 

@@ -193,8 +193,8 @@ _MODEL_INIT_POSITION = list(inspect.signature(Trainer.__init__).parameters)[3:].
 class OTOTrainer(DistillationMixin, Trainer):
     """A `Trainer` whose optimizer is HSPG over the model's zero-invariant groups.
 
-    * `teacher_model=` (with `distillation_alpha=`, `distillation_temperature=`, `distillation_hidden_weight=`) adds a
-      distillation term from a trained dense model to the task loss; see `oto_hf.distillation`.
+    * `teacher_model=` (with `distillation_alpha=`, `distillation_temperature=`) adds a distillation term from a
+      trained dense model to the task loss; see `oto_hf.distillation`.
 
     * `trainer.compress()` returns the compressed model at any time (the trained model is left untouched; cut once
       per state of the weights).

@@ -138,6 +138,6 @@ def compressed_model(model_type: str, class_name: str, attn: str = "eager", seed
     torch.manual_seed(seed)
     model = build(model_type, class_name, attn, **overrides)
     groups = oto_hf.zero_invariant_groups(model)
-    groups.zero_((torch.rand(len(groups)) < 0.3) | ((groups.layers == 1) & (groups.kinds == HEAD))
+    groups.zero_((torch.rand(groups.num_groups) < 0.3) | ((groups.layers == 1) & (groups.kinds == HEAD))
                  | ((groups.layers == 2) & (groups.kinds == NEURON)))
     return oto_hf.compress(model)

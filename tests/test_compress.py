@@ -12,7 +12,7 @@ from oto_hf.groups import HEAD, NEURON
 
 def random_zero_pattern(groups, generator, fraction):
     """Random zero groups, plus one layer without any head and one without any FFN neuron."""
-    mask = torch.rand(len(groups), generator=generator) < fraction
+    mask = torch.rand(groups.num_groups, generator=generator) < fraction
     empty_heads, empty_ffn = torch.randperm(groups.num_layers, generator=generator)[:2].tolist()
     mask |= (groups.layers == empty_heads) & (groups.kinds == HEAD)
     mask |= (groups.layers == empty_ffn) & (groups.kinds == NEURON)
@@ -74,7 +74,7 @@ def test_compression_is_exact_on_real_minilm(minilm_path):
     model = BertForQuestionAnswering.from_pretrained(minilm_path).eval()
     tokenizer = AutoTokenizer.from_pretrained(minilm_path)
     groups = zero_invariant_groups(model)
-    pattern = torch.rand(len(groups)) < 0.5
+    pattern = torch.rand(groups.num_groups) < 0.5
     pattern |= (groups.layers == 3) & (groups.kinds == HEAD)
     groups.zero_(pattern)
     inputs = tokenizer(

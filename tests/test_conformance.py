@@ -59,7 +59,7 @@ def test_one_attention_map_and_hidden_state_per_layer(model_type, class_name):
     torch.manual_seed(0)
     sparse = families.build(model_type, class_name)
     groups = zero_invariant_groups(sparse)
-    groups.zero_((torch.rand(len(groups)) < 0.3) | ((groups.layers == 1) & (groups.kinds == 0)))
+    groups.zero_((torch.rand(groups.num_groups) < 0.3) | ((groups.layers == 1) & (groups.kinds == 0)))
     small = compress(sparse)
     heads, _ = groups.kept_indices(~groups.is_zero())
     inputs = families.inputs(model_type)
@@ -334,11 +334,12 @@ def test_prune_publish_rehead_finetune_and_prune_further(minilm_path, tmp_path):
     """Real MiniLM (2 layers) pruned on SQuAD by OTOTrainer and saved; reloaded with a new 2-label head for SST-2;
     fine-tuned there by the plain Trainer (sizes unchanged), saved and reloaded; then pruned further by OTOTrainer,
     saved and reloaded with the same answers and the original sizes still on record."""
-    from oto_hf.squad import load_squad, local_squad_files, sample_questions, tokenize_squad
+    from oto_hf.tasks.common import sample_examples
+    from oto_hf.tasks.squad import load_squad, local_squad_files, tokenize_squad
 
     tokenizer = AutoTokenizer.from_pretrained(minilm_path)
     raw = load_squad(**local_squad_files("genuine-first11", families.SHARED / "data" / "squad-v1.1"))
-    squad = tokenize_squad({"train": sample_questions(raw["train"], 24, seed=0)}, tokenizer, "train",
+    squad = tokenize_squad({"train": sample_examples(raw["train"], 24, seed=0)}, tokenizer, "train",
                            max_seq_length=96, doc_stride=32, max_query_length=24)
     common = dict(per_device_train_batch_size=8, learning_rate=1e-4, use_cpu=True, report_to=[], save_strategy="no",
                   disable_tqdm=True, seed=0)

@@ -91,7 +91,7 @@ def test_a_compressed_model_is_compared_with_its_dense_teacher_layer_by_layer(mi
     tokenizer, features, _, _ = squad_sample
     sparse = small_bert(minilm_path).eval()
     groups = zero_invariant_groups(sparse)
-    groups.zero_(torch.rand(len(groups), generator=torch.Generator().manual_seed(3)) < 0.5)
+    groups.zero_(torch.rand(groups.num_groups, generator=torch.Generator().manual_seed(3)) < 0.5)
     small = compress(sparse).eval()
     assert sum(small.config.num_attention_heads_per_layer) < 2 * sparse.config.num_attention_heads
     inputs = {k: torch.tensor(features[k][:4]) for k in ("input_ids", "attention_mask", "token_type_ids")}

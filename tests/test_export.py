@@ -205,7 +205,7 @@ def test_command_line_on_the_real_minilm_compressed(minilm_path, tmp_path):
     torch.manual_seed(0)
     dense = transformers.AutoModel.from_pretrained(minilm_path).eval()
     groups = oto_hf.zero_invariant_groups(dense)
-    groups.zero_((torch.rand(len(groups)) < 0.3) | ((groups.layers == 1) & (groups.kinds == HEAD))
+    groups.zero_((torch.rand(groups.num_groups) < 0.3) | ((groups.layers == 1) & (groups.kinds == HEAD))
                  | ((groups.layers == 2) & (groups.kinds == NEURON)))
     model = oto_hf.compress(dense).eval()
     model.save_pretrained(tmp_path / "small")
