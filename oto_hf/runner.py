@@ -113,12 +113,17 @@ def parse_arguments(task: Task, argv: list[str]):
     refuse_retired(argv)
     try:
         model_args, data_args, training_args, run_args = parser.parse_args_into_dataclasses(args=argv)
-    except settings.InvalidOTOSettings as invalid:  # every problem, on the one error line
-        raise RunError("invalid OTO settings: " + "; ".join(invalid.problems)) from invalid
-    except ValueError as error:  # another setting's own check (TrainingArguments' __post_init__)
-        raise RunError(str(error)) from error
+    except ValueError as error:  # a setting's own check (InvalidOTOSettings, TrainingArguments' __post_init__)
+        raise RunError(error_line(error)) from error
     task.adjust_arguments(data_args, training_args, given)
     return model_args, data_args, training_args, run_args
+
+
+def error_line(error: ValueError) -> str:
+    """`error`'s message for the one `error:` line: invalid OTO settings with every problem, separated by "; "."""
+    if isinstance(error, settings.InvalidOTOSettings):
+        return "invalid OTO settings: " + "; ".join(error.problems)
+    return str(error)
 
 
 def retired_options(argv: list[str]) -> list[str]:
@@ -480,8 +485,9 @@ def run_oto(task: Task, job: Prepared, model, inputs: dict, report: dict) -> dic
     try:
         trainer = OTOTrainer(model=model, args=training_args, processing_class=job.tokenizer, **inputs,
                              **distillation_kwargs(teacher, model_args))
-    except ValueError as error:  # a Trainer feature that cannot be combined with pruning, a teacher of another vocabulary
-        raise RunError(str(error)) from error
+    except ValueError as error:  # a Trainer feature that cannot be combined with pruning, a teacher of another
+        # vocabulary, a target the model's groups cannot hold (InvalidOTOSettings)
+        raise RunError(error_line(error)) from error
     train_result = train_resuming(trainer, training_args, fresh=run_args.overwrite_output_dir)
 
     # ---- the group-sparse model and the compressed one on the same examples ----
@@ -565,7 +571,8 @@ def main_guard(main, script: str) -> None:
 
 __all__ = ["ModelArguments", "PACKAGED_MINILM", "Prepared", "RETIRED_OPTIONS", "RunArguments", "RunError",
            "SizeStats", "card_metrics", "check_export", "check_inputs", "check_model", "check_output_dir",
-           "check_teacher", "config_to_cli", "distillation_kwargs", "export_and_measure", "finish", "main_guard",
-           "measure_latency", "optimizer_name", "parse_arguments", "prepare", "refuse_retired", "resolve_model_path",
+           "check_teacher", "config_to_cli", "distillation_kwargs", "error_line", "export_and_measure", "finish",
+           "main_guard", "measure_latency", "optimizer_name", "parse_arguments", "prepare", "raised_by",
+           "refuse_retired", "resolve_model_path",
            "retired_options", "run", "run_dense", "run_oto", "save_atomic", "save_model_atomic", "short_name",
            "train_dense", "train_resuming", "training_report"]

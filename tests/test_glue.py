@@ -477,7 +477,7 @@ def test_single_class_training_data_is_refused_before_training(tmp_path):
                       train_file=str(train), validation_file=str(dev))
     assert str(train) in message
     # A GLUE task whose training rows are all one label, too (its label set has two, the data one).
-    train = write_rows(tmp_path / "sst_train.tsv", [{"sentence": "good", "label": "1"}, {"sentence": "fine", "label": "1"}])
+    train = write_rows(tmp_path / "sst_train.tsv", [{"sentence": s, "label": "1"} for s in ("good", "fine")])
     dev = write_rows(tmp_path / "sst_dev.tsv", [{"sentence": "bad", "label": "0"}])
     refused(r"sst_train\.tsv: every training row has the label 'positive'", task_name="sst2", train_file=str(train),
             validation_file=str(dev))

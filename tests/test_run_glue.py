@@ -326,8 +326,11 @@ def test_unsupported_model_is_refused(tmp_path):
     with pytest.raises(RunError, match="--model_name_or_path: .*'gpt2' model; run_glue.py prunes "
                                                 "SequenceClassification models of the supported families.*bert"):
         run_glue.main(tiny_argv(gpt2, out))
-    with pytest.raises(RunError, match="--model_name_or_path: cannot read a model config"):
+    with pytest.raises(RunError, match="--model_name_or_path: no such folder"):
         run_glue.main(tiny_argv(tmp_path / "nowhere", out))
+    (tmp_path / "no_config").mkdir()
+    with pytest.raises(RunError, match="--model_name_or_path: cannot read a model config"):
+        run_glue.main(tiny_argv(tmp_path / "no_config", out))
     assert_nothing_trained(out)
 
 

@@ -134,8 +134,11 @@ def test_distillation_from_a_teacher_folder(small_model_dir, squad_dir, tmp_path
 
 def test_bad_teacher_or_distillation_settings_are_refused_before_any_work(small_model_dir, squad_dir, tmp_path):
     out = tmp_path / "run"
-    with pytest.raises(RunError, match="--teacher_model_name_or_path: cannot read a model config"):
+    with pytest.raises(RunError, match="--teacher_model_name_or_path: no such folder"):
         run_squad.main(tiny_argv(small_model_dir, out, squad_dir, teacher_model_name_or_path=tmp_path / "nowhere"))
+    (tmp_path / "no_config").mkdir()
+    with pytest.raises(RunError, match="--teacher_model_name_or_path: cannot read a model config"):
+        run_squad.main(tiny_argv(small_model_dir, out, squad_dir, teacher_model_name_or_path=tmp_path / "no_config"))
     with pytest.raises(RunError, match="alpha must lie in"):
         run_squad.main(tiny_argv(small_model_dir, out, squad_dir, teacher_model_name_or_path=small_model_dir,
                                  distillation_alpha=0))
@@ -260,8 +263,11 @@ def test_model_that_is_not_supported_is_refused(squad_dir, tmp_path):
     GPT2Model(GPT2Config(n_layer=1, n_embd=16, n_head=2, vocab_size=50)).save_pretrained(gpt2)
     with pytest.raises(RunError, match="'gpt2' model.*bert, roberta"):
         run_squad.main(tiny_argv(gpt2, tmp_path / "run", squad_dir))
-    with pytest.raises(RunError, match="cannot read a model config"):
+    with pytest.raises(RunError, match="no such folder"):
         run_squad.main(tiny_argv(tmp_path / "nowhere", tmp_path / "run", squad_dir))
+    (tmp_path / "no_config").mkdir()
+    with pytest.raises(RunError, match="cannot read a model config"):
+        run_squad.main(tiny_argv(tmp_path / "no_config", tmp_path / "run", squad_dir))
 
 
 def test_unwritable_output_dir_is_refused(small_model_dir, squad_dir, tmp_path):

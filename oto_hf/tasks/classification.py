@@ -191,9 +191,9 @@ def _load_hub(task: GlueTask, dataset_name: str, text_columns, label_column) -> 
 def read_table(path, quoting: int | None = None) -> list[dict]:
     """The rows of a CSV (.csv), TSV (.tsv/.txt) or JSON (.json/.jsonl: JSON lines or an array of objects) file,
     optionally gzipped, as dicts of strings (JSON values keep their type); a UTF-8 byte-order mark is skipped.
-    `quoting` (a `csv.QUOTE_*`) defaults to the format's: quoting is part of CSV (a quoted field may hold a comma), while
-    a TSV's text is kept as written (`"the movie" is great` keeps its quotes; GLUE's TSV files use no quoting either),
-    so a TSV text cannot hold a tab."""
+    `quoting` (a `csv.QUOTE_*`) defaults to the format's: quoting is part of CSV (a quoted field may hold a comma),
+    while a TSV's text is kept as written (`"the movie" is great` keeps its quotes; GLUE's TSV files use no quoting
+    either), so a TSV text cannot hold a tab."""
     import pandas as pd
 
     path = Path(path)
