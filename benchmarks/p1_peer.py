@@ -134,7 +134,7 @@ def to_oto_bert(dense, pruned):
     """`oto_hf.compress` of `dense` with the heads and neurons `pruned` removed: the same weights, loadable."""
     sparse = copy.deepcopy(dense).eval()
     groups = oto_hf.zero_invariant_groups(sparse)
-    keep = torch.zeros(len(groups), dtype=torch.bool)
+    keep = torch.zeros(groups.num_groups, dtype=torch.bool)
     kept_heads, kept_neurons = [], []
     for i, (ld, lp) in enumerate(zip(dense.bert.encoder.layer, pruned.bert.encoder.layer)):
         a = ld.attention.self

@@ -158,7 +158,7 @@ def main(argv=None) -> None:
             t_choose.append(time.perf_counter() - t0)
         hspg.hspg_state["redundant"] = saved
         results["choose_redundant_s"] = statistics.median(t_choose)
-        common.log(f"choose_redundant (once per pruning period, {len(hspg.groups)} groups): "
+        common.log(f"choose_redundant (once per pruning period, {hspg.groups.num_groups} groups): "
                    f"{results['choose_redundant_s'] * 1e3:.1f} ms")
     for k, opt in opts.items():
         with profile(activities=[ProfilerActivity.CPU], with_stack=True) as prof:

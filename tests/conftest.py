@@ -1,4 +1,7 @@
+import json
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -59,3 +62,28 @@ def assert_exact(actual: torch.Tensor, expected: torch.Tensor, relative: float =
     delta = (actual.detach().float() - expected.detach().float()).abs().max().item()
     tolerance = exactness_tolerance(expected.float(), relative)
     assert delta <= tolerance, f"{what}: max |Δ| {delta:.3g} > {tolerance:.3g} (relative {relative:g} of the outputs)"
+
+
+def torchrun(script: str, output_dir: Path, port: int) -> list[dict]:
+    """Run `tests/scripts/<script> <output_dir>` as two processes under torchrun (gloo, CPU) and return each rank's
+    record (`finish_rank`), rank 0 first."""
+    result = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(port),
+         str(REPO_ROOT / "tests" / "scripts" / script), str(output_dir)], capture_output=True, text=True, timeout=600,
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return [json.loads((Path(output_dir) / f"rank{rank}.json").read_text()) for rank in (0, 1)]
+
+
+def finish_rank(output_dir, record: dict) -> None:
+    """In a torchrun script: write this rank's `record` for `torchrun`, then exit. Skips gloo's teardown: with the
+    group left alive at interpreter exit a rank once aborted ("terminate called without an active exception"), and
+    destroy_process_group() once hung for the test's whole 600 s on a loaded machine (a known, intermittent torch
+    issue: pytorch/pytorch#75097), both after all the work was done. Both ranks meet at a barrier (so neither leaves
+    while the other still talks to it), then exit at once."""
+    Path(output_dir, f"rank{int(os.environ.get('RANK', 0))}.json").write_text(json.dumps(record))
+    if torch.distributed.is_initialized():
+        torch.distributed.barrier()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)

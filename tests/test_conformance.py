@@ -3,9 +3,6 @@ for every family and task head, on compressed models with heterogeneous layers (
 FFN neuron). The stock model of the same class passes the same checks; the tests hold the compressed one to them."""
 
 import gzip
-import json
-import subprocess
-import sys
 
 import pytest
 import torch
@@ -13,7 +10,7 @@ import transformers
 from transformers import AutoModelForQuestionAnswering, AutoModelForSequenceClassification, AutoTokenizer, Trainer
 
 import families
-from conftest import REPO_ROOT, assert_exact
+from conftest import assert_exact, torchrun
 from oto_hf import OTOTrainer, OTOTrainingArguments, compress, model_stats
 from oto_hf.architectures import get_submodule
 from oto_hf.groups import find_base_model, zero_invariant_groups
@@ -175,13 +172,7 @@ def test_ddp_fine_tunes_compressed_models_with_emptied_layers(tmp_path):
     layer without heads and one without FFN neurons, with gradient checkpointing on, so that DDP runs with
     find_unused_parameters=False and fails on any parameter that gets no gradient. Every parameter trains, and the
     ranks end with the same weights."""
-    script = REPO_ROOT / "tests" / "scripts" / "ddp_finetune_compressed.py"
-    result = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29519",
-         str(script), str(tmp_path)], capture_output=True, text=True, timeout=600,
-    )
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
+    ranks = torchrun("ddp_finetune_compressed.py", tmp_path, port=29519)
     assert ranks[0].keys() == {"bert", "deberta-v2", "modernbert", "vit"}
     for model_type, run in ranks[0].items():
         assert (run["ddp"], run["find_unused_parameters"], run["gradient_checkpointing"], run["steps"]) == (

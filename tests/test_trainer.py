@@ -1,8 +1,6 @@
 """OTOTrainer on a small real BERT (MiniLM cut to 2 layers) and a small real SQuAD sample."""
 
 import json
-import subprocess
-import sys
 import textwrap
 from pathlib import Path
 
@@ -14,7 +12,7 @@ import torch
 import yaml
 from transformers import AutoModelForQuestionAnswering, AutoTokenizer, BertForQuestionAnswering, GPT2Config, GPT2ForQuestionAnswering, HfArgumentParser
 
-from conftest import REPO_ROOT, tiny_bert_config
+from conftest import tiny_bert_config, torchrun
 from oto_hf import OTOBertForQuestionAnswering, OTOTrainer, OTOTrainingArguments, UnsupportedModelError, model_stats
 from oto_hf.tasks.common import sample_examples
 from oto_hf.tasks.squad import load_squad, local_squad_files, postprocess_predictions, tokenize_squad
@@ -170,13 +168,7 @@ def test_interrupt_and_resume_equals_the_uninterrupted_run(minilm_path, squad_sa
 
 
 def test_two_process_ddp_ranks_agree_on_zero_groups(tmp_path):
-    script = REPO_ROOT / "tests" / "scripts" / "ddp_train.py"
-    result = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29517",
-         str(script), str(tmp_path)], capture_output=True, text=True, timeout=600,
-    )
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    records = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
+    records = torchrun("ddp_train.py", tmp_path, port=29517)
     assert [r["world_size"] for r in records] == [2, 2]
     assert records[0]["zero_groups"] == records[1]["zero_groups"] and records[0]["zero_groups"]
     assert len(records[0]["grad_checksums"]) == len(records[0]["weight_checksums"]) == 16

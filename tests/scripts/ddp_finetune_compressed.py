@@ -5,8 +5,6 @@ that nothing reads. One model per layout where a headless layer used to leave pa
 of BERT, DeBERTa's relative-position projections, ModernBERT's and ViT's norm before the attention). Each rank
 writes what it saw, so the test can check that training happened and that the ranks agree."""
 
-import json
-import os
 import sys
 from pathlib import Path
 
@@ -16,6 +14,7 @@ from datasets import Dataset
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import families  # noqa: E402
+from conftest import finish_rank  # noqa: E402
 
 MODELS = (("bert", "BertForSequenceClassification"), ("deberta-v2", "DebertaV2ForSequenceClassification"),
           ("modernbert", "ModernBertForSequenceClassification"), ("vit", "ViTForImageClassification"))
@@ -54,14 +53,7 @@ def main(output_dir: str) -> None:
             "parameters": sorted(n for n, p in trained.named_parameters() if p.numel()),
             "checksum": float(sum(p.detach().double().abs().sum() for p in trained.parameters())),
         }
-    rank = int(os.environ.get("RANK", 0))
-    Path(output_dir, f"rank{rank}.json").write_text(json.dumps(record))
-    # As tests/scripts/ddp_train.py: meet at a barrier, then leave without gloo's teardown (which can hang).
-    if torch.distributed.is_initialized():
-        torch.distributed.barrier()
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(0)
+    finish_rank(output_dir, record)
 
 
 if __name__ == "__main__":

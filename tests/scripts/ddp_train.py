@@ -1,8 +1,6 @@
 """Run by tests/test_trainer.py under `torchrun --nproc_per_node 2`: a short OTOTrainer run with DDP on CPU (gloo).
 Each rank writes which groups are zero and a checksum of its weights, so the test can check that ranks agree."""
 
-import json
-import os
 import sys
 from pathlib import Path
 
@@ -11,7 +9,7 @@ from datasets import Dataset
 from transformers import BertForQuestionAnswering
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from conftest import tiny_bert_config  # noqa: E402
+from conftest import finish_rank, tiny_bert_config  # noqa: E402
 
 import oto_hf  # noqa: E402
 from transformers import TrainerCallback  # noqa: E402
@@ -65,16 +63,7 @@ def main(output_dir: str) -> None:
         "weight_checksums": checksums.weights,
         "flops_removed": float(groups.costs("flops", seq)[zero].sum()) / groups.total_cost("flops", seq),
     }
-    Path(output_dir, f"rank{rank}.json").write_text(json.dumps(record))
-    # Skip the gloo teardown: with the group left alive at interpreter exit a rank once aborted ("terminate called
-    # without an active exception"), and destroy_process_group() once hung for the test's whole 600 s on a loaded
-    # machine (a known, intermittent torch issue: pytorch/pytorch#75097), both after all the work was done. Both
-    # ranks meet at a barrier (so neither leaves while the other still talks to it), then exit at once.
-    if torch.distributed.is_initialized():
-        torch.distributed.barrier()
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(0)
+    finish_rank(output_dir, record)
 
 
 if __name__ == "__main__":
