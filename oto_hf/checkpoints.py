@@ -31,6 +31,11 @@ RUN_FILE = "oto_run.json"
 # Below this much free space, a failed write is taken to be the disk's fault.
 LOW_DISK_BYTES = 256 * 2**20
 
+class ResumeError(ValueError):
+    """A checkpoint that cannot or must not be resumed from (torn, missing, or written by a run with other settings),
+    refused before any training step; the message says what to do instead."""
+
+
 _STEP = re.compile(rf"^{PREFIX_CHECKPOINT_DIR}-(\d+)$")
 
 

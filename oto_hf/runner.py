@@ -24,7 +24,7 @@ import yaml
 from transformers import AutoConfig, AutoTokenizer, HfArgumentParser, Trainer, set_seed
 
 from . import distillation, model_card, settings
-from .checkpoints import last_complete_checkpoint
+from .checkpoints import ResumeError, last_complete_checkpoint
 from .groups import supported_model_types, zero_invariant_groups
 from .modeling_oto import AUTO_CLASSES
 from .report import write_report
@@ -344,21 +344,10 @@ def train_resuming(trainer, training_args, folder: str | os.PathLike | None = No
         logger.info("resuming from %s", resume)
     try:
         return trainer.train(resume_from_checkpoint=resume)
-    except ValueError as error:
-        if raised_by(error, OTOTrainer.train):
-            # OTOTrainer.train's own refusals, before any step: a checkpoint that cannot be resumed from, or one
-            # written with other settings. Their messages say what to do; a ValueError from inside training is a bug
-            # and keeps its traceback.
-            raise RunError(str(error)) from error
-        raise
-
-
-def raised_by(error: BaseException, function) -> bool:
-    """True where `error` was raised by `function`'s own code (the innermost frame of its traceback)."""
-    frame = error.__traceback__
-    while frame is not None and frame.tb_next is not None:
-        frame = frame.tb_next
-    return frame is not None and frame.tb_frame.f_code is function.__code__
+    except ResumeError as error:
+        # OTOTrainer.train's refusals, before any step: their messages say what to do. Any other error from training
+        # keeps its traceback.
+        raise RunError(str(error)) from error
 
 
 def save_atomic(final: Path, save) -> Path:
@@ -572,7 +561,7 @@ def main_guard(main, script: str) -> None:
 __all__ = ["ModelArguments", "PACKAGED_MINILM", "Prepared", "RETIRED_OPTIONS", "RunArguments", "RunError",
            "SizeStats", "card_metrics", "check_export", "check_inputs", "check_model", "check_output_dir",
            "check_teacher", "config_to_cli", "distillation_kwargs", "error_line", "export_and_measure", "finish",
-           "main_guard", "measure_latency", "optimizer_name", "parse_arguments", "prepare", "raised_by",
+           "main_guard", "measure_latency", "optimizer_name", "parse_arguments", "prepare",
            "refuse_retired", "resolve_model_path",
            "retired_options", "run", "run_dense", "run_oto", "save_atomic", "save_model_atomic", "short_name",
            "train_dense", "train_resuming", "training_report"]

@@ -16,8 +16,8 @@ from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, HubStrategy, Inter
 from transformers.utils import logging
 from transformers.training_args import OptimizerNames
 
-from .checkpoints import (checkpoint_problem, last_complete_checkpoint, run_differences, run_identity,
-                          write_failure, write_run_identity)
+from .checkpoints import (ResumeError, checkpoint_problem, last_complete_checkpoint, run_differences,
+                          run_identity, write_failure, write_run_identity)
 from .compress import compress
 from .distillation import DistillationMixin
 from .groups import zero_invariant_groups
@@ -347,24 +347,25 @@ class OTOTrainer(DistillationMixin, Trainer):
 
     def train(self, resume_from_checkpoint: str | bool | None = None, *args, **kwargs):
         """`Trainer.train`; `resume_from_checkpoint=True` resumes from the last *complete* checkpoint in `output_dir`
-        (one whose writing was interrupted is skipped with a warning), and a given checkpoint folder that cannot be
-        resumed from is refused with the reason."""
+        (one whose writing was interrupted is skipped with a warning). A checkpoint that cannot be resumed from, or
+        that a run with other settings wrote, is refused with `checkpoints.ResumeError` (a ValueError) before any
+        step."""
         needs_optimizer = not self.args.save_only_model
         if resume_from_checkpoint is True:
             resume_from_checkpoint = last_complete_checkpoint(self.args.output_dir, needs_optimizer)
             if resume_from_checkpoint is None:
-                raise ValueError(f"resume_from_checkpoint=True, but {self.args.output_dir} holds no complete "
+                raise ResumeError(f"resume_from_checkpoint=True, but {self.args.output_dir} holds no complete "
                                  "checkpoint to resume from")
         elif resume_from_checkpoint:
             problem = checkpoint_problem(resume_from_checkpoint, needs_optimizer)
             if problem:
-                raise ValueError(f"Cannot resume from {resume_from_checkpoint}: {problem}. Resume from an earlier "
+                raise ResumeError(f"Cannot resume from {resume_from_checkpoint}: {problem}. Resume from an earlier "
                                  "checkpoint, or start fresh without resume_from_checkpoint")
         if resume_from_checkpoint:
             # A resumed run continues the checkpoint's pruning: settings that differ would be ignored, and reported.
             differences = run_differences(resume_from_checkpoint, self._run_identity())
             if differences:
-                raise ValueError(
+                raise ResumeError(
                     f"{resume_from_checkpoint} was written by a run with other settings, which resuming it would keep "
                     "while reporting the new ones:\n  - " + "\n  - ".join(differences) + "\nStart fresh instead (another "
                     "output_dir, or --overwrite_output_dir true in the job scripts), or resume with the checkpoint's "
