@@ -97,9 +97,9 @@ def write_failure(error: BaseException, path: str | os.PathLike) -> OSError | No
 
 
 def run_identity(args, model, train_dataset, distillation: dict | None = None) -> dict:
-    """What a checkpoint's run is: its `oto_*` settings, the model it started from, its training data (size and a
-    fingerprint of a few examples), its seed, and its distillation settings."""
-    return {"oto_settings": {k: v for k, v in args.to_dict().items() if k.startswith("oto_")},
+    """What a checkpoint's run is (`args`: its `OTOTrainingArguments`): its `oto_*` settings, the model it started
+    from, its training data (size and a fingerprint of a few examples), its seed, and its distillation settings."""
+    return {"oto_settings": args.oto_options(),
             "model": getattr(getattr(model, "config", None), "_name_or_path", None) or type(model).__name__,
             "train_data": data_fingerprint(train_dataset), "seed": args.seed, "distillation": distillation}
 

@@ -512,7 +512,7 @@ def run_oto(task: Task, job: Prepared, model, inputs: dict, report: dict) -> dic
         "latency": latency,
         "onnx": onnx,
         "training": training_report(trainer, train_result),
-        "oto_settings": {k: v for k, v in training_args.to_dict().items() if k.startswith("oto_")},
+        "oto_settings": training_args.oto_options(),
         # The trainer's own record of its settings, with the teacher named as the user gave it.
         "distillation": (None if job.teacher_path is None else
                          {**trainer.distillation_settings(), "teacher": model_args.teacher_model_name_or_path}),

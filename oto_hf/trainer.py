@@ -128,6 +128,10 @@ class OTOTrainingArguments(TrainingArguments):
             prune_neurons=self.oto_prune_neurons, named_as="options",
         )
 
+    def oto_options(self) -> dict:
+        """The `oto_*` options as given (what the report, the model card and each checkpoint's run record state)."""
+        return {k: v for k, v in self.to_dict().items() if k.startswith("oto_")}
+
     @property
     def oto_effective_target(self) -> float | None:
         """Deprecated: `oto_settings.target` (the target, None with --oto_lambda_only)."""
@@ -453,7 +457,7 @@ class OTOTrainer(DistillationMixin, Trainer):
         hub_model = getattr(self, "hub_model_id", None) or self.args.hub_model_id or ""
         name = (info.model_name or hub_model.split("/")[-1]
                 or f"{(hub_id(base) or 'model').split('/')[-1]}-oto{removed}")
-        settings = {**{k: v for k, v in self.args.to_dict().items() if k.startswith("oto_")},
+        settings = {**self.args.oto_options(),
                     **({"distillation": self.distillation_settings()} if self.teacher_model is not None else {})}
         card = model_card(compressed, info, model_name=name, base_model=base, before=before, after=after,
                           settings=settings, evaluations=evaluations, family=self.oto_groups.family.name,
