@@ -14,14 +14,13 @@ here, as fractions (HF's convention), so that nothing is downloaded at evaluatio
 
 import csv
 import json
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
 
-from .common import keep_model_inputs, model_input_names, sample_examples
+from .common import REPO_ROOT, find_shared_data_dir, keep_model_inputs, model_input_names, sample_examples
 
 if TYPE_CHECKING:
     import datasets
@@ -106,17 +105,7 @@ class ClassificationData:
 def find_local_glue_dir() -> Path | None:
     """The folder holding GLUE task folders (SST-2/, RTE/, …), or None: $OTO_GLUE_DIR if set (it must exist), else the
     first of <repo root>/../shared/data/glue, ./shared/data/glue and ../shared/data/glue that exists."""
-    env = os.environ.get(GLUE_DIR_ENV)
-    if env:
-        path = Path(env).expanduser()
-        if not path.is_dir():
-            raise GlueDataError(f"{GLUE_DIR_ENV}={env!r} is set but is not a folder")
-        return path.resolve()
-    repo_root = Path(__file__).resolve().parents[2]  # oto_hf/tasks/ -> the repository
-    for candidate in (repo_root.parent / "shared/data/glue", Path("shared/data/glue"), Path("../shared/data/glue")):
-        if candidate.is_dir():
-            return candidate.resolve()
-    return None
+    return find_shared_data_dir("glue", GLUE_DIR_ENV, GlueDataError)
 
 
 def local_task_files(task: GlueTask, folder: Path | None = None) -> dict[str, Path] | None:
@@ -474,7 +463,7 @@ class ClassificationTask:
     auto_class = "AutoModelForSequenceClassification"
     pipeline_tag = "text-classification"
     data_arguments = ClassificationDataArguments
-    default_config = Path(__file__).resolve().parents[2] / "configs" / "sst2_quickstart.yaml"
+    default_config = REPO_ROOT / "configs" / "sst2_quickstart.yaml"
     unit = "examples"
 
     def adjust_arguments(self, data_args, training_args, argv: list[str]) -> None:

@@ -1,5 +1,6 @@
-"""Helpers every task uses: which feature columns a model's forward takes, a seeded sample of a split, and the
-checks of a model folder made before any data work (the folder exists, its weight files are whole)."""
+"""Helpers every task uses: where the repository's local data lives, which feature columns a model's forward takes,
+a seeded sample of a split, and the checks of a model folder made before any data work (the folder exists, its weight
+files are whole)."""
 
 from __future__ import annotations
 
@@ -14,6 +15,24 @@ if TYPE_CHECKING:  # importing datasets costs ~1 s
     import datasets
 
 TEXT_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
+REPO_ROOT = Path(__file__).resolve().parents[2]  # oto_hf/tasks/ -> the repository
+
+
+def find_shared_data_dir(name: str, env_var: str, error: type[Exception]) -> Path | None:
+    """The folder of a data set kept beside the checkout, or None: `$env_var` if set (it must be a folder, else
+    `error`: a set-but-wrong variable is a mistake worth seeing), else the first of <repo root>/../shared/data/<name>,
+    ./shared/data/<name> and ../shared/data/<name> (from the current directory) that exists."""
+    env = os.environ.get(env_var)
+    if env:
+        path = Path(env).expanduser()
+        if not path.is_dir():
+            raise error(f"{env_var}={env!r} is set but is not a folder")
+        return path.resolve()
+    for candidate in (REPO_ROOT.parent / "shared" / "data" / name, Path("shared") / "data" / name,
+                      Path("..") / "shared" / "data" / name):
+        if candidate.is_dir():
+            return candidate.resolve()
+    return None
 
 
 def model_input_names(model, available) -> list[str]:

@@ -47,7 +47,7 @@ from typing import TYPE_CHECKING, Any, Iterable, Mapping, Sequence
 
 import numpy as np
 
-from .common import model_input_names, sample_examples
+from .common import REPO_ROOT, find_shared_data_dir, model_input_names, sample_examples
 
 if TYPE_CHECKING:  # only for type checkers; importing datasets costs ~1 s
     import datasets
@@ -125,11 +125,6 @@ _TRAIN_FILE_CHOICES = {
 }
 
 
-def _repo_root() -> Path:
-    """The folder that contains the ``oto_hf`` package (the repository root)."""
-    return Path(__file__).resolve().parents[2]  # oto_hf/tasks/squad.py -> the repository
-
-
 def find_local_squad_dir() -> Path | None:
     """Return the folder holding the local SQuAD v1.1 files, or ``None``.
 
@@ -139,21 +134,7 @@ def find_local_squad_dir() -> Path | None:
     current directory).  A set-but-wrong ``OTO_SQUAD_DIR`` raises instead of
     silently falling back, because it is a configuration mistake worth seeing.
     """
-    env = os.environ.get(SQUAD_DIR_ENV)
-    if env:
-        path = Path(env).expanduser()
-        if not path.is_dir():
-            raise SquadFileNotFoundError(f"{SQUAD_DIR_ENV}={env!r} is set but is not a folder")
-        return path.resolve()
-    candidates = [
-        _repo_root().parent / "shared" / "data" / "squad-v1.1",
-        Path("shared") / "data" / "squad-v1.1",
-        Path("..") / "shared" / "data" / "squad-v1.1",
-    ]
-    for cand in candidates:
-        if cand.is_dir():
-            return cand.resolve()
-    return None
+    return find_shared_data_dir("squad-v1.1", SQUAD_DIR_ENV, SquadFileNotFoundError)
 
 
 def local_squad_files(train: str = "reconstructed", squad_dir: str | os.PathLike | None = None) -> dict[str, Path]:
@@ -1075,7 +1056,7 @@ class SquadTask:
     auto_class = "AutoModelForQuestionAnswering"
     pipeline_tag = "question-answering"
     data_arguments = SquadDataArguments
-    default_config = _repo_root() / "configs" / "quickstart.yaml"
+    default_config = REPO_ROOT / "configs" / "quickstart.yaml"
     unit = "questions"
 
     def adjust_arguments(self, data_args, training_args, argv) -> None:
