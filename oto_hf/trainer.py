@@ -343,7 +343,8 @@ class OTOTrainer(DistillationMixin, Trainer):
         saves it cuts the model once. Writes through `param.data` bypass torch's version counters: after those, pass
         `refresh=True`."""
         model = self.accelerator.unwrap_model(self.model)
-        # Every in-place write to a parameter (optimizer steps, load_state_dict) bumps its version counter.
+        # Every in-place write to a parameter (optimizer steps, load_state_dict) bumps its version counter; the step
+        # count covers HSPG's masked writes through `.data`, which do not.
         fingerprint = (self.state.global_step, tuple((id(p), p._version) for p in model.parameters()))
         if refresh or self._compressed is None or self._compressed[0] != fingerprint:
             self._compressed = (fingerprint, compress(model, seq_len_for_stats=self.args.oto_seq_len))
