@@ -40,7 +40,7 @@ RETIRED_OPTIONS: dict[str, str] = {
     "oto_saliency_zero_init": (
         "--oto_saliency_zero_init was retired in oto_hf 0.3: the saliency average always starts at zero (starting "
         "it at the first step's score let one batch scored through a random task head decide the first choice, and "
-        f"lost up to 1.8 F1). Drop it; {_STILL_RUNS}."
+        f"cost quality). Drop it; {_STILL_RUNS}."
     ),
 }
 
