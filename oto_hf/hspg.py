@@ -29,7 +29,7 @@ Why these defaults: docs/experiments.md.
 import math
 import warnings
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 from torch.optim import Optimizer
@@ -82,6 +82,14 @@ class HSPG(Optimizer):
             paper's λ-only mode.
         target_unit: "flops" (per example at `seq_len` tokens) or "params".
         seq_len: the sequence length at which FLOPs are counted (default: the groups' own, 384 for text models).
+        speedup: instead of `target`, a speed target: the measured forward time of the whole model divided by this
+            (> 1), on the runtime and shape of `latency_table` (required with it: `oto_hf.latency.
+            measure_latency_table(model, settings.latency_spec())`). The layout spends predicted time; the window,
+            periods and floor keep their meaning (see `oto_hf.selection.LatencyLayout`). A speedup beyond emptying
+            every prunable group is refused with the largest one reachable.
+        latency_runtime, latency_shape, latency_threads: where `speedup` holds (recorded in the settings; the table
+            is what is used).
+        latency_table: the `oto_hf.latency.LatencyTable` of this model on that runtime and shape.
         prune_steps: length of the pruning window that starts at `half_space_start_step` (required with a target).
         num_periods: the window is split into this many periods; the target grows in equal steps per period.
         saliency: how redundant groups are scored: "taylor" (|x_gᵀ∇_g f|, averaged over steps, the default),
@@ -111,6 +119,11 @@ class HSPG(Optimizer):
         target: float | None = None,
         target_unit: str = "flops",
         seq_len: int | None = None,
+        speedup: float | None = None,
+        latency_runtime: str = "torch",
+        latency_shape: str = "1x128",
+        latency_threads: int | None = None,
+        latency_table=None,
         prune_steps: int | None = None,
         num_periods: int = 1,
         saliency: str | Saliency = "taylor",
@@ -133,7 +146,9 @@ class HSPG(Optimizer):
             half_space_start_step = half_space_start
         if settings is None:
             settings = OTOSettings(
-                target=target, target_unit=target_unit, seq_len=seq_len, lmbda=lmbda, epsilon=epsilon,
+                target=target, target_unit=target_unit, seq_len=seq_len, speedup=speedup,
+                latency_runtime=latency_runtime, latency_shape=latency_shape, latency_threads=latency_threads,
+                lmbda=lmbda, epsilon=epsilon,
                 half_space_start_step=half_space_start_step, prune_steps=prune_steps, num_periods=num_periods,
                 direction=direction, momentum=momentum, saliency=saliency, allocation=allocation,
                 layer_floor=layer_floor, taylor_decay=taylor_decay)
@@ -147,6 +162,13 @@ class HSPG(Optimizer):
         self.groups = groups
         self.settings = settings
         self.policy: SelectionPolicy = settings.selection_policy()
+        self.latency_table = latency_table
+        if settings.speedup is not None and latency_table is None:
+            raise ValueError("a speed target needs the latency table of the model on its runtime and shape: pass "
+                             "latency_table=oto_hf.latency.measure_latency_table(model, settings.latency_spec())")
+        if settings.speedup is not None and settings.seq_len is None:
+            settings = replace(settings, seq_len=latency_table.spec["seq_len"])  # FLOPs at the served length
+            self.settings = settings
         self.seq_len = settings.seq_len or groups.default_seq_len
 
         optimized = {p for group in self.param_groups for p in group["params"]}
@@ -160,10 +182,14 @@ class HSPG(Optimizer):
         self._grouped = {t.param: t for t in groups.tensors}
 
         # A custom (non-BERT) partition has no FLOPs: without a target, count it in parameters for reporting.
-        cost_unit = settings.target_unit if (groups.is_transformer or settings.target is not None) else "params"
+        cost_unit = settings.target_unit if (groups.is_transformer or settings.has_target) else "params"
         self.costs = groups.costs(cost_unit, settings.seq_len)
         self.total_cost = groups.total_cost(cost_unit, settings.seq_len)
         settings.check_target_fits(groups)
+        self.time_budget = None
+        if settings.speedup is not None:
+            settings.check_speedup_fits(latency_table, groups)
+            self.time_budget = latency_table.budget(groups, settings.speedup)
 
         device = groups.device
         num = groups.num_groups
@@ -223,7 +249,7 @@ class HSPG(Optimizer):
         k = self.hspg_state["step"]
         deltas, lrs = self._base_directions()
         sums = self._group_sums(deltas, lrs)
-        if self.settings.target is not None:
+        if self.settings.has_target:
             self.policy.saliency.observe(self.hspg_state, sums.grad_dot, sums.sq, sums.grad_sq)
         penalty = self._penalty(k, sums)
         if self.in_stage2(k):
@@ -255,7 +281,7 @@ class HSPG(Optimizer):
         delta_dot = torch.zeros(num, device=device)
         lr_sq = torch.zeros(num, device=device)
         grad_dot = torch.zeros(num, device=device)
-        needs_grad_sq = self.settings.target is not None and self.policy.saliency.needs_gradient_norms
+        needs_grad_sq = self.settings.has_target and self.policy.saliency.needs_gradient_norms
         grad_sq = torch.zeros(num, device=device) if needs_grad_sq else None
         for t in self.groups.tensors:
             x = t.param.detach()
@@ -282,9 +308,9 @@ class HSPG(Optimizer):
                           candidates=torch.zeros(num, dtype=torch.bool, device=device),
                           forced=torch.zeros(num, dtype=torch.bool, device=device))
         bounds = self._period_bounds(k)
-        if settings.target is None or k < settings.half_space_start_step:
+        if not settings.has_target or k < settings.half_space_start_step:
             penalty.lam_over_norm = torch.where(nonzero, settings.lmbda / safe_norm, penalty.lam_over_norm)
-            if settings.target is None and self.in_stage2(k):
+            if not settings.has_target and self.in_stage2(k):
                 penalty.candidates = nonzero
             state["last_lambda"] = settings.lmbda
         elif bounds is not None:
@@ -395,8 +421,8 @@ class HSPG(Optimizer):
         the least salient non-zero groups until the zero groups and the redundant ones together hold the period's
         share of the target, never more. `sq`: each group's current ‖x_g‖²."""
         zero = self.hspg_state["zero"]
-        goal = Goal(target=self.settings.target, period=period, num_periods=self.settings.num_periods,
-                    total_cost=self.total_cost)
+        goal = Goal(target=self.settings.target or 0.0, period=period, num_periods=self.settings.num_periods,
+                    total_cost=self.total_cost, time=self.time_budget)
         pools = Pools.of(self.groups, self.costs, zero.device)
         self.hspg_state["redundant"] = self.policy.choose(zero, sq, self.hspg_state, pools, goal)
 
@@ -422,6 +448,9 @@ class HSPG(Optimizer):
         if self.settings.target is not None:
             report[f"{self.settings.target_unit}_removed"] = float(self.costs[zero].sum()) / self.total_cost
             report["target_now"] = self.target_at()
+        if self.time_budget is not None:
+            pools = Pools.of(groups, self.costs, zero.device)
+            report["predicted_speedup"] = self.time_budget.dense_seconds / self.time_budget.predict(zero, pools)
         return report
 
     # ---- state ----

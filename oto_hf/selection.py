@@ -19,7 +19,8 @@ Why these defaults (and why "global", the ranking by saliency per unit of cost, 
 """
 
 import math
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, replace
 
 import torch
 
@@ -49,16 +50,50 @@ class Pools:
         return cls(costs=costs.to(device).double(), kinds=kinds, layers=layers, sizes=groups.sizes.to(device),
                    num_layers=groups.num_layers, key=key, num_pools=int(key.max()) + 1)
 
+    def kept_per_layer(self, removed: torch.Tensor) -> dict[int, torch.Tensor]:
+        """{kind: groups of that kind each layer keeps (float64, one per layer)} without those `removed` marks."""
+        kept = {}
+        for kind in torch.unique(self.kinds).tolist():
+            member = (self.kinds == kind) & ~removed
+            kept[kind] = torch.bincount(self.layers[member], minlength=self.num_layers).double()
+        return kept
+
+
+@dataclass(frozen=True)
+class TimeBudget:
+    """A speed target in the policy's terms: the predicted forward time of a model from how many groups of each kind
+    each layer keeps. `block_seconds(kind, kept)`: one layer's block of `kind` (HEAD, NEURON) with `kept` groups (a
+    float64 tensor, one count per layer) above an empty block; `fixed_seconds`: the time no group changes (every
+    grouped block empty; a kind that is not grouped counts at its size); `dense_seconds`: the model before pruning;
+    `target_seconds`: dense / asked speedup. Built by `HSPG` from an `oto_hf.latency.LatencyTable`."""
+
+    block_seconds: Callable[[int, torch.Tensor], torch.Tensor]
+    fixed_seconds: float
+    dense_seconds: float
+    target_seconds: float
+
+    def predict(self, removed: torch.Tensor, pools: "Pools") -> float:
+        """Predicted seconds of the model without the groups `removed` marks."""
+        return self.fixed_seconds + float(sum(
+            self.block_seconds(kind, kept).sum() for kind, kept in pools.kept_per_layer(removed).items()))
+
+    def seconds_at(self, fraction_done: float) -> float:
+        """The time a period that ends at `fraction_done` of the window aims for: the time saved grows in equal
+        steps, as a cost target's does."""
+        return self.dense_seconds - fraction_done * (self.dense_seconds - self.target_seconds)
+
 
 @dataclass(frozen=True)
 class Goal:
     """What the zero groups must hold: `target` (a fraction of `total_cost`) reached in `num_periods` equal steps;
-    `period` is the one being chosen for."""
+    `period` is the one being chosen for. With a speed target, `time` holds it and `target` is not used (the cost
+    layouts are given the cost fraction that meets the period's time, `SelectionPolicy.choose`)."""
 
     target: float
     period: int
     num_periods: int
     total_cost: float
+    time: TimeBudget | None = None
 
     @property
     def cost_now(self) -> float:
@@ -292,7 +327,104 @@ class BalancedLayout(Layout):
                                costs, zero)
 
 
-LAYOUTS = {cls.name: cls for cls in (UniformLayout, BalancedLayout)}
+class LatencyLayout(Layout):
+    """With a speed target (the default there): the period's time is bought where it costs the least saliency. Every
+    attention block and every FFN block (a pool) can give up its least salient groups; giving up the j least salient
+    of a pool loses the share of the pool's live saliency they hold (scores relative to the pool's mean, so every
+    block weighs the same whatever its kind and units) and saves the measured time its block drops by
+    (`TimeBudget.block_seconds`: not proportional to the groups, since at small batches a block's fixed per-operator
+    cost is only saved by emptying it). Moves are taken greedily, the least saliency lost per second saved first,
+    until the period's predicted time is met; a move that meets it at less loss than the best-ratio move ends the
+    choice. So whole blocks are emptied where that buys the most time. The floor keeps its purpose (no block is left
+    starved): a block keeps at least ⌊floor · n⌋ of its n groups, or is emptied altogether."""
+
+    name = "latency"
+
+    def mark(self, redundant, allowed, score, zero, pools, goal):
+        raise ValueError("the 'latency' allocation spends a speed target (--oto_speedup); with a FLOPs or parameter "
+                         "target use 'uniform' or 'balanced'")
+
+    def tops_up(self, goal):
+        return False
+
+    def plan(self, score: torch.Tensor, zero: torch.Tensor, pools: Pools, goal: Goal, floor: "LayerFloor") -> torch.Tensor:
+        """The redundant groups that bring the predicted time down to the period's (`goal.time`), never emptying a
+        block part-way below the floor."""
+        budget = goal.time
+        removed = zero.clone()
+        need = budget.predict(removed, pools) - budget.seconds_at(goal.fraction_done)
+        moves = [_PoolMoves(key, pools, score, zero, floor.fraction, budget) for key in torch.unique(pools.key).tolist()]
+        moves = [m for m in moves if m.live]
+        while need > 1e-12 and moves:
+            options = [m.best(need) for m in moves]
+            options = [o for o in options if o is not None]
+            if not options:
+                break
+            best = min(options, key=lambda o: o[0])  # (loss per second, loss, gain, pool moves, j)
+            finishers = [o for o in options if o[2] >= need]
+            finish = min(finishers, key=lambda o: o[1]) if finishers else None
+            chosen = finish if finish is not None and finish[1] <= best[1] else best
+            _, _, gain, pool, j = chosen
+            removed[pool.take(j)] = True
+            need -= gain
+        return removed & ~zero
+
+
+class _PoolMoves:
+    """The moves one pool (one kind of group in one layer) offers `LatencyLayout`: give up its j least salient live
+    groups, for every j that leaves it at or above the floor, or empty."""
+
+    def __init__(self, key: int, pools: Pools, score: torch.Tensor, zero: torch.Tensor, floor: float,
+                 budget: TimeBudget):
+        member = pools.key == key
+        self.kind = int(pools.kinds[member][0])
+        self.layer = int(pools.layers[member][0])
+        self.budget = budget
+        self.size = int(member.sum())
+        live = torch.nonzero(member & ~zero).flatten()
+        self.order = live[torch.argsort(score[live], stable=True)]
+        self.live = len(self.order)
+        self.keep_at_least = math.floor(floor * self.size + 1e-9)
+        # The share of the pool's live saliency the j least salient hold, for j = 1..live.
+        values = score[self.order].double().clamp_min(0)
+        total = float(values.sum())
+        self.loss = torch.cumsum(values, 0) / total if total > 0 else torch.arange(1, self.live + 1).double() / self.live
+        self.taken = 0
+
+    def best(self, need: float):
+        """(loss per second saved, loss, seconds saved, self, j) of this pool's best move, or None."""
+        left = self.live - self.taken
+        if left <= 0:
+            return None
+        j = torch.arange(1, left + 1)
+        kept_after = left - j
+        valid = (kept_after == 0) | (kept_after >= self.keep_at_least)
+        now = self.budget.block_seconds(self.kind, torch.tensor([float(left)]))
+        gain = now - self.budget.block_seconds(self.kind, kept_after.double())
+        base = float(self.loss[self.taken - 1]) if self.taken else 0.0
+        loss = self.loss[self.taken:self.taken + left] - base
+        valid &= gain > 0
+        if not bool(valid.any()):
+            return None
+        ratio = torch.where(valid, loss / gain.clamp_min(1e-30), torch.full_like(loss, math.inf))
+        # The best ratio, and (if it does not meet the need) the cheapest move that does.
+        i = int(torch.argmin(ratio))
+        best = (float(ratio[i]), float(loss[i]), float(gain[i]), self, i + 1)
+        meets = valid & (gain >= need)
+        if bool(meets.any()) and float(gain[i]) < need:
+            k = int(torch.argmin(torch.where(meets, loss, torch.full_like(loss, math.inf))))
+            if float(loss[k]) <= float(loss[i]):
+                return (float(ratio[k]), float(loss[k]), float(gain[k]), self, k + 1)
+        return best
+
+    def take(self, j: int) -> torch.Tensor:
+        """Give up the next `j` least salient groups; returns their indices."""
+        chosen = self.order[self.taken:self.taken + j]
+        self.taken += j
+        return chosen
+
+
+LAYOUTS = {cls.name: cls for cls in (UniformLayout, BalancedLayout, LatencyLayout)}
 
 
 # ---- the policy ----
@@ -311,12 +443,46 @@ class SelectionPolicy:
         redundant ones together hold the period's cost (`goal.cost_now`), never more."""
         importance = self.saliency.importance(averages, sq, ~zero, pools)
         score = layer_relative(importance, ~zero, pools)
+        if goal.time is not None:
+            return self.choose_for_time(score, zero, pools, goal)
         allowed = self.floor.allowed(score, zero, pools, goal.target)
         redundant = torch.zeros_like(zero)
         self.layout.mark(redundant, allowed, score, zero, pools, goal)
         if self.layout.tops_up(goal):
             top_up(redundant, allowed, score, zero, pools.costs, goal.cost_now)
         return redundant
+
+
+    def choose_for_time(self, score: torch.Tensor, zero: torch.Tensor, pools: Pools, goal: Goal) -> torch.Tensor:
+        """The redundant groups of a speed target's period. The 'latency' layout spends the time directly
+        (`LatencyLayout.plan`). A cost layout ('uniform', 'balanced') keeps its meaning in cost: it is given the
+        smallest cost fraction whose final layout (the last period's, on today's scores) the time budget predicts
+        to meet the asked time, and marks this period's share of that fraction; it never empties a block before the
+        floor yields (as with a cost target, at fractions near everything)."""
+        if isinstance(self.layout, LatencyLayout):
+            return self.layout.plan(score, zero, pools, goal, self.floor)
+        budget = goal.time
+
+        def marks(target: float, period_goal: Goal) -> torch.Tensor:
+            period_goal = replace(period_goal, target=target, time=None)
+            allowed = self.floor.allowed(score, zero, pools, target)
+            redundant = torch.zeros_like(zero)
+            self.layout.mark(redundant, allowed, score, zero, pools, period_goal)
+            if self.layout.tops_up(period_goal):
+                top_up(redundant, allowed, score, zero, pools.costs, period_goal.cost_now)
+            return redundant
+
+        last = replace(goal, period=goal.num_periods - 1)
+        low = float(pools.costs[zero].sum()) / goal.total_cost
+        high = float(pools.costs.sum()) / goal.total_cost
+        if budget.predict(zero | marks(high, last), pools) <= budget.target_seconds:
+            for _ in range(40):  # bisection to well below one group's share of the cost
+                middle = (low + high) / 2
+                if budget.predict(zero | marks(middle, last), pools) <= budget.target_seconds:
+                    high = middle
+                else:
+                    low = middle
+        return marks(high, goal)
 
 
 def top_up(redundant: torch.Tensor, allowed: torch.Tensor, score: torch.Tensor, zero: torch.Tensor,
@@ -368,7 +534,8 @@ def fill_budget(costs: torch.Tensor, budget: float) -> torch.Tensor:
 
 
 __all__ = [
-    "BalancedLayout", "FisherSaliency", "Goal", "LAYOUTS", "LayerFloor", "Layout", "MagnitudeSaliency",
-    "MixedSaliency", "Pools", "SALIENCIES", "Saliency", "SelectionPolicy", "TaylorSaliency", "UniformLayout",
+    "BalancedLayout", "FisherSaliency", "Goal", "LAYOUTS", "LatencyLayout", "LayerFloor", "Layout",
+    "MagnitudeSaliency", "MixedSaliency", "Pools", "SALIENCIES", "Saliency", "SelectionPolicy", "TaylorSaliency",
+    "TimeBudget", "UniformLayout",
     "fill_budget", "layer_relative", "mark_least_salient", "top_up",
 ]

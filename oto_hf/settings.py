@@ -10,6 +10,7 @@ training starts), HSPG acts on optimizer steps (`half_space_start_step`, `prune_
 the first into the second.
 """
 
+import math
 from dataclasses import dataclass, field, fields, replace
 from typing import Literal, get_args
 
@@ -20,12 +21,14 @@ from .selection import LAYOUTS, SALIENCIES as SALIENCY_CLASSES, LayerFloor, Layo
 Direction = Literal["adamw", "sgd"]
 TargetUnit = Literal["flops", "params"]
 SaliencyName = Literal["taylor", "fisher", "magnitude", "mixed"]
-AllocationName = Literal["uniform", "balanced"]
+AllocationName = Literal["uniform", "balanced", "latency"]
+Runtime = Literal["torch", "onnxruntime", "cuda"]
 
 DIRECTIONS: tuple[str, ...] = get_args(Direction)
 TARGET_UNITS: tuple[str, ...] = get_args(TargetUnit)
 SALIENCIES: tuple[str, ...] = get_args(SaliencyName)
 ALLOCATIONS: tuple[str, ...] = get_args(AllocationName)
+RUNTIMES: tuple[str, ...] = get_args(Runtime)
 
 _STILL_RUNS = "commit 9a312b9 still runs it (docs/experiments.md)"
 
@@ -81,6 +84,14 @@ class OTOSettings:
     target: float | None = _option("--oto_target", "fraction in [0, 1) of encoder FLOPs (or parameters) to remove; "
                                    "None for the paper's λ-only mode")
     target_unit: TargetUnit = _option("--oto_target_unit", "what `target` counts: 'flops' or 'params'", "flops")
+    speedup: float | None = _option("--oto_speedup", "instead of `target`: the measured speedup (> 1) of the whole "
+                                    "forward pass over the dense model, on `latency_runtime` at `latency_shape`")
+    latency_runtime: Runtime = _option("--oto_latency_runtime", "where `speedup` is measured: 'torch' (CPU), "
+                                       "'onnxruntime' (CPU) or 'cuda'", "torch")
+    latency_shape: str = _option("--oto_latency_shape", "batch x tokens at which `speedup` holds, e.g. '1x128'",
+                                 "1x128")
+    latency_threads: int | None = _option("--oto_latency_threads", "CPU threads `speedup` holds for (None: the "
+                                          "process's torch threads)")
     seq_len: int | None = _option("--oto_seq_len", "tokens at which FLOPs are counted (None: the groups' own)")
     lmbda: float = _option("--oto_lambda", "λ ≥ 0, the group-lasso strength", 1e-3)
     epsilon: float = _option("--oto_epsilon", "ε in [0, 1) of the half-space projection", 0.0)
@@ -96,8 +107,9 @@ class OTOSettings:
     momentum: float = _option("--oto_momentum", "momentum of the 'sgd' direction", 0.0)
     saliency: SaliencyName | Saliency = _option(
         "--oto_saliency", "how groups are scored for removal (a name, or an oto_hf.selection.Saliency)", "taylor")
-    allocation: AllocationName | Layout = _option(
-        "--oto_allocation", "how the target is shared out (a name, or an oto_hf.selection.Layout)", "uniform")
+    allocation: AllocationName | Layout | None = _option(
+        "--oto_allocation", "how the target is shared out (a name, or an oto_hf.selection.Layout; None: 'latency' "
+        "with a speedup, else 'uniform')")
     layer_floor: float = _option("--oto_layer_floor", "the fraction of each layer's groups of each kind kept", 0.25)
     taylor_decay: float = _option("taylor_decay (HSPG only)", "decay per step of the saliency's running averages", 0.99)
     prune_heads: bool = _option("--oto_prune_heads", "prune whole attention heads", True)
@@ -105,6 +117,8 @@ class OTOSettings:
     named_as: Literal["keywords", "options"] = field(default="keywords", compare=False, repr=False)
 
     def __post_init__(self):
+        if self.allocation is None:
+            self.allocation = "latency" if self.speedup is not None else "uniform"
         problems = self.problems()
         if problems:
             raise InvalidOTOSettings(problems)
@@ -129,6 +143,7 @@ class OTOSettings:
                 bad(name, f"must be one of {choices}, got {value!r}")
         if self.target is not None and not 0 <= self.target < 1:
             bad("target", f"must lie in [0, 1) (the fraction of encoder {self.target_unit} to remove), got {self.target}")
+        problems += self._speed_problems()
         if not self.lmbda >= 0:
             bad("lmbda", f"(λ) must be ≥ 0, got {self.lmbda}: it is the strength of the group penalty")
         if not 0 <= self.epsilon < 1:
@@ -146,6 +161,35 @@ class OTOSettings:
         problems += self._schedule_problems()
         return problems
 
+    def _speed_problems(self) -> list[str]:
+        from .latency import parse_shape, runtime_problem
+
+        problems = []
+        if self.latency_runtime not in RUNTIMES:
+            problems.append(f"{self.name_of('latency_runtime')} must be one of {RUNTIMES}, got {self.latency_runtime!r}")
+        try:
+            parse_shape(self.latency_shape, self.name_of("latency_shape"))
+        except ValueError as error:
+            problems.append(str(error))
+        if self.latency_threads is not None and self.latency_threads < 1:
+            problems.append(f"{self.name_of('latency_threads')} must be ≥ 1, got {self.latency_threads}")
+        if self.allocation == "latency" and self.speedup is None:
+            problems.append(f"{self.name_of('allocation')} 'latency' spends a speed target: set "
+                            f"{self.name_of('speedup')}, or use 'uniform' or 'balanced' with "
+                            f"{self.name_of('target')}")
+        if self.speedup is None:
+            return problems
+        if not self.speedup > 1:
+            problems.append(f"{self.name_of('speedup')} must be > 1 (how many times faster than the dense model), "
+                            f"got {self.speedup}")
+        if self.target is not None:
+            problems.append(f"{self.name_of('speedup')} and {self.name_of('target')} are two targets: give one")
+        if self.latency_runtime in RUNTIMES:
+            problem = runtime_problem(self.latency_runtime)
+            if problem:
+                problems.append(f"{self.name_of('latency_runtime')} {problem}")
+        return problems
+
     def _schedule_problems(self) -> list[str]:
         in_steps, in_fractions = self.half_space_start_step is not None, self.half_space_start_fraction is not None
         if in_steps == in_fractions:
@@ -157,7 +201,7 @@ class OTOSettings:
             if not 0 <= start < 1:
                 problems.append(f"{self.name_of('half_space_start_fraction')} is a fraction of the training in "
                                 f"[0, 1), got {start}")
-            if self.target is not None:
+            if self.has_target:
                 if self.prune_fraction is None or not 0 < self.prune_fraction <= 1 - start:
                     problems.append(f"{self.name_of('prune_fraction')} must lie in (0, 1 - {self.name_of('half_space_start_fraction')} "
                                     f"= {1 - start:g}] so that the pruning window ends inside training, got "
@@ -167,7 +211,7 @@ class OTOSettings:
             return problems
         if self.half_space_start_step < 0:
             problems.append(f"{self.name_of('half_space_start_step')} must be ≥ 0, got {self.half_space_start_step}")
-        if self.target is not None:
+        if self.has_target:
             if self.prune_steps is None or self.prune_steps < 1:
                 problems.append(f"with a target, {self.name_of('prune_steps')} (the length of the pruning window) "
                                 f"must be ≥ 1, got {self.prune_steps}")
@@ -194,6 +238,20 @@ class OTOSettings:
                 f"{self.target_unit}, but the prunable groups hold only {removable:.1%} of them (the rest is never "
                 "pruned). Lower the target or prune both heads and FFN neurons."])
 
+    def check_speedup_fits(self, table, groups: ZeroInvariantGroups) -> None:
+        """Refuse a `speedup` beyond what emptying every prunable group gives, as the latency `table` predicts it,
+        naming the largest one reachable (the embeddings, LayerNorms and task head are never pruned)."""
+        if self.speedup is None:
+            return
+        budget = table.budget(groups, self.speedup)
+        reachable = budget.dense_seconds / budget.fixed_seconds
+        if self.speedup > reachable:
+            raise InvalidOTOSettings([
+                f"{self.name_of('speedup')} {self.speedup:g} cannot be reached on {self.latency_runtime} at "
+                f"{self.latency_shape}: with every prunable group removed the model is predicted "
+                f"{reachable:.2f}× faster (the embeddings, LayerNorms and task head stay). Ask for at most "
+                f"{math.floor(reachable * 100) / 100:g}."])
+
     def selection_policy(self) -> SelectionPolicy:
         """The saliency, layout and floor these settings name (objects passed as settings are used as they are)."""
         saliency = self.saliency if isinstance(self.saliency, Saliency) else SALIENCY_CLASSES[self.saliency](
@@ -212,21 +270,32 @@ class OTOSettings:
         max_steps = max(1, max_steps)
         start = int(round(self.half_space_start_fraction * max_steps))
         prune_steps = max(1, int(round((self.prune_fraction or 0.0) * max_steps)))
-        if self.target is not None:
+        if self.has_target:
             start = min(start, max_steps - 1)
             prune_steps = min(prune_steps, max_steps - start)
         return replace(self, half_space_start_fraction=None, prune_fraction=None, half_space_start_step=start,
-                       prune_steps=prune_steps if self.target is not None else None,
+                       prune_steps=prune_steps if self.has_target else None,
                        num_periods=min(self.num_periods, prune_steps))
 
     @property
     def window_end_step(self) -> int | None:
         """The optimizer step at which the pruning window closes (target met, zero set frozen from then on); None
         without a target or before the schedule is in steps."""
-        if self.target is None or self.prune_steps is None:
+        if not self.has_target or self.prune_steps is None:
             return None
         return self.half_space_start_step + self.prune_steps
 
+    @property
+    def has_target(self) -> bool:
+        """Whether the target mode runs: a cost `target` or a `speedup` (None of both: the paper's λ-only mode)."""
+        return self.target is not None or self.speedup is not None
+
+    def latency_spec(self):
+        """The `oto_hf.latency.LatencySpec` a speed target holds for (the runtime is checked to be usable here)."""
+        from .latency import LatencySpec
+
+        return LatencySpec.of(self.latency_runtime, self.latency_shape, self.latency_threads)
+
 
 __all__ = ["ALLOCATIONS", "DIRECTIONS", "InvalidOTOSettings", "OTOSettings", "RETIRED_CHOICES", "RETIRED_OPTIONS",
-           "SALIENCIES", "TARGET_UNITS"]
+           "RUNTIMES", "SALIENCIES", "TARGET_UNITS"]

@@ -22,13 +22,16 @@ from .compress import compress
 from .distillation import DistillationMixin
 from .groups import zero_invariant_groups
 from .hspg import HSPG
+from .latency import measure_latency_table
 from .model_card import CardInfo, card_arguments_evaluations, hub_id, licence_of, model_card
-from .settings import DIRECTIONS, RETIRED_OPTIONS, SALIENCIES, TARGET_UNITS, InvalidOTOSettings, OTOSettings
+from .settings import (DIRECTIONS, RETIRED_OPTIONS, RUNTIMES, SALIENCIES, TARGET_UNITS, InvalidOTOSettings,
+                       OTOSettings)
 from .stats import model_stats
 
 
 logger = logging.get_logger(__name__)
 
+_DEFAULT_TARGET = 0.5
 _DEFAULT_OPTIMS = {OptimizerNames.ADAMW_TORCH, OptimizerNames.ADAMW_TORCH_FUSED}
 
 
@@ -39,7 +42,7 @@ class OTOTrainingArguments(TrainingArguments):
     equal periods over the next 50%, and the last 40% train the pruned model."""
 
     oto_target: float | None = field(
-        default=0.5,
+        default=_DEFAULT_TARGET,
         metadata={"help": "Fraction in [0, 1) of the encoder (see --oto_target_unit) to remove "
                   "(None in Python/YAML, or --oto_lambda_only on the command line, for no target)."},
     )
@@ -57,6 +60,29 @@ class OTOTrainingArguments(TrainingArguments):
         default=None,
         metadata={"help": "Sequence length at which FLOPs are counted (default: 384 for text models, the number of "
                   "patches + class token for vision models). Set it to the length the model will serve."},
+    )
+    oto_speedup: float | None = field(
+        default=None,
+        metadata={"help": "A speed target instead of --oto_target: the compressed model's whole forward pass runs "
+                  "this many times (> 1) faster than the dense one, measured on --oto_latency_runtime at "
+                  "--oto_latency_shape. Before training, a latency table of the model is measured there (a minute "
+                  "or two for a MiniLM on 2 CPU threads; cached) and the layout is chosen by it."},
+    )
+    oto_latency_runtime: str = field(
+        default="torch",
+        metadata={"help": "Where --oto_speedup holds: 'torch' (CPU), 'onnxruntime' (CPU, the file oto_hf.export "
+                  "writes, with its fastest session settings) or 'cuda'. Use the runtime you serve with.",
+                  "choices": list(RUNTIMES)},
+    )
+    oto_latency_shape: str = field(
+        default="1x128",
+        metadata={"help": "Batch x tokens at which --oto_speedup holds, e.g. 1x128 (one request of 128 tokens) or "
+                  "32x128. Use the shape you serve."},
+    )
+    oto_latency_threads: int | None = field(
+        default=None,
+        metadata={"help": "CPU threads at which --oto_speedup holds (default: this process's torch threads). Use "
+                  "the threads you serve with."},
     )
     oto_lambda: float = field(
         default=1e-3, metadata={"help": "λ ≥ 0, group-lasso strength (norm removed per unit of learning rate)."}
@@ -89,18 +115,22 @@ class OTOTrainingArguments(TrainingArguments):
                   "'fisher' ((x_g·grad_g)^2), 'magnitude' or 'mixed' (HESSO's equal-weight mix of magnitude, direction "
                   "and both Taylor orders).", "choices": list(SALIENCIES)},
     )
-    oto_allocation: str = field(
-        default="uniform",
+    oto_allocation: str | None = field(
+        default=None,
         # No argparse "choices": a retired choice ('global') gets OTOSettings' message saying what to use instead.
-        metadata={"help": "How the target is shared between heads and FFN neurons: 'uniform' (the default: every "
-                  "layer removes the target's fraction of its cost, the nearest whole number of heads and neurons "
-                  "for the rest; only which ones go is learned) or 'balanced' (heads and neurons each remove that "
-                  "fraction of their cost, layers ranked against each other)."},
+        metadata={"help": "How the target is shared between heads and FFN neurons: 'uniform' (the default with "
+                  "--oto_target: every layer removes the target's fraction of its cost, the nearest whole number of "
+                  "heads and neurons for the rest; only which ones go is learned), 'balanced' (heads and neurons "
+                  "each remove that fraction of their cost, layers ranked against each other) or 'latency' (the "
+                  "default with --oto_speedup: the least saliency lost per measured second saved, blocks may be "
+                  "emptied). With --oto_speedup, 'uniform' and 'balanced' are given the FLOPs share that the latency "
+                  "table predicts meets the speedup."},
     )
     oto_layer_floor: float = field(
         default=0.25,
         metadata={"help": "With a target, every layer keeps at least this fraction of its heads and of its FFN "
-                  "neurons (capped at 1 - oto_target), so that 'balanced' cannot empty a layer. 0: no floor."},
+                  "neurons (capped at 1 - oto_target), so that 'balanced' cannot empty a layer. 0: no floor. With "
+                  "--oto_allocation latency, a block keeps at least this fraction or is emptied altogether."},
     )
     oto_prune_heads: bool = field(default=True, metadata={"help": "Prune whole attention heads."})
     oto_prune_neurons: bool = field(default=True, metadata={"help": "Prune FFN neurons."})
@@ -119,14 +149,25 @@ class OTOTrainingArguments(TrainingArguments):
         """The OTO settings as one checked `OTOSettings`, schedule in fractions of training (`.in_steps(n)` for
         HSPG). Built from the fields each time, so that a field changed after construction is seen."""
         return OTOSettings(
-            target=None if self.oto_lambda_only else self.oto_target, target_unit=self.oto_target_unit,
-            seq_len=self.oto_seq_len, lmbda=self.oto_lambda, epsilon=self.oto_epsilon, half_space_start_step=None,
+            target=self.oto_cost_target, target_unit=self.oto_target_unit, speedup=self.oto_speedup,
+            latency_runtime=self.oto_latency_runtime, latency_shape=self.oto_latency_shape,
+            latency_threads=self.oto_latency_threads, seq_len=self.oto_seq_len, lmbda=self.oto_lambda, epsilon=self.oto_epsilon, half_space_start_step=None,
             half_space_start_fraction=self.oto_half_space_start, prune_fraction=self.oto_prune_fraction,
             num_periods=self.oto_num_periods, direction=self.oto_direction,
             momentum=self.oto_momentum if self.oto_direction == "sgd" else 0.0, saliency=self.oto_saliency,
             allocation=self.oto_allocation, layer_floor=self.oto_layer_floor, prune_heads=self.oto_prune_heads,
             prune_neurons=self.oto_prune_neurons, named_as="options",
         )
+
+    @property
+    def oto_cost_target(self) -> float | None:
+        """--oto_target, or None with --oto_lambda_only, or with --oto_speedup (which replaces the default target;
+        another --oto_target beside it is refused as a second target)."""
+        if self.oto_lambda_only:
+            return None
+        if self.oto_speedup is not None and self.oto_target == _DEFAULT_TARGET:
+            return None
+        return self.oto_target
 
     def oto_options(self) -> dict:
         """The `oto_*` options as given (what the report, the model card and each checkpoint's run record state)."""
@@ -152,7 +193,7 @@ class OTOTrainingArguments(TrainingArguments):
             target = self.oto_settings.target
         except InvalidOTOSettings as invalid:
             problems += invalid.problems
-            target = None if self.oto_lambda_only else self.oto_target
+            target = self.oto_cost_target
         if self.optim not in _DEFAULT_OPTIMS:
             problems.append(
                 f"--optim {self.optim.value if hasattr(self.optim, 'value') else self.optim} cannot be combined with OTO: "
@@ -167,7 +208,7 @@ class OTOTrainingArguments(TrainingArguments):
         if self.push_to_hub and self.oto_save_group_sparse:
             problems.append("--oto_save_group_sparse writes a full-size copy into --output_dir, which push_to_hub would "
                             "upload beside the compressed model: drop one of the two")
-        if self.load_best_model_at_end and target is None:
+        if self.load_best_model_at_end and target is None and self.oto_speedup is None:
             problems.append(
                 "--load_best_model_at_end cannot be combined with --oto_lambda_only (no target): without a target "
                 "there is no pruning window after which the architecture is fixed, every later checkpoint is sparser, "
@@ -250,7 +291,14 @@ class OTOTrainer(DistillationMixin, Trainer):
             raise ValueError("OTOTrainer needs a model (model_init is not supported: groups are built once).")
         # Build the groups (and so refuse an unsupported model or an impossible target) before any other set-up.
         self.oto_groups = zero_invariant_groups(model, prune_heads=args.oto_prune_heads, prune_neurons=args.oto_prune_neurons)
-        args.oto_settings.check_target_fits(self.oto_groups)
+        settings = args.oto_settings
+        settings.check_target_fits(self.oto_groups)
+        # A speed target: the latency table is measured (or read from the cache) now, so that a speedup the model
+        # cannot reach is refused before training.
+        self.oto_latency_table = None
+        if settings.speedup is not None:
+            self.oto_latency_table = measure_latency_table(model, settings.latency_spec(), log=logger.info)
+            settings.check_speedup_fits(self.oto_latency_table, self.oto_groups)
         self._saving_checkpoint = False
         # What the model card states beyond the run itself (see write_model_card); job scripts fill it.
         self.card_info = CardInfo()
@@ -280,6 +328,7 @@ class OTOTrainer(DistillationMixin, Trainer):
         settings = args.oto_settings.in_steps(self.state.max_steps or args.max_steps or 1)
         _warn_if_the_window_collapsed(args.oto_settings, settings)
         self.optimizer = HSPG(grouped_parameters, self.oto_groups, lr=args.learning_rate, settings=settings,
+                              latency_table=self.oto_latency_table,
                               betas=(args.adam_beta1, args.adam_beta2), eps=args.adam_epsilon,
                               weight_decay=args.weight_decay)
         return self.optimizer
@@ -298,7 +347,7 @@ class OTOTrainer(DistillationMixin, Trainer):
     def oto_window_closed(self) -> bool:
         """Whether the model now meets the target and keeps its zero set: the optimizer has taken every step of the
         pruning window (always true without a target, false before training with one)."""
-        if self.args.oto_settings.target is None:
+        if not self.args.oto_settings.has_target:
             return True
         hspg = self.hspg
         return hspg is not None and hspg.step_count >= _window_end(hspg)
@@ -541,12 +590,12 @@ def _warn_if_the_window_collapsed(asked: OTOSettings, settings: OTOSettings) -> 
     """Warn when training is too short for the schedule `asked` (in fractions): the window `settings` (in steps) has
     fewer than `MIN_STEPS_PER_PERIOD` steps per asked period, so the target is removed in one or a few steps. Says
     how many steps the schedule needs."""
-    if settings.target is None or settings.prune_steps >= MIN_STEPS_PER_PERIOD * asked.num_periods:
+    if not settings.has_target or settings.prune_steps >= MIN_STEPS_PER_PERIOD * asked.num_periods:
         return
     needed = math.ceil(MIN_STEPS_PER_PERIOD * asked.num_periods / asked.prune_fraction)
     logger.warning(
         f"The pruning window has {settings.prune_steps} optimizer step(s) for {asked.num_periods} period(s) "
-        f"(starting at step {settings.half_space_start_step}): the target of {settings.target:g} is cut out in "
+        f"(starting at step {settings.half_space_start_step}): the target is cut out in "
         f"{settings.num_periods} step(s), nearly one-shot, with no gradual shrinking. For this schedule "
         f"(--oto_prune_fraction {asked.prune_fraction:g}, --oto_num_periods {asked.num_periods}) train at least "
         f"{needed} optimizer steps (more --max_steps, epochs or data), or lower --oto_num_periods.")

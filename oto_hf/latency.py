@@ -1,0 +1,492 @@
+"""Speed targets: a latency model of the user's runtime, measured on this machine and cached, that predicts how fast
+a model with any number of heads and FFN neurons per layer runs; and the measured speedup of a compressed model.
+
+`--oto_speedup 3 --oto_latency_runtime onnxruntime --oto_latency_shape 1x128` asks for a model whose forward pass
+runs 3× faster than the dense one on that runtime, at that batch × tokens, on the threads the process uses. FLOPs
+do not predict that (per-operator overhead, the LayerNorms and embeddings that pruning does not touch), so before
+training the time is *measured*, in the way of Kwon et al. (2022)'s per-layer lookup tables:
+
+* Models of the user's own class and depth, with every layer at the same size, are timed interleaved (`timing`):
+  every layer with h heads and no FFN neuron for h on a grid, every layer with w neurons and no head for w on a
+  grid, every block empty, and the full size. Speed does not depend on the weights, so they are random.
+* One layer's time is then additive in its two blocks: `attention_seconds(h)` + `ffn_seconds(w)` above the time of
+  an empty layer, each interpolated linearly between grid points and made non-decreasing (a block never gets
+  faster by growing; noise could say otherwise). A model's predicted time is the time with every block empty (the
+  embeddings, LayerNorms, residual adds and the task head, which pruning does not touch) plus its layers' blocks.
+* One factor scales the blocks so that the prediction of the full-size model equals its measured time (what the two
+  blocks do to each other's caches is not additive; this keeps the prediction exact at both ends).
+
+The table is cached on disk (`cache_dir()`: ``$OTO_HF_CACHE`` or ``~/.cache/oto_hf``, under ``latency/``) keyed by
+everything it depends on: the model's config and class, the runtime and its version (and onnxruntime's session
+settings), the shape, the threads and the CPU (or GPU) model. A cached table is used as it is, and the log says so.
+
+Runtimes: "torch" (the CPU, `torch.get_num_threads()` threads unless told), "onnxruntime" (CPU; each grid model is
+exported by `oto_hf.export` as the user would export it, and timed with every candidate session setting of
+`export.SESSION_SETTINGS`, keeping the fastest per file, as `python -m oto_hf.export` picks it), "cuda" (the model in
+float32 on the current GPU, CUDA-synchronised).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import os
+import platform
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from .timing import interleaved
+
+logger = logging.getLogger(__name__)
+
+RUNTIMES = ("torch", "onnxruntime", "cuda")
+TABLE_FORMAT = 1  # bumped when what a table holds or how it is measured changes: older cached tables are not used
+
+
+# ---- what a speed target holds for ----
+
+
+def parse_shape(shape: str, what: str = "--oto_latency_shape") -> tuple[int, int]:
+    """(batch, tokens) from "BxT" (e.g. "1x128", "32 x 128"); a clear ValueError otherwise."""
+    parts = str(shape).lower().replace(" ", "").split("x")
+    try:
+        batch, tokens = (int(p) for p in parts)
+    except ValueError:
+        raise ValueError(f"{what} takes BATCHxTOKENS, e.g. 1x128, got {shape!r}") from None
+    if batch < 1 or tokens < 1:
+        raise ValueError(f"{what} takes positive BATCHxTOKENS, e.g. 1x128, got {shape!r}")
+    return batch, tokens
+
+
+def runtime_problem(runtime: str) -> str | None:
+    """Why `runtime` cannot be measured here (None when it can)."""
+    if runtime not in RUNTIMES:
+        return f"must be one of {RUNTIMES}, got {runtime!r}"
+    if runtime == "onnxruntime":
+        try:
+            import onnxruntime  # noqa: F401
+            import onnxscript  # noqa: F401
+        except ImportError:
+            return ("'onnxruntime' needs onnxruntime and onnxscript, which are not installed: "
+                    "pip install 'oto-hf[onnx]'")
+    if runtime == "cuda" and not torch.cuda.is_available():
+        return "'cuda' needs a CUDA GPU, and torch sees none here: measure on the machine you serve from"
+    return None
+
+
+@dataclass(frozen=True)
+class LatencySpec:
+    """Where a speed target holds: `runtime` ("torch", "onnxruntime", "cuda"), a batch of `batch_size` × `seq_len`
+    tokens, `threads` CPU threads (torch's intra-op threads, or onnxruntime's)."""
+
+    runtime: str
+    batch_size: int
+    seq_len: int
+    threads: int
+
+    @classmethod
+    def of(cls, runtime: str, shape: str, threads: int | None = None) -> "LatencySpec":
+        """The spec of `--oto_latency_runtime` and `--oto_latency_shape` ("BxT"), on `threads` (default: torch's)."""
+        problem = runtime_problem(runtime)
+        if problem:
+            raise ValueError(f"--oto_latency_runtime {problem}")
+        batch, tokens = parse_shape(shape)
+        return cls(runtime, batch, tokens, threads or torch.get_num_threads())
+
+    @property
+    def shape(self) -> str:
+        return f"{self.batch_size}x{self.seq_len}"
+
+    def describe(self) -> str:
+        where = "GPU" if self.runtime == "cuda" else f"{self.threads} thread{'s' if self.threads != 1 else ''}"
+        return f"{self.runtime}, {self.shape} (batch × tokens), {where}"
+
+
+# ---- the table ----
+
+
+@dataclass
+class LatencyTable:
+    """Measured forward times (seconds, medians) of models of one class with every layer at one size, and what the
+    prediction makes of them. `heads_seconds[i]`: every layer with `heads_grid[i]` heads and no FFN neuron;
+    `width_seconds[i]`: every layer with `width_grid[i]` neurons and no head (both grids start at 0: every block
+    empty); `full_seconds`: the full-size model. See the module docstring for the prediction."""
+
+    spec: dict
+    model_type: str
+    model_class: str
+    num_layers: int
+    heads_grid: list[int]
+    heads_seconds: list[float]
+    width_grid: list[int]
+    width_seconds: list[float]
+    full_heads: int
+    full_width: int
+    full_seconds: float
+    key: str = ""
+    key_fields: dict = field(default_factory=dict)
+    build_seconds: float = 0.0
+    measured_at: str = ""
+    repeats: int = 0
+    load: dict = field(default_factory=dict)
+    session_settings: dict = field(default_factory=dict)
+    format: int = TABLE_FORMAT
+    path: str | None = None  # where it is cached (not saved)
+    cached: bool = False  # read from the cache rather than measured now (not saved)
+
+    # ---- the prediction ----
+
+    @property
+    def empty_seconds(self) -> float:
+        """The model with every block empty: what pruning heads and neurons never removes."""
+        return self.heads_seconds[0]
+
+    @staticmethod
+    def _monotone(values: list[float]) -> torch.Tensor:
+        """Time above the first grid point, never decreasing along the grid."""
+        curve = torch.tensor(values, dtype=torch.float64) - values[0]
+        return torch.cummax(curve.clamp_min(0), 0).values
+
+    @property
+    def calibration(self) -> float:
+        """The factor that makes the full-size prediction equal its measured time (1 when the blocks add up)."""
+        blocks = (float(self._monotone(self.heads_seconds)[-1]) + float(self._monotone(self.width_seconds)[-1]))
+        measured = self.full_seconds - self.empty_seconds
+        return measured / blocks if blocks > 0 and measured > 0 else 1.0
+
+    def _per_layer(self, grid: list[int], seconds: list[float], counts) -> torch.Tensor:
+        counts = torch.as_tensor(counts, dtype=torch.float64)
+        x = torch.tensor(grid, dtype=torch.float64)
+        y = self._monotone(seconds) * self.calibration / self.num_layers
+        counts = counts.clamp(0, float(x[-1]))
+        index = torch.searchsorted(x, counts, right=True).clamp(1, len(x) - 1)
+        x0, x1, y0, y1 = x[index - 1], x[index], y[index - 1], y[index]
+        return y0 + (y1 - y0) * (counts - x0) / (x1 - x0)
+
+    def attention_seconds(self, heads) -> torch.Tensor:
+        """One layer's attention block with `heads` heads (a number or a tensor of them), above an empty block."""
+        return self._per_layer(self.heads_grid, self.heads_seconds, heads)
+
+    def ffn_seconds(self, width) -> torch.Tensor:
+        """One layer's FFN block with `width` neurons (a number or a tensor of them), above an empty block."""
+        return self._per_layer(self.width_grid, self.width_seconds, width)
+
+    def predict(self, heads_per_layer: list[int], widths_per_layer: list[int]) -> float:
+        """Predicted forward time (seconds) of a model of this class with these sizes per layer."""
+        if len(heads_per_layer) != self.num_layers or len(widths_per_layer) != self.num_layers:
+            raise ValueError(f"this latency table is for {self.num_layers} layers, got {len(heads_per_layer)} head "
+                             f"counts and {len(widths_per_layer)} widths")
+        return (self.empty_seconds + float(self.attention_seconds(heads_per_layer).sum())
+                + float(self.ffn_seconds(widths_per_layer).sum()))
+
+    def speedup(self, heads_per_layer: list[int], widths_per_layer: list[int],
+                dense: tuple[list[int], list[int]] | None = None) -> float:
+        """Predicted speedup of these sizes over `dense` (default: every layer at full size)."""
+        dense = dense or ([self.full_heads] * self.num_layers, [self.full_width] * self.num_layers)
+        return self.predict(*dense) / self.predict(heads_per_layer, widths_per_layer)
+
+    def budget(self, groups, speedup: float):
+        """The `selection.TimeBudget` of a speed target of `speedup` for the model whose `groups` these are: its
+        blocks' times from this table, a kind that is not grouped counted at its size."""
+        from .groups import HEAD
+        from .selection import TimeBudget
+
+        heads, widths = groups.heads_per_layer, groups.neurons_per_layer
+        fixed = self.empty_seconds
+        if not groups.prune_heads:
+            fixed += float(self.attention_seconds(heads).sum())
+        if not groups.prune_neurons:
+            fixed += float(self.ffn_seconds(widths).sum())
+        dense = self.predict(heads, widths)
+
+        def block_seconds(kind: int, kept: torch.Tensor) -> torch.Tensor:
+            return self.attention_seconds(kept) if kind == HEAD else self.ffn_seconds(kept)
+
+        return TimeBudget(block_seconds=block_seconds, fixed_seconds=fixed, dense_seconds=dense,
+                          target_seconds=dense / speedup)
+
+    # ---- storage ----
+
+    def to_dict(self) -> dict:
+        values = asdict(self)
+        values.pop("path")
+        values.pop("cached")
+        return values
+
+    @classmethod
+    def from_dict(cls, values: dict) -> "LatencyTable":
+        return cls(**values)
+
+    def describe(self) -> str:
+        return (f"latency table of {self.model_class} ({self.num_layers} layers) on {LatencySpec(**self.spec).describe()}:"
+                f" full size {self.full_seconds * 1e3:.2f} ms, every block empty {self.empty_seconds * 1e3:.2f} ms "
+                f"(largest speedup {self.full_seconds / self.empty_seconds:.2f}×), additivity factor "
+                f"{self.calibration:.3f}")
+
+
+def cache_dir() -> Path:
+    """Where latency tables are cached: ``$OTO_HF_CACHE/latency`` (default ``~/.cache/oto_hf/latency``)."""
+    root = os.environ.get("OTO_HF_CACHE") or Path.home() / ".cache" / "oto_hf"
+    return Path(root) / "latency"
+
+
+def processor_name() -> str:
+    """The CPU's model name (/proc/cpuinfo), else what `platform` knows."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.lower().startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def runtime_version(runtime: str) -> dict:
+    """The versions a table on `runtime` depends on."""
+    versions = {"torch": torch.__version__}
+    if runtime == "onnxruntime":
+        import onnxruntime
+
+        from .export import SESSION_SETTINGS
+
+        versions.update(onnxruntime=onnxruntime.__version__, session_settings=sorted(SESSION_SETTINGS))
+    if runtime == "cuda":
+        versions.update(cuda=torch.version.cuda, device=torch.cuda.get_device_name())
+    return versions
+
+
+def table_key(model: nn.Module, spec: LatencySpec, heads_grid: list[int], width_grid: list[int]) -> tuple[str, dict]:
+    """(hash, fields): everything a latency table depends on."""
+    config = model.config.to_dict()
+    for name in ("_name_or_path", "transformers_version", "architectures", "id2label", "label2id", "oto_pruning_info",
+                 "num_attention_heads_per_layer", "intermediate_size_per_layer", "torch_dtype", "dtype"):
+        config.pop(name, None)
+    config["num_labels"] = getattr(model.config, "num_labels", None)
+    config["attn_implementation"] = getattr(model.config, "_attn_implementation", None)
+    fields = {"format": TABLE_FORMAT, "model_class": type(model).__name__, "config": config, "spec": asdict(spec),
+              "versions": runtime_version(spec.runtime), "machine": processor_name(), "heads_grid": heads_grid,
+              "width_grid": width_grid}
+    digest = hashlib.sha256(json.dumps(fields, sort_keys=True, default=str).encode()).hexdigest()
+    return digest, fields
+
+
+# ---- measuring ----
+
+
+def count_grid(full: int, points: int) -> list[int]:
+    """0, 1 and about `points` − 2 more counts spread evenly up to `full` (every count when that is fewer)."""
+    if full <= points:
+        return list(range(full + 1))
+    spread = {round(full * i / (points - 2)) for i in range(1, points - 1)}
+    return sorted({0, 1, *spread, full})
+
+
+def timing_inputs(model: nn.Module, spec: LatencySpec, device: torch.device | str = "cpu") -> dict[str, torch.Tensor]:
+    """A batch of `spec`'s shape for `model`: random token ids, every token attended, one segment (vision models:
+    random pixels of the config's size, the batch from `spec`)."""
+    from .export import onnx_input_names, sample_inputs
+
+    names = onnx_input_names(model)
+    if names == ["pixel_values"]:
+        return {k: v.to(device) for k, v in sample_inputs(model, batch=spec.batch_size, names=names).items()}
+    inputs = sample_inputs(model, batch=spec.batch_size, length=spec.seq_len, names=names)
+    inputs = {name: value.cpu() for name, value in inputs.items()}
+    if "attention_mask" in inputs:
+        inputs["attention_mask"] = torch.ones_like(inputs["attention_mask"])
+    if "token_type_ids" in inputs:
+        inputs["token_type_ids"] = torch.zeros_like(inputs["token_type_ids"])
+    if "input_ids" in inputs:
+        generator = torch.Generator().manual_seed(0)
+        inputs["input_ids"] = torch.randint(min(5, model.config.vocab_size - 1), model.config.vocab_size,
+                                            inputs["input_ids"].shape, generator=generator)
+    return {name: value.to(device) for name, value in inputs.items()}
+
+
+def sized_model(model: nn.Module, heads: int, width: int) -> nn.Module:
+    """A model of `model`'s compressed class (same task head, config, depth) with every layer at `heads` heads and
+    `width` FFN neurons, random weights, float32, eval mode."""
+    from .compress import _compressed_config, compressed_class_for
+
+    layers = model.config.num_hidden_layers
+    config = _compressed_config(model.config, [heads] * layers, [width] * layers)
+    sized = compressed_class_for(model)(config)
+    return sized.float().eval()
+
+
+class _Runner:
+    """Calls of each variant's forward pass on one runtime (sessions and files kept alive until closed)."""
+
+    def __init__(self, spec: LatencySpec):
+        self.spec = spec
+        self.device = torch.device("cuda" if spec.runtime == "cuda" else "cpu")
+        self.synchronize = torch.cuda.synchronize if spec.runtime == "cuda" else None
+        self._tmp = tempfile.TemporaryDirectory(prefix="oto_latency_") if spec.runtime == "onnxruntime" else None
+        self.settings_of: dict[str, str] = {}
+
+    def calls(self, name: str, model: nn.Module, inputs: dict) -> dict[str, Callable[[], object]]:
+        """{variant name: a call of `model` on `inputs`} (onnxruntime: one per session setting)."""
+        if self.spec.runtime != "onnxruntime":
+            model = model.to(self.device)
+            feed = {k: v.to(self.device) for k, v in inputs.items()}
+
+            def call(model=model, feed=feed):
+                with torch.inference_mode():
+                    return model(**feed)
+            return {name: call}
+        from .export import SESSION_SETTINGS, export_onnx, ort_session
+
+        path = Path(self._tmp.name) / f"{name}.onnx"
+        export_onnx(model, path)
+        calls = {}
+        for setting in SESSION_SETTINGS:
+            session = ort_session(path, threads=self.spec.threads, settings=setting)
+            feed = {i.name: inputs[i.name].numpy() for i in session.get_inputs()}
+            calls[f"{name}|{setting}"] = (lambda session=session, feed=feed: session.run(None, feed))
+        return calls
+
+    def close(self) -> None:
+        if self._tmp is not None:
+            self._tmp.cleanup()
+
+
+def measure_latency_table(model: nn.Module, spec: LatencySpec, *, head_points: int = 9, width_points: int = 10,
+                          repeats: int = 7, max_seconds: float = 600.0, patience_s: float = 30.0,
+                          refresh: bool = False, directory: str | os.PathLike | None = None,
+                          log: Callable[[str], None] = logger.info) -> LatencyTable:
+    """The latency table of `model`'s class on `spec` (see the module docstring), from the cache when there is one.
+
+    `head_points` / `width_points`: grid points of each block (0 and 1 always among them). `repeats`: interleaved
+    repeats of every grid model (medians kept); `max_seconds` bounds the timing (fewer repeats, and the table says
+    so); `patience_s`: how long busy repeats (other processes using the CPU) are waited out and redone. `refresh`
+    measures again even when a cached table exists. `directory`: the cache (default `cache_dir()`).
+    Takes about a minute or two for MiniLM on 2 CPU threads (docs/benchmarks.md, P6 has the times measured)."""
+    full_heads = max(getattr(model.config, "num_attention_heads_per_layer", None) or [model.config.num_attention_heads])
+    full_width = max(getattr(model.config, "intermediate_size_per_layer", None) or [_full_width(model)])
+    heads_grid, width_grid = count_grid(full_heads, head_points), count_grid(full_width, width_points)
+    key, fields = table_key(model, spec, heads_grid, width_grid)
+    folder = Path(directory) if directory is not None else cache_dir()
+    path = folder / f"{model.config.model_type}-{spec.runtime}-{spec.shape}-{spec.threads}t-{key[:16]}.json"
+    if path.is_file() and not refresh:
+        try:
+            table = LatencyTable.from_dict(json.loads(path.read_text()))
+        except (ValueError, TypeError) as error:
+            log(f"the cached latency table {path} is unreadable ({error}); measuring it again")
+        else:
+            if table.key == key:
+                table.path, table.cached = str(path), True
+                log(f"using the cached latency table {path} (measured {table.measured_at} in "
+                    f"{table.build_seconds:.0f} s); delete it or pass refresh to measure again")
+                return table
+    started = time.perf_counter()
+    log(f"measuring the latency table of {type(model).__name__} on {spec.describe()}: "
+        f"{len(heads_grid) + len(width_grid)} models of {model.config.num_hidden_layers} layers, at most "
+        f"{max_seconds:.0f} s")
+    threads_before = torch.get_num_threads()
+    torch.set_num_threads(spec.threads)
+    runner = _Runner(spec)
+    try:
+        inputs = timing_inputs(model, spec)
+        variants: dict[str, Callable[[], object]] = {}
+        sizes = [(f"h{h}", h, 0) for h in heads_grid] + [(f"w{w}", 0, w) for w in width_grid if w > 0]
+        sizes.append(("full", full_heads, full_width))
+        for name, heads, width in sizes:
+            variants.update(runner.calls(name, sized_model(model, heads, width), inputs))
+        timings = interleaved(variants, repeats, warmup=1, min_timing_s=0.05, synchronize=runner.synchronize,
+                              deadline=started + max_seconds, patience_s=patience_s)
+    finally:
+        runner.close()
+        torch.set_num_threads(threads_before)
+    medians = timings.medians()
+    best: dict[str, float] = {}
+    settings: dict[str, str] = {}
+    for variant, seconds in medians.items():
+        name, _, setting = variant.partition("|")
+        if name not in best or seconds < best[name]:
+            best[name] = seconds
+            if setting:
+                settings[name] = setting
+    table = LatencyTable(
+        spec=asdict(spec), model_type=model.config.model_type, model_class=type(model).__name__,
+        num_layers=model.config.num_hidden_layers, heads_grid=heads_grid,
+        heads_seconds=[best[f"h{h}"] for h in heads_grid], width_grid=width_grid,
+        width_seconds=[best["h0"] if w == 0 else best[f"w{w}"] for w in width_grid], full_heads=full_heads,
+        full_width=full_width, full_seconds=best["full"], key=key, key_fields=fields,
+        build_seconds=time.perf_counter() - started, measured_at=time.strftime("%Y-%m-%d %H:%M:%S"),
+        repeats=timings.repeats, load=timings.load(), session_settings=settings)
+    folder.mkdir(parents=True, exist_ok=True)
+    partial = path.with_suffix(".partial")
+    partial.write_text(json.dumps(table.to_dict(), indent=1))
+    partial.replace(path)
+    table.path = str(path)
+    log(f"measured the {table.describe()} in {table.build_seconds:.0f} s ({timings.repeats} repeats"
+        f"{', cut short by the time limit' if timings.truncated_by_deadline else ''}); cached in {path}")
+    if table.load.get("busy"):
+        log(f"the machine was busy while the latency table was measured (other processes used up to "
+            f"{table.load['max_foreign_load_cores']:.2f} cores): predictions may be off; measure again on a quiet "
+            "machine (refresh)")
+    return table
+
+
+def _full_width(model: nn.Module) -> int:
+    from .groups import zero_invariant_groups
+
+    return max(zero_invariant_groups(model).neurons_per_layer)
+
+
+# ---- the speedup measured after compression ----
+
+
+def measure_speedup(dense: nn.Module, compressed: nn.Module, spec: LatencySpec, repeats: int = 10,
+                    patience_s: float = 30.0) -> dict:
+    """The measured speedup of `compressed` over `dense` on `spec`: interleaved medians of both forward passes on the
+    same batch (onnxruntime: both exported as `oto_hf.export` exports them, each run with its fastest session
+    setting), waiting out busy repeats while `patience_s` lasts. Returns runtime, shape, threads, both medians,
+    speedup, the session settings used (onnxruntime) and the load record (`timing.Timings.load()`)."""
+    threads_before = torch.get_num_threads()
+    torch.set_num_threads(spec.threads)
+    runner = _Runner(spec)
+    try:
+        devices = {name: next(m.parameters()).device for name, m in (("dense", dense), ("compressed", compressed))}
+        inputs = timing_inputs(dense, spec)
+        variants = {}
+        for name, model in (("dense", dense), ("compressed", compressed)):
+            copy = model if spec.runtime == "torch" and devices[name].type == "cpu" else _copy(model)
+            variants.update(runner.calls(name, copy.float().eval() if copy is not model else copy.eval(), inputs))
+        was_training = {name: m.training for name, m in (("dense", dense), ("compressed", compressed))}
+        timings = interleaved(variants, repeats, warmup=1, min_timing_s=0.05, synchronize=runner.synchronize,
+                              patience_s=patience_s)
+        for name, model in (("dense", dense), ("compressed", compressed)):
+            model.train(was_training[name])
+    finally:
+        runner.close()
+        torch.set_num_threads(threads_before)
+    medians = timings.medians()
+    best, settings = {}, {}
+    for variant, seconds in medians.items():
+        name, _, setting = variant.partition("|")
+        if name not in best or seconds < best[name]:
+            best[name] = seconds
+            if setting:
+                settings[name] = setting
+    return {"runtime": spec.runtime, "shape": spec.shape, "batch_size": spec.batch_size, "seq_len": spec.seq_len,
+            "threads": spec.threads, "repeats": timings.repeats, "dense_median_s": best["dense"],
+            "compressed_median_s": best["compressed"], "speedup": best["dense"] / best["compressed"],
+            "session_settings": settings or None, **timings.load()}
+
+
+def _copy(model: nn.Module) -> nn.Module:
+    import copy
+
+    return copy.deepcopy(model)
+
+
+__all__ = ["LatencySpec", "LatencyTable", "RUNTIMES", "cache_dir", "count_grid", "measure_latency_table",
+           "measure_speedup", "parse_shape", "runtime_problem", "sized_model", "table_key", "timing_inputs"]
