@@ -28,6 +28,7 @@ float32 on the current GPU, CUDA-synchronised).
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import logging
@@ -329,7 +330,6 @@ class _Runner:
         self.device = torch.device("cuda" if spec.runtime == "cuda" else "cpu")
         self.synchronize = torch.cuda.synchronize if spec.runtime == "cuda" else None
         self._tmp = tempfile.TemporaryDirectory(prefix="oto_latency_") if spec.runtime == "onnxruntime" else None
-        self.settings_of: dict[str, str] = {}
 
     def calls(self, name: str, model: nn.Module, inputs: dict) -> dict[str, Callable[[], object]]:
         """{variant name: a call of `model` on `inputs`} (onnxruntime: one per session setting)."""
@@ -404,15 +404,7 @@ def measure_latency_table(model: nn.Module, spec: LatencySpec, *, head_points: i
     finally:
         runner.close()
         torch.set_num_threads(threads_before)
-    medians = timings.medians()
-    best: dict[str, float] = {}
-    settings: dict[str, str] = {}
-    for variant, seconds in medians.items():
-        name, _, setting = variant.partition("|")
-        if name not in best or seconds < best[name]:
-            best[name] = seconds
-            if setting:
-                settings[name] = setting
+    best, settings = _fastest_per_model(timings.medians())
     table = LatencyTable(
         spec=asdict(spec), model_type=model.config.model_type, model_class=type(model).__name__,
         num_layers=model.config.num_hidden_layers, heads_grid=heads_grid,
@@ -448,45 +440,106 @@ def measure_speedup(dense: nn.Module, compressed: nn.Module, spec: LatencySpec, 
                     patience_s: float = 30.0) -> dict:
     """The measured speedup of `compressed` over `dense` on `spec`: interleaved medians of both forward passes on the
     same batch (onnxruntime: both exported as `oto_hf.export` exports them, each run with its fastest session
-    setting), waiting out busy repeats while `patience_s` lasts. Returns runtime, shape, threads, both medians,
-    speedup, the session settings used (onnxruntime) and the load record (`timing.Timings.load()`)."""
+    setting; cuda: float32 copies on the GPU), waiting out busy repeats while `patience_s` lasts. Both models are
+    left as they were. Returns runtime, shape, threads, repeats, both medians, speedup, the session settings used
+    (onnxruntime) and the load record (`timing.Timings.load()`)."""
     threads_before = torch.get_num_threads()
     torch.set_num_threads(spec.threads)
     runner = _Runner(spec)
+    models = {"dense": dense, "compressed": compressed}
+    modes = {name: model.training for name, model in models.items()}
     try:
-        devices = {name: next(m.parameters()).device for name, m in (("dense", dense), ("compressed", compressed))}
         inputs = timing_inputs(dense, spec)
         variants = {}
-        for name, model in (("dense", dense), ("compressed", compressed)):
-            copy = model if spec.runtime == "torch" and devices[name].type == "cpu" else _copy(model)
-            variants.update(runner.calls(name, copy.float().eval() if copy is not model else copy.eval(), inputs))
-        was_training = {name: m.training for name, m in (("dense", dense), ("compressed", compressed))}
+        for name, model in models.items():
+            on_cpu = next(model.parameters()).device.type == "cpu"
+            timed = model if (spec.runtime == "torch" and on_cpu) else copy.deepcopy(model).cpu().float()
+            variants.update(runner.calls(name, timed.eval(), inputs))
         timings = interleaved(variants, repeats, warmup=1, min_timing_s=0.05, synchronize=runner.synchronize,
                               patience_s=patience_s)
-        for name, model in (("dense", dense), ("compressed", compressed)):
-            model.train(was_training[name])
     finally:
         runner.close()
         torch.set_num_threads(threads_before)
-    medians = timings.medians()
-    best, settings = {}, {}
-    for variant, seconds in medians.items():
-        name, _, setting = variant.partition("|")
-        if name not in best or seconds < best[name]:
-            best[name] = seconds
-            if setting:
-                settings[name] = setting
+        for name, model in models.items():
+            model.train(modes[name])
+    best, settings = _fastest_per_model(timings.medians())
     return {"runtime": spec.runtime, "shape": spec.shape, "batch_size": spec.batch_size, "seq_len": spec.seq_len,
             "threads": spec.threads, "repeats": timings.repeats, "dense_median_s": best["dense"],
             "compressed_median_s": best["compressed"], "speedup": best["dense"] / best["compressed"],
             "session_settings": settings or None, **timings.load()}
 
 
-def _copy(model: nn.Module) -> nn.Module:
-    import copy
+def _fastest_per_model(medians: dict[str, float]) -> tuple[dict[str, float], dict[str, str]]:
+    """From medians of "name|setting" variants: each name's fastest time, and the setting that gave it."""
+    best: dict[str, float] = {}
+    settings: dict[str, str] = {}
+    for variant, seconds in medians.items():
+        name, _, setting = variant.partition("|")
+        if name not in best or seconds < best[name]:
+            best[name] = seconds
+            if setting:
+                settings[name] = setting
+    return best, settings
 
-    return copy.deepcopy(model)
+
+SHORTFALL = 0.10
+"""A measured speedup more than this fraction below the asked one is reported as missing the target."""
 
 
-__all__ = ["LatencySpec", "LatencyTable", "RUNTIMES", "cache_dir", "count_grid", "measure_latency_table",
-           "measure_speedup", "parse_shape", "runtime_problem", "sized_model", "table_key", "timing_inputs"]
+def speed_target_report(table: LatencyTable, asked: float, dense: nn.Module, compressed: nn.Module,
+                        spec: LatencySpec, repeats: int = 10) -> dict:
+    """What a run with a speed target states (report, log, model card): asked, predicted (by `table`, for the
+    compressed model's sizes against `dense`'s) and measured (`measure_speedup` on `spec`) speedups, the layout
+    (sizes per layer, emptied blocks), the latency table's provenance, and `shortfall`: a sentence when the
+    measured speedup is more than `SHORTFALL` below the asked one (None otherwise)."""
+    from .groups import zero_invariant_groups
+
+    groups = zero_invariant_groups(dense)
+    heads = list(compressed.config.num_attention_heads_per_layer)
+    widths = list(compressed.config.intermediate_size_per_layer)
+    predicted = table.speedup(heads, widths, dense=(groups.heads_per_layer, groups.neurons_per_layer))
+    measurement = measure_speedup(dense, compressed, spec, repeats=repeats)
+    measured = measurement["speedup"]
+    shortfall = None
+    if measured < (1 - SHORTFALL) * asked:
+        shortfall = (f"The measured speedup {measured:.2f}× is {1 - measured / asked:.0%} below the asked {asked:g}× "
+                     f"on {spec.describe()} (predicted {predicted:.2f}×)"
+                     + (": the machine was busy while it was measured, so measure again on an idle machine"
+                        if measurement.get("busy") else
+                        ": the latency table's prediction was off for this layout; measure the table again "
+                        "(delete it from the cache) on an idle machine, or ask for more"))
+    return {
+        "asked": asked, "predicted": predicted, "measured": measured, "runtime": spec.runtime, "shape": spec.shape,
+        "threads": spec.threads, "shortfall": shortfall, "measurement": measurement,
+        "layout": {"heads_per_layer": heads, "ffn_width_per_layer": widths,
+                   "emptied_attention_layers": [i for i, h in enumerate(heads) if h == 0],
+                   "emptied_ffn_layers": [i for i, w in enumerate(widths) if w == 0]},
+        "latency_table": {"path": table.path, "cached": table.cached, "build_seconds": table.build_seconds,
+                          "measured_at": table.measured_at, "busy": table.load.get("busy"),
+                          "full_ms": table.full_seconds * 1e3, "empty_ms": table.empty_seconds * 1e3,
+                          "session_settings": table.session_settings or None},
+    }
+
+
+def describe_speed_target(entry: dict) -> str:
+    """One paragraph on a `speed_target_report` entry, for the report, the log and the model card."""
+    from .timing import describe_load
+
+    layout = entry["layout"]
+    emptied = [f"attention of layer {i}" for i in layout["emptied_attention_layers"]] + [
+        f"FFN of layer {i}" for i in layout["emptied_ffn_layers"]]
+    text = (f"Speed target: asked {entry['asked']:g}× on {entry['runtime']} at {entry['shape']} (batch × tokens, "
+            f"{entry['threads']} threads): predicted {entry['predicted']:.2f}×, measured **{entry['measured']:.2f}×** "
+            f"({entry['measurement']['repeats']} interleaved repeats, medians). "
+            + (f"Emptied blocks: {', '.join(emptied)}. " if emptied else "No block was emptied. ")
+            + ("The latency table came from the cache. " if entry["latency_table"]["cached"] else
+               f"The latency table took {entry['latency_table']['build_seconds']:.0f} s to measure. ")
+            + describe_load(entry["measurement"]))
+    if entry["shortfall"]:
+        text += f" **{entry['shortfall']}.**"
+    return text.strip()
+
+
+__all__ = ["LatencySpec", "LatencyTable", "RUNTIMES", "SHORTFALL", "cache_dir", "count_grid", "describe_speed_target",
+           "measure_latency_table", "measure_speedup", "parse_shape", "runtime_problem", "sized_model",
+           "speed_target_report", "table_key", "timing_inputs"]

@@ -79,7 +79,8 @@ class CardInfo:
     `before` / `after`: the stats of the model it was pruned from and of the model itself (`oto_hf.model_stats`);
     `settings`: the OTO settings of the run (None for a dense model: the card then says so); `evaluations`: what the run
     measured (None: `OTOTrainer` fills in the evaluation it logged); `speedup`: a `report.latency_ratio` result with
-    its `encoder_flops_ratio`, where the run measured one; `base_model`: where the run started (a Hub id or a local
+    its `encoder_flops_ratio`, where the run measured one; `speed_target`: a `latency.speed_target_report` entry, where
+    the run had a speed target (asked, predicted and measured speedups); `base_model`: where the run started (a Hub id or a local
     folder, never written as a path); `family`: the encoder family's tag; `licence`: the base model's where known;
     `datasets` (Hub dataset ids; default: the evaluations' dataset types), `language` and `tags` (added to the card's
     own) go into the metadata; `task` overrides the task read from the model's head in the evaluation results, and the
@@ -92,6 +93,7 @@ class CardInfo:
     settings: dict | None = None
     evaluations: list[Evaluation] | None = None
     speedup: dict | None = None
+    speed_target: dict | None = None
     family: str | None = None
     licence: str | None = None
     datasets: list[str] | None = None
@@ -189,8 +191,14 @@ def model_card(model, info: CardInfo | None = None, **kwargs) -> ModelCard:
         lines += ["Without oto_hf installed, the modeling code that comes with the checkpoint does the same:", "",
                   "```python", f'model = {auto}.from_pretrained("{model_name}", trust_remote_code=True)', "```", ""]
         lines += _removed_lines(before, after)
+    if speedup or info.speed_target:
+        lines += ["## Speed", ""]
+    if info.speed_target:
+        from .latency import describe_speed_target
+
+        lines += [describe_speed_target(info.speed_target), ""]
     if speedup:
-        lines += ["## Speed", "", f"Measured on the training machine's CPU: {speedup['speedup']:.2f}× faster than the "
+        lines += [f"Measured on the training machine's CPU: {speedup['speedup']:.2f}× faster than the "
                   f"model it was pruned from at batch {speedup['batch_size']} × {speedup['seq_len']} tokens "
                   f"({speedup.get('threads', '?')} threads, {speedup['repeats']} interleaved repeats, medians), "
                   f"against an encoder FLOPs ratio of {speedup['encoder_flops_ratio']:.2f}. {describe_load(speedup)}"

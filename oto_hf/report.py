@@ -8,6 +8,7 @@ import json
 import os
 from pathlib import Path
 
+from .latency import describe_speed_target
 from .timing import describe_load
 from .timing import latency_ratio  # noqa: F401  (re-exported: its home is timing.py)
 
@@ -120,6 +121,8 @@ def render_markdown(report: dict) -> str:
         lines.append(f"| {i} | {h1} / {h0} | {w1} / {w0} |")
     lat = report.get("latency")
     lines += ["", "## Speed", ""]
+    if report.get("speed_target"):
+        lines += [describe_speed_target(report["speed_target"]), ""]
     if lat:
         lines.append(
             f"Measured inference speedup of the compressed model: **{lat['speedup']:.2f}×** at batch "

@@ -26,6 +26,7 @@ from transformers import AutoConfig, AutoTokenizer, HfArgumentParser, Trainer, s
 from . import distillation, model_card, settings
 from .checkpoints import ResumeError, last_complete_checkpoint
 from .groups import supported_model_types, zero_invariant_groups
+from .latency import describe_speed_target, speed_target_report
 from .modeling_oto import AUTO_CLASSES
 from .report import write_report
 from .stats import model_stats
@@ -284,6 +285,21 @@ def measure_latency(sizes: SizeStats, run_args: RunArguments, seq_len: int, voca
     return latency
 
 
+def measure_speed_target(trainer, compressed, run_args: RunArguments) -> dict | None:
+    """With --oto_speedup, the report's "speed_target" entry (`latency.speed_target_report`: asked, predicted and
+    measured on the target's runtime and shape); a measured speedup more than 10% short of the asked one is also
+    logged as a warning. None without a speed target."""
+    oto = trainer.args.oto_settings
+    if oto.speedup is None:
+        return None
+    entry = speed_target_report(trainer.oto_latency_table, oto.speedup, trainer.model, compressed, oto.latency_spec(),
+                                repeats=max(run_args.report_latency_repeats, 5))
+    logger.info(describe_speed_target(entry).replace("**", ""))
+    if entry["shortfall"]:
+        logger.warning(entry["shortfall"])
+    return entry
+
+
 def export_and_measure(full_size, compressed, out: Path, run_args: RunArguments, seq_len: int, vocab_size: int,
                        evaluate) -> dict:
     """--export_onnx: the compressed model as <out>/onnx/model.onnx (and model.int8.onnx with --quantize int8),
@@ -487,11 +503,12 @@ def run_oto(task: Task, job: Prepared, model, inputs: dict, report: dict) -> dic
     sizes = SizeStats(trainer.model, compressed)
     seq_len = task.seq_len(job.data_args)
     latency = measure_latency(sizes, run_args, seq_len, job.tokenizer.vocab_size)
+    speed_target = measure_speed_target(trainer, compressed, run_args)
 
     # ---- the compressed model (with its card), then the report (last) ----
     before, after = sizes.at(training_args.oto_seq_len)
     trainer.card_info = model_card.CardInfo(
-        base_model=job.model_path, speedup=latency, before=before, after=after,
+        base_model=job.model_path, speedup=latency, speed_target=speed_target, before=before, after=after,
         model_name=f"{short_name(job.model_path)}-{task.card_task_name(job.data)}-oto"
                    f"{sizes.removed_percent(training_args.oto_seq_len)}",
         evaluations=[task.card_evaluation(job.data, job.data_args, small.metrics,
@@ -510,6 +527,7 @@ def run_oto(task: Task, job: Prepared, model, inputs: dict, report: dict) -> dic
                   "before": before.to_dict(), "after": after.to_dict(), "kept": after.ratio_to(before)},
         "quality": {"group_sparse": sparse.metrics, "compressed": small.metrics, **task.agreement(sparse, small)},
         "latency": latency,
+        "speed_target": speed_target,
         "onnx": onnx,
         "training": training_report(trainer, train_result),
         "oto_settings": training_args.oto_options(),

@@ -10,10 +10,14 @@ pruner an importance and a schedule):
   groups;
 * a **floor** (`LayerFloor`): the fraction of each layer's groups of each kind that must stay.
 
-Everything here works on per-group vectors: a cost per group (FLOPs or parameters today; any cost vector, e.g.
-measured latency, plugs in the same way), a kind per group (heads, neurons; a new kind is a new integer) and a layer
-per group. Groups of one kind in one layer form a *pool*. The budget is never exceeded: a group that would overshoot
-is skipped and cheaper ones fill the rest.
+Everything here works on per-group vectors: a cost per group (FLOPs or parameters), a kind per group (heads,
+neurons; a new kind is a new integer) and a layer per group. Groups of one kind in one layer form a *pool*. The
+budget is never exceeded: a group that would overshoot is skipped and cheaper ones fill the rest.
+
+A speed target (`TimeBudget`, from a measured `oto_hf.latency.LatencyTable`) is not a cost per group: a block's time
+is not proportional to its groups (at small batches emptying a block also saves its fixed per-operator cost). The
+`LatencyLayout` spends it directly; the cost layouts are given the cost fraction predicted to meet it
+(`SelectionPolicy.choose_for_time`).
 
 Why these defaults (and why "global", the ranking by saliency per unit of cost, was retired): docs/experiments.md.
 """

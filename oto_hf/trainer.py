@@ -297,7 +297,10 @@ class OTOTrainer(DistillationMixin, Trainer):
         # cannot reach is refused before training.
         self.oto_latency_table = None
         if settings.speedup is not None:
-            self.oto_latency_table = measure_latency_table(model, settings.latency_spec(), log=logger.info)
+            # One process per machine measures (timing on every rank at once would measure the contention); the
+            # others read its table from the cache.
+            with args.main_process_first(desc="the latency table"):
+                self.oto_latency_table = measure_latency_table(model, settings.latency_spec(), log=logger.info)
             settings.check_speedup_fits(self.oto_latency_table, self.oto_groups)
         self._saving_checkpoint = False
         # What the model card states beyond the run itself (see write_model_card); job scripts fill it.
