@@ -164,11 +164,15 @@ class HSPG(Optimizer):
         self.settings = settings
         self.policy: SelectionPolicy = settings.selection_policy()
         self.latency_table = latency_table
+        if settings.speedup is not None and not groups.is_transformer:
+            raise ValueError("a speed target needs the groups of a supported encoder (zero_invariant_groups(model)): "
+                             "a custom partition has no heads and FFN blocks to time")
         if settings.speedup is not None and latency_table is None:
             raise ValueError("a speed target needs the latency table of the model on its runtime and shape: pass "
                              "latency_table=oto_hf.latency.measure_latency_table(model, settings.latency_spec())")
-        if settings.speedup is not None and settings.seq_len is None:
-            settings = replace(settings, seq_len=latency_table.spec["seq_len"])  # FLOPs at the served length
+        if settings.speedup is not None and settings.seq_len is None and groups.family.default_tokens is None:
+            # Text: the FLOPs the cost layouts count are those of the served length (an image's is fixed).
+            settings = replace(settings, seq_len=latency_table.spec["seq_len"])
             self.settings = settings
         self.seq_len = settings.seq_len or groups.default_seq_len
 
