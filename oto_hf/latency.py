@@ -163,10 +163,19 @@ class LatencyTable:
         measured = self.full_seconds - self.empty_seconds
         return measured / blocks if blocks > 0 and measured > 0 else 1.0
 
-    def _per_layer(self, grid: list[int], seconds: list[float], counts) -> torch.Tensor:
+    def _curve(self, block: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """(counts, one layer's block seconds) at the grid points of `block` ("heads" or "width"); computed once
+        per table (the measurements are not changed after it is built)."""
+        cache = self.__dict__.setdefault("_curves", {})
+        if block not in cache:
+            grid, seconds = getattr(self, f"{block}_grid"), getattr(self, f"{block}_seconds")
+            cache[block] = (torch.tensor(grid, dtype=torch.float64),
+                            self._monotone(seconds) * self.calibration / self.num_layers)
+        return cache[block]
+
+    def _per_layer(self, block: str, counts) -> torch.Tensor:
         counts = torch.as_tensor(counts, dtype=torch.float64)
-        x = torch.tensor(grid, dtype=torch.float64)
-        y = self._monotone(seconds) * self.calibration / self.num_layers
+        x, y = self._curve(block)
         counts = counts.clamp(0, float(x[-1]))
         index = torch.searchsorted(x, counts, right=True).clamp(1, len(x) - 1)
         x0, x1, y0, y1 = x[index - 1], x[index], y[index - 1], y[index]
@@ -174,11 +183,11 @@ class LatencyTable:
 
     def attention_seconds(self, heads) -> torch.Tensor:
         """One layer's attention block with `heads` heads (a number or a tensor of them), above an empty block."""
-        return self._per_layer(self.heads_grid, self.heads_seconds, heads)
+        return self._per_layer("heads", heads)
 
     def ffn_seconds(self, width) -> torch.Tensor:
         """One layer's FFN block with `width` neurons (a number or a tensor of them), above an empty block."""
-        return self._per_layer(self.width_grid, self.width_seconds, width)
+        return self._per_layer("width", width)
 
     def predict(self, heads_per_layer: list[int], widths_per_layer: list[int]) -> float:
         """Predicted forward time (seconds) of a model of this class with these sizes per layer."""

@@ -26,6 +26,7 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 
+import numpy as np
 import torch
 
 from .groups import ZeroInvariantGroups
@@ -352,79 +353,96 @@ class LatencyLayout(Layout):
         return False
 
     def plan(self, score: torch.Tensor, zero: torch.Tensor, pools: Pools, goal: Goal, floor: "LayerFloor") -> torch.Tensor:
-        """The redundant groups that bring the predicted time down to the period's (`goal.time`), never emptying a
-        block part-way below the floor."""
+        """The redundant groups that bring the predicted time down to the period's (`goal.time`), never leaving a
+        block between empty and its floor."""
         budget = goal.time
-        removed = zero.clone()
-        need = budget.predict(removed, pools) - budget.seconds_at(goal.fraction_done)
+        need = budget.predict(zero, pools) - budget.seconds_at(goal.fraction_done)
         moves = [_PoolMoves(key, pools, score, zero, floor.fraction, budget) for key in torch.unique(pools.key).tolist()]
         moves = [m for m in moves if m.live]
-        while need > 1e-12 and moves:
-            options = [m.best(need) for m in moves]
-            options = [o for o in options if o is not None]
+        chosen: list[torch.Tensor] = []
+        while need > 1e-12:
+            options = [(m.best, m) for m in moves if m.best is not None]
             if not options:
                 break
-            best = min(options, key=lambda o: o[0])  # (loss per second, loss, gain, pool moves, j)
-            finishers = [o for o in options if o[2] >= need]
-            finish = min(finishers, key=lambda o: o[1]) if finishers else None
-            chosen = finish if finish is not None and finish[1] <= best[1] else best
-            _, _, gain, pool, j = chosen
-            removed[pool.take(j)] = True
+            (ratio, loss, gain, j), pool = min(options, key=lambda o: o[0][0])
+            if gain < need:  # a move that meets the need at less loss ends the choice
+                finishers = [(f, m) for m in moves if (f := m.finisher(need)) is not None]
+                if finishers:
+                    finish, finish_pool = min(finishers, key=lambda o: o[0][1])
+                    if finish[1] <= loss:
+                        (ratio, loss, gain, j), pool = finish, finish_pool
+            chosen.append(pool.take(j))
             need -= gain
-        return removed & ~zero
+        redundant = torch.zeros_like(zero)
+        if chosen:
+            redundant[torch.cat(chosen)] = True
+        return redundant
 
 
 class _PoolMoves:
     """The moves one pool (one kind of group in one layer) offers `LatencyLayout`: give up its j least salient live
-    groups, for every j that leaves it at or above the floor, or empty."""
+    groups, for every j that leaves it at or above the floor, or empty. Each move's loss is the share of the pool's
+    live saliency those groups hold, its gain the seconds its block saves (the time curve is non-decreasing, so both
+    grow with j). `best` (loss per second, loss, gain, j) is kept up to date after every `take`."""
 
     def __init__(self, key: int, pools: Pools, score: torch.Tensor, zero: torch.Tensor, floor: float,
                  budget: TimeBudget):
         member = pools.key == key
-        self.kind = int(pools.kinds[member][0])
-        self.layer = int(pools.layers[member][0])
-        self.budget = budget
-        self.size = int(member.sum())
+        kind = int(pools.kinds[member][0])
+        size = int(member.sum())
         live = torch.nonzero(member & ~zero).flatten()
         self.order = live[torch.argsort(score[live], stable=True)]
         self.live = len(self.order)
-        self.keep_at_least = math.floor(floor * self.size + 1e-9)
-        # The share of the pool's live saliency the j least salient hold, for j = 1..live.
-        values = score[self.order].double().clamp_min(0)
+        self.keep_at_least = math.floor(floor * size + 1e-9)
+        values = score[self.order].double().clamp_min(0).cpu().numpy()
         total = float(values.sum())
-        self.loss = torch.cumsum(values, 0) / total if total > 0 else torch.arange(1, self.live + 1).double() / self.live
+        # cumulative[j]: the share of the live saliency held by the j least salient (cumulative[0] = 0).
+        self.cumulative = np.concatenate([[0.0], np.cumsum(values) / total if total > 0 else
+                                          np.arange(1, self.live + 1) / max(self.live, 1)])
+        # seconds[n]: the block's time with n groups kept, for n = 0..live.
+        self.seconds = budget.block_seconds(kind, torch.arange(self.live + 1, dtype=torch.float64)).cpu().numpy()
         self.taken = 0
+        self.best = self._best()
 
-    def best(self, need: float):
-        """(loss per second saved, loss, seconds saved, self, j) of this pool's best move, or None."""
+    def _moves(self) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+        """(j, loss, gain) of the valid moves from the pool's state now, or None."""
         left = self.live - self.taken
         if left <= 0:
             return None
-        j = torch.arange(1, left + 1)
-        kept_after = left - j
-        valid = (kept_after == 0) | (kept_after >= self.keep_at_least)
-        now = self.budget.block_seconds(self.kind, torch.tensor([float(left)]))
-        gain = now - self.budget.block_seconds(self.kind, kept_after.double())
-        base = float(self.loss[self.taken - 1]) if self.taken else 0.0
-        loss = self.loss[self.taken:self.taken + left] - base
-        valid &= gain > 0
-        if not bool(valid.any()):
+        j = np.arange(1, left + 1)
+        kept = left - j
+        loss = self.cumulative[self.taken + j] - self.cumulative[self.taken]
+        gain = self.seconds[left] - self.seconds[kept]
+        valid = ((kept == 0) | (kept >= self.keep_at_least)) & (gain > 0)
+        if not valid.any():
             return None
-        ratio = torch.where(valid, loss / gain.clamp_min(1e-30), torch.full_like(loss, math.inf))
-        # The best ratio, and (if it does not meet the need) the cheapest move that does.
-        i = int(torch.argmin(ratio))
-        best = (float(ratio[i]), float(loss[i]), float(gain[i]), self, i + 1)
-        meets = valid & (gain >= need)
-        if bool(meets.any()) and float(gain[i]) < need:
-            k = int(torch.argmin(torch.where(meets, loss, torch.full_like(loss, math.inf))))
-            if float(loss[k]) <= float(loss[i]):
-                return (float(ratio[k]), float(loss[k]), float(gain[k]), self, k + 1)
-        return best
+        return j[valid], loss[valid], gain[valid]
+
+    def _best(self):
+        moves = self._moves()
+        if moves is None:
+            return None
+        j, loss, gain = moves
+        i = int(np.argmin(loss / gain))
+        return float(loss[i] / gain[i]), float(loss[i]), float(gain[i]), int(j[i])
+
+    def finisher(self, need: float):
+        """The least lossy move that saves at least `need` seconds (the one with the fewest groups), or None."""
+        moves = self._moves()
+        if moves is None:
+            return None
+        j, loss, gain = moves
+        meets = np.nonzero(gain >= need)[0]
+        if len(meets) == 0:
+            return None
+        i = int(meets[0])
+        return float(loss[i] / gain[i]), float(loss[i]), float(gain[i]), int(j[i])
 
     def take(self, j: int) -> torch.Tensor:
         """Give up the next `j` least salient groups; returns their indices."""
         chosen = self.order[self.taken:self.taken + j]
         self.taken += j
+        self.best = self._best()
         return chosen
 
 
