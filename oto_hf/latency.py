@@ -453,19 +453,22 @@ def measure_speedup(dense: nn.Module, compressed: nn.Module, spec: LatencySpec, 
     threads_before = torch.get_num_threads()
     torch.set_num_threads(spec.threads)
     runner = _Runner(spec)
+    models = {"dense": dense, "compressed": compressed}
+    # Before any .eval() below: a model timed in place (torch on the CPU) is put in eval mode for the timing.
+    was_training = {name: {m: m.training for m in model.modules()} for name, model in models.items()}
     try:
-        devices = {name: next(m.parameters()).device for name, m in (("dense", dense), ("compressed", compressed))}
+        devices = {name: next(m.parameters()).device for name, m in models.items()}
         inputs = timing_inputs(dense, spec)
         variants = {}
-        for name, model in (("dense", dense), ("compressed", compressed)):
+        for name, model in models.items():
             copy = model if spec.runtime == "torch" and devices[name].type == "cpu" else _copy(model)
             variants.update(runner.calls(name, copy.float().eval() if copy is not model else copy.eval(), inputs))
-        was_training = {name: m.training for name, m in (("dense", dense), ("compressed", compressed))}
         timings = interleaved(variants, repeats, warmup=1, min_timing_s=0.05, synchronize=runner.synchronize,
                               patience_s=patience_s)
-        for name, model in (("dense", dense), ("compressed", compressed)):
-            model.train(was_training[name])
     finally:
+        for modes in was_training.values():
+            for module, training in modes.items():
+                module.training = training
         runner.close()
         torch.set_num_threads(threads_before)
     medians = timings.medians()
