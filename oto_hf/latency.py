@@ -163,13 +163,15 @@ class LatencyTable:
         return measured / blocks if blocks > 0 and measured > 0 else 1.0
 
     def _per_layer(self, grid: list[int], seconds: list[float], counts) -> torch.Tensor:
-        counts = torch.as_tensor(counts, dtype=torch.float64)
+        # Interpolated on the CPU, returned where the counts are (HSPG counts groups on the parameters' device).
+        device = torch.as_tensor(counts).device
+        counts = torch.as_tensor(counts).to("cpu", torch.float64)
         x = torch.tensor(grid, dtype=torch.float64)
         y = self._monotone(seconds) * self.calibration / self.num_layers
         counts = counts.clamp(0, float(x[-1]))
         index = torch.searchsorted(x, counts, right=True).clamp(1, len(x) - 1)
         x0, x1, y0, y1 = x[index - 1], x[index], y[index - 1], y[index]
-        return y0 + (y1 - y0) * (counts - x0) / (x1 - x0)
+        return (y0 + (y1 - y0) * (counts - x0) / (x1 - x0)).to(device)
 
     def attention_seconds(self, heads) -> torch.Tensor:
         """One layer's attention block with `heads` heads (a number or a tensor of them), above an empty block."""
