@@ -175,6 +175,15 @@ def test_budget_of_a_tiny_model():
     assert budget.predict(~nothing, pools) == pytest.approx(budget.fixed_seconds)
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
+def test_prediction_of_counts_on_a_gpu_stays_there():
+    table = hand_table(**NOISY)
+    counts = torch.tensor([0.0, 3.0, 4.0], dtype=torch.float64)
+    on_gpu = table.attention_seconds(counts.cuda())
+    assert on_gpu.is_cuda and torch.equal(on_gpu.cpu(), table.attention_seconds(counts))
+    assert table.ffn_seconds(counts.cuda()).is_cuda
+
+
 def test_table_round_trips_through_its_dict():
     table = hand_table(**NOISY)
     table.path, table.cached = "/somewhere.json", True
