@@ -96,10 +96,11 @@ class HSPG(Optimizer):
         saliency: how redundant groups are scored: "taylor" (|x_gᵀ∇_g f|, averaged over steps, the default),
             "fisher" ((x_gᵀ∇_g f)², averaged), "magnitude" (‖x_g‖²/|g|) or "mixed" (HESSO's mix of five criteria),
             or an `oto_hf.selection.Saliency` object.
-        allocation: the layout, how the target is shared out: "uniform" (the default: every layer removes the same
-            fraction of its cost, the nearest whole number of heads, neurons for the rest; least salient first within
-            the layer), "balanced" (heads and neurons each remove that fraction of their cost; groups ranked across
-            layers by saliency / its layer's mean), or an `oto_hf.selection.Layout` object.
+        allocation: the layout, how the target is shared out: "uniform" (the default with `target`: every layer
+            removes the same fraction of its cost, the nearest whole number of heads, neurons for the rest; least
+            salient first within the layer), "balanced" (heads and neurons each remove that fraction of their cost;
+            groups ranked across layers by saliency / its layer's mean), "latency" (the default with `speedup`: see
+            `oto_hf.selection.LatencyLayout`), or an `oto_hf.selection.Layout` object. None: that default.
         layer_floor: with a target, every layer keeps at least ⌊f · n⌋ of its n heads and of its n FFN neurons,
             f = min(layer_floor, 1 − target); 0 sets no floor. Default 0.25 (see `oto_hf.selection.LayerFloor`).
         taylor_decay: decay of the saliency's running averages (one update per step; they start at zero).
@@ -128,7 +129,7 @@ class HSPG(Optimizer):
         prune_steps: int | None = None,
         num_periods: int = 1,
         saliency: str | Saliency = "taylor",
-        allocation: str | Layout = "uniform",
+        allocation: str | Layout | None = None,
         layer_floor: float = 0.25,
         betas: tuple[float, float] = (0.9, 0.999),
         eps: float = 1e-8,

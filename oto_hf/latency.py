@@ -164,8 +164,8 @@ class LatencyTable:
         return measured / blocks if blocks > 0 and measured > 0 else 1.0
 
     def _curve(self, block: str) -> tuple[torch.Tensor, torch.Tensor]:
-        """(counts, one layer's block seconds) at the grid points of `block` ("heads" or "width"); computed once
-        per table (the measurements are not changed after it is built)."""
+        """(counts, one layer's block seconds) at the grid points of `block` ("heads" or "width"), on the CPU;
+        computed once per table (the measurements are not changed after it is built)."""
         cache = self.__dict__.setdefault("_curves", {})
         if block not in cache:
             grid, seconds = getattr(self, f"{block}_grid"), getattr(self, f"{block}_seconds")
@@ -174,12 +174,14 @@ class LatencyTable:
         return cache[block]
 
     def _per_layer(self, block: str, counts) -> torch.Tensor:
-        counts = torch.as_tensor(counts, dtype=torch.float64)
+        # Interpolated on the CPU, returned where the counts are (HSPG counts groups on the parameters' device).
+        device = torch.as_tensor(counts).device
+        counts = torch.as_tensor(counts).to("cpu", torch.float64)
         x, y = self._curve(block)
         counts = counts.clamp(0, float(x[-1]))
         index = torch.searchsorted(x, counts, right=True).clamp(1, len(x) - 1)
         x0, x1, y0, y1 = x[index - 1], x[index], y[index - 1], y[index]
-        return y0 + (y1 - y0) * (counts - x0) / (x1 - x0)
+        return (y0 + (y1 - y0) * (counts - x0) / (x1 - x0)).to(device)
 
     def attention_seconds(self, heads) -> torch.Tensor:
         """One layer's attention block with `heads` heads (a number or a tensor of them), above an empty block."""
@@ -456,7 +458,8 @@ def measure_speedup(dense: nn.Module, compressed: nn.Module, spec: LatencySpec, 
     torch.set_num_threads(spec.threads)
     runner = _Runner(spec)
     models = {"dense": dense, "compressed": compressed}
-    modes = {name: model.training for name, model in models.items()}
+    # Before any .eval() below: a model timed in place (torch on the CPU) is put in eval mode for the timing.
+    was_training = {name: {m: m.training for m in model.modules()} for name, model in models.items()}
     try:
         inputs = timing_inputs(dense, spec)
         variants = {}
@@ -467,10 +470,11 @@ def measure_speedup(dense: nn.Module, compressed: nn.Module, spec: LatencySpec, 
         timings = interleaved(variants, repeats, warmup=1, min_timing_s=0.05, synchronize=runner.synchronize,
                               patience_s=patience_s)
     finally:
+        for modes in was_training.values():
+            for module, training in modes.items():
+                module.training = training
         runner.close()
         torch.set_num_threads(threads_before)
-        for name, model in models.items():
-            model.train(modes[name])
     best, settings = _fastest_per_model(timings.medians())
     return {"runtime": spec.runtime, "shape": spec.shape, "batch_size": spec.batch_size, "seq_len": spec.seq_len,
             "threads": spec.threads, "repeats": timings.repeats, "dense_median_s": best["dense"],

@@ -413,3 +413,92 @@ def test_on_a_gpu_with_the_groups_found_before_the_model_moved(saliency):
     with torch.no_grad():
         a, b = model.eval()(ids), small.eval()(ids)
     assert (a.start_logits - b.start_logits).abs().max() <= 1e-4
+
+
+# ---- a speed target, on a hand-made latency table ----
+
+
+def tiny_latency_table(seq_len=16):
+    """A made-up latency table of `tiny_bert_config`'s 3 layers of 4 heads and 24 neurons: 1 s that pruning never
+    removes; per layer, a block with anything left costs 0.2 s plus 0.1 s per head or 0.02 s per neuron."""
+    from oto_hf.latency import LatencyTable
+
+    heads, width = [0, 1, 2, 3, 4], [0, 1, 6, 12, 18, 24]
+    attention = [1.0 + 3 * (0.2 + 0.1 * h if h else 0.0) for h in heads]
+    ffn = [1.0 + 3 * (0.2 + 0.02 * w if w else 0.0) for w in width]
+    return LatencyTable(spec={"runtime": "torch", "batch_size": 1, "seq_len": seq_len, "threads": 1},
+                        model_type="bert", model_class="BertForQuestionAnswering", num_layers=3, heads_grid=heads,
+                        heads_seconds=attention, width_grid=width, width_seconds=ffn, full_heads=4, full_width=24,
+                        full_seconds=attention[-1] + ffn[-1] - 1.0)
+
+
+SPEED = dict(half_space_start_step=5, prune_steps=20, num_periods=2, seq_len=None)
+
+
+@pytest.mark.parametrize("allocation", ["latency", "uniform", "balanced"])
+@pytest.mark.parametrize("speedup", [1.5, 2.5])
+def test_speed_target_is_predicted_met_after_the_window(allocation, speedup):
+    table = tiny_latency_table()
+    model, groups, opt = make(speedup=speedup, latency_table=table, allocation=allocation, **SPEED)
+    assert opt.seq_len == 16, "FLOPs are counted at the table's length"
+    assert opt.settings.target is None and opt.target_at() == 0.0
+    reports = []
+    train(model, opt, 30, on_step=lambda k: reports.append(opt.sparsity_report()))
+    assert reports[3]["predicted_speedup"] == pytest.approx(1.0), "nothing is removed before the window"
+    predicted = reports[-1]["predicted_speedup"]
+    assert predicted >= speedup - 1e-9, predicted
+    zero = groups.is_zero()
+    assert torch.equal(zero, opt.hspg_state["zero"])
+    # The prediction is the table's, of the sizes the zero set leaves (what compress would cut to).
+    stats = model_stats(model, 16)
+    assert table.speedup(stats.heads_per_layer, stats.ffn_width_per_layer) == pytest.approx(predicted)
+    if allocation == "latency":  # a block keeps ⌊0.25 · n⌋ of its groups or more, or is emptied
+        assert all(heads == 0 or heads >= 1 for heads in stats.heads_per_layer)
+        assert all(width == 0 or width >= 6 for width in stats.ffn_width_per_layer)
+
+
+def test_speed_target_defaults_to_the_latency_layout():
+    _, _, opt = make(speedup=1.5, latency_table=tiny_latency_table(), **SPEED)
+    assert opt.settings.allocation == "latency" and opt.policy.layout.name == "latency"
+    _, _, opt = make(target=0.5, prune_steps=10)
+    assert opt.policy.layout.name == "uniform"
+
+
+def test_speed_target_needs_a_latency_table():
+    with pytest.raises(ValueError, match="needs the latency table.*measure_latency_table"):
+        make(speedup=1.5, **SPEED)
+
+
+def test_unreachable_speedup_is_refused_with_the_largest_reachable():
+    from oto_hf.settings import InvalidOTOSettings
+
+    table = tiny_latency_table()
+    # Every block emptied leaves the 1 s that is never pruned: at most 4.84× (3 · 0.6 + 3 · 0.68 + 1 over 1).
+    with pytest.raises(InvalidOTOSettings, match=r"speedup 6 cannot be reached on torch at 1x128.*predicted 4\.84× "
+                       r"faster.*Ask for at most 4\.84\."):
+        make(speedup=6.0, latency_table=table, **SPEED)
+    # Without heads to prune, their blocks stay in the time never removed: 1 + 3 · 0.6 = 2.8 s, at most 4.84 / 2.8.
+    with pytest.raises(InvalidOTOSettings, match=r"Ask for at most 1\.72\."):
+        torch.manual_seed(0)
+        model = BertForQuestionAnswering(tiny_bert_config())
+        HSPG(model.parameters(), zero_invariant_groups(model, prune_heads=False), speedup=2.0, latency_table=table,
+             **SPEED)
+    make(speedup=4.8, latency_table=table, **SPEED)  # reachable: accepted
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU: a CPU-only machine cannot move a model "
+                    "between devices (run it where there is one, e.g. on the device machine)")
+def test_speed_target_on_a_gpu_with_the_groups_found_before_the_model_moved():
+    # As in OTOTrainer: groups (and the latency table) on the CPU, then the model moves to the GPU; the policy then
+    # counts the groups kept on the GPU, and the table's interpolation must take them there.
+    torch.manual_seed(0)
+    model = BertForQuestionAnswering(tiny_bert_config())
+    groups = zero_invariant_groups(model)
+    model.cuda()
+    opt = HSPG(model.parameters(), groups, lr=1e-3, speedup=2.0, latency_table=tiny_latency_table(), **SPEED)
+    for k in range(30):
+        ids, start, end = (t.cuda() for t in qa_batch(k))
+        model(ids, start_positions=start, end_positions=end).loss.backward()
+        opt.step()
+        opt.zero_grad()
+    assert opt.sparsity_report()["predicted_speedup"] >= 2.0 - 1e-9

@@ -1,6 +1,8 @@
 """The selection policy (oto_hf.selection) on its own: the layouts, the floor and the saliencies, given made-up
 saliency averages, without an optimizer."""
 
+import math
+
 import pytest
 import torch
 from transformers import BertForQuestionAnswering
@@ -8,7 +10,7 @@ from transformers import BertForQuestionAnswering
 from conftest import tiny_bert_config
 from oto_hf import zero_invariant_groups
 from oto_hf.groups import HEAD, NEURON
-from oto_hf.selection import Goal, MixedSaliency, Pools, fill_budget
+from oto_hf.selection import Goal, LatencyLayout, MixedSaliency, Pools, TimeBudget, fill_budget
 from oto_hf.settings import OTOSettings
 
 
@@ -177,3 +179,146 @@ def test_goal_of_a_period():
     goal = Goal(target=0.6, period=1, num_periods=4, total_cost=200.0)
     assert (goal.cost_now, goal.final_cost, goal.fraction_done, goal.last_period) == (60.0, 120.0, 0.5, False)
     assert Goal(target=0.6, period=3, num_periods=4, total_cost=200.0).last_period
+
+
+# ---- a speed target: the policy spends a TimeBudget ----
+
+
+def block_curves(overhead, head_slope=0.1, neuron_slope=0.01):
+    """Made-up block times: a block with any group left costs `overhead` (per-operator cost, saved only by emptying
+    it) plus a time per group."""
+
+    def block_seconds(kind, kept):
+        slope = head_slope if kind == HEAD else neuron_slope
+        return torch.where(kept > 0, overhead + slope * kept, torch.zeros_like(kept))
+    return block_seconds
+
+
+def time_budget(groups, speedup, overhead, fixed=1.0, **slopes):
+    block_seconds = block_curves(overhead, **slopes)
+    dense = fixed + sum(
+        float(block_seconds(kind, torch.tensor(counts, dtype=torch.float64)).sum())
+        for kind, counts in ((HEAD, groups.heads_per_layer), (NEURON, groups.neurons_per_layer)))
+    return TimeBudget(block_seconds=block_seconds, fixed_seconds=fixed, dense_seconds=dense,
+                      target_seconds=dense / speedup)
+
+
+def choose_for_time(groups, budget, score, zero, allocation, period=0, num_periods=1, layer_floor=0.25):
+    settings = OTOSettings(speedup=2.0, prune_steps=10, num_periods=num_periods, allocation=allocation,
+                           layer_floor=layer_floor, seq_len=SEQ)
+    averages = {"taylor": score, "direction": torch.zeros_like(score)}
+    pools = Pools.of(groups, groups.costs("flops", SEQ), torch.device("cpu"))
+    goal = Goal(target=0.0, period=period, num_periods=num_periods, total_cost=groups.total_cost("flops", SEQ),
+                time=budget)
+    redundant = settings.selection_policy().choose(zero, groups.sq_norms(), averages, pools, goal)
+    assert not (redundant & zero).any(), "a zero group is never chosen again"
+    return redundant, pools, goal
+
+
+def kept_per_pool(groups, removed):
+    """{(kind, layer): (groups kept, groups in the pool)}."""
+    out = {}
+    for layer in range(groups.num_layers):
+        for kind in (HEAD, NEURON):
+            pool = (groups.layers == layer) & (groups.kinds == kind)
+            out[kind, layer] = (int((pool & ~removed).sum()), int(pool.sum()))
+    return out
+
+
+def assert_no_pool_below_the_floor(groups, removed, layer_floor):
+    for (kind, layer), (kept, size) in kept_per_pool(groups, removed).items():
+        assert kept == 0 or kept >= math.floor(layer_floor * size + 1e-9), (kind, layer, kept, size)
+
+
+@pytest.mark.parametrize("overhead", [0.0, 0.3])
+@pytest.mark.parametrize("speedup,num_periods,layer_floor", [(1.3, 1, 0.25), (2.0, 3, 0.25), (3.0, 4, 0.25),
+                                                             (2.0, 2, 0.5), (1.6, 3, 0.0)])
+def test_latency_layout_meets_each_periods_predicted_time(speedup, num_periods, layer_floor, overhead):
+    groups = model_groups(num_attention_heads=8, intermediate_size=96)
+    budget = time_budget(groups, speedup, overhead)
+    assert budget.dense_seconds / budget.fixed_seconds > speedup, "the setup must make the speedup reachable"
+    score = torch.rand(groups.num_groups, generator=torch.Generator().manual_seed(11)) + 0.05
+    zero = torch.zeros(groups.num_groups, dtype=torch.bool)
+    for period in range(num_periods):  # as HSPG runs them: each period's redundant groups are zero in the next
+        redundant, pools, goal = choose_for_time(groups, budget, score, zero, "latency", period, num_periods,
+                                                 layer_floor)
+        zero = zero | redundant
+        predicted = budget.predict(zero, pools)
+        assert predicted <= budget.seconds_at(goal.fraction_done) + 1e-9, (period, predicted)
+        assert_no_pool_below_the_floor(groups, zero, layer_floor)
+        for layer in range(groups.num_layers):  # within a pool the least salient go first
+            for kind in (HEAD, NEURON):
+                pool = torch.nonzero((groups.layers == layer) & (groups.kinds == kind)).flatten()
+                cut = zero[pool]
+                if cut.any() and (~cut).any():
+                    assert float(score[pool[cut]].max()) <= float(score[pool[~cut]].min()), (layer, kind)
+    assert budget.predict(zero, pools) <= budget.target_seconds + 1e-9
+
+
+def test_latency_layout_empties_blocks_when_their_overhead_is_the_time_to_save():
+    groups = model_groups(num_attention_heads=8, intermediate_size=96)
+    # Each block costs 10 s as soon as it keeps a group, 1 ms per group: only emptying a block saves time worth
+    # having. 6 blocks, 1 s fixed: dense ≈ 61 s; 1.25× asks for about 12 s, i.e. two emptied blocks.
+    budget = time_budget(groups, 1.25, overhead=10.0, head_slope=1e-3, neuron_slope=1e-3)
+    score = torch.rand(groups.num_groups, generator=torch.Generator().manual_seed(12)) + 0.05
+    zero = torch.zeros(groups.num_groups, dtype=torch.bool)
+    redundant, pools, goal = choose_for_time(groups, budget, score, zero, "latency")
+    assert budget.predict(redundant, pools) <= budget.target_seconds + 1e-9
+    kept = kept_per_pool(groups, redundant)
+    emptied = [pool for pool, (left, size) in kept.items() if left == 0]
+    assert len(emptied) == 2, kept
+    assert all(left in (0, size) for left, size in kept.values()), f"no block is pruned part-way: {kept}"
+    # The cost layouts cannot empty a block (the floor holds until the target nears everything): they remove far
+    # more groups for the same predicted time, or cannot meet it at all.
+    uniform, _, _ = choose_for_time(groups, budget, score, zero, "uniform")
+    assert int(uniform.sum()) > int(redundant.sum()) or budget.predict(uniform, pools) > budget.target_seconds
+
+
+def test_latency_layout_removes_nothing_when_the_time_is_already_met():
+    groups = model_groups(num_attention_heads=8, intermediate_size=96)
+    budget = time_budget(groups, 1.4, overhead=0.3)
+    score = torch.rand(groups.num_groups, generator=torch.Generator().manual_seed(13)) + 0.05
+    # Already zero: every neuron of two layers, which saves more than 1.4× asks for.
+    zero = (groups.kinds == NEURON) & (groups.layers < 2)
+    pools = Pools.of(groups, groups.costs("flops", SEQ), torch.device("cpu"))
+    assert budget.predict(zero, pools) <= budget.target_seconds
+    for period, num_periods in ((0, 1), (0, 3), (2, 3)):
+        redundant, _, _ = choose_for_time(groups, budget, score, zero, "latency", period, num_periods)
+        assert not redundant.any()
+
+
+@pytest.mark.parametrize("allocation", ["uniform", "balanced"])
+@pytest.mark.parametrize("speedup,num_periods,overhead", [(1.3, 1, 0.0), (1.8, 3, 0.0), (1.5, 2, 0.3)])
+def test_cost_layouts_meet_the_final_predicted_time(allocation, speedup, num_periods, overhead):
+    groups = model_groups(num_attention_heads=8, intermediate_size=96)
+    budget = time_budget(groups, speedup, overhead)
+    score = torch.rand(groups.num_groups, generator=torch.Generator().manual_seed(14)) + 0.05
+    zero = torch.zeros(groups.num_groups, dtype=torch.bool)
+    for period in range(num_periods):
+        redundant, pools, _ = choose_for_time(groups, budget, score, zero, allocation, period, num_periods)
+        zero = zero | redundant
+        assert_no_pool_below_the_floor(groups, zero, 0.25)
+    predicted = budget.predict(zero, pools)
+    assert predicted <= budget.target_seconds + 1e-9, (predicted, budget.target_seconds)
+    # The smallest cost share that meets it: not far beyond (within a head of every layer and a few neurons).
+    assert predicted >= budget.target_seconds - 3 * (0.1 + overhead) - 0.1
+
+
+def test_time_budget_predicts_from_the_groups_kept():
+    groups = model_groups(num_attention_heads=8, intermediate_size=96)
+    budget = time_budget(groups, 2.0, overhead=0.3)
+    pools = Pools.of(groups, groups.costs("flops", SEQ), torch.device("cpu"))
+    removed = (groups.kinds == HEAD) & (groups.layers == 0)  # layer 0's attention emptied
+    removed[torch.nonzero((groups.kinds == NEURON) & (groups.layers == 1)).flatten()[:40]] = True
+    kept = pools.kept_per_layer(removed)
+    assert kept[HEAD].tolist() == [0.0, 8.0, 8.0] and kept[NEURON].tolist() == [96.0, 56.0, 96.0]
+    expected = budget.dense_seconds - (0.3 + 0.8) - 40 * 0.01
+    assert budget.predict(removed, pools) == pytest.approx(expected)
+    assert budget.seconds_at(0.0) == budget.dense_seconds and budget.seconds_at(1.0) == budget.target_seconds
+    assert budget.seconds_at(0.5) == pytest.approx((budget.dense_seconds + budget.target_seconds) / 2)
+
+
+def test_the_latency_layout_spends_time_only():
+    groups = model_groups()
+    with pytest.raises(ValueError, match="'latency' allocation spends a speed target"):
+        choose(groups, torch.rand(groups.num_groups), target=0.5, allocation=LatencyLayout())

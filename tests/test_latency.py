@@ -1,0 +1,382 @@
+"""oto_hf.latency: the speed target's shape and runtime, the latency table's prediction (on hand-made tables, no
+timing), its measurement and cache (on a tiny BERT, asserting what was measured and cached, never how fast), and the
+measured speedup. No timed assertion: speed figures live in the benchmarks."""
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import BertForQuestionAnswering, BertForSequenceClassification
+
+from conftest import tiny_bert_config
+from oto_hf import compress, latency, zero_invariant_groups
+from oto_hf.latency import LatencySpec, LatencyTable, count_grid, parse_shape, runtime_problem
+from oto_hf.timing import Timings
+
+
+# ---- what a speed target holds for ----
+
+
+@pytest.mark.parametrize("shape,expected", [("1x128", (1, 128)), ("32 x 128", (32, 128)), ("2X8", (2, 8)),
+                                            (" 4x 16 ", (4, 16))])
+def test_parse_shape_reads_batch_by_tokens(shape, expected):
+    assert parse_shape(shape) == expected
+
+
+@pytest.mark.parametrize("shape,message", [("1x", "takes BATCHxTOKENS"), ("0x128", "takes positive BATCHxTOKENS"),
+                                           ("1x0", "takes positive BATCHxTOKENS"), ("abc", "takes BATCHxTOKENS"),
+                                           ("1x2x3", "takes BATCHxTOKENS"), ("", "takes BATCHxTOKENS"),
+                                           ("-1x8", "takes positive BATCHxTOKENS")])
+def test_parse_shape_refuses_with_the_option_and_what_was_given(shape, message):
+    with pytest.raises(ValueError, match=f"--oto_latency_shape {message}, e.g. 1x128, got {shape!r}"):
+        parse_shape(shape)
+    with pytest.raises(ValueError, match="^latency_shape "):
+        parse_shape(shape, "latency_shape")
+
+
+def test_runtime_problem():
+    assert runtime_problem("torch") is None
+    assert "must be one of ('torch', 'onnxruntime', 'cuda'), got 'tpu'" in runtime_problem("tpu")
+    with pytest.raises(ValueError, match="--oto_latency_runtime must be one of"):
+        LatencySpec.of("tpu", "1x8")
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal on a machine without CUDA")
+def test_runtime_problem_cuda_without_a_gpu():
+    assert "'cuda' needs a CUDA GPU" in runtime_problem("cuda")
+
+
+def test_runtime_problem_onnxruntime_not_installed(monkeypatch):
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)  # `import onnxruntime` raises ImportError
+    assert "pip install 'oto-hf[onnx]'" in runtime_problem("onnxruntime")
+
+
+def test_latency_spec_of_an_option_pair():
+    spec = LatencySpec.of("torch", "2 x 8", threads=3)
+    assert (spec.runtime, spec.batch_size, spec.seq_len, spec.threads, spec.shape) == ("torch", 2, 8, 3, "2x8")
+    assert LatencySpec.of("torch", "1x8").threads == torch.get_num_threads()
+    assert spec.describe() == "torch, 2x8 (batch × tokens), 3 threads"
+    assert LatencySpec.of("torch", "1x8", threads=1).describe().endswith("1 thread")
+
+
+# ---- the grid ----
+
+
+@pytest.mark.parametrize("full,points", [(12, 9), (1536, 10), (3072, 10), (24, 5), (7, 4), (100, 3)])
+def test_count_grid_spans_zero_one_and_full(full, points):
+    grid = count_grid(full, points)
+    assert grid[:2] == [0, 1] and grid[-1] == full
+    assert grid == sorted(set(grid))
+    assert len(grid) <= max(points, 3)
+
+
+@pytest.mark.parametrize("full,points", [(4, 9), (9, 9), (1, 5), (0, 3)])
+def test_count_grid_of_a_small_full_size_is_every_count(full, points):
+    assert count_grid(full, points) == list(range(full + 1))
+
+
+# ---- the prediction, on hand-made tables ----
+
+
+def hand_table(heads_seconds, width_seconds, full_seconds, num_layers=3, heads_grid=(0, 1, 2, 4),
+               width_grid=(0, 1, 12, 24)):
+    """A table as measured (whole-model seconds per grid point), for a 3-layer model of 4 heads and 24 neurons."""
+    return LatencyTable(spec={"runtime": "torch", "batch_size": 1, "seq_len": 8, "threads": 1}, model_type="bert",
+                        model_class="BertForQuestionAnswering", num_layers=num_layers, heads_grid=list(heads_grid),
+                        heads_seconds=list(heads_seconds), width_grid=list(width_grid),
+                        width_seconds=list(width_seconds), full_heads=heads_grid[-1], full_width=width_grid[-1],
+                        full_seconds=full_seconds)
+
+
+# Additive: full = empty + (heads block) + (FFN block), so the calibration is 1.
+ADDITIVE = dict(heads_seconds=[1.0, 1.3, 1.6, 2.2], width_seconds=[1.0, 1.6, 2.2, 3.4], full_seconds=4.6)
+# Noisy: neither curve is monotone, and the full model is slower than the sum of its blocks.
+NOISY = dict(heads_seconds=[1.0, 1.5, 1.4, 2.0], width_seconds=[1.0, 0.9, 2.5, 2.3], full_seconds=4.0)
+
+
+@pytest.mark.parametrize("values", [ADDITIVE, NOISY])
+def test_prediction_is_monotone_in_heads_and_in_width(values):
+    table = hand_table(**values)
+    heads = table.attention_seconds(torch.arange(0, 4.01, 0.25))
+    width = table.ffn_seconds(torch.arange(0, 24.01, 0.5))
+    assert (heads.diff() >= 0).all() and (width.diff() >= 0).all()
+    assert float(heads[0]) == 0 and float(width[0]) == 0
+    sizes = [(h, w) for h in range(5) for w in (0, 1, 5, 12, 13, 24)]
+    for h, w in sizes:  # growing any one layer's block never makes the model predicted faster
+        base = table.predict([h, 2, 4], [w, 12, 24])
+        if h < 4:
+            assert table.predict([h + 1, 2, 4], [w, 12, 24]) >= base
+        if w < 24:
+            assert table.predict([h, 2, 4], [w + 1, 12, 24]) >= base
+
+
+def test_prediction_interpolates_linearly_between_grid_points():
+    table = hand_table(**ADDITIVE)
+    assert table.calibration == pytest.approx(1.0)
+    # Per layer: heads 0 / 0.1 / 0.2 / 0.4 above empty at 0 / 1 / 2 / 4 heads; FFN 0 / 0.2 / 0.4 / 0.8 at 0 / 1 / 12
+    # / 24 neurons (the whole-model times over 3 layers).
+    assert float(table.attention_seconds(3)) == pytest.approx(0.3)
+    assert float(table.attention_seconds(2)) == pytest.approx(0.2)
+    assert float(table.ffn_seconds(6)) == pytest.approx(0.2 + 0.2 * 5 / 11)
+    assert float(table.ffn_seconds(18)) == pytest.approx(0.6)
+    assert table.predict([3, 0, 4], [18, 24, 0]) == pytest.approx(1.0 + 0.3 + 0.4 + 0.6 + 0.8)
+    # Beyond the grid a count is held at the full size.
+    assert float(table.attention_seconds(9)) == pytest.approx(0.4)
+
+
+@pytest.mark.parametrize("values", [ADDITIVE, NOISY])
+def test_prediction_is_exact_at_full_size_and_empty(values):
+    table = hand_table(**values)
+    full = ([4] * 3, [24] * 3)
+    assert table.predict(*full) == pytest.approx(table.full_seconds, rel=1e-12)
+    assert table.predict([0] * 3, [0] * 3) == table.empty_seconds == values["heads_seconds"][0]
+    assert table.speedup(*full) == pytest.approx(1.0, rel=1e-12)
+    assert table.speedup([0] * 3, [0] * 3) == pytest.approx(table.full_seconds / table.empty_seconds)
+    half = ([2] * 3, [12] * 3)
+    assert table.speedup(*half, dense=half) == pytest.approx(1.0)
+    with pytest.raises(ValueError, match="for 3 layers, got 2 head counts"):
+        table.predict([4, 4], [24, 24, 24])
+
+
+def test_calibration_scales_the_blocks_to_the_measured_full_size():
+    table = hand_table(**NOISY)
+    # Monotone blocks: heads 1.0 above empty, FFN 1.5; the full model measures 3.0 above empty.
+    assert table.calibration == pytest.approx(3.0 / 2.5)
+    assert float(table.attention_seconds(4)) * 3 == pytest.approx(1.0 * 1.2)
+    assert "additivity factor 1.200" in table.describe()
+
+
+def test_budget_of_a_tiny_model():
+    model = BertForQuestionAnswering(tiny_bert_config())
+    table = hand_table(**NOISY)
+    groups = zero_invariant_groups(model)
+    budget = table.budget(groups, 2.0)
+    assert budget.fixed_seconds == table.empty_seconds
+    assert budget.dense_seconds == pytest.approx(table.full_seconds)
+    assert budget.target_seconds == pytest.approx(table.full_seconds / 2)
+    # A kind that is not pruned counts at its size in the fixed time.
+    heads_only = table.budget(zero_invariant_groups(model, prune_heads=False), 2.0)
+    assert heads_only.fixed_seconds == pytest.approx(table.empty_seconds + 3 * float(table.attention_seconds(4)))
+    neurons_only = table.budget(zero_invariant_groups(model, prune_neurons=False), 2.0)
+    assert neurons_only.fixed_seconds == pytest.approx(table.empty_seconds + 3 * float(table.ffn_seconds(24)))
+    assert heads_only.dense_seconds == neurons_only.dense_seconds == budget.dense_seconds
+    # The budget's block times are the table's, by kind.
+    from oto_hf.groups import HEAD, NEURON
+    from oto_hf.selection import Pools
+
+    kept = torch.tensor([0.0, 2.0, 4.0], dtype=torch.float64)
+    assert torch.equal(budget.block_seconds(HEAD, kept), table.attention_seconds(kept))
+    assert torch.equal(budget.block_seconds(NEURON, kept), table.ffn_seconds(kept))
+    pools = Pools.of(groups, groups.costs("flops", 8), torch.device("cpu"))
+    nothing = torch.zeros(groups.num_groups, dtype=torch.bool)
+    assert budget.predict(nothing, pools) == pytest.approx(budget.dense_seconds)
+    assert budget.predict(~nothing, pools) == pytest.approx(budget.fixed_seconds)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
+def test_prediction_of_counts_on_a_gpu_stays_there():
+    table = hand_table(**NOISY)
+    counts = torch.tensor([0.0, 3.0, 4.0], dtype=torch.float64)
+    on_gpu = table.attention_seconds(counts.cuda())
+    assert on_gpu.is_cuda and torch.equal(on_gpu.cpu(), table.attention_seconds(counts))
+    assert table.ffn_seconds(counts.cuda()).is_cuda
+
+
+def test_table_round_trips_through_its_dict():
+    table = hand_table(**NOISY)
+    table.path, table.cached = "/somewhere.json", True
+    values = json.loads(json.dumps(table.to_dict()))
+    assert "path" not in values and "cached" not in values
+    again = LatencyTable.from_dict(values)
+    assert again.to_dict() == table.to_dict() and again.path is None and not again.cached
+
+
+# ---- measuring, and the cache ----
+
+
+SPEC = LatencySpec("torch", 2, 8, 1)
+SMALL = dict(head_points=3, width_points=3, repeats=1, patience_s=0)
+
+
+def tiny_model(cls=BertForQuestionAnswering, **config):
+    torch.manual_seed(0)
+    return cls(tiny_bert_config(**config)).eval()
+
+
+def count_timings(monkeypatch, fake: bool) -> list:
+    """Counts the latency table's timing runs (`latency.interleaved` calls), each as the sorted names of the models
+    it timed; `fake`: every model takes 1 ms, nothing is timed (for what does not depend on the times)."""
+    calls = []
+    real = latency.interleaved
+
+    def counted(variants, repeats, **kwargs):
+        calls.append(sorted(variants))
+        if not fake:
+            return real(variants, repeats, **kwargs)
+        return Timings(seconds={name: [1e-3] for name in variants}, orders=[tuple(variants)],
+                       foreign_load_cores=[0.0], requested_repeats=repeats)
+
+    monkeypatch.setattr(latency, "interleaved", counted)
+    return calls
+
+
+@pytest.fixture
+def fake_timings(monkeypatch):
+    return count_timings(monkeypatch, fake=True)
+
+
+def test_a_measured_table_is_cached_and_read_back_without_measuring(tmp_path, monkeypatch):
+    timings = count_timings(monkeypatch, fake=False)
+    model = tiny_model()
+    logged = []
+    table = latency.measure_latency_table(model, SPEC, directory=tmp_path, log=logged.append, **SMALL)
+    assert len(timings) == 1 and not table.cached
+    # Every grid model was timed: h heads and no neuron, w neurons and no head, the full size.
+    assert timings[0] == sorted(["h0", "h1", "h4", "w1", "w24", "full"])
+    assert (table.heads_grid, table.width_grid, table.full_heads, table.full_width) == ([0, 1, 4], [0, 1, 24], 4, 24)
+    assert table.num_layers == 3 and table.model_class == "BertForQuestionAnswering"
+    assert table.width_seconds[0] == table.heads_seconds[0] == table.empty_seconds
+    assert all(s > 0 for s in table.heads_seconds + table.width_seconds + [table.full_seconds])
+    assert table.spec == {"runtime": "torch", "batch_size": 2, "seq_len": 8, "threads": 1}
+    assert table.repeats == 1 and "busy" in table.load
+    path = Path(table.path)
+    assert path.parent == tmp_path and path.is_file() and not list(tmp_path.glob("*.partial"))
+    assert path.name.startswith("bert-torch-2x8-1t-") and table.key[:16] in path.name
+    assert json.loads(path.read_text())["key"] == table.key
+    assert "measured the latency table" in " ".join(logged)
+    counting = latency.interleaved
+
+    def no_timing(*args, **kwargs):
+        raise AssertionError("a cached table must not be measured again")
+
+    monkeypatch.setattr(latency, "interleaved", no_timing)
+    again = latency.measure_latency_table(tiny_model(), SPEC, directory=tmp_path, log=logged.append, **SMALL)
+    assert again.cached and again.path == table.path and again.to_dict() == table.to_dict()
+    assert "using the cached latency table" in logged[-1]
+    # The weights do not matter (speed does not depend on them): another initialisation is the same table.
+    torch.manual_seed(1)
+    other_weights = BertForQuestionAnswering(tiny_bert_config())
+    assert latency.measure_latency_table(other_weights, SPEC, directory=tmp_path, log=logged.append, **SMALL).cached
+    # refresh measures again, whatever is cached.
+    monkeypatch.setattr(latency, "interleaved", counting)
+    fresh = latency.measure_latency_table(model, SPEC, directory=tmp_path, refresh=True, log=logged.append, **SMALL)
+    assert not fresh.cached and fresh.path == table.path and len(timings) == 2
+
+
+def test_measuring_restores_the_threads_and_the_model(tmp_path):
+    model = tiny_model()
+    before = torch.get_num_threads()
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    torch.set_num_threads(2)  # measured on 1 thread (never more: the test machine's cores are shared)
+    try:
+        latency.measure_latency_table(model, SPEC, directory=tmp_path, **SMALL)
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
+    assert all(torch.equal(state[k], v) for k, v in model.state_dict().items())
+    assert not model.training
+
+
+@pytest.mark.parametrize("change", ["num_labels", "hidden_size", "shape", "threads", "runtime_version"])
+def test_the_key_holds_everything_the_table_depends_on(change, tmp_path, fake_timings, monkeypatch):
+    timings = fake_timings
+    cls = BertForSequenceClassification if change == "num_labels" else BertForQuestionAnswering
+    first = latency.measure_latency_table(tiny_model(cls), SPEC, directory=tmp_path, **SMALL)
+    model, spec = tiny_model(cls), SPEC
+    if change == "num_labels":
+        model = tiny_model(cls, num_labels=5)
+    elif change == "hidden_size":
+        model = tiny_model(hidden_size=48)
+    elif change == "shape":
+        spec = LatencySpec("torch", 1, 8, 1)
+    elif change == "threads":
+        spec = LatencySpec("torch", 2, 8, 2)
+    else:
+        real = latency.runtime_version
+        monkeypatch.setattr(latency, "runtime_version", lambda runtime: {**real(runtime), "torch": "0.0.0-other"})
+    second = latency.measure_latency_table(model, spec, directory=tmp_path, **SMALL)
+    assert len(timings) == 2, "a changed setting must be measured, not read from the cache"
+    assert not second.cached and second.key != first.key and second.path != first.path
+    assert len(list(tmp_path.glob("*.json"))) == 2
+    # and each is then read back from its own file
+    assert latency.measure_latency_table(model, spec, directory=tmp_path, **SMALL).cached
+    assert len(timings) == 2
+
+
+@pytest.mark.parametrize("damage", ["another key", "unreadable", "not a table", "truncated"])
+def test_a_cached_file_that_is_not_this_table_is_not_used(damage, tmp_path, fake_timings):
+    timings = fake_timings
+    table = latency.measure_latency_table(tiny_model(), SPEC, directory=tmp_path, **SMALL)
+    path = Path(table.path)
+    if damage == "another key":
+        values = json.loads(path.read_text())
+        values["key"] = "0" * 64
+        path.write_text(json.dumps(values))
+    elif damage == "unreadable":
+        path.write_text("{not json")
+    elif damage == "not a table":
+        path.write_text(json.dumps({"key": table.key, "something": 1}))
+    else:
+        path.write_text(path.read_text()[: len(path.read_text()) // 2])
+    logged = []
+    again = latency.measure_latency_table(tiny_model(), SPEC, directory=tmp_path, log=logged.append, **SMALL)
+    assert len(timings) == 2 and not again.cached and again.key == table.key
+    assert json.loads(path.read_text())["key"] == table.key  # rewritten
+    if damage in ("unreadable", "not a table", "truncated"):
+        assert "is unreadable" in logged[0]
+
+
+def test_the_cache_lives_under_oto_hf_cache(tmp_path, monkeypatch, fake_timings):
+    monkeypatch.setenv("OTO_HF_CACHE", str(tmp_path / "cache"))
+    assert latency.cache_dir() == tmp_path / "cache" / "latency"
+    table = latency.measure_latency_table(tiny_model(), SPEC, **SMALL)
+    assert Path(table.path).parent == tmp_path / "cache" / "latency"
+    monkeypatch.delenv("OTO_HF_CACHE")
+    assert latency.cache_dir() == Path.home() / ".cache" / "oto_hf" / "latency"
+    monkeypatch.setenv("OTO_HF_CACHE", "")  # empty: as if unset
+    assert latency.cache_dir() == Path.home() / ".cache" / "oto_hf" / "latency"
+
+
+def test_table_key_ignores_what_speed_does_not_depend_on():
+    model = tiny_model()
+    key, fields = latency.table_key(model, SPEC, [0, 1, 4], [0, 1, 24])
+    model.config.id2label = {0: "a", 1: "b"}
+    model.config.label2id = {"a": 0, "b": 1}
+    model.config._name_or_path = "/some/where/else"
+    assert latency.table_key(model, SPEC, [0, 1, 4], [0, 1, 24])[0] == key
+    assert latency.table_key(model, SPEC, [0, 2, 4], [0, 1, 24])[0] != key
+    assert {"format", "model_class", "config", "spec", "versions", "machine", "heads_grid", "width_grid"} <= set(fields)
+
+
+# ---- the measured speedup ----
+
+
+def compressed_copy(model):
+    groups = zero_invariant_groups(model)
+    with torch.no_grad():
+        groups.zero_(torch.nonzero(groups.layers == 0).flatten()[:10])
+    return compress(model)
+
+
+@pytest.mark.parametrize("modes", [(True, False), (False, True), (True, True)])
+def test_measure_speedup_returns_the_record_and_leaves_the_modes(modes):
+    dense = tiny_model()
+    small = compressed_copy(tiny_model())
+    dense.train(modes[0])
+    small.train(modes[1])
+    dense.bert.embeddings.eval()  # a submodule in another mode than its model keeps it too
+    threads = torch.get_num_threads()  # measured on SPEC's 1 thread, then restored
+    result = latency.measure_speedup(dense, small, SPEC, repeats=1, patience_s=0)
+    assert {"runtime", "shape", "batch_size", "seq_len", "threads", "repeats", "dense_median_s",
+            "compressed_median_s", "speedup", "session_settings", "foreign_load_cores", "max_foreign_load_cores",
+            "busy", "busy_threshold_cores"} <= set(result)
+    assert (result["runtime"], result["shape"], result["threads"], result["repeats"]) == ("torch", "2x8", 1, 1)
+    assert result["speedup"] == pytest.approx(result["dense_median_s"] / result["compressed_median_s"])
+    assert result["session_settings"] is None
+    assert (dense.training, small.training) == modes
+    assert not any(m.training for m in dense.bert.embeddings.modules())
+    assert all(m.training == modes[0] for name, m in dense.named_modules() if not name.startswith("bert.embeddings"))
+    assert all(m.training == modes[1] for m in small.modules())
+    assert torch.get_num_threads() == threads
