@@ -218,7 +218,6 @@ def run(settings: dict, folder: Path, only: list[str] | None, runtimes: list[str
         problem = latency.runtime_problem(runtime)
         if problem:
             raise SystemExit(f"runtime {problem}")
-    common.setup_threads(settings["threads"])
     points_dir, tables_dir = folder / "points", folder / "tables"
     header = common.result_header(BENCHMARK, __file__, argv, PROTOCOL)
     started = time.perf_counter()
@@ -233,6 +232,7 @@ def run(settings: dict, folder: Path, only: list[str] | None, runtimes: list[str
                     log(f"{model_name} {runtime} {shape}: every point has a result (--force to measure again)")
                     continue
                 if dense is None:
+                    common.setup_threads(settings["threads"])
                     dense, description = common.build_model(model_name, settings["seed"])
                 spec = latency.LatencySpec.of(runtime, shape, settings["threads"])
                 log(f"{model_name} {runtime} {shape}: {len(todo)} point(s); the latency table first")
