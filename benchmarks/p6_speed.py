@@ -175,7 +175,7 @@ def measure_point(dense, table, spec, model_name, allocation, asked, settings) -
              "allocation": allocation, "saliency": settings["saliency"], "layer_floor": settings["layer_floor"],
              "asked": asked, **chosen, "table": table_record(table)}
     if sparse is None:
-        log(f"  {asked:g}×: unreachable (largest {chosen['largest_reachable']:.2f}×); not measured")
+        log(f"  {allocation} {asked:g}×: unreachable (largest {chosen['largest_reachable']:.2f}×); not measured")
         return point
     compressed = oto_hf.compress(sparse).eval()
     del sparse
