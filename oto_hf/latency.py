@@ -32,7 +32,6 @@ import copy
 import hashlib
 import json
 import logging
-import math
 import os
 import platform
 import tempfile
