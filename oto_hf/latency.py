@@ -499,18 +499,19 @@ SHORTFALL = 0.10
 
 
 def speed_target_report(table: LatencyTable, asked: float, dense: nn.Module, compressed: nn.Module,
-                        spec: LatencySpec, repeats: int = 10) -> dict:
+                        spec: LatencySpec, repeats: int = 10, patience_s: float = 30.0) -> dict:
     """What a run with a speed target states (report, log, model card): asked, predicted (by `table`, for the
     compressed model's sizes against `dense`'s) and measured (`measure_speedup` on `spec`) speedups, the layout
     (sizes per layer, emptied blocks), the latency table's provenance, and `shortfall`: a sentence when the
-    measured speedup is more than `SHORTFALL` below the asked one (None otherwise)."""
+    measured speedup is more than `SHORTFALL` below the asked one (None otherwise). `patience_s`: as
+    `measure_speedup`'s."""
     from .groups import zero_invariant_groups
 
     groups = zero_invariant_groups(dense)
     heads = list(compressed.config.num_attention_heads_per_layer)
     widths = list(compressed.config.intermediate_size_per_layer)
     predicted = table.speedup(heads, widths, dense=(groups.heads_per_layer, groups.neurons_per_layer))
-    measurement = measure_speedup(dense, compressed, spec, repeats=repeats)
+    measurement = measure_speedup(dense, compressed, spec, repeats=repeats, patience_s=patience_s)
     measured = measurement["speedup"]
     shortfall = None
     if measured < (1 - SHORTFALL) * asked:

@@ -473,3 +473,34 @@ def test_a_missing_model_folder_is_no_such_folder(tmp_path, monkeypatch, name):
     with pytest.raises(RunError, match=rf"--model_name_or_path: no such folder '{name}'") as error:
         run_glue.main(tiny_argv(name, tmp_path / "run"))
     assert "Repo id" not in str(error.value)
+
+
+def test_a_speed_target_run_reports_asked_predicted_and_measured(small_model_dir, tmp_path, monkeypatch, caplog):
+    """--oto_speedup: the table is measured before training (small and fast here: 3 grid points, 1 repeat), and the
+    report, report.md, the card and the log give the asked, predicted and measured speedups on the target's runtime
+    and shape; a measured speedup far below the asked one is said plainly."""
+    from oto_hf import latency, runner, trainer as trainer_module
+
+    monkeypatch.setenv("OTO_HF_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(runner, "SPEED_PATIENCE_S", 0.0)
+    monkeypatch.setattr(trainer_module, "measure_latency_table", lambda model, spec, log=None: (
+        latency.measure_latency_table(model, spec, head_points=3, width_points=3, repeats=1, patience_s=0, log=log)))
+    out = tmp_path / "out"
+    argv = tiny_argv(small_model_dir, out, oto_target=None, oto_speedup=1.5, oto_latency_shape="2x16",
+                     oto_latency_threads=1)
+    with caplog.at_level("INFO"):
+        report = run_glue.main(argv)
+    entry = report["speed_target"]
+    assert entry["asked"] == 1.5 and entry["runtime"] == "torch" and entry["shape"] == "2x16" and entry["threads"] == 1
+    assert entry["predicted"] >= 1.5 - 1e-6, "the layout meets the speedup the table predicts"
+    assert entry["measured"] == entry["measurement"]["speedup"] > 0
+    assert (entry["shortfall"] is not None) == (entry["measured"] < 0.9 * 1.5)
+    heads, widths = entry["layout"]["heads_per_layer"], entry["layout"]["ffn_width_per_layer"]
+    assert (heads, widths) == (report["model"]["after"]["heads_per_layer"], report["model"]["after"]["ffn_width_per_layer"])
+    assert entry["layout"]["emptied_attention_layers"] == [i for i, h in enumerate(heads) if h == 0]
+    assert entry["latency_table"]["cached"] is False and entry["latency_table"]["build_seconds"] > 0
+    assert report["oto_settings"]["oto_speedup"] == 1.5
+    assert json.loads((out / "report.json").read_text())["speed_target"]["predicted"] == entry["predicted"]
+    for text in ((out / "report.md").read_text(), (out / "compressed_model" / "README.md").read_text(), caplog.text):
+        assert "Speed target: asked 1.5× on torch at 2x16" in text
+        assert f"predicted {entry['predicted']:.2f}×" in text and f"{entry['measured']:.2f}×" in text
