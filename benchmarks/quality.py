@@ -38,6 +38,7 @@ import yaml  # noqa: E402
 import common  # noqa: E402  (benchmarks/, the script's own folder)
 import oto_hf  # noqa: E402
 from oto_hf import runner  # noqa: E402
+from oto_hf.latency import LatencySpec, measure_speedup  # noqa: E402
 from oto_hf.report import latency_ratio  # noqa: E402
 from oto_hf.tasks import get_task  # noqa: E402
 
@@ -59,7 +60,7 @@ def log(msg: str) -> None:
 TABLE_KEYS = {"task", "config", "seq_len", "baseline", "latency", "peer_calibration_batches", "smoke", "settings", "curves",
               "suites", "runs"}
 SUITE_KEYS = {"about", "results", "options", "follows", "full_dev"}
-RUN_KEYS = {"kind", "about", "target", "seeds", "start", "teacher", "alpha", "hidden_weight", "options", "follows",
+RUN_KEYS = {"kind", "about", "target", "speedup", "latency", "seeds", "start", "teacher", "alpha", "hidden_weight", "options", "follows",
             "follows_at_seed", "compare"}
 RUN_DEFAULTS = {"seeds": [0], "start": "pretrained", "teacher": "none", "options": {}, "follows_at_seed": {},
                 "compare": []}
@@ -106,7 +107,8 @@ def check_table(table: dict, where: str) -> None:
             fail(f"run {entry!r}: {key}: {ref!r} is not a {kind} run of the table")
         if missing := [s for s in seeds if s not in runs[ref]["seeds"]]:
             fail(f"run {entry!r}: {key}: {ref!r} has no seed {missing[0]}")
-        if kind == "oto" and runs[ref]["target"] != runs[entry]["target"]:
+        if kind == "oto" and (runs[ref].get("target"), runs[ref].get("speedup")) != (
+                runs[entry].get("target"), runs[entry].get("speedup")):
             fail(f"run {entry!r}: {key}: {ref!r} has another target")
 
     refuse_unknown("the table", table, TABLE_KEYS)
@@ -120,8 +122,12 @@ def check_table(table: dict, where: str) -> None:
         kind = spec.get("kind")
         if kind not in KINDS or not spec.get("about"):
             fail(f"run {entry!r}: needs a kind ({' | '.join(KINDS)}) and an about")
-        if (kind == "dense") == ("target" in spec) or (kind == "dense" and spec["start"] != "pretrained"):
-            fail(f"run {entry!r}: oto and peer runs have a target, dense runs none and start from the pretrained model")
+        goals = ("target" in spec) + ("speedup" in spec)
+        if (kind == "dense") == (goals == 1) or goals > 1 or (kind == "dense" and spec["start"] != "pretrained"):
+            fail(f"run {entry!r}: oto and peer runs have one target (a FLOPs share, or for oto a speedup), dense runs "
+                 "none and start from the pretrained model")
+        if kind == "peer" and "speedup" in spec:
+            fail(f"run {entry!r}: a peer is matched to FLOPs: give it a target, not a speedup")
         if (kind == "peer") != ("follows" in spec) or (kind == "peer" and spec["start"] == "pretrained"):
             fail(f"run {entry!r}: a peer, and only a peer, follows an oto run and starts from a dense run")
         if spec["teacher"] == "none" and ("alpha" in spec or "hidden_weight" in spec):
@@ -212,7 +218,8 @@ class Bench:
         if spec["kind"] == "oto":
             if spec["start"] != "pretrained":
                 argv += ["--model_name_or_path", str(self.model_dir(self.ref(run, spec["start"])))]
-            argv += ["--oto_target", str(spec["target"])]
+            argv += (["--oto_speedup", str(spec["speedup"])] if "speedup" in spec else
+                     ["--oto_target", str(spec["target"])])
         return argv + ["--seed", str(run.seed)]
 
     def oto_argv(self, run: Run, run_dir: Path) -> list[str]:
@@ -459,9 +466,11 @@ def kept(stats: dict, ref: dict) -> dict:
             "ffn_neurons": sum(stats["ffn_width_per_layer"]) / sum(ref["ffn_width_per_layer"])}
 
 
-def measure_latency(bench: Bench, model) -> dict:
+def measure_latency(bench: Bench, model, run: Run | None = None) -> dict:
     """Latency ratio of the dense model (a saved model of the baseline at any seed, else the pretrained checkpoint it
-    starts from, which has its shapes) against `model`: interleaved repeats, medians, on the CPU."""
+    starts from, which has its shapes) against `model`: interleaved repeats, medians, on the CPU; with the table's
+    `latency` (over which `run`'s own `latency` goes, outside --smoke), in PyTorch, or with a `runtime`
+    ("onnxruntime") by `oto_hf.latency.measure_speedup`, as a speed-target job measures itself."""
     dense_dir = next((d for r in bench.runs.values() if r.entry == bench.table["baseline"]
                       and ((d := bench.model_dir(r.name)) / "config.json").exists()), None)
     if dense_dir is None:
@@ -469,8 +478,14 @@ def measure_latency(bench: Bench, model) -> dict:
         dense_dir = Path(runner.resolve_model_path(model_args.model_name_or_path))
     torch.set_num_threads(THREADS)
     load0, lat = os.getloadavg(), bench.latency
-    lat = latency_ratio(bench.task.model(dense_dir).eval(), model.eval().cpu(), lat["batch_size"], lat["seq_len"],
-                        lat["repeats"], vocab_size=model.config.vocab_size)
+    if run is not None and not bench.smoke:
+        lat = {**lat, **(run.spec.get("latency") or {})}
+    if lat.get("runtime", "torch") != "torch":  # a speed target's runtime: oto_hf.latency's measurement
+        spec = LatencySpec.of(lat["runtime"], f"{lat['batch_size']}x{lat['seq_len']}", THREADS)
+        lat = measure_speedup(bench.task.model(dense_dir).eval(), model.eval().cpu(), spec, lat["repeats"])
+    else:
+        lat = latency_ratio(bench.task.model(dense_dir).eval(), model.eval().cpu(), lat["batch_size"], lat["seq_len"],
+                            lat["repeats"], vocab_size=model.config.vocab_size)
     lat.update(load_average_before=load0, load_average_after=os.getloadavg(), reference=relative(dense_dir))
     log(f"latency: {lat['speedup']:.3f}x (dense {lat['dense_median_s']:.3f}s, this {lat['compressed_median_s']:.3f}s)")
     return lat
@@ -583,7 +598,7 @@ def run_adamw(bench: Bench, run: Run) -> dict:
     stats = model_stats(trainer.model, bench.seq_len)
     return {**result, "quality": metrics, "questions": len(answers), "stats": stats,
             "kept": kept(stats, model_stats(task.model(data["model_path"]), bench.seq_len)),
-            "latency": measure_latency(bench, trainer.model), "training": training, "model_dir": str(folder / "model"),
+            "latency": measure_latency(bench, trainer.model, run), "training": training, "model_dir": str(folder / "model"),
             "config": bench.table["config"], "overrides": [relative(a) for a in bench.argv(run)[1:]],
             "data": {**data["data_files"], "train_questions": len(data["train_examples"]),
                      "train_features": len(data["train_features"]), "eval_questions": len(answers),
@@ -614,14 +629,15 @@ def run_oto(bench: Bench, run: Run) -> dict:
     model = bench.task.model(run_dir / "compressed_model")
     stats, quality = model_stats(model, bench.seq_len), report["quality"]
     script = bench.task.script
-    return {"target_flops_removed": run.spec["target"],
+    return {"target_flops_removed": run.spec.get("target"), "speedup_asked": run.spec.get("speedup"),
+            "speed_target": report.get("speed_target"),
             f"{script}_command": f"python {script}.py " + shlex.join(relative(a) for a in argv),
             "quality": quality["compressed"], "quality_group_sparse": quality["group_sparse"],
             "identical_predictions": quality["identical_predictions"],
             "questions": quality.get("questions", quality.get("examples")),
             "stats": stats, "stats_from_report": report["model"]["after"],
             "kept": kept(stats, report["model"]["before"]),
-            "latency": measure_latency(bench, model),
+            "latency": measure_latency(bench, model, run),
             "training": {**report["training"], f"{script}_wall_s_this_session": wall,
                          "other_processes_cpu_cores_during_run": foreign, "optimizer": "oto_hf.HSPG (direction adamw)",
                          **training_settings(bench.task.parse_arguments(argv)[2]),
@@ -690,7 +706,7 @@ def remeasure_latency(bench: Bench, names: list[str]) -> None:
     """Measure the latency ratio of finished runs with a saved model again (on an idle machine) and keep it beside
     the first, taken at the end of each run whatever else was running then. Default: every such run."""
     for name in names or [n for n in bench.runs if bench.result(n) and bench.model_dir(n).exists()]:
-        lat = measure_latency(bench, bench.task.model(existing_model(bench, name)))
+        lat = measure_latency(bench, bench.task.model(existing_model(bench, name)), bench.run(name))
         bench.write_result(name, {**bench.result(name), "latency_remeasured": {
             **lat, "measured_at": time.strftime("%Y-%m-%d %H:%M:%S")}})
 

@@ -161,10 +161,25 @@ PEER = {"kind": "peer", "target": 0.5, "start": "dense", "follows": "oto50", "se
     ({"dense": DENSE, "oto50": {**OTO, "alpha": 0.9}}, {}, r"'oto50': alpha and hidden_weight need a teacher"),
     ({"dense": DENSE, "oto50": OTO, "tp50": PEER}, {"follows": {"tp50": "oto30"}}, r"suite 'p1'.*'oto30' is not"),
     ({"dense": DENSE, "oto50": OTO}, {"full_dev": True, "fulldev": True}, r"suite 'p1': unknown key 'fulldev'"),
+    ({"dense": DENSE, "fast": {**OTO, "speedup": 2}}, {}, r"'fast': oto and peer runs have one target"),
+    ({"dense": DENSE, "oto50": OTO, "tp": {**PEER, "target": None, "speedup": 2}}, {}, r"'tp': oto and peer runs"),
+    ({"dense": DENSE, "oto50": OTO, "tp": {**PEER, "speedup": 2}}, {}, r"'tp': oto and peer runs have one target"),
 ])
 def test_the_table_refuses_what_it_cannot_run(runs, suite, error):
     with pytest.raises(quality.TableError, match=error):
         quality.check_table(_table(runs, **suite), "p1.yaml")
+
+
+def test_a_speed_target_run_passes_its_speedup_to_the_job(tmp_path):
+    table = _table({"dense": DENSE, "fast": {**OTO, "target": None, "speedup": 2.5,
+                                              "latency": {"runtime": "onnxruntime", "batch_size": 1}}})
+    del table["runs"]["fast"]["target"]
+    quality.check_table(table, "p1.yaml")
+    (tmp_path / "t.yaml").write_text(yaml.safe_dump({**table, "latency": {"batch_size": 4, "seq_len": 64, "repeats": 1},
+                                                      "peer_calibration_batches": 1, "smoke": {}}))
+    bench = quality.Bench(table=tmp_path / "t.yaml")
+    argv = bench.argv(bench.run("fast"))
+    assert argv[argv.index("--oto_speedup") + 1] == "2.5" and "--oto_target" not in argv
 
 
 def test_the_table_refuses_a_key_given_twice(tmp_path):
