@@ -1,7 +1,7 @@
 """ONNX export of compressed (and dense) models, checked against PyTorch, with optional int8 dynamic quantization.
 
     python -m oto_hf.export MODEL_DIR OUT.onnx [--quantize int8] [--opset N] [--check] [--atol 1e-4]
-                                               [--attention eager|model]
+                                               [--attention eager|model] [--tune-session 1x128|none]
 
     from oto_hf.export import export_onnx, check_onnx
     info = export_onnx("out/compressed", "model.onnx", quantize="int8")  # also writes model.int8.onnx
@@ -50,6 +50,14 @@ Projections with no rows or columns (layers left without a head or a neuron) sta
 quantize and onnxruntime's per-channel quantizer fails on them. ``reduce_range`` is left off (onnxruntime's
 default), which suits CPUs with VNNI; onnxruntime recommends it for AVX2/AVX-512 CPUs without VNNI.
 
+Session settings: every onnxruntime session of oto_hf is made by `ort_session` (CPU, torch's thread count by
+default), under one of the named `SESSION_SETTINGS` (onnxruntime's default "all_fusions", or
+"no_skip_layernorm_fusion"). Which is faster depends on the file and the CPU, so the command line times them on each
+file it writes (`fastest_session_settings`, at ``--tune-session`` batch × tokens, default 1x128; ``none`` skips it),
+says which was fastest and records it beside the file (``OUT.session.json``, ``OUT.int8.session.json``);
+`OnnxRuntimeModel` runs a file with the settings recorded beside it, unless told otherwise. A record is ignored,
+with a warning, once onnxruntime's version differs from the one that measured it.
+
 Needs the ``onnx`` extra: ``pip install 'oto-hf[onnx]'`` (onnx, onnxruntime, onnxscript).
 """
 
@@ -62,6 +70,7 @@ import io
 import json
 import logging
 import os
+import platform
 import sys
 import warnings
 from pathlib import Path
@@ -69,8 +78,10 @@ from pathlib import Path
 import torch
 from torch import nn
 
-__all__ = ["DEFAULT_OPSET", "OnnxMismatchError", "OnnxRuntimeModel", "check_onnx", "export_onnx", "int8_path_for",
-           "load_model", "onnx_input_names", "quantize_int8", "sample_inputs"]
+__all__ = ["DEFAULT_OPSET", "SESSION_SETTINGS", "OnnxMismatchError", "OnnxRuntimeModel", "check_onnx", "export_onnx",
+           "fastest_session_settings", "int8_path_for", "load_model", "onnx_input_names", "ort_session",
+           "quantize_int8", "recorded_session_settings", "sample_inputs", "session_settings_path",
+           "write_session_settings"]
 
 DEFAULT_OPSET = 18
 TEXT_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
@@ -282,7 +293,7 @@ def export_onnx(model_or_dir, out_path: str | os.PathLike, opset: int = DEFAULT_
                          "pass model.float() (int8 comes from quantize='int8')")
     out = Path(out_path)
     out.parent.mkdir(parents=True, exist_ok=True)
-    for stale in (out, Path(str(out) + ".data")):
+    for stale in (out, Path(str(out) + ".data"), session_settings_path(out)):
         stale.unlink(missing_ok=True)
     names = onnx_input_names(model)
     was_training = model.training
@@ -383,6 +394,7 @@ def quantize_int8(onnx_path: str | os.PathLike, out_path: str | os.PathLike | No
     source = Path(onnx_path)
     target = Path(out_path) if out_path is not None else int8_path_for(source)
     target.unlink(missing_ok=True)
+    session_settings_path(target).unlink(missing_ok=True)  # measured on the file this one replaces
     model = onnx.load(str(source), load_external_data=False)
     empty = {t.name for t in model.graph.initializer if 0 in t.dims}
     skip = [n.name for n in model.graph.node if n.op_type in ("MatMul", "Gemm") and empty.intersection(n.input)]
@@ -407,24 +419,22 @@ def _quiet_logging(name: str):
 
 @torch.no_grad()
 def check_onnx(model, onnx_path: str | os.PathLike, batch_sizes=(1, 3), seq_lens=(7, 33),
-               atol: float | None = 1e-4, seed: int = 0) -> dict[str, float]:
-    """Run the ONNX file `onnx_path` with onnxruntime (CPUExecutionProvider) and `model` (an `nn.Module` or a
-    folder) in PyTorch on the same inputs, and return the largest absolute difference of each output, by name.
+               atol: float | None = 1e-4, seed: int = 0, session_settings: str = "all_fusions") -> dict[str, float]:
+    """Run the ONNX file `onnx_path` with onnxruntime (`ort_session` with `session_settings`, default
+    "all_fusions") and `model` (an `nn.Module` or a folder) in PyTorch on the same inputs, and return the largest
+    absolute difference of each output, by name.
 
     Inputs: every batch size × sequence length (for vision models, every batch size), from `sample_inputs`: rows
     after the first padded at the end (attention_mask 0 there). Every position is compared, padded ones included.
     Raises `OnnxMismatchError` if a difference exceeds `atol` (pass None to only measure, e.g. an int8 file), and
     ValueError if the file does not take the model's inputs or give its outputs.
     """
-    _, ort = _require_onnx()
     import numpy as np
 
     model = _as_model(model)
     was_training = model.training
     model.eval()
-    options = ort.SessionOptions()
-    options.log_severity_level = 3
-    session = ort.InferenceSession(str(onnx_path), options, providers=["CPUExecutionProvider"])
+    session = ort_session(onnx_path, settings=session_settings)
     names = onnx_input_names(model)
     got = [i.name for i in session.get_inputs()]
     if got != names:
@@ -455,21 +465,212 @@ def check_onnx(model, onnx_path: str | os.PathLike, batch_sizes=(1, 3), seq_lens
     return diffs
 
 
+# ---------------------------------------------------------------------------------------------------------------
+# Session settings: how onnxruntime runs a file. Which candidate is fastest depends on the file and the CPU, so it is
+# measured (`fastest_session_settings`), recorded beside the file (`OUT.session.json`) and read back when the file is
+# served (`OnnxRuntimeModel`), never assumed. docs/deployment.md ("Session settings") has the evidence.
+
+SESSION_SETTINGS: dict[str, dict] = {
+    # onnxruntime's default (ORT_ENABLE_ALL, every fusion): the reference, and what is used when nothing was measured.
+    "all_fusions": {"disabled_optimizers": ()},
+    # The same without fusing Add + LayerNormalization into SkipLayerNormalization, which ran slower on some CPUs.
+    "no_skip_layernorm_fusion": {"disabled_optimizers": ("SkipLayerNormFusion",)},
+}
+"""The candidate session settings, by name, in the order they are tried: keyword arguments of `ort_session` beyond
+the defaults (graph optimisation level ORT_ENABLE_ALL, CPU execution provider)."""
+
+# The number of choices a multiple-choice file is timed with (its `choices` axis is dynamic).
+_TIMED_CHOICES = 4
+
+
+def _check_settings_name(settings: str) -> None:
+    if settings not in SESSION_SETTINGS:
+        raise ValueError(f"unknown session settings {settings!r}: choose one of {', '.join(SESSION_SETTINGS)}")
+
+
+def ort_session(path: str | os.PathLike, threads: int | None = None, settings: str = "all_fusions"):
+    """The onnxruntime `InferenceSession` of the file `path`, as oto_hf runs every file: CPU execution provider,
+    `threads` intra-op threads (default: torch's, `torch.get_num_threads()`), warnings and info logs off, every graph
+    optimisation except those the named `settings` (a key of `SESSION_SETTINGS`, default "all_fusions":
+    onnxruntime's own default) disable. Pass the name `fastest_session_settings` found, or the one
+    `recorded_session_settings` reads beside the file, to run the file as fast as this machine runs it."""
+    _check_settings_name(settings)
+    _, ort = _require_onnx()
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    options.intra_op_num_threads = threads or torch.get_num_threads()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    disabled = list(SESSION_SETTINGS[settings]["disabled_optimizers"])
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"], disabled_optimizers=disabled)
+
+
+def _vocab_size(path: Path) -> int:
+    """The number of rows of the embedding table that the file's `input_ids` index (to draw valid token ids)."""
+    import onnx
+
+    graph = onnx.load(str(path), load_external_data=False).graph
+    tables = {t.name: list(t.dims) for t in graph.initializer}
+    producers = {output: node for node in graph.node for output in node.output}
+    for node in graph.node:
+        if node.op_type == "Gather" and len(node.input) > 1 and node.input[1] == "input_ids":
+            name = node.input[0]
+            for _ in range(4):  # through a DequantizeLinear / Cast in front of the table
+                if name in tables or name not in producers:
+                    break
+                name = producers[name].input[0]
+            if name in tables and tables[name]:
+                return int(tables[name][0])
+    raise ValueError(f"{path}: no embedding table indexed by input_ids was found, so valid token ids are unknown")
+
+
+def _timing_feed(session, path: Path, batch_size: int, seq_len: int, seed: int = 0) -> dict:
+    """Random inputs of `batch_size` × `seq_len` for every input the session takes: token ids below the file's
+    vocabulary size, an all-ones attention mask, zero token types; for images, random pixels of the file's size."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    axes = {"batch": batch_size, "sequence": seq_len, "choices": _TIMED_CHOICES}
+    feed = {}
+    for value in session.get_inputs():
+        shape = []
+        for dim in value.shape:
+            if isinstance(dim, int):
+                shape.append(dim)
+            elif dim in axes:
+                shape.append(axes[dim])
+            else:
+                raise ValueError(f"{path}: input {value.name} has an axis {dim!r} that is not batch, choices or "
+                                 "sequence, so fastest_session_settings cannot fill it")
+        if value.name == "input_ids":
+            feed[value.name] = rng.integers(0, _vocab_size(path), size=shape, dtype=np.int64)
+        elif value.name == "attention_mask":
+            feed[value.name] = np.ones(shape, dtype=np.int64)
+        elif value.name == "token_type_ids":
+            feed[value.name] = np.zeros(shape, dtype=np.int64)
+        elif value.name == "pixel_values":
+            feed[value.name] = rng.standard_normal(shape, dtype=np.float32)
+        else:
+            raise ValueError(f"{path}: fastest_session_settings does not know how to fill input {value.name!r} "
+                             f"(it fills {', '.join(TEXT_INPUTS)} and pixel_values)")
+    return feed
+
+
+def fastest_session_settings(path: str | os.PathLike, batch_size: int, seq_len: int, threads: int | None = None,
+                             repeats: int = 5, candidates=None) -> dict:
+    """Time the file `path` under every candidate of `SESSION_SETTINGS` (or the names in `candidates`) on one
+    random batch of `batch_size` × `seq_len` (see below), and say which ran fastest. The sessions are built by
+    `ort_session` with `threads` (default: torch's) and timed by `oto_hf.timing.interleaved`: one warm-up round,
+    calls per timing calibrated so that the fastest lasts about 0.05 s, `repeats` repeats in a rotating order, medians;
+    other processes' load is recorded, not waited out. The answer holds for this machine, thread count and shape.
+
+    The batch: token ids drawn below the file's vocabulary size, attention mask all ones, token types zero (a
+    multiple-choice file gets 4 choices); for an image file, random pixels of its fixed size (`seq_len` unused).
+
+    Returns {"settings": the fastest name, "seconds": {name: median seconds per call}, "batch_size", "seq_len",
+    "threads", "onnxruntime": its version, "repeats", "inner": calls per timing, and the load record of
+    `Timings.load()` (foreign_load_cores, max_foreign_load_cores, busy, busy_threshold_cores)}."""
+    from functools import partial
+
+    from .timing import interleaved
+
+    names = list(SESSION_SETTINGS) if candidates is None else list(candidates)
+    if not names:
+        raise ValueError("fastest_session_settings needs at least one candidate")
+    for name in names:
+        _check_settings_name(name)
+    for label, value in (("batch_size", batch_size), ("seq_len", seq_len), ("repeats", repeats)):
+        if not isinstance(value, int) or value < 1:
+            raise ValueError(f"{label} must be a positive whole number, got {value!r}")
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} does not exist: give an .onnx file")
+    _, ort = _require_onnx()
+    threads = threads or torch.get_num_threads()
+    sessions = {name: ort_session(path, threads, name) for name in names}
+    feed = _timing_feed(sessions[names[0]], path, batch_size, seq_len)
+    timings = interleaved({name: partial(session.run, None, feed) for name, session in sessions.items()}, repeats,
+                          warmup=1, min_timing_s=0.05)
+    seconds = timings.medians()
+    return {"settings": min(names, key=seconds.__getitem__), "seconds": seconds, "batch_size": batch_size,
+            "seq_len": seq_len, "threads": threads, "onnxruntime": ort.__version__, "repeats": timings.repeats,
+            "inner": timings.inner, **timings.load()}
+
+
+def session_settings_path(onnx_path: str | os.PathLike) -> Path:
+    """Where the session settings measured for `onnx_path` are recorded: ``model.onnx`` -> ``model.session.json``
+    (``model.int8.onnx`` -> ``model.int8.session.json``)."""
+    path = Path(onnx_path)
+    return path.with_name((path.stem if path.suffix == ".onnx" else path.name) + ".session.json")
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "unknown"
+
+
+def write_session_settings(onnx_path: str | os.PathLike, measured: dict) -> Path:
+    """Record `measured` (a `fastest_session_settings` result) beside `onnx_path` (`session_settings_path`), with
+    the file's name, the CPU model and the platform, for `OnnxRuntimeModel` to read; returns the path written."""
+    target = session_settings_path(onnx_path)
+    record = {"file": Path(onnx_path).name, **measured, "cpu_model": _cpu_model(), "platform": platform.platform()}
+    partial_path = target.with_name(target.name + ".partial")
+    partial_path.write_text(json.dumps(record, indent=2) + "\n")
+    os.replace(partial_path, target)
+    return target
+
+
+def recorded_session_settings(onnx_path: str | os.PathLike) -> str | None:
+    """The name of the session settings recorded beside `onnx_path` (`write_session_settings`), or None where none
+    is. A record made with another onnxruntime version, or naming settings this version of oto_hf does not have, or
+    unreadable, is ignored with a warning (None): measure again (`python -m oto_hf.export`, or
+    `fastest_session_settings` and `write_session_settings`)."""
+    path = session_settings_path(onnx_path)
+    if not path.is_file():
+        return None
+    _, ort = _require_onnx()
+    try:
+        record = json.loads(path.read_text())
+        name, version = record["settings"], record["onnxruntime"]
+    except (OSError, ValueError, KeyError, TypeError) as error:
+        warnings.warn(f"{path} is not a session settings record ({error!r}); ignored, running with all_fusions",
+                      stacklevel=2)
+        return None
+    if version != ort.__version__:
+        warnings.warn(f"{path} was measured with onnxruntime {version}, this is {ort.__version__}: ignored, running "
+                      "with all_fusions; measure again for this version", stacklevel=2)
+        return None
+    if name not in SESSION_SETTINGS:
+        warnings.warn(f"{path} names session settings {name!r}, which are not among {', '.join(SESSION_SETTINGS)}: "
+                      "ignored, running with all_fusions", stacklevel=2)
+        return None
+    return name
+
+
 class OnnxRuntimeModel(nn.Module):
     """An exported file run by onnxruntime on the CPU, called like the PyTorch model it came from: `model(**inputs)`
     takes the tokenizer's tensors (those the file does not take are dropped; missing token_type_ids are zeros, as in
     PyTorch) and returns a `ModelOutput` of torch
     tensors named as the file's outputs (`logits`, `start_logits`, …). So evaluation loops and latency measurements
-    written for PyTorch models run it unchanged. `threads` (default: torch's) sets onnxruntime's intra-op threads."""
+    written for PyTorch models run it unchanged. `threads` (default: torch's) sets onnxruntime's intra-op threads.
 
-    def __init__(self, onnx_path: str | os.PathLike, threads: int | None = None):
+    `session_settings`: None (default) runs the file with the settings recorded beside it (`OUT.session.json`,
+    written by ``python -m oto_hf.export``; see `recorded_session_settings`), or "all_fusions" where none are; a
+    name of `SESSION_SETTINGS` forces those. `self.session_settings` holds the name used."""
+
+    def __init__(self, onnx_path: str | os.PathLike, threads: int | None = None, session_settings: str | None = None):
         super().__init__()
-        _, ort = _require_onnx()
-        options = ort.SessionOptions()
-        options.log_severity_level = 3
-        options.intra_op_num_threads = threads or torch.get_num_threads()
+        if session_settings is not None:
+            _check_settings_name(session_settings)
         self.path = str(onnx_path)
-        self.session = ort.InferenceSession(self.path, options, providers=["CPUExecutionProvider"])
+        if session_settings is None:
+            session_settings = recorded_session_settings(self.path) or "all_fusions"
+        self.session_settings = session_settings
+        self.session = ort_session(self.path, threads, session_settings)
         self.input_names = [i.name for i in self.session.get_inputs()]
         self.output_names = [o.name for o in self.session.get_outputs()]
         # Callers find the device through the parameters; onnxruntime runs on the CPU.
@@ -494,6 +695,45 @@ def _format(diffs: dict[str, float]) -> str:
     return ", ".join(f"{name} {value:.2e}" for name, value in diffs.items())
 
 
+def _longest_input(model: nn.Module) -> int | None:
+    """The most tokens a text model takes: the rows of its position embedding table, less those before the first
+    position where positions start after the padding index (RoBERTa-likes); else the config's
+    `max_position_embeddings` (None where it has none)."""
+    for name, module in model.named_modules():
+        if name.endswith("position_embeddings") and isinstance(module, nn.Embedding):
+            pad = module.padding_idx
+            return module.num_embeddings - (pad + 1 if pad is not None else 0)
+    return getattr(model.config, "max_position_embeddings", None)
+
+
+def _tuning_shape(model: nn.Module, shape: tuple[int, int] | None, explicit: bool) -> tuple[int, int] | None:
+    """The batch × tokens the command line tunes the session at: `shape`, except that a text model's longest input
+    bounds it (the default is shortened to it; a longer shape asked for is an error)."""
+    longest = None if _is_vision(model) else _longest_input(model)
+    if shape is None or longest is None or shape[1] <= longest:
+        return shape
+    if explicit:
+        raise ValueError(f"--tune-session {shape[0]}x{shape[1]} is longer than the {longest} tokens the model takes: "
+                         f"give at most {shape[0]}x{longest}")
+    return shape[0], longest
+
+
+def _describe_tuning(path: str, measured: dict, sidecar: Path) -> str:
+    """One line: which session settings ran `path` fastest, by how much, and where that holds."""
+    best = measured["settings"]
+    seconds = measured["seconds"]
+    others = "; ".join(f"{name} {seconds[name] * 1e3:.3g} ms, {seconds[name] / seconds[best]:.2f}x slower"
+                       for name in sorted(seconds, key=seconds.__getitem__) if name != best)
+    line = (f"session settings of {path}: {best} ran fastest ({seconds[best] * 1e3:.3g} ms a call"
+            + (f"; {others}" if others else "") + f") at {measured['batch_size']}x{measured['seq_len']} with "
+            f"{measured['threads']} threads, onnxruntime {measured['onnxruntime']}: this holds for this machine, "
+            f"thread count and shape; recorded in {sidecar}")
+    if measured.get("busy"):
+        line += (f" (measured while other processes used up to {measured['max_foreign_load_cores']:.2f} cores: "
+                 "noisy, measure again on a quiet machine)")
+    return line
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m oto_hf.export",
@@ -505,8 +745,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="also write the dynamically int8-quantized model")
     parser.add_argument("--opset", type=int, default=DEFAULT_OPSET, help=f"ONNX opset (default {DEFAULT_OPSET})")
     parser.add_argument("--check", action="store_true",
-                        help="compare onnxruntime's outputs with PyTorch's on padded batches; exit 1 if the float32 "
-                             "file differs by more than --atol (the int8 file's difference is printed only)")
+                        help="compare onnxruntime's outputs (under the session settings --tune-session found) with "
+                             "PyTorch's on padded batches; exit 1 if the float32 file differs by more than --atol (the "
+                             "int8 file's difference is printed only)")
     parser.add_argument("--atol", type=float, default=1e-4, help="tolerance of --check (default 1e-4)")
     parser.add_argument("--exporter", choices=_EXPORTERS, default="dynamo",
                         help="torch.onnx exporter (default dynamo; torchscript is torch's deprecated one)")
@@ -514,9 +755,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--attention", choices=["eager", "model"], default="eager",
                         help="attention traced: eager (default; onnxruntime runs it faster than the SDPA trace, same "
                              "outputs) or the implementation the model loads with")
+    parser.add_argument("--tune-session", default=None, metavar="BATCHxTOKENS",
+                        help="time every onnxruntime session setting (SESSION_SETTINGS) on each written file at this "
+                             "batch x tokens, the shape you serve, and record the fastest beside the file "
+                             "(OUT.session.json), which OnnxRuntimeModel then uses; default 1x128 (or the model's "
+                             "longest input, if shorter); 'none' to skip")
     args = parser.parse_args(argv)
+    from .timing import parse_shape
+
     try:
+        tune = None if (args.tune_session or "").strip().lower() == "none" else \
+            parse_shape(args.tune_session or "1x128", "--tune-session")
         model = load_model(args.model_dir)
+        tune = _tuning_shape(model, tune, explicit=args.tune_session is not None)
     except (FileNotFoundError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
@@ -528,16 +779,26 @@ def main(argv: list[str] | None = None) -> int:
           f"{info['attn_implementation']} attention")
     if info["int8_path"]:
         print(f"wrote {info['int8_path']} ({info['int8_bytes'] / 1e6:.1f} MB, int8 dynamic quantization)")
+    settings = {}
+    for key in ("path", "int8_path"):
+        settings[key] = "all_fusions"
+        if info[key] and tune is not None:
+            measured = fastest_session_settings(info[key], *tune)
+            sidecar = write_session_settings(info[key], measured)
+            settings[key] = measured["settings"]
+            print(_describe_tuning(info[key], measured, sidecar))
+    info["session_settings"] = settings["path"] if tune is not None else None
+    info["int8_session_settings"] = settings["int8_path"] if tune is not None and info["int8_path"] else None
     status = 0
     if args.check:
-        diffs = check_onnx(model, info["path"], atol=None)
+        diffs = check_onnx(model, info["path"], atol=None, session_settings=settings["path"])
         ok = all(d <= args.atol for d in diffs.values())
         print(f"check {info['path']}: max |Δ| {_format(diffs)} (tolerance {args.atol:g}): "
               f"{'ok' if ok else 'FAILED'}")
         info["max_abs_diff"] = diffs
         status = 0 if ok else 1
         if info["int8_path"]:
-            int8 = check_onnx(model, info["int8_path"], atol=None)
+            int8 = check_onnx(model, info["int8_path"], atol=None, session_settings=settings["int8_path"])
             print(f"check {info['int8_path']}: max |Δ| {_format(int8)} (int8, not held to the tolerance)")
             info["int8_max_abs_diff"] = int8
     print(json.dumps(info))

@@ -237,6 +237,19 @@ def interleaved(variants: dict[str, Callable[[], object]], repeats: int, *, warm
     return result
 
 
+def parse_shape(text: str, option: str = "the shape") -> tuple[int, int]:
+    """"1x128" -> (1, 128): a batch × tokens shape as a command-line option spells it (case and spaces around the
+    numbers ignored). Anything else, or a number below 1, is a ValueError naming `option` (e.g. "--tune-session")."""
+    batch, sep, tokens = str(text).strip().lower().partition("x")
+    try:
+        shape = (int(batch), int(tokens)) if sep else None
+    except ValueError:
+        shape = None
+    if shape is None or min(shape) < 1:
+        raise ValueError(f"{option} takes BATCHxTOKENS, two positive whole numbers such as 1x128, got {text!r}")
+    return shape
+
+
 def latency_ratio(dense, compressed, batch_size: int, seq_len: int, repeats: int = 5, vocab_size: int = 1000) -> dict:
     """Inference latency of `dense` and `compressed` (models called as `model(input_ids=…, attention_mask=…)`: PyTorch
     models or `export.OnnxRuntimeModel`s) on the same random batch (token ids drawn from `vocab_size` with seed 0),

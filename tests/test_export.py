@@ -17,6 +17,7 @@ import torch
 import transformers
 
 import families
+from conftest import assert_exact
 import oto_hf
 from oto_hf import export
 from oto_hf.architectures import FAMILIES, FAMILY_OF_MODEL_TYPE
@@ -249,3 +250,129 @@ def test_command_line_names_a_truncated_weight_file(tmp_path, capsys):
     weights.write_bytes(weights.read_bytes()[:-100])
     assert export.main([str(tmp_path / "torn"), str(tmp_path / "m.onnx")]) == 2
     assert f"cannot load weights from {weights}: " in capsys.readouterr().err
+
+
+# Session settings (issue 44): every candidate runs the file as PyTorch computes it; which is fastest is measured,
+# recorded beside the file by the command line, and read back by OnnxRuntimeModel.
+
+def _optimized_op_types(path, settings: str, tmp_path) -> set[str]:
+    """The operator types of the graph onnxruntime runs under `settings` (its optimised model, saved)."""
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    options.optimized_model_filepath = str(tmp_path / f"optimized_{settings}.onnx")
+    ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"],
+                         disabled_optimizers=list(export.SESSION_SETTINGS[settings]["disabled_optimizers"]))
+    return {node.op_type for node in onnx.load(options.optimized_model_filepath).graph.node}
+
+
+def test_every_session_setting_gives_pytorchs_outputs(exported):
+    """The settings change how onnxruntime runs the graph, not what it computes: each equals PyTorch up to float32
+    rounding, relative to the outputs' size, on padded batches."""
+    model_type, model, info = exported
+    assert list(export.SESSION_SETTINGS)[0] == "all_fusions"
+    for settings in export.SESSION_SETTINGS:
+        served = export.OnnxRuntimeModel(info["path"], session_settings=settings)
+        assert served.session_settings == settings
+        for batch, length in ((1, 7), (3, 33)):
+            inputs = export.sample_inputs(model, batch=batch, length=length)
+            with torch.no_grad():
+                expected = model(**inputs)
+            got = served(**inputs)
+            for name in info["output_names"]:
+                # relative to the outputs, at the 1e-4 the export is held to (check_onnx)
+                assert_exact(got[name], expected[name], relative=1e-4, what=f"{model_type} {settings} {name}")
+
+
+def test_no_skip_layernorm_fusion_changes_the_graph(bert_exported, tmp_path):
+    """The optimizer's name is one onnxruntime knows (it ignores unknown names silently): with it disabled, no
+    SkipLayerNormalization is left in the graph it runs; by default the BERT file has some."""
+    _, _, info = bert_exported
+    assert "SkipLayerNormalization" in _optimized_op_types(info["path"], "all_fusions", tmp_path)
+    ops = _optimized_op_types(info["path"], "no_skip_layernorm_fusion", tmp_path)
+    assert "SkipLayerNormalization" not in ops and "LayerNormalization" in ops
+
+
+def test_fastest_session_settings_times_every_candidate(bert_exported, tmp_path_factory):
+    _, _, info = bert_exported
+    result = export.fastest_session_settings(info["path"], 2, 16, threads=1, repeats=2)
+    assert set(result["seconds"]) == set(export.SESSION_SETTINGS) and all(s > 0 for s in result["seconds"].values())
+    assert result["settings"] == min(result["seconds"], key=result["seconds"].get)
+    assert (result["batch_size"], result["seq_len"], result["threads"], result["repeats"]) == (2, 16, 1, 2)
+    assert result["onnxruntime"] == ort.__version__ and result["inner"] >= 1
+    assert len(result["foreign_load_cores"]) == 2 and {"max_foreign_load_cores", "busy"} <= set(result)
+    one = export.fastest_session_settings(info["int8_path"], 1, 8, repeats=2, candidates=["no_skip_layernorm_fusion"])
+    assert one["settings"] == "no_skip_layernorm_fusion" and list(one["seconds"]) == ["no_skip_layernorm_fusion"]
+    _, _, vit = _export("vit-imgcls", tmp_path_factory)  # pixel values of the file's size; the length is unused
+    assert export.fastest_session_settings(vit["path"], 2, 1, repeats=2)["settings"] in export.SESSION_SETTINGS
+    with pytest.raises(ValueError, match="unknown session settings 'fast'"):
+        export.fastest_session_settings(info["path"], 1, 8, candidates=["fast"])
+    with pytest.raises(ValueError, match="seq_len must be a positive whole number"):
+        export.fastest_session_settings(info["path"], 1, 0)
+    with pytest.raises(ValueError, match="unknown session settings"):
+        export.OnnxRuntimeModel(info["path"], session_settings="fast")
+
+
+def test_command_line_records_the_fastest_settings_and_the_model_uses_them(tmp_path, capsys):
+    model = families.compressed_model("bert", "BertForSequenceClassification", attn="eager")
+    model.save_pretrained(tmp_path / "model")
+    out = tmp_path / "m.onnx"
+    assert export.main([str(tmp_path / "model"), str(out), "--tune-session", "1x16", "--quantize", "int8",
+                        "--exporter", "torchscript", "--check"]) == 0
+    printed = capsys.readouterr().out
+    summary = json.loads(printed.strip().splitlines()[-1])
+    for path, key in ((out, "session_settings"), (tmp_path / "m.int8.onnx", "int8_session_settings")):
+        record = json.loads(export.session_settings_path(path).read_text())
+        assert record["settings"] in export.SESSION_SETTINGS and record["settings"] == summary[key]
+        assert set(record["seconds"]) == set(export.SESSION_SETTINGS)
+        assert (record["batch_size"], record["seq_len"], record["onnxruntime"]) == (1, 16, ort.__version__)
+        assert record["file"] == path.name and record["cpu_model"] and "busy" in record
+        assert f"session settings of {path}: {record['settings']} ran fastest" in printed
+        assert export.OnnxRuntimeModel(path).session_settings == record["settings"]
+    assert "this holds for this machine, thread count and shape" in printed
+    assert export.session_settings_path(out) == tmp_path / "m.session.json"
+    # The model follows whatever the record names (here the other candidate), unless told otherwise.
+    record = json.loads((tmp_path / "m.session.json").read_text())
+    other = next(name for name in export.SESSION_SETTINGS if name != record["settings"])
+    (tmp_path / "m.session.json").write_text(json.dumps(dict(record, settings=other)))
+    assert export.OnnxRuntimeModel(out).session_settings == other
+    assert export.OnnxRuntimeModel(out, session_settings=record["settings"]).session_settings == record["settings"]
+    # --tune-session none: nothing measured, and the record of the file it replaces is gone.
+    assert export.main([str(tmp_path / "model"), str(out), "--tune-session", "none", "--exporter",
+                        "torchscript"]) == 0
+    assert "session settings of" not in capsys.readouterr().out
+    assert not (tmp_path / "m.session.json").exists()
+    assert export.OnnxRuntimeModel(out).session_settings == "all_fusions"
+
+
+def test_command_line_refuses_a_bad_tuning_shape_before_exporting(tmp_path, capsys, monkeypatch):
+    families.build("bert", "BertModel").save_pretrained(tmp_path / "model")
+    capsys.readouterr()  # save_pretrained's progress bar
+    monkeypatch.setattr(export, "export_onnx", lambda *args, **kwargs: pytest.fail("exported despite a bad shape"))
+    for shape in ("1x", "0x128", "abc"):
+        assert export.main([str(tmp_path / "model"), str(tmp_path / "m.onnx"), "--tune-session", shape]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert err == [f"error: --tune-session takes BATCHxTOKENS, two positive whole numbers such as 1x128, "
+                       f"got {shape!r}"]
+    # Longer than the model takes (64 positions): refused when asked for, the default is shortened to it.
+    assert export.main([str(tmp_path / "model"), str(tmp_path / "m.onnx"), "--tune-session", "1x65"]) == 2
+    assert "longer than the 64 tokens the model takes: give at most 1x64" in capsys.readouterr().err
+    assert not (tmp_path / "m.onnx").exists()
+
+
+def test_a_record_of_another_onnxruntime_version_is_ignored_with_a_warning(bert_exported, tmp_path):
+    _, _, info = bert_exported
+    path = tmp_path / "model.onnx"
+    path.write_bytes(Path(info["path"]).read_bytes())
+    measured = {"settings": "no_skip_layernorm_fusion", "seconds": {"all_fusions": 2e-3,
+                "no_skip_layernorm_fusion": 1e-3}, "batch_size": 1, "seq_len": 16, "threads": 2, "onnxruntime": "1.0.0"}
+    export.write_session_settings(path, measured)
+    with pytest.warns(UserWarning, match=r"measured with onnxruntime 1\.0\.0, this is .*: ignored, running with "
+                                         "all_fusions"):
+        served = export.OnnxRuntimeModel(path)
+    assert served.session_settings == "all_fusions"
+    export.write_session_settings(path, dict(measured, onnxruntime=ort.__version__))
+    assert export.OnnxRuntimeModel(path).session_settings == "no_skip_layernorm_fusion"
+    export.quantize_int8(path)  # a new int8 file drops the record of the one it replaces
+    export.write_session_settings(export.int8_path_for(path), dict(measured, onnxruntime=ort.__version__))
+    export.quantize_int8(path)
+    assert not export.session_settings_path(export.int8_path_for(path)).exists()

@@ -109,6 +109,16 @@ def test_bad_input_is_refused_with_what_to_do():
         timing.interleaved({"a": lambda: None}, repeats=0)
 
 
+
+def test_parse_shape_reads_batch_x_tokens_and_refuses_anything_else():
+    assert timing.parse_shape("1x128") == (1, 128) and timing.parse_shape(" 32 X 384 ") == (32, 384)
+    for bad in ("1x", "0x128", "1x0", "-1x128", "abc", "1x2x3", "", "x"):
+        with pytest.raises(ValueError) as error:
+            timing.parse_shape(bad, "--tune-session")
+        assert str(error.value) == ("--tune-session takes BATCHxTOKENS, two positive whole numbers such as 1x128, "
+                                    f"got {bad!r}")
+
+
 def test_latency_ratio_keeps_its_keys_and_adds_the_load():
     torch.manual_seed(0)
     config = BertConfig(vocab_size=100, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
