@@ -26,7 +26,7 @@ import transformers  # noqa: E402
 
 import oto_hf  # noqa: E402
 from oto_hf.groups import HEAD, NEURON  # noqa: E402
-from oto_hf.timing import ForeignLoad, quantiles, ratio_summary, wait_for_quiet  # noqa: E402,F401  (the scripts' names)
+from oto_hf.timing import ForeignLoad, parse_shape, quantiles, ratio_summary, wait_for_quiet  # noqa: E402,F401  (the scripts' names)
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SQUAD_DIR = REPO_ROOT.parent / "shared" / "data" / "squad-v1.1"
@@ -216,12 +216,6 @@ def random_batch(config, batch: int, tokens: int, device: str, seed: int) -> dic
                         generator=generator)
     return {"input_ids": ids.to(device), "attention_mask": torch.ones_like(ids).to(device),
             "token_type_ids": torch.zeros_like(ids).to(device)}
-
-
-def parse_shape(text: str) -> tuple[int, int]:
-    """"32x384" -> (32, 384): a batch × tokens option."""
-    batch, _, tokens = text.lower().partition("x")
-    return int(batch), int(tokens)
 
 
 def onnx_session(path: str | os.PathLike, threads: int, profile_prefix: Path | None = None):

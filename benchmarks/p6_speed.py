@@ -44,7 +44,7 @@ import torch  # noqa: E402
 import yaml  # noqa: E402
 
 import oto_hf  # noqa: E402
-from oto_hf import latency  # noqa: E402
+from oto_hf import latency, timing  # noqa: E402
 from oto_hf.selection import Goal, Pools  # noqa: E402
 from oto_hf.settings import InvalidOTOSettings, OTOSettings  # noqa: E402
 
@@ -89,7 +89,7 @@ def load_settings(path: Path = TABLE, smoke: bool = False) -> dict:
         if runtime not in latency.RUNTIMES:
             raise SystemExit(f"{path}: runtime {runtime!r} is not one of {latency.RUNTIMES}")
     for shape in data["shapes"]:
-        latency.parse_shape(shape, f"{path}: shape")
+        timing.parse_shape(shape, f"{path}: shape")
     data["shapes"] = [shape_key(s) for s in data["shapes"]]
     data["asked"] = [float(a) for a in data["asked"]]
     OTOSettings(speedup=2.0, allocation=data["allocations"][0], saliency=data["saliency"],
@@ -98,7 +98,7 @@ def load_settings(path: Path = TABLE, smoke: bool = False) -> dict:
 
 
 def shape_key(shape: str) -> str:
-    batch, tokens = latency.parse_shape(shape)
+    batch, tokens = timing.parse_shape(shape)
     return f"{batch}x{tokens}"
 
 

@@ -43,7 +43,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .timing import interleaved
+from .timing import interleaved, parse_shape
 
 logger = logging.getLogger(__name__)
 
@@ -52,18 +52,6 @@ TABLE_FORMAT = 1  # bumped when what a table holds or how it is measured changes
 
 
 # ---- what a speed target holds for ----
-
-
-def parse_shape(shape: str, what: str = "--oto_latency_shape") -> tuple[int, int]:
-    """(batch, tokens) from "BxT" (e.g. "1x128", "32 x 128"); a clear ValueError otherwise."""
-    parts = str(shape).lower().replace(" ", "").split("x")
-    try:
-        batch, tokens = (int(p) for p in parts)
-    except ValueError:
-        raise ValueError(f"{what} takes BATCHxTOKENS, e.g. 1x128, got {shape!r}") from None
-    if batch < 1 or tokens < 1:
-        raise ValueError(f"{what} takes positive BATCHxTOKENS, e.g. 1x128, got {shape!r}")
-    return batch, tokens
 
 
 def runtime_problem(runtime: str) -> str | None:
@@ -98,7 +86,7 @@ class LatencySpec:
         problem = runtime_problem(runtime)
         if problem:
             raise ValueError(f"--oto_latency_runtime {problem}")
-        batch, tokens = parse_shape(shape)
+        batch, tokens = parse_shape(shape, "--oto_latency_shape")
         return cls(runtime, batch, tokens, threads or torch.get_num_threads())
 
     @property
@@ -554,5 +542,5 @@ def describe_speed_target(entry: dict) -> str:
 
 
 __all__ = ["LatencySpec", "LatencyTable", "RUNTIMES", "SHORTFALL", "cache_dir", "count_grid", "describe_speed_target",
-           "measure_latency_table", "measure_speedup", "parse_shape", "runtime_problem", "sized_model",
+           "measure_latency_table", "measure_speedup", "runtime_problem", "sized_model",
            "speed_target_report", "table_key", "timing_inputs"]

@@ -162,7 +162,8 @@ class OTOSettings:
         return problems
 
     def _speed_problems(self) -> list[str]:
-        from .latency import parse_shape, runtime_problem
+        from .latency import runtime_problem
+        from .timing import parse_shape
 
         problems = []
         if self.latency_runtime not in RUNTIMES:

@@ -12,28 +12,11 @@ from transformers import BertForQuestionAnswering, BertForSequenceClassification
 
 from conftest import tiny_bert_config
 from oto_hf import compress, latency, zero_invariant_groups
-from oto_hf.latency import LatencySpec, LatencyTable, count_grid, parse_shape, runtime_problem
+from oto_hf.latency import LatencySpec, LatencyTable, count_grid, runtime_problem
 from oto_hf.timing import Timings
 
 
 # ---- what a speed target holds for ----
-
-
-@pytest.mark.parametrize("shape,expected", [("1x128", (1, 128)), ("32 x 128", (32, 128)), ("2X8", (2, 8)),
-                                            (" 4x 16 ", (4, 16))])
-def test_parse_shape_reads_batch_by_tokens(shape, expected):
-    assert parse_shape(shape) == expected
-
-
-@pytest.mark.parametrize("shape,message", [("1x", "takes BATCHxTOKENS"), ("0x128", "takes positive BATCHxTOKENS"),
-                                           ("1x0", "takes positive BATCHxTOKENS"), ("abc", "takes BATCHxTOKENS"),
-                                           ("1x2x3", "takes BATCHxTOKENS"), ("", "takes BATCHxTOKENS"),
-                                           ("-1x8", "takes positive BATCHxTOKENS")])
-def test_parse_shape_refuses_with_the_option_and_what_was_given(shape, message):
-    with pytest.raises(ValueError, match=f"--oto_latency_shape {message}, e.g. 1x128, got {shape!r}"):
-        parse_shape(shape)
-    with pytest.raises(ValueError, match="^latency_shape "):
-        parse_shape(shape, "latency_shape")
 
 
 def test_runtime_problem():

@@ -83,7 +83,7 @@ def test_speed_target_refusals_are_all_listed_at_once():
     assert len(problems) == 5, problems
     message = str(refused.value)
     for part in ("latency_runtime must be one of ('torch', 'onnxruntime', 'cuda'), got 'tpu'",
-                 "latency_shape takes BATCHxTOKENS, e.g. 1x128, got '1x'", "latency_threads must be ≥ 1, got 0",
+                 "latency_shape takes BATCHxTOKENS, two positive whole numbers such as 1x128, got '1x'", "latency_threads must be ≥ 1, got 0",
                  "speedup must be > 1", "speedup and target are two targets: give one"):
         assert part in message, part
     # Named as the command line spells them.
@@ -91,7 +91,7 @@ def test_speed_target_refusals_are_all_listed_at_once():
         OTOSettings(speedup=1.0, latency_shape="0x128", prune_steps=10, named_as="options")
     assert len(refused.value.problems) == 2
     assert "--oto_speedup must be > 1" in str(refused.value)
-    assert "--oto_latency_shape takes positive BATCHxTOKENS" in str(refused.value)
+    assert "--oto_latency_shape takes BATCHxTOKENS, two positive whole numbers" in str(refused.value)
 
 
 @pytest.mark.parametrize("settings,message", [
