@@ -104,7 +104,7 @@ def main(argv=None) -> int:
                                    export.SESSION_SETTINGS.items()}
     with tempfile.TemporaryDirectory() as tmp:
         result, paths, config = prepare(args, Path(tmp))
-        sessions = {f"{label} {settings}": export.ort_session(path, args.threads, settings)
+        sessions = {f"{label} {settings}": export.ort_session(path, args.threads, settings, spinning=False)
                     for label, path in paths.items() for settings in export.SESSION_SETTINGS}
         result["threads"] = args.threads
         result["shapes"] = {}

@@ -488,17 +488,23 @@ def _check_settings_name(settings: str) -> None:
         raise ValueError(f"unknown session settings {settings!r}: choose one of {', '.join(SESSION_SETTINGS)}")
 
 
-def ort_session(path: str | os.PathLike, threads: int | None = None, settings: str = "all_fusions"):
+def ort_session(path: str | os.PathLike, threads: int | None = None, settings: str = "all_fusions",
+                spinning: bool = True):
     """The onnxruntime `InferenceSession` of the file `path`, as oto_hf runs every file: CPU execution provider,
     `threads` intra-op threads (default: torch's, `torch.get_num_threads()`), warnings and info logs off, every graph
     optimisation except those the named `settings` (a key of `SESSION_SETTINGS`, default "all_fusions":
     onnxruntime's own default) disable. Pass the name `fastest_session_settings` found, or the one
-    `recorded_session_settings` reads beside the file, to run the file as fast as this machine runs it."""
+    `recorded_session_settings` reads beside the file, to run the file as fast as this machine runs it.
+    `spinning=False` turns off the intra-op threads' busy-waiting after each run: for sessions timed side by side,
+    where one session's idle threads would otherwise spin on the cores the next one runs on (a served session, alone,
+    keeps onnxruntime's default)."""
     _check_settings_name(settings)
     _, ort = _require_onnx()
     options = ort.SessionOptions()
     options.log_severity_level = 3
     options.intra_op_num_threads = threads or torch.get_num_threads()
+    if not spinning:
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     disabled = list(SESSION_SETTINGS[settings]["disabled_optimizers"])
     return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"], disabled_optimizers=disabled)
@@ -586,7 +592,7 @@ def fastest_session_settings(path: str | os.PathLike, batch_size: int, seq_len: 
         raise FileNotFoundError(f"{path} does not exist: give an .onnx file")
     _, ort = _require_onnx()
     threads = threads or torch.get_num_threads()
-    sessions = {name: ort_session(path, threads, name) for name in names}
+    sessions = {name: ort_session(path, threads, name, spinning=False) for name in names}
     feed = _timing_feed(sessions[names[0]], path, batch_size, seq_len)
     timings = interleaved({name: partial(session.run, None, feed) for name, session in sessions.items()}, repeats,
                           warmup=1, min_timing_s=0.05)
@@ -660,9 +666,11 @@ class OnnxRuntimeModel(nn.Module):
 
     `session_settings`: None (default) runs the file with the settings recorded beside it (`OUT.session.json`,
     written by ``python -m oto_hf.export``; see `recorded_session_settings`), or "all_fusions" where none are; a
-    name of `SESSION_SETTINGS` forces those. `self.session_settings` holds the name used."""
+    name of `SESSION_SETTINGS` forces those. `self.session_settings` holds the name used. `spinning`: as
+    `ort_session`'s (False for a file timed beside other sessions)."""
 
-    def __init__(self, onnx_path: str | os.PathLike, threads: int | None = None, session_settings: str | None = None):
+    def __init__(self, onnx_path: str | os.PathLike, threads: int | None = None, session_settings: str | None = None,
+                 spinning: bool = True):
         super().__init__()
         if session_settings is not None:
             _check_settings_name(session_settings)
@@ -670,7 +678,7 @@ class OnnxRuntimeModel(nn.Module):
         if session_settings is None:
             session_settings = recorded_session_settings(self.path) or "all_fusions"
         self.session_settings = session_settings
-        self.session = ort_session(self.path, threads, session_settings)
+        self.session = ort_session(self.path, threads, session_settings, spinning=spinning)
         self.input_names = [i.name for i in self.session.get_inputs()]
         self.output_names = [o.name for o in self.session.get_outputs()]
         # Callers find the device through the parameters; onnxruntime runs on the CPU.

@@ -318,7 +318,8 @@ def export_and_measure(full_size, compressed, out: Path, run_args: RunArguments,
     result = {"path": str(folder / "model.onnx"), "bytes": info["bytes"], "exporter": info["exporter"],
               "opset": info["opset"], "max_abs_diff": export.check_onnx(compressed, folder / "model.onnx"),
               "latency": None, "int8": None}
-    int8 = export.OnnxRuntimeModel(info["int8_path"]) if info["int8_path"] else None
+    # Files timed side by side run without spinning threads (export.ort_session).
+    int8 = export.OnnxRuntimeModel(info["int8_path"], spinning=False) if info["int8_path"] else None
     if int8 is not None:
         result["int8"] = {"path": info["int8_path"], "bytes": info["int8_bytes"],
                           "quality": evaluate(int8), "latency": None}
@@ -326,10 +327,11 @@ def export_and_measure(full_size, compressed, out: Path, run_args: RunArguments,
         reference = folder / "full_size_reference.onnx"
         export.export_onnx(full_size, reference)
         try:
-            full = export.OnnxRuntimeModel(reference)
+            full = export.OnnxRuntimeModel(reference, spinning=False)
             measure = dict(batch_size=run_args.report_latency_batch_size, seq_len=seq_len,
                            repeats=run_args.report_latency_repeats, vocab_size=vocab_size)
-            result["latency"] = latency_ratio(full, export.OnnxRuntimeModel(folder / "model.onnx"), **measure)
+            result["latency"] = latency_ratio(full, export.OnnxRuntimeModel(folder / "model.onnx", spinning=False),
+                                              **measure)
             if int8 is not None:
                 result["int8"]["latency"] = latency_ratio(full, int8, **measure)
         finally:
