@@ -185,7 +185,10 @@ def measure_point(dense, table, spec, model_name, allocation, asked, settings) -
     measured = latency.measure_speedup(dense, compressed, spec, repeats=settings["measure"]["repeats"],
                                        patience_s=settings["measure"]["patience_s"])
     error = abs(predicted - measured["speedup"]) / measured["speedup"]
-    point.update(predicted=predicted, measured=measured["speedup"], error=error,
+    # How far this machine's speed moved between the table and this measurement: the dense model is the table's
+    # full size, so its time now over the table's full time (1: no drift).
+    drift = measured["dense_median_s"] / table.full_seconds
+    point.update(predicted=predicted, measured=measured["speedup"], error=error, dense_now_over_table=drift,
                  within_tolerance=error <= settings["tolerance"], tolerance=settings["tolerance"], **layout,
                  measurement={**measured, "seconds": time.perf_counter() - started})
     log(f"  {allocation} {asked:g}×: predicted {predicted:.3f}×, measured {measured['speedup']:.3f}× (error "
@@ -293,18 +296,19 @@ def layout_summary(point: dict) -> str:
 def markdown(summary: dict) -> str:
     """The P6 tables of docs/benchmarks.md from predictor.json."""
     rows = [("| model | runtime | batch × tokens | allocation | asked | predicted | measured | error | within "
-             f"{summary['tolerance']:.0%} | encoder FLOPs kept | layout (layers from 0) | busy |"),
-            "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             f"{summary['tolerance']:.0%} | encoder FLOPs kept | layout (layers from 0) | dense now / table | busy |"),
+            "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for p in summary["points"]:
         where = (f"| {p['model']} | {p['runtime']} | {p['shape'].replace('x', ' × ')} | {p['allocation']} | "
                  f"{p['asked']:g}× |")
         if p["unreachable"]:
-            rows.append(f"{where} unreachable (largest {p['largest_reachable']:.2f}×) | — | — | — | — | — | — |")
+            rows.append(f"{where} unreachable (largest {p['largest_reachable']:.2f}×) | — | — | — | — | — | — | — |")
             continue
         busy = p["measurement"].get("busy")
         rows.append(f"{where} {p['predicted']:.2f}× | {p['measured']:.2f}× | {p['error']:.1%} | "
                     f"{'yes' if p['within_tolerance'] else '**no**'} | {p['encoder_flops_kept']:.1%} | "
-                    f"{layout_summary(p)} | {'**busy**' if busy else 'no' if busy is not None else 'n/a'} "
+                    f"{layout_summary(p)} | {p.get('dense_now_over_table', float('nan')):.2f} | "
+                    f"{'**busy**' if busy else 'no' if busy is not None else 'n/a'} "
                     f"({p['measurement']['max_foreign_load_cores'] or 0:.2f}) |")
     tables = [("| model | runtime | batch × tokens | table built in | cached | repeats | full / every block empty | "
                "largest speedup | additivity factor | busy while built |"), "|---|---|---|---|---|---|---|---|---|---|"]

@@ -41,17 +41,19 @@ def kept_indices(model: nn.Module) -> tuple[list[torch.Tensor], list[torch.Tenso
 
 
 @torch.no_grad()
-def compress(model: nn.Module, seq_len_for_stats: int | None = None) -> nn.Module:
+def compress(model: nn.Module, seq_len_for_stats: int | None = None, keep: torch.Tensor | None = None) -> nn.Module:
     """Return a new, smaller model without the zero heads and FFN neurons of `model`; `model` is left untouched.
 
     `model` is a model of a supported family (any task head) or a compressed one, dense or group-sparse (typically
     trained with `HSPG`). The result is the matching compressed class, on the same device and dtype, in the same
     train/eval mode, ready for `save_pretrained`. Its outputs equal `model`'s up to float32 rounding.
     `seq_len_for_stats` is the sequence length of the FLOPs recorded in its config (default: the family's).
+    `keep` (a boolean per group of `zero_invariant_groups(model)`) cuts out every other group instead, zero or not:
+    the outputs then change; it makes models of given sizes from real weights (the latency tables' grid models).
     """
     target_cls = compressed_class_for(model)
     groups = zero_invariant_groups(model)
-    keep = ~groups.is_zero().cpu()
+    keep = ~groups.is_zero().cpu() if keep is None else keep.cpu()
     heads, neurons = groups.kept_indices(keep)
     config = _compressed_config(model.config, [len(h) for h in heads], [len(n) for n in neurons])
 

@@ -8,7 +8,8 @@ training the time is *measured*, in the way of Kwon et al. (2022)'s per-layer lo
 
 * Models of the user's own class and depth, with every layer at the same size, are timed interleaved (`timing`):
   every layer with h heads and no FFN neuron for h on a grid, every layer with w neurons and no head for w on a
-  grid, every block empty, and the full size. Speed does not depend on the weights, so they are random.
+  grid, every block empty, and the full size. They are cut from the user's model itself (its first heads and
+  neurons), so that nothing about the values (denormal numbers, say) can make them run otherwise than it.
 * One layer's time is then additive in its two blocks: `attention_seconds(h)` + `ffn_seconds(w)` above the time of
   an empty layer, each interpolated linearly between grid points and made non-decreasing (a block never gets
   faster by growing; noise could say otherwise). A model's predicted time is the time with every block empty (the
@@ -34,6 +35,7 @@ import json
 import logging
 import os
 import platform
+import statistics
 import tempfile
 import time
 from collections.abc import Callable
@@ -310,14 +312,14 @@ def timing_inputs(model: nn.Module, spec: LatencySpec, device: torch.device | st
 
 
 def sized_model(model: nn.Module, heads: int, width: int) -> nn.Module:
-    """A model of `model`'s compressed class (same task head, config, depth) with every layer at `heads` heads and
-    `width` FFN neurons, random weights, float32, eval mode."""
-    from .compress import _compressed_config, compressed_class_for
+    """`model` cut to `heads` heads and `width` FFN neurons in every layer (its first ones, with their trained
+    weights), as its compressed class (same task head), float32, eval mode. `model` is left untouched."""
+    from .compress import compress
+    from .groups import HEAD, zero_invariant_groups
 
-    layers = model.config.num_hidden_layers
-    config = _compressed_config(model.config, [heads] * layers, [width] * layers)
-    sized = compressed_class_for(model)(config)
-    return sized.float().eval()
+    groups = zero_invariant_groups(model)
+    keep = torch.where(groups.kinds == HEAD, groups.index < heads, groups.index < width)
+    return compress(model, keep=keep).float().eval()
 
 
 class _Runner:
@@ -345,7 +347,7 @@ class _Runner:
         export_onnx(model, path)
         calls = {}
         for setting in SESSION_SETTINGS:
-            session = ort_session(path, threads=self.spec.threads, settings=setting)
+            session = ort_session(path, threads=self.spec.threads, settings=setting, spinning=False)
             feed = {i.name: inputs[i.name].numpy() for i in session.get_inputs()}
             calls[f"{name}|{setting}"] = (lambda session=session, feed=feed: session.run(None, feed))
         return calls
@@ -356,7 +358,7 @@ class _Runner:
 
 
 def measure_latency_table(model: nn.Module, spec: LatencySpec, *, head_points: int = 9, width_points: int = 10,
-                          repeats: int = 7, max_seconds: float = 600.0, patience_s: float = 30.0,
+                          repeats: int = 10, max_seconds: float = 600.0, patience_s: float = 30.0,
                           refresh: bool = False, directory: str | os.PathLike | None = None,
                           log: Callable[[str], None] = logger.info) -> LatencyTable:
     """The latency table of `model`'s class on `spec` (see the module docstring), from the cache when there is one.
@@ -402,7 +404,7 @@ def measure_latency_table(model: nn.Module, spec: LatencySpec, *, head_points: i
     finally:
         runner.close()
         torch.set_num_threads(threads_before)
-    best, settings = _fastest_per_model(timings.medians())
+    best, settings = _fastest_per_model(repeat_relative_medians(timings))
     table = LatencyTable(
         spec=asdict(spec), model_type=model.config.model_type, model_class=type(model).__name__,
         num_layers=model.config.num_hidden_layers, heads_grid=heads_grid,
@@ -425,6 +427,18 @@ def measure_latency_table(model: nn.Module, spec: LatencySpec, *, head_points: i
     return table
 
 
+def repeat_relative_medians(timings) -> dict[str, float]:
+    """Each variant's time as a share of its repeat's total (all variants of one repeat run within seconds of each
+    other), median over the repeats, times the median total: medians that a change of the machine's speed lasting a
+    repeat or longer (other tenants of a cloud host, frequency) moves all alike, so that the times' ratios, which are
+    all a latency table is used for, keep their meaning. Plain medians of a single repeat."""
+    names = list(timings.seconds)
+    totals = [sum(timings.seconds[name][r] for name in names) for r in range(timings.repeats)]
+    scale = statistics.median(totals)
+    return {name: statistics.median(t / total for t, total in zip(timings.seconds[name], totals)) * scale
+            for name in names}
+
+
 def _full_width(model: nn.Module) -> int:
     from .groups import zero_invariant_groups
 
@@ -438,9 +452,9 @@ def measure_speedup(dense: nn.Module, compressed: nn.Module, spec: LatencySpec, 
                     patience_s: float = 30.0) -> dict:
     """The measured speedup of `compressed` over `dense` on `spec`: interleaved medians of both forward passes on the
     same batch (onnxruntime: both exported as `oto_hf.export` exports them, each run with its fastest session
-    setting; cuda: float32 copies on the GPU), waiting out busy repeats while `patience_s` lasts. Both models are
-    left as they were. Returns runtime, shape, threads, repeats, both medians, speedup, the session settings used
-    (onnxruntime) and the load record (`timing.Timings.load()`)."""
+    setting; cuda: float32 copies on the GPU; medians as `repeat_relative_medians`), waiting out busy repeats while
+    `patience_s` lasts. Both models are left as they were. Returns runtime, shape, threads, repeats, both medians,
+    speedup, the session settings used (onnxruntime) and the load record (`timing.Timings.load()`)."""
     threads_before = torch.get_num_threads()
     torch.set_num_threads(spec.threads)
     runner = _Runner(spec)
@@ -462,7 +476,7 @@ def measure_speedup(dense: nn.Module, compressed: nn.Module, spec: LatencySpec, 
                 module.training = training
         runner.close()
         torch.set_num_threads(threads_before)
-    best, settings = _fastest_per_model(timings.medians())
+    best, settings = _fastest_per_model(repeat_relative_medians(timings))
     return {"runtime": spec.runtime, "shape": spec.shape, "batch_size": spec.batch_size, "seq_len": spec.seq_len,
             "threads": spec.threads, "repeats": timings.repeats, "dense_median_s": best["dense"],
             "compressed_median_s": best["compressed"], "speedup": best["dense"] / best["compressed"],
@@ -481,6 +495,9 @@ def _fastest_per_model(medians: dict[str, float]) -> tuple[dict[str, float], dic
                 settings[name] = setting
     return best, settings
 
+
+DRIFT = 0.10
+"""A dense model whose time moved more than this fraction from the latency table's is said to have drifted."""
 
 SHORTFALL = 0.10
 """A measured speedup more than this fraction below the asked one is reported as missing the target."""
@@ -501,6 +518,9 @@ def speed_target_report(table: LatencyTable, asked: float, dense: nn.Module, com
     predicted = table.speedup(heads, widths, dense=(groups.heads_per_layer, groups.neurons_per_layer))
     measurement = measure_speedup(dense, compressed, spec, repeats=repeats, patience_s=patience_s)
     measured = measurement["speedup"]
+    # The dense model's time now over the table's prediction of it: 1 when the machine runs as it did when the
+    # table was measured. Cloud machines change speed with their neighbours, and the ratios with it.
+    drift = measurement["dense_median_s"] / table.predict(groups.heads_per_layer, groups.neurons_per_layer)
     shortfall = None
     if measured < (1 - SHORTFALL) * asked:
         shortfall = (f"The measured speedup {measured:.2f}× is {1 - measured / asked:.0%} below the asked {asked:g}× "
@@ -509,9 +529,12 @@ def speed_target_report(table: LatencyTable, asked: float, dense: nn.Module, com
                         if measurement.get("busy") else
                         ": the latency table's prediction was off for this layout; measure the table again "
                         "(delete it from the cache) on an idle machine, or ask for more"))
+        if abs(drift - 1) > DRIFT:
+            shortfall += (" (the machine's speed changed since the table was measured: the dense model now takes "
+                          f"{drift:.2f}× as long)")
     return {
         "asked": asked, "predicted": predicted, "measured": measured, "runtime": spec.runtime, "shape": spec.shape,
-        "threads": spec.threads, "shortfall": shortfall, "measurement": measurement,
+        "threads": spec.threads, "shortfall": shortfall, "measurement": measurement, "dense_now_over_table": drift,
         "layout": {"heads_per_layer": heads, "ffn_width_per_layer": widths,
                    "emptied_attention_layers": [i for i, h in enumerate(heads) if h == 0],
                    "emptied_ffn_layers": [i for i, w in enumerate(widths) if w == 0]},
@@ -536,6 +559,10 @@ def describe_speed_target(entry: dict) -> str:
             + ("The latency table came from the cache. " if entry["latency_table"]["cached"] else
                f"The latency table took {entry['latency_table']['build_seconds']:.0f} s to measure. ")
             + describe_load(entry["measurement"]))
+    drift = entry.get("dense_now_over_table")
+    if drift is not None and abs(drift - 1) > DRIFT:
+        text += (f" The dense model ran {drift:.2f}× as long as when the latency table was measured: the machine's "
+                 "speed changed in between, and the prediction holds for the machine as it was then.")
     if entry["shortfall"]:
         text += f" **{entry['shortfall']}.**"
     return text.strip()

@@ -363,3 +363,41 @@ def test_measure_speedup_returns_the_record_and_leaves_the_modes(modes):
     assert all(m.training == modes[0] for name, m in dense.named_modules() if not name.startswith("bert.embeddings"))
     assert all(m.training == modes[1] for m in small.modules())
     assert torch.get_num_threads() == threads
+
+
+def test_an_onnxruntime_table_times_every_grid_file_under_every_session_setting(tmp_path, monkeypatch):
+    """The onnxruntime runtime exports each grid model as `oto_hf.export` does and keeps, per file, the fastest of
+    `export.SESSION_SETTINGS`; `measure_speedup` on it names the setting each model ran with."""
+    pytest.importorskip("onnxruntime")
+    from oto_hf.export import SESSION_SETTINGS
+
+    calls = count_timings(monkeypatch, fake=False)
+    spec = LatencySpec.of("onnxruntime", "2x8", 1)
+    model = tiny_model(num_hidden_layers=2)
+    table = latency.measure_latency_table(model, spec, directory=tmp_path, **SMALL)
+    grid_models = len(table.heads_grid) + len([w for w in table.width_grid if w]) + 1
+    assert len(calls[0]) == grid_models * len(SESSION_SETTINGS)
+    assert {name.split("|")[1] for name in calls[0]} == set(SESSION_SETTINGS)
+    assert set(table.session_settings) == {name.split("|")[0] for name in calls[0]}
+    assert set(table.session_settings.values()) <= set(SESSION_SETTINGS)
+    assert table.key_fields["versions"]["onnxruntime"] and table.spec["runtime"] == "onnxruntime"
+    result = latency.measure_speedup(model, compressed_copy(tiny_model(num_hidden_layers=2)), spec, repeats=1,
+                                     patience_s=0)
+    assert set(result["session_settings"]) == {"dense", "compressed"} and result["speedup"] > 0
+
+
+def test_the_speed_target_paragraph_says_what_was_asked_measured_and_what_drifted():
+    entry = {"asked": 3.0, "predicted": 3.1, "measured": 2.4, "runtime": "onnxruntime", "shape": "1x128",
+             "threads": 2, "shortfall": "The measured speedup 2.40× is 20% below the asked 3×",
+             "measurement": {"repeats": 10, "busy": False, "max_foreign_load_cores": 0.05},
+             "dense_now_over_table": 1.3,
+             "layout": {"emptied_attention_layers": [2], "emptied_ffn_layers": [], "heads_per_layer": [],
+                        "ffn_width_per_layer": []},
+             "latency_table": {"cached": True, "build_seconds": 60}}
+    text = latency.describe_speed_target(entry)
+    assert "asked 3× on onnxruntime at 1x128" in text and "predicted 3.10×, measured **2.40×**" in text
+    assert "Emptied blocks: attention of layer 2." in text and "came from the cache" in text
+    assert "ran 1.30× as long as when the latency table was measured" in text
+    assert text.endswith("**The measured speedup 2.40× is 20% below the asked 3×.**")
+    text = latency.describe_speed_target({**entry, "dense_now_over_table": 1.05, "shortfall": None})
+    assert "as long as when" not in text and "below the asked" not in text
