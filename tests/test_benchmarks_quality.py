@@ -122,8 +122,10 @@ def test_every_committed_p4_result_is_a_run_of_its_table_and_scores_what_it_reco
             assert result["training"]["seed"] == bench.runs[name].seed
             command = result["run_glue_command"] if "run_glue_command" in result else " ".join(result["overrides"])
             assert f"--task_name {bench.suite['options']['task_name']}" in command, name
-            if bench.runs[name].spec["kind"] == "oto":
-                assert f"--oto_target {bench.runs[name].spec['target']}" in command, name
+            spec = bench.runs[name].spec
+            if spec["kind"] == "oto":
+                goal = f"--oto_speedup {spec['speedup']}" if "speedup" in spec else f"--oto_target {spec['target']}"
+                assert goal in command, name
             scores = quality.scores_of(bench, name, golds, full_dev=False)
             assert len(scores) == len(golds) and 100 * sum(scores) / len(scores) == pytest.approx(
                 100 * result["quality"]["accuracy"], abs=1e-9), name
