@@ -370,9 +370,10 @@ def test_every_family_reloads_without_oto_hf_through_trust_remote_code(trained_f
 
 
 def speed_args(output_dir, **overrides):
-    """make_args without a cost target (the default one, which --oto_speedup replaces), at a tiny latency shape."""
+    """make_args without a cost target (the default one, which --oto_speedup replaces), at a small latency shape
+    (large enough that the tiny model's full size runs clearly slower than its empty blocks, even timed once)."""
     values = dict(oto_target=OTOTrainingArguments.oto_target, oto_seq_len=None, oto_speedup=1.2,
-                  oto_latency_shape="2x8", oto_latency_threads=1)
+                  oto_latency_shape="8x32", oto_latency_threads=1)
     values.update(overrides)
     return make_args(output_dir, **values)
 
@@ -398,7 +399,7 @@ def test_speedup_replaces_the_default_target_and_refuses_another(tmp_path):
     args = speed_args(tmp_path, oto_speedup=2.0)
     settings = args.oto_settings
     assert (settings.target, settings.speedup, settings.allocation) == (None, 2.0, "latency")
-    assert (settings.latency_runtime, settings.latency_shape, settings.latency_threads) == ("torch", "2x8", 1)
+    assert (settings.latency_runtime, settings.latency_shape, settings.latency_threads) == ("torch", "8x32", 1)
     assert args.oto_cost_target is None and settings.has_target
     with pytest.raises(ValueError, match="--oto_speedup and --oto_target are two targets: give one"):
         make_args(tmp_path, oto_speedup=2.0)  # make_args' --oto_target 0.4
@@ -415,12 +416,12 @@ def test_a_speedup_measures_the_table_at_construction(tmp_path, quick_tables):
     table = trainer.oto_latency_table
     assert table is not None and not table.cached and "measured the latency table" in " ".join(quick_tables)
     assert Path(table.path).parent == tmp_path / "cache" / "latency"
-    assert table.spec == {"runtime": "torch", "batch_size": 2, "seq_len": 8, "threads": 1}
+    assert table.spec == {"runtime": "torch", "batch_size": 8, "seq_len": 32, "threads": 1}
     assert table.model_class == "BertForQuestionAnswering" and table.num_layers == 3
     trainer.create_optimizer_and_scheduler(num_training_steps=20)
     hspg = trainer.optimizer
     assert hspg.latency_table is table and hspg.time_budget is not None and hspg.policy.layout.name == "latency"
-    assert hspg.seq_len == 8  # FLOPs counted at the served length
+    assert hspg.seq_len == 32  # FLOPs counted at the served length
     assert hspg.time_budget.target_seconds == pytest.approx(hspg.time_budget.dense_seconds / 1.2)
     # A second trainer of the same model on the same settings reads the cached table.
     again = OTOTrainer(model=BertForQuestionAnswering(tiny_bert_config()), args=speed_args(tmp_path / "run2"))
@@ -429,7 +430,7 @@ def test_a_speedup_measures_the_table_at_construction(tmp_path, quick_tables):
 
 def test_an_unreachable_speedup_is_refused_at_construction(tmp_path, quick_tables):
     model = BertForQuestionAnswering(tiny_bert_config())
-    with pytest.raises(ValueError, match=r"--oto_speedup 1000 cannot be reached on torch at 2x8.*Ask for at most"):
+    with pytest.raises(ValueError, match=r"--oto_speedup 1000 cannot be reached on torch at 8x32.*Ask for at most"):
         OTOTrainer(model=model, args=speed_args(tmp_path / "run", oto_speedup=1000.0))
     assert len(list((tmp_path / "cache" / "latency").glob("*.json"))) == 1  # measured before refusing
     assert not (tmp_path / "run").exists(), "refused before any training"
