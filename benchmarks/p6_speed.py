@@ -127,8 +127,7 @@ def choose_layout(dense: torch.nn.Module, table: latency.LatencyTable, spec: lat
     try:
         oto.check_speedup_fits(table, groups)
     except InvalidOTOSettings as refusal:
-        budget = table.budget(groups, asked)
-        return None, {"unreachable": True, "largest_reachable": budget.dense_seconds / budget.fixed_seconds,
+        return None, {"unreachable": True, "largest_reachable": table.budget(groups, asked).largest_speedup,
                       "refusal": str(refusal)}
     costs = groups.costs("flops", spec.seq_len)
     pools = Pools.of(groups, costs, groups.device)

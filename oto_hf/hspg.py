@@ -21,8 +21,8 @@ covered (never more). Redundant groups take the subgradient step with an adaptiv
 zero by the end of the period (linearly in norm), and the half-space projection; whatever is left of them at the
 period's end is projected. Other groups take the plain base step. After the window the zero set is frozen, so the
 target is reached to within one group's cost and held. With a speed target (`speedup` and the model's measured
-`latency_table`) the same window spends predicted time instead of cost (`oto_hf.selection.TimeBudget`). All group work is done with whole-tensor operations, never
-one group at a time.
+`latency_table`) the same window spends predicted time instead of cost (`oto_hf.selection.TimeBudget`). All group
+work is done with whole-tensor operations, never one group at a time.
 
 Why these defaults: docs/experiments.md.
 """

@@ -45,7 +45,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .timing import interleaved, parse_shape
+from .timing import Timings, interleaved, parse_shape
 
 logger = logging.getLogger(__name__)
 
@@ -323,13 +323,35 @@ def sized_model(model: nn.Module, heads: int, width: int) -> nn.Module:
 
 
 class _Runner:
-    """Calls of each variant's forward pass on one runtime (sessions and files kept alive until closed)."""
+    """Calls of each variant's forward pass on one runtime, and their timing. Used as a context: inside it torch runs
+    on the spec's threads, and the exported files and sessions live until it closes."""
 
     def __init__(self, spec: LatencySpec):
         self.spec = spec
         self.device = torch.device("cuda" if spec.runtime == "cuda" else "cpu")
         self.synchronize = torch.cuda.synchronize if spec.runtime == "cuda" else None
         self._tmp = tempfile.TemporaryDirectory(prefix="oto_latency_") if spec.runtime == "onnxruntime" else None
+        self._threads_before = None
+
+    def __enter__(self) -> "_Runner":
+        self._threads_before = torch.get_num_threads()
+        torch.set_num_threads(self.spec.threads)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._tmp is not None:
+            self._tmp.cleanup()
+        torch.set_num_threads(self._threads_before)
+
+    def time(self, variants: dict[str, Callable[[], object]], repeats: int, patience_s: float,
+             deadline: float | None = None) -> tuple[dict[str, float], dict[str, str], Timings]:
+        """Time `variants` interleaved (one warm-up round, calls per timing calibrated to about 0.05 s, medians as
+        `repeat_relative_medians`): each model's fastest time, the session setting that gave it (onnxruntime), and
+        the timings themselves."""
+        timings = interleaved(variants, repeats, warmup=1, min_timing_s=0.05, synchronize=self.synchronize,
+                              deadline=deadline, patience_s=patience_s)
+        best, settings = _fastest_per_model(repeat_relative_medians(timings))
+        return best, settings, timings
 
     def calls(self, name: str, model: nn.Module, inputs: dict) -> dict[str, Callable[[], object]]:
         """{variant name: a call of `model` on `inputs`} (onnxruntime: one per session setting)."""
@@ -351,10 +373,6 @@ class _Runner:
             feed = {i.name: inputs[i.name].numpy() for i in session.get_inputs()}
             calls[f"{name}|{setting}"] = (lambda session=session, feed=feed: session.run(None, feed))
         return calls
-
-    def close(self) -> None:
-        if self._tmp is not None:
-            self._tmp.cleanup()
 
 
 def measure_latency_table(model: nn.Module, spec: LatencySpec, *, head_points: int = 9, width_points: int = 10,
@@ -389,22 +407,14 @@ def measure_latency_table(model: nn.Module, spec: LatencySpec, *, head_points: i
     log(f"measuring the latency table of {type(model).__name__} on {spec.describe()}: "
         f"{len(heads_grid) + len(width_grid)} models of {model.config.num_hidden_layers} layers, at most "
         f"{max_seconds:.0f} s")
-    threads_before = torch.get_num_threads()
-    torch.set_num_threads(spec.threads)
-    runner = _Runner(spec)
-    try:
+    with _Runner(spec) as runner:
         inputs = timing_inputs(model, spec)
         variants: dict[str, Callable[[], object]] = {}
         sizes = [(f"h{h}", h, 0) for h in heads_grid] + [(f"w{w}", 0, w) for w in width_grid if w > 0]
         sizes.append(("full", full_heads, full_width))
         for name, heads, width in sizes:
             variants.update(runner.calls(name, sized_model(model, heads, width), inputs))
-        timings = interleaved(variants, repeats, warmup=1, min_timing_s=0.05, synchronize=runner.synchronize,
-                              deadline=started + max_seconds, patience_s=patience_s)
-    finally:
-        runner.close()
-        torch.set_num_threads(threads_before)
-    best, settings = _fastest_per_model(repeat_relative_medians(timings))
+        best, settings, timings = runner.time(variants, repeats, patience_s, deadline=started + max_seconds)
     table = LatencyTable(
         spec=asdict(spec), model_type=model.config.model_type, model_class=type(model).__name__,
         num_layers=model.config.num_hidden_layers, heads_grid=heads_grid,
@@ -455,28 +465,22 @@ def measure_speedup(dense: nn.Module, compressed: nn.Module, spec: LatencySpec, 
     setting; cuda: float32 copies on the GPU; medians as `repeat_relative_medians`), waiting out busy repeats while
     `patience_s` lasts. Both models are left as they were. Returns runtime, shape, threads, repeats, both medians,
     speedup, the session settings used (onnxruntime) and the load record (`timing.Timings.load()`)."""
-    threads_before = torch.get_num_threads()
-    torch.set_num_threads(spec.threads)
-    runner = _Runner(spec)
     models = {"dense": dense, "compressed": compressed}
     # Before any .eval() below: a model timed in place (torch on the CPU) is put in eval mode for the timing.
     was_training = {name: {m: m.training for m in model.modules()} for name, model in models.items()}
-    try:
-        inputs = timing_inputs(dense, spec)
-        variants = {}
-        for name, model in models.items():
-            on_cpu = next(model.parameters()).device.type == "cpu"
-            timed = model if (spec.runtime == "torch" and on_cpu) else copy.deepcopy(model).cpu().float()
-            variants.update(runner.calls(name, timed.eval(), inputs))
-        timings = interleaved(variants, repeats, warmup=1, min_timing_s=0.05, synchronize=runner.synchronize,
-                              patience_s=patience_s)
-    finally:
-        for modes in was_training.values():
-            for module, training in modes.items():
-                module.training = training
-        runner.close()
-        torch.set_num_threads(threads_before)
-    best, settings = _fastest_per_model(repeat_relative_medians(timings))
+    with _Runner(spec) as runner:
+        try:
+            inputs = timing_inputs(dense, spec)
+            variants = {}
+            for name, model in models.items():
+                on_cpu = next(model.parameters()).device.type == "cpu"
+                timed = model if (spec.runtime == "torch" and on_cpu) else copy.deepcopy(model).cpu().float()
+                variants.update(runner.calls(name, timed.eval(), inputs))
+            best, settings, timings = runner.time(variants, repeats, patience_s)
+        finally:
+            for modes in was_training.values():
+                for module, training in modes.items():
+                    module.training = training
     return {"runtime": spec.runtime, "shape": spec.shape, "batch_size": spec.batch_size, "seq_len": spec.seq_len,
             "threads": spec.threads, "repeats": timings.repeats, "dense_median_s": best["dense"],
             "compressed_median_s": best["compressed"], "speedup": best["dense"] / best["compressed"],

@@ -82,6 +82,11 @@ class TimeBudget:
         return self.fixed_seconds + float(sum(
             self.block_seconds(kind, kept).sum() for kind, kept in pools.kept_per_layer(removed).items()))
 
+    @property
+    def largest_speedup(self) -> float:
+        """The predicted speedup with every grouped block empty: the most a speed target can ask for."""
+        return self.dense_seconds / self.fixed_seconds
+
     def seconds_at(self, fraction_done: float) -> float:
         """The time a period that ends at `fraction_done` of the window aims for: the time saved grows in equal
         steps, as a cost target's does."""
@@ -352,25 +357,27 @@ class LatencyLayout(Layout):
     def tops_up(self, goal):
         return False
 
-    def plan(self, score: torch.Tensor, zero: torch.Tensor, pools: Pools, goal: Goal, floor: "LayerFloor") -> torch.Tensor:
+    def plan(self, score: torch.Tensor, zero: torch.Tensor, pools: Pools, goal: Goal,
+             floor: "LayerFloor") -> torch.Tensor:
         """The redundant groups that bring the predicted time down to the period's (`goal.time`), never leaving a
         block between empty and its floor."""
         budget = goal.time
         need = budget.predict(zero, pools) - budget.seconds_at(goal.fraction_done)
-        moves = [_PoolMoves(key, pools, score, zero, floor.fraction, budget) for key in torch.unique(pools.key).tolist()]
+        moves = [_PoolMoves(key, pools, score, zero, floor.fraction, budget)
+                 for key in torch.unique(pools.key).tolist()]
         moves = [m for m in moves if m.live]
         chosen: list[torch.Tensor] = []
         while need > 1e-12:
             options = [(m.best, m) for m in moves if m.best is not None]
             if not options:
                 break
-            (ratio, loss, gain, j), pool = min(options, key=lambda o: o[0][0])
+            (_, loss, gain, j), pool = min(options, key=lambda o: o[0][0])
             if gain < need:  # a move that meets the need at less loss ends the choice
                 finishers = [(f, m) for m in moves if (f := m.finisher(need)) is not None]
                 if finishers:
                     finish, finish_pool = min(finishers, key=lambda o: o[0][1])
                     if finish[1] <= loss:
-                        (ratio, loss, gain, j), pool = finish, finish_pool
+                        (_, loss, gain, j), pool = finish, finish_pool
             chosen.append(pool.take(j))
             need -= gain
         redundant = torch.zeros_like(zero)
@@ -473,7 +480,6 @@ class SelectionPolicy:
         if self.layout.tops_up(goal):
             top_up(redundant, allowed, score, zero, pools.costs, goal.cost_now)
         return redundant
-
 
     def choose_for_time(self, score: torch.Tensor, zero: torch.Tensor, pools: Pools, goal: Goal) -> torch.Tensor:
         """The redundant groups of a speed target's period. The 'latency' layout spends the time directly

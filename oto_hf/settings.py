@@ -167,7 +167,8 @@ class OTOSettings:
 
         problems = []
         if self.latency_runtime not in RUNTIMES:
-            problems.append(f"{self.name_of('latency_runtime')} must be one of {RUNTIMES}, got {self.latency_runtime!r}")
+            problems.append(f"{self.name_of('latency_runtime')} must be one of {RUNTIMES}, got "
+                            f"{self.latency_runtime!r}")
         try:
             parse_shape(self.latency_shape, self.name_of("latency_shape"))
         except ValueError as error:
@@ -244,8 +245,7 @@ class OTOSettings:
         naming the largest one reachable (the embeddings, LayerNorms and task head are never pruned)."""
         if self.speedup is None:
             return
-        budget = table.budget(groups, self.speedup)
-        reachable = budget.dense_seconds / budget.fixed_seconds
+        reachable = table.budget(groups, self.speedup).largest_speedup
         if self.speedup > reachable:
             raise InvalidOTOSettings([
                 f"{self.name_of('speedup')} {self.speedup:g} cannot be reached on {self.latency_runtime} at "

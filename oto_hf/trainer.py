@@ -151,7 +151,8 @@ class OTOTrainingArguments(TrainingArguments):
         return OTOSettings(
             target=self.oto_cost_target, target_unit=self.oto_target_unit, speedup=self.oto_speedup,
             latency_runtime=self.oto_latency_runtime, latency_shape=self.oto_latency_shape,
-            latency_threads=self.oto_latency_threads, seq_len=self.oto_seq_len, lmbda=self.oto_lambda, epsilon=self.oto_epsilon, half_space_start_step=None,
+            latency_threads=self.oto_latency_threads, seq_len=self.oto_seq_len, lmbda=self.oto_lambda,
+            epsilon=self.oto_epsilon, half_space_start_step=None,
             half_space_start_fraction=self.oto_half_space_start, prune_fraction=self.oto_prune_fraction,
             num_periods=self.oto_num_periods, direction=self.oto_direction,
             momentum=self.oto_momentum if self.oto_direction == "sgd" else 0.0, saliency=self.oto_saliency,
