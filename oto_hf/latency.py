@@ -385,7 +385,7 @@ def measure_latency_table(model: nn.Module, spec: LatencySpec, *, head_points: i
     repeats of every grid model (medians kept); `max_seconds` bounds the timing (fewer repeats, and the table says
     so); `patience_s`: how long busy repeats (other processes using the CPU) are waited out and redone. `refresh`
     measures again even when a cached table exists. `directory`: the cache (default `cache_dir()`).
-    Takes about a minute or two for MiniLM on 2 CPU threads (docs/benchmarks.md, P6 has the times measured)."""
+    It times about 20 models, each `repeats` times: docs/benchmarks.md (P6) gives the times it took."""
     full_heads = max(getattr(model.config, "num_attention_heads_per_layer", None) or [model.config.num_attention_heads])
     full_width = max(getattr(model.config, "intermediate_size_per_layer", None) or [_full_width(model)])
     heads_grid, width_grid = count_grid(full_heads, head_points), count_grid(full_width, width_points)

@@ -65,8 +65,9 @@ class OTOTrainingArguments(TrainingArguments):
         default=None,
         metadata={"help": "A speed target instead of --oto_target: the compressed model's whole forward pass runs "
                   "this many times (> 1) faster than the dense one, measured on --oto_latency_runtime at "
-                  "--oto_latency_shape. Before training, a latency table of the model is measured there (a minute "
-                  "or two for a MiniLM on 2 CPU threads; cached) and the layout is chosen by it."},
+                  "--oto_latency_shape. Before training, a latency table of the model is measured there (about 20 "
+                  "models timed; cached on disk, keyed by model, runtime, shape, threads and CPU) and the layout is "
+                  "chosen by it."},
     )
     oto_latency_runtime: str = field(
         default="torch",
