@@ -78,6 +78,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from .timing import processor_name
+
 __all__ = ["DEFAULT_OPSET", "SESSION_SETTINGS", "OnnxMismatchError", "OnnxRuntimeModel", "check_onnx", "export_onnx",
            "fastest_session_settings", "int8_path_for", "load_model", "onnx_input_names", "ort_session",
            "quantize_int8", "recorded_session_settings", "sample_inputs", "session_settings_path",
@@ -609,21 +611,11 @@ def session_settings_path(onnx_path: str | os.PathLike) -> Path:
     return path.with_name((path.stem if path.suffix == ".onnx" else path.name) + ".session.json")
 
 
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine() or "unknown"
-
-
 def write_session_settings(onnx_path: str | os.PathLike, measured: dict) -> Path:
     """Record `measured` (a `fastest_session_settings` result) beside `onnx_path` (`session_settings_path`), with
     the file's name, the CPU model and the platform, for `OnnxRuntimeModel` to read; returns the path written."""
     target = session_settings_path(onnx_path)
-    record = {"file": Path(onnx_path).name, **measured, "cpu_model": _cpu_model(), "platform": platform.platform()}
+    record = {"file": Path(onnx_path).name, **measured, "cpu_model": processor_name(), "platform": platform.platform()}
     partial_path = target.with_name(target.name + ".partial")
     partial_path.write_text(json.dumps(record, indent=2) + "\n")
     os.replace(partial_path, target)

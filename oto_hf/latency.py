@@ -34,7 +34,6 @@ import hashlib
 import json
 import logging
 import os
-import platform
 import statistics
 import tempfile
 import time
@@ -45,7 +44,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .timing import Timings, interleaved, parse_shape
+from .timing import Timings, interleaved, parse_shape, processor_name
 
 logger = logging.getLogger(__name__)
 
@@ -237,17 +236,6 @@ def cache_dir() -> Path:
     """Where latency tables are cached: ``$OTO_HF_CACHE/latency`` (default ``~/.cache/oto_hf/latency``)."""
     root = os.environ.get("OTO_HF_CACHE") or Path.home() / ".cache" / "oto_hf"
     return Path(root) / "latency"
-
-
-def processor_name() -> str:
-    """The CPU's model name (/proc/cpuinfo), else what `platform` knows."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.lower().startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def runtime_version(runtime: str) -> dict:

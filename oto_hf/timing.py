@@ -11,6 +11,7 @@ is waited out and redone.
 
 import math
 import os
+import platform
 import statistics
 import time
 from collections.abc import Callable
@@ -235,6 +236,17 @@ def interleaved(variants: dict[str, Callable[[], object]], repeats: int, *, warm
         r += 1
     result.inner = inner
     return result
+
+
+def processor_name() -> str:
+    """The CPU's model name (/proc/cpuinfo), else what `platform` knows, else "unknown": what a timing holds for."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.lower().startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "unknown"
 
 
 def parse_shape(text: str, option: str = "the shape") -> tuple[int, int]:
