@@ -55,6 +55,73 @@ def _vision_tokens(config) -> int:
 
 
 @dataclass(frozen=True)
+class StreamMembers:
+    """Modules that touch the residual stream (the hidden width), by what each does with a channel of it. Paths
+    that a model does not have (another task head's, an optional projection) are skipped."""
+
+    embeddings: tuple[str, ...] = ()  # nn.Embedding tables whose column c is channel c
+    readers: tuple[str, ...] = ()  # nn.Linear layers that read the stream: input column c
+    writers: tuple[str, ...] = ()  # nn.Linear layers that write it: output row c and bias c
+    transforms: tuple[str, ...] = ()  # nn.Linear layers from the stream to the stream (an MLM head's): both
+    norms: tuple[str, ...] = ()  # LayerNorms over the stream: weight c and bias c
+
+
+@dataclass(frozen=True)
+class HiddenStream:
+    """Where a family's residual stream is read and written, for hidden-width pruning (one group per channel).
+
+    Within a layer the readers are the family's Q/K/V and FFN input projections and the writers its attention and
+    FFN output projections; `layer_norms` adds the layer's norms over the stream. `base` holds the members outside
+    the layers (paths from the base model), `embeddings` the embedding tables and their norm, which belong to the
+    stream unless the model has `embedding_projection` (ELECTRA with `embedding_size != hidden_size`: the embeddings
+    then have their own width and the projection writes the stream). `heads` holds, per task head (a suffix of the
+    stock class name), what the head adds (paths from the task model): a head that reads only the pooler's output
+    adds nothing, since the pooler keeps its output width.
+    """
+
+    layer_norms: tuple[str, ...]
+    embeddings: StreamMembers
+    base: StreamMembers = StreamMembers()
+    embedding_projection: str | None = None
+    heads: tuple[tuple[str, StreamMembers], ...] = ()
+
+    def head_members(self, class_name: str) -> StreamMembers:
+        """What the task head of the stock class `class_name` adds to the stream's members."""
+        return next((members for suffix, members in self.heads if class_name.endswith(suffix)), StreamMembers())
+
+
+# A BERT-style masked / causal LM head: a stream-to-stream transform, its norm and a decoder (tied to the word
+# embeddings by default, so the tie survives: both are the same tensor, cut once); ELECTRA's generator and
+# discriminator heads read the stream into their own width.
+_BERT_LM_HEAD = StreamMembers(
+    transforms=("cls.predictions.transform.dense", "lm_head.dense"),
+    norms=("cls.predictions.transform.LayerNorm", "lm_head.layer_norm"),
+    readers=("cls.predictions.decoder", "lm_head.decoder", "generator_predictions.dense",
+             "discriminator_predictions.dense"),
+)
+
+_BERT_HIDDEN = HiddenStream(
+    layer_norms=("attention.output.LayerNorm", "output.LayerNorm"),
+    embeddings=StreamMembers(
+        embeddings=("embeddings.word_embeddings", "embeddings.position_embeddings",
+                    "embeddings.token_type_embeddings", "embeddings.task_type_embeddings"),
+        norms=("embeddings.LayerNorm",)),
+    base=StreamMembers(readers=("pooler.dense",)),  # the pooler reads the stream; its output keeps its width
+    embedding_projection="embeddings_project",
+    heads=(
+        ("ForQuestionAnswering", StreamMembers(readers=("qa_outputs",))),
+        ("ForTokenClassification", StreamMembers(readers=("classifier",))),
+        # RoBERTa's and ELECTRA's classification heads read the first token; BERT's reads the pooler
+        ("ForSequenceClassification", StreamMembers(readers=("classifier.dense",))),
+        # ELECTRA's sequence summary; the others read the pooler
+        ("ForMultipleChoice", StreamMembers(readers=("sequence_summary.summary",))),
+        ("ForMaskedLM", _BERT_LM_HEAD), ("ForCausalLM", _BERT_LM_HEAD), ("LMHeadModel", _BERT_LM_HEAD),
+        ("ForPreTraining", _BERT_LM_HEAD),
+    ),
+)
+
+
+@dataclass(frozen=True)
 class Family:
     """Where one module layout keeps its prunable parts (see the module docstring)."""
 
@@ -85,6 +152,8 @@ class Family:
     # The sequence length at which FLOPs are counted by default; None: oto_hf's text default (384).
     default_tokens: Callable | None = None
     # The Auto classes of this family's compressed task models ("AutoModel", …), where transformers has them.
+    # Where the residual stream is read and written (hidden-width pruning); None: the hidden width is not pruned.
+    hidden: HiddenStream | None = None
     auto_classes: tuple[str, ...] = field(default=(
         "AutoModel", "AutoModelForPreTraining", "AutoModelForCausalLM", "AutoModelForMaskedLM",
         "AutoModelForNextSentencePrediction", "AutoModelForSequenceClassification", "AutoModelForMultipleChoice",
@@ -111,6 +180,7 @@ FAMILIES: tuple[Family, ...] = (
         attention_output="attention.output.dense",
         ffn_input="intermediate.dense",
         ffn_output="output.dense",
+        hidden=_BERT_HIDDEN,
     ),
     Family(
         name="distilbert",
@@ -170,6 +240,35 @@ FAMILIES: tuple[Family, ...] = (
     ),
 )
 
+def stream_modules(family: Family, model: nn.Module, base: nn.Module) -> list[tuple[str, nn.Module, str]]:
+    """(role, root, path) of every module of `model` (its body `base`) that the residual stream's channels own,
+    each module once, in a fixed order: the base model's members, the embeddings (or the embedding projection),
+    each layer's readers, writers and norms, then the task head's. Roles: "embedding", "reader", "writer",
+    "transform", "norm" (see `StreamMembers`). Paths the model lacks are skipped."""
+    hidden = family.hidden
+    parts = [(base, hidden.base)]
+    if hidden.embedding_projection and get_submodule(base, hidden.embedding_projection) is not None:
+        parts.append((base, StreamMembers(writers=(hidden.embedding_projection,))))
+    else:
+        parts.append((base, hidden.embeddings))
+    in_layer = StreamMembers(readers=(*family.qkv, family.ffn_input),
+                             writers=(family.attention_output, family.ffn_output), norms=hidden.layer_norms)
+    parts += [(layer, in_layer) for layer in get_submodule(base, family.layers)]
+    if model is not base:
+        parts.append((model, hidden.head_members(getattr(type(model), "stock_class", type(model)).__name__)))
+    found, seen = [], set()
+    for root, part in parts:
+        for role, paths in (("embedding", part.embeddings), ("reader", part.readers), ("writer", part.writers),
+                            ("transform", part.transforms), ("norm", part.norms)):
+            for path in paths:
+                module = get_submodule(root, path)
+                if module is not None and id(module) not in seen:
+                    seen.add(id(module))
+                    found.append((role, root, path))
+    return found
+
+
 FAMILY_OF_MODEL_TYPE: dict[str, Family] = {model_type: f for f in FAMILIES for model_type in f.model_types}
 
-__all__ = ["FAMILIES", "FAMILY_OF_MODEL_TYPE", "Family", "get_submodule"]
+__all__ = ["FAMILIES", "FAMILY_OF_MODEL_TYPE", "Family", "HiddenStream", "StreamMembers", "get_submodule",
+           "stream_modules"]

@@ -42,20 +42,30 @@ def kept_indices(model: nn.Module) -> tuple[list[torch.Tensor], list[torch.Tenso
 
 @torch.no_grad()
 def compress(model: nn.Module, seq_len_for_stats: int | None = None, keep: torch.Tensor | None = None) -> nn.Module:
-    """Return a new, smaller model without the zero heads and FFN neurons of `model`; `model` is left untouched.
+    """Return a new, smaller model without the zero heads, FFN neurons and hidden channels of `model`; `model` is
+    left untouched.
 
     `model` is a model of a supported family (any task head) or a compressed one, dense or group-sparse (typically
     trained with `HSPG`). The result is the matching compressed class, on the same device and dtype, in the same
-    train/eval mode, ready for `save_pretrained`. Its outputs equal `model`'s up to float32 rounding.
+    train/eval mode, ready for `save_pretrained`. Its outputs equal `model`'s up to float32 rounding (where hidden
+    channels are cut: `model`'s with its stream norms live, as HSPG trains it; see `groups.track_live_width`).
     `seq_len_for_stats` is the sequence length of the FLOPs recorded in its config (default: the family's).
-    `keep` (a boolean per group of `zero_invariant_groups(model)`) cuts out every other group instead, zero or not:
-    the outputs then change; it makes models of given sizes from real weights (the latency tables' grid models).
+    `keep` (a boolean per group of `zero_invariant_groups(model)`, or of `zero_invariant_groups(model,
+    prune_hidden=True)`: told apart by its length) cuts out every other group instead, zero or not: the outputs
+    then change; it makes models of given sizes from real weights (the latency tables' grid models).
     """
     target_cls = compressed_class_for(model)
-    groups = zero_invariant_groups(model)
+    family = family_of(model)
+    groups = zero_invariant_groups(model, prune_hidden=family.hidden is not None)
+    if keep is not None and family.hidden is not None and len(keep) != groups.num_groups:
+        groups = zero_invariant_groups(model)
     keep = ~groups.is_zero().cpu() if keep is None else keep.cpu()
+    if len(keep) != groups.num_groups:
+        raise ValueError(f"keep has {len(keep)} entries; the model has {groups.num_groups} groups")
     heads, neurons = groups.kept_indices(keep)
-    config = _compressed_config(model.config, [len(h) for h in heads], [len(n) for n in neurons])
+    width = groups.kept_hidden_size(keep)
+    config = _compressed_config(model.config, [len(h) for h in heads], [len(n) for n in neurons],
+                                width if width != groups.hidden_size or _hidden_cut(model.config) else None)
 
     # Build on the meta device (no allocation, no random init), then hand it the sliced tensors.
     with torch.device("meta"):
@@ -65,11 +75,15 @@ def compress(model: nn.Module, seq_len_for_stats: int | None = None, keep: torch
     # model does not hold is not carried over.
     wanted = new.state_dict().keys()
     state = {name: tensor.detach().clone() for name, tensor in model.state_dict().items() if name in wanted}
-    local = _local_indices(groups, keep)
-    for t in groups.tensors:
-        if t.name in state:
-            state[t.name] = t.view(state[t.name]).index_select(t.group_dim, local[t.offset].to(t.param.device)) \
-                .reshape(shapes[t.name])
+    cuts = _kept_along_axes(groups, keep)
+    # Every name a tensor goes by (a tied decoder is the word embeddings' tensor under a second name).
+    for name, param in model.named_parameters(remove_duplicate=False):
+        if name in state and id(param) in cuts:
+            for axis, kept in cuts[id(param)].items():
+                state[name] = state[name].index_select(axis, kept.to(state[name].device))
+            if state[name].shape != shapes[name]:
+                raise RuntimeError(f"compress: {name} cut to {tuple(state[name].shape)}, the compressed class holds "
+                                   f"{tuple(shapes[name])}")
 
     new.load_state_dict(state, strict=True, assign=True)
     # Buffers that are not saved in a state dict (position ids, rotary tables) are still on the meta device: take
@@ -92,6 +106,7 @@ def compress(model: nn.Module, seq_len_for_stats: int | None = None, keep: torch
     info = dict(config.oto_pruning_info or {})
     info.setdefault("original_num_attention_heads_per_layer", before.heads_per_layer)
     info.setdefault("original_intermediate_size_per_layer", before.ffn_width_per_layer)
+    info.setdefault("original_hidden_size", groups.hidden_size)
     info.setdefault("original_encoder_params", before.encoder_params)
     info.setdefault("original_encoder_flops", before.encoder_flops)
     info.update(stats_seq_len=after.seq_len, encoder_params=after.encoder_params, encoder_flops=after.encoder_flops)
@@ -99,19 +114,54 @@ def compress(model: nn.Module, seq_len_for_stats: int | None = None, keep: torch
     return new
 
 
-def _local_indices(groups, keep: torch.Tensor) -> dict[int, torch.Tensor]:
-    """For each run of groups (keyed by its first group's number), the indices of its kept groups within it."""
-    return {t.offset: torch.nonzero(keep[t.span]).flatten() for t in groups.tensors}
+def _hidden_cut(config) -> bool:
+    """Whether `config` (stock or compressed) already has a cut stream."""
+    return getattr(config, "compressed_hidden_size", None) is not None
 
 
-def _compressed_config(config, heads_per_layer: list[int], widths_per_layer: list[int]):
-    """The compressed config: the model's own (stock or compressed) config with the per-layer sizes."""
+def _kept_along_axes(groups, keep: torch.Tensor) -> dict[int, dict[int, torch.Tensor]]:
+    """{id(param): {axis of the parameter: indices kept along it}} for every grouped tensor with a group cut.
+
+    A grouped tensor is a view whose group axis lies within one axis of the parameter (rows of a projection, as
+    heads of d rows or thirds of a fused one; its columns; a channel of a vector): the groups' keep mask, spread over
+    the view and read back along that axis, is the axis's kept entries. A tensor grouped along two axes (a Q
+    weight: heads by rows, channels by columns) is cut along both."""
+    cuts: dict[int, dict[int, torch.Tensor]] = {}
+    for t in groups.tensors:
+        local = keep[t.span]
+        if bool(local.all()):
+            continue
+        natural = tuple(t.param.shape)
+        axis = _natural_axis(t.shape, t.group_dim, natural)
+        mask = t.broadcast(local).expand(t.shape).reshape(natural)
+        along = mask.movedim(axis, 0).reshape(natural[axis], -1).any(dim=1)
+        cuts.setdefault(id(t.param), {})[axis] = torch.nonzero(along).flatten()
+    return cuts
+
+
+def _natural_axis(view_shape: tuple[int, ...], group_dim: int, natural: tuple[int, ...]) -> int:
+    """The axis of a tensor shaped `natural` that holds axis `group_dim` of its view `view_shape`."""
+    before = 1
+    for d in view_shape[:group_dim]:
+        before *= d
+    span = 1
+    for axis, size in enumerate(natural):
+        span *= size
+        if before < span:
+            return axis
+    raise ValueError(f"no axis of {natural} holds axis {group_dim} of {view_shape}")
+
+
+def _compressed_config(config, heads_per_layer: list[int], widths_per_layer: list[int], hidden: int | None = None):
+    """The compressed config: the model's own (stock or compressed) config with the per-layer sizes (and the
+    stream's width where hidden channels are cut)."""
     stock_type = getattr(config, "stock_model_type", None) or config.model_type
     values = config.to_dict()
     for key in ("model_type", "transformers_version", "architectures", "auto_map"):
         values.pop(key, None)
     values["num_attention_heads_per_layer"] = heads_per_layer
     values["intermediate_size_per_layer"] = widths_per_layer
+    values["compressed_hidden_size"] = hidden
     new_config = CONFIG_CLASSES["oto_" + stock_type](**values)
     new_config._attn_implementation = config._attn_implementation
     return new_config

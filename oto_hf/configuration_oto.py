@@ -32,6 +32,10 @@ PER_LAYER_DOC = r"""
         intermediate_size_per_layer (`list[int]`, *optional*):
             FFN neurons kept in each layer (0 is allowed: the FFN then adds only its output bias).
             Defaults to the stock FFN width (`{width}`) in every layer.
+        compressed_hidden_size (`int`, *optional*):
+            The residual stream's width after hidden-width pruning: the embeddings, every norm over the stream and
+            every projection that reads or writes it have this many channels. Defaults to `hidden_size` (not
+            pruned); `hidden_size` keeps the original width, from which the head size is derived.
         oto_pruning_info (`dict`, *optional*):
             What was removed and how (a free-form record for model cards; never read by the model).
 """
@@ -72,6 +76,13 @@ class OTOConfigMixin:
             bad = [v for v in values if not 0 <= v <= upper]
             if bad:
                 raise ValueError(f"{type(self).__name__}.{name} has entries {bad} outside [0, {upper}].")
+        width = self.compressed_hidden_size
+        if width is not None and not 1 <= width <= self.hidden_size:
+            raise ValueError(f"{type(self).__name__}.compressed_hidden_size is {width}: it must lie in "
+                             f"[1, hidden_size = {self.hidden_size}].")
+        if width is not None and FAMILY_OF_MODEL_TYPE[self.stock_model_type].hidden is None:
+            raise ValueError(f"{type(self).__name__}.compressed_hidden_size is set, but oto_hf does not cut the hidden "
+                             f"width of {self.stock_model_type} models.")
         if getattr(self, "add_cross_attention", False):
             raise ValueError(f"{type(self).__name__} does not support add_cross_attention=True (cross-attention is "
                              "not pruned).")
@@ -85,9 +96,11 @@ def _compressed_config_class(model_type: str) -> type[PreTrainedConfig]:
         "__doc__": PER_LAYER_DOC.format(stock=stock.__name__, width=family.width_attribute),
         "__annotations__": {"num_attention_heads_per_layer": list[int] | None,
                             "intermediate_size_per_layer": list[int] | None,
+                            "compressed_hidden_size": int | None,
                             "oto_pruning_info": dict | None},
         "num_attention_heads_per_layer": None,
         "intermediate_size_per_layer": None,
+        "compressed_hidden_size": None,
         "oto_pruning_info": None,
         "model_type": "oto_" + model_type,
         "stock_model_type": model_type,

@@ -12,10 +12,23 @@ nothing to the model's output, so it can be cut out without changing it:
   [input; gate] projection) and column j of the FFN output projection (a zero pre-activation gives act(0) = 0 for
   GELU/ReLU/SiLU, and a zero gate gives 0 whatever the activation).
 
-Embeddings, layer norms, the output projections' biases, pooler and task head are not grouped: they are trained
-but never pruned, and the hidden width stays. Where a family keeps these parts is its entry in
-`oto_hf.architectures`; this module reads the entry, finds the groups and counts their costs from the real module
-shapes.
+* channel c of the residual stream (with `prune_hidden`, where the family's entry has a `hidden` layout): its
+  column of every embedding table in the stream, its entry of every norm over the stream, its row (and bias) of
+  every projection that writes the stream, its column of every projection that reads it (Q/K/V, FFN input, the
+  pooler's and the task head's input), both of a stream-to-stream transform (an MLM head's). Zero embedding
+  columns, writer rows and norm entries ⇒ the stream is exactly 0 in channel c everywhere; zero reader columns ⇒
+  nothing reads it. One thing is not invariant by itself: a LayerNorm's mean and variance count every channel, so a
+  zero channel still changes the others' normalisation. The stream's norms are therefore run with their statistics
+  over the live channels (`track_live_width`, `oto_hf.live_norm`), which is exactly the LayerNorm the compressed
+  model runs over its kept channels: training and the compressed forward are the same function, and the compressed
+  model keeps the stock, fused LayerNorm (see `oto_hf.live_norm` for why not the other way round). Hidden groups
+  overlap the head and neuron groups (a Q weight is in a head by its rows and in a channel by its columns); every
+  group operation adds up or writes over its members, so overlapping groups need nothing special.
+
+Without `prune_hidden`, embeddings, layer norms, the output projections' biases, pooler and task head are not
+grouped: they are trained but never pruned, and the hidden width stays. Where a family keeps these parts is its
+entry in `oto_hf.architectures`; this module reads the entry, finds the groups and counts their costs from the real
+module shapes.
 
 Every group operation works on whole tensors (a view that puts the groups on one axis), never one group at a
 time: bert-base has 37,008 groups.
@@ -28,11 +41,13 @@ import torch
 from torch import nn
 from transformers import PreTrainedModel
 
-from .architectures import FAMILIES, FAMILY_OF_MODEL_TYPE, Family, get_submodule
+from .architectures import FAMILIES, FAMILY_OF_MODEL_TYPE, Family, get_submodule, stream_modules
 
 
-HEAD, NEURON, CUSTOM = 0, 1, 2
-KIND_NAMES = ("head", "neuron", "custom")
+HEAD, NEURON, CUSTOM, HIDDEN = 0, 1, 2, 3
+KIND_NAMES = ("head", "neuron", "custom", "hidden")
+# The `layers` entry of a hidden channel's group: the residual stream runs through every layer, it is in none.
+STREAM = -1
 DEFAULT_SEQ_LEN = 384
 
 
@@ -66,7 +81,7 @@ class GroupedTensor:
     def per_group_sum(self, tensor: torch.Tensor) -> torch.Tensor:
         """Sum of `tensor` over each group's elements: shape (count,)."""
         dims = [i for i in range(len(self.shape)) if i != self.group_dim]
-        return tensor.view(self.shape).sum(dim=dims)
+        return tensor.view(self.shape).sum(dim=dims) if dims else tensor.view(self.shape)  # sum(dim=[]) sums all
 
     def broadcast(self, values: torch.Tensor) -> torch.Tensor:
         """Per-group `values` (count,) shaped to broadcast over `view(tensor)`."""
@@ -103,12 +118,14 @@ class _LayerCosts:
 class ZeroInvariantGroups:
     """The partition of a model's prunable parameters into zero-invariant groups.
 
-    Groups are numbered layer by layer, heads first, then FFN neurons. Per group: `kinds` (HEAD or NEURON),
-    `layers`, `index` (head or neuron number within its layer) and `sizes` (number of parameters). `costs` and
-    `total_cost` say what the groups and the whole encoder cost, in parameters or in FLOPs per example.
+    Groups are numbered layer by layer, heads first, then FFN neurons, then (with `prune_hidden`) the channels of
+    the residual stream. Per group: `kinds` (HEAD, NEURON or HIDDEN), `layers` (STREAM for a channel), `index`
+    (head, neuron or channel number) and `sizes` (number of parameters). `costs` and `total_cost` say what the
+    groups and the whole encoder cost, in parameters or in FLOPs per example.
     """
 
-    def __init__(self, model: nn.Module, prune_heads: bool = True, prune_neurons: bool = True):
+    def __init__(self, model: nn.Module, prune_heads: bool = True, prune_neurons: bool = True,
+                 prune_hidden: bool = False):
         self.family = family_of(model)
         base = find_base_model(model)
         if getattr(base.config, "add_cross_attention", False):
@@ -116,7 +133,13 @@ class ZeroInvariantGroups:
                 f"{type(base).__name__} has cross-attention (config.add_cross_attention=True); oto_hf prunes only "
                 "self-attention heads and FFN neurons of encoders. Use a model without cross-attention."
             )
-        self.prune_heads, self.prune_neurons = prune_heads, prune_neurons
+        if prune_hidden and self.family.hidden is None:
+            supported = ", ".join(f.name for f in FAMILIES if f.hidden is not None)
+            raise UnsupportedModelError(
+                f"prune_hidden: oto_hf cannot prune the hidden width of the {self.family.name} family yet (it can for: "
+                f"{supported}). Prune heads and FFN neurons only (prune_hidden=False, --oto_prune_hidden false)."
+            )
+        self.prune_heads, self.prune_neurons, self.prune_hidden = prune_heads, prune_neurons, prune_hidden
         self.is_transformer = True
         self.default_seq_len = (self.family.default_tokens(base.config) if self.family.default_tokens
                                 else DEFAULT_SEQ_LEN)
@@ -148,6 +171,17 @@ class ZeroInvariantGroups:
             if prune_neurons:
                 add(NEURON, i, width, [(p, shape, dim) for p, shape, dim, _ in neuron_members], costs.neuron_params)
 
+        self.hidden_size = get_submodule(layers[0], self.family.attention_output).out_features
+        self.stream_norms: list[nn.Module] = []
+        self._outside_stream: dict[int, tuple[int, int]] = {}
+        self._outside_fixed = 0  # with prune_hidden: the parameters outside the layers that no channel owns
+        if prune_hidden:
+            members, self.stream_norms = self._stream_members(model, base, layers)
+            in_layers = {id(p) for p in layers.parameters()}
+            self._outside_fixed = sum(p.numel() for p in model.parameters()
+                                      if id(p) not in in_layers and id(p) not in self._outside_stream)
+            add(HIDDEN, STREAM, self.hidden_size, members,
+                sum(p.numel() for p, _, _ in members) // max(self.hidden_size, 1))
         self.heads_per_layer = [c.num_heads for c in self._layer_costs]
         self.neurons_per_layer = [c.num_neurons for c in self._layer_costs]
         self.kinds = torch.tensor(kinds, dtype=torch.long)
@@ -195,6 +229,40 @@ class ZeroInvariantGroups:
         members.append((ffn_out.weight, (ffn_out.out_features, width), 1, True))
         return members, width
 
+    def _stream_members(self, model: nn.Module, base: nn.Module, layers) -> tuple[list, list[nn.Module]]:
+        """[(param, grouped shape, channel axis)] of every tensor the stream's channels own (each tensor and axis
+        once: a decoder tied to the word embeddings is their tensor), and the norms over the stream."""
+        width, members, seen, norms = self.hidden_size, [], set(), []
+        # Parameters outside the layers that the stream's channels own: {id: (elements, channel axes)}.
+        self._outside_stream: dict[int, tuple[int, int]] = {}
+        layer_ids = {id(layer) for layer in layers}
+
+        def own(param, axis: int, path: str, in_layer: bool):
+            if not isinstance(param, nn.Parameter) or param.numel() == 0:
+                return  # a headless layer's empty projections are buffers: nothing to own
+            if param.shape[axis] != width:
+                raise UnsupportedModelError(
+                    f"{path} has {param.shape[axis]} entries where the residual stream has {width} channels: the "
+                    f"model does not match the {self.family.name} family's hidden layout.")
+            if (id(param), axis) in seen:
+                return
+            seen.add((id(param), axis))
+            members.append((param, tuple(param.shape), axis))
+            if not in_layer:
+                numel, axes = self._outside_stream.get(id(param), (param.numel(), 0))
+                self._outside_stream[id(param)] = (numel, axes + 1)
+
+        for role, root, path in stream_modules(self.family, model, base):
+            module, in_layer = get_submodule(root, path), id(root) in layer_ids
+            if role in ("embedding", "reader", "transform"):
+                own(module.weight, 1, path, in_layer)
+            if role in ("writer", "transform", "norm"):
+                own(module.weight, 0, path, in_layer)
+                own(module.bias, 0, path, in_layer)
+            if role == "norm":
+                norms.append(module)
+        return members, norms
+
     def _costs(self, layer, head_members, n, d, neuron_members, width) -> _LayerCosts:
         def per_group(members, count, tokens_only=False):
             return sum(p.numel() for p, _, _, per_token in members if per_token or not tokens_only) // max(count, 1)
@@ -235,7 +303,8 @@ class ZeroInvariantGroups:
         self.sizes = torch.tensor(sizes, dtype=torch.long)
         self.family, self.num_layers, self._layer_costs = None, 1, []
         self.heads_per_layer, self.neurons_per_layer = [0], [0]
-        self.prune_heads = self.prune_neurons = False
+        self.prune_heads = self.prune_neurons = self.prune_hidden = False
+        self.hidden_size, self.stream_norms, self._outside_stream, self._outside_fixed = 0, [], {}, 0
         self.is_transformer = False
         self.default_seq_len = DEFAULT_SEQ_LEN
         return self
@@ -249,11 +318,17 @@ class ZeroInvariantGroups:
     def flops(self, seq_len: int | None = None) -> torch.Tensor:
         """Encoder FLOPs per example that each group costs at `seq_len` tokens (default: the family's, 384 for
         text), float64: 2 per multiply-add of the group's projections of the tokens, plus a head's attention scores
-        and context (and DeBERTa's relative-position terms)."""
+        and context (and DeBERTa's relative-position terms); a hidden channel's, its columns and rows of the layers'
+        projections with every head and neuron kept (what the groups cost together is `layer_totals`'s)."""
         seq_len = seq_len or self.default_seq_len
         per_layer = torch.tensor([[c.head_flops(seq_len), c.neuron_flops(seq_len)] for c in self._layer_costs],
                                  dtype=torch.float64).reshape(-1, 2)
-        return per_layer[self.layers, self.kinds] if self.num_groups else torch.zeros(0, dtype=torch.float64)
+        out = torch.zeros(self.num_groups, dtype=torch.float64)
+        layered = self.kinds != HIDDEN
+        out[layered] = per_layer[self.layers[layered], self.kinds[layered]]
+        out[~layered] = sum(2 * seq_len * (c.num_heads * c.head_token_weights + c.num_neurons * c.neuron_token_weights)
+                            for c in self._layer_costs) / max(self.hidden_size, 1)
+        return out
 
     def costs(self, unit: str, seq_len: int | None = None) -> torch.Tensor:
         """What removing each group saves, in `unit` ("flops" or "params"), float64."""
@@ -262,30 +337,112 @@ class ZeroInvariantGroups:
         if unit == "flops":
             return self.flops(seq_len)
         if unit == "params":
-            return self.sizes.to(torch.float64)
+            # A hidden channel's encoder parameters: its columns and rows of the layers' projections (every head
+            # and neuron kept) and its entries of their norms and biases; its embedding and task-head columns are
+            # in its `sizes` and in the model's total, not in the encoder's.
+            sizes = self.sizes.to(torch.float64)
+            sizes[self.kinds == HIDDEN] = sum(c.num_heads * c.head_token_weights + c.num_neurons * c.neuron_token_weights
+                                              + c.fixed_params for c in self._layer_costs) / max(self.hidden_size, 1)
+            return sizes
         raise ValueError(f"unit must be 'flops' or 'params', got {unit!r}")
 
     def total_cost(self, unit: str, seq_len: int | None = None) -> float:
-        """The whole encoder's FLOPs per example or parameters, grouped or not (the denominator of a target)."""
+        """The whole encoder's FLOPs per example or parameters, grouped or not (the denominator of a target); with
+        hidden channels grouped, the parameters are the whole model's (embeddings, pooler and task head included: the
+        stream's channels own their columns)."""
         if not self.is_transformer:
             return float(self.costs(unit).sum())
+        return self.kept_cost(torch.ones(self.num_groups, dtype=torch.bool), unit, seq_len)
+
+    def kept_cost(self, keep: torch.Tensor, unit: str, seq_len: int | None = None) -> float:
+        """What the model keeps of `total_cost` with only the groups `keep` selects: exact (`layer_totals`), not a
+        sum of the groups' own costs, which overlap once hidden channels are groups."""
+        if not self.is_transformer:
+            return float(self.costs(unit)[keep.cpu()].sum())
         if unit not in ("flops", "params"):
             raise ValueError(f"unit must be 'flops' or 'params', got {unit!r}")
-        _, _, params, flops = self.layer_totals(torch.ones(self.num_groups, dtype=torch.bool), seq_len)
-        return float(flops if unit == "flops" else params)
+        _, _, params, flops = self.layer_totals(keep, seq_len)
+        if unit == "flops":
+            return float(flops)
+        outside = sum(numel for numel, _ in self._outside_stream.values()) + self._outside_fixed
+        return float(params + outside - self.outside_params_removed(keep))
+
+    def costs_at_width(self, unit: str, width: int, seq_len: int | None = None) -> torch.Tensor:
+        """Each head's and FFN neuron's cost once the stream is `width` channels wide (what removing it then saves,
+        exact for that width); the channels' own entries are 0. With the width fixed, costs add up again."""
+        seq_len = seq_len or self.default_seq_len
+        cut = 1 - width / self.hidden_size
+        rows = []
+        for c in self._layer_costs:
+            if unit == "flops":
+                rows.append([c.head_flops(seq_len) - cut * 2 * seq_len * c.head_token_weights,
+                             (1 - cut) * c.neuron_flops(seq_len)])
+            elif unit == "params":
+                rows.append([c.head_params - cut * c.head_token_weights, c.neuron_params - cut * c.neuron_token_weights])
+            else:
+                raise ValueError(f"unit must be 'flops' or 'params', got {unit!r}")
+        per_layer = torch.tensor(rows, dtype=torch.float64).reshape(-1, 2)
+        out = torch.zeros(self.num_groups, dtype=torch.float64)
+        blocks = self.kinds != HIDDEN
+        out[blocks] = per_layer[self.layers[blocks], self.kinds[blocks]]
+        return out
 
     def layer_totals(self, keep: torch.Tensor, seq_len: int | None = None) -> tuple[list[int], list[int], int, int]:
         """Heads and FFN neurons per layer among the groups `keep` selects (kinds that are not grouped count whole),
         and the encoder parameters and FLOPs per example at `seq_len` of that model (a layer left with no head or no
-        FFN neuron loses its pre-LN norm before that block too, as its compressed form does)."""
+        FFN neuron loses its pre-LN norm before that block too, as its compressed form does). With hidden channels
+        cut, every head's and neuron's projections narrow with the stream, and so do the layer's norms and output
+        biases (all over the stream in the families whose hidden width is pruned): exact, not a sum of the groups'
+        own costs, which overlap."""
         seq_len = seq_len or self.default_seq_len
         heads, widths = self.count_per_layer(keep, "head"), self.count_per_layer(keep, "neuron")
-        params = sum(h * c.head_params + w * c.neuron_params + c.fixed_params
-                     - (c.attention_norm_params if h == 0 else 0) - (c.ffn_norm_params if w == 0 else 0)
+        cut = 1 - self.kept_hidden_size(keep) / self.hidden_size if self.prune_hidden else 0.0
+        params = sum(h * (c.head_params - cut * c.head_token_weights) + w * (c.neuron_params - cut * c.neuron_token_weights)
+                     + (1 - cut) * (c.fixed_params - (c.attention_norm_params if h == 0 else 0)
+                                    - (c.ffn_norm_params if w == 0 else 0))
                      for h, w, c in zip(heads, widths, self._layer_costs))
-        flops = sum(h * c.head_flops(seq_len) + w * c.neuron_flops(seq_len)
+        flops = sum(h * (c.head_flops(seq_len) - cut * 2 * seq_len * c.head_token_weights)
+                    + w * (1 - cut) * c.neuron_flops(seq_len)
                     for h, w, c in zip(heads, widths, self._layer_costs))
-        return heads, widths, params, flops
+        return heads, widths, round(params), round(flops)
+
+    def kept_hidden_size(self, keep: torch.Tensor) -> int:
+        """The residual stream's width among the groups `keep` selects (the whole width if it is not grouped)."""
+        if not self.prune_hidden:
+            return self.hidden_size
+        return int((keep.cpu() & (self.kinds == HIDDEN)).sum())
+
+    def outside_params_removed(self, keep: torch.Tensor) -> int:
+        """Parameters outside the layers (embedding columns, the embedding norm, the pooler's and the task head's
+        columns) that cutting the hidden channels `keep` leaves out removes."""
+        if not self.prune_hidden:
+            return 0
+        kept = self.kept_hidden_size(keep) / self.hidden_size
+        return round(sum(numel * (1 - kept ** axes) for numel, axes in self._outside_stream.values()))
+
+    # ---- the live width of the stream's norms ----
+
+    def track_live_width(self) -> None:
+        """Run the stream's norms with their statistics over the live channels (those whose group is not all zero),
+        which makes a zero channel's group zero-invariant: HSPG calls this once and `update_live_width` after each
+        step. Idempotent; the model's outputs change only where a channel is already zero."""
+        from .live_norm import make_live
+
+        for norm in self.stream_norms:
+            make_live(norm)
+        self.update_live_width()
+
+    @torch.no_grad()
+    def update_live_width(self, zero: torch.Tensor | None = None) -> None:
+        """Tell the stream's live norms which channels are live (`zero`: this partition's zero-group mask, computed
+        when not given)."""
+        if not self.prune_hidden:
+            return
+        zero = self.is_zero() if zero is None else zero
+        live = ~zero[self.kinds.to(zero.device) == HIDDEN]
+        for norm in self.stream_norms:
+            if hasattr(norm, "set_live_channels"):
+                norm.set_live_channels(live)
 
     def count_per_layer(self, mask: torch.Tensor, kind: str) -> list[int]:
         """How many groups of `kind` ("head" or "neuron") in each layer have `mask` set. Kinds that are not
@@ -393,6 +550,8 @@ def find_base_model(model: nn.Module) -> nn.Module:
     )
 
 
-def zero_invariant_groups(model: nn.Module, prune_heads: bool = True, prune_neurons: bool = True) -> ZeroInvariantGroups:
-    """Partition `model`'s attention heads and FFN neurons into zero-invariant groups."""
-    return ZeroInvariantGroups(model, prune_heads=prune_heads, prune_neurons=prune_neurons)
+def zero_invariant_groups(model: nn.Module, prune_heads: bool = True, prune_neurons: bool = True,
+                          prune_hidden: bool = False) -> ZeroInvariantGroups:
+    """Partition `model`'s attention heads and FFN neurons (and with `prune_hidden` the channels of its residual
+    stream) into zero-invariant groups."""
+    return ZeroInvariantGroups(model, prune_heads=prune_heads, prune_neurons=prune_neurons, prune_hidden=prune_hidden)

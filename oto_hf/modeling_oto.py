@@ -34,7 +34,7 @@ from transformers.cache_utils import EncoderDecoderCache
 from transformers.conversion_mapping import get_checkpoint_conversion_mapping, register_checkpoint_conversion_mapping
 from transformers.models.auto import modeling_auto
 
-from .architectures import FAMILY_OF_MODEL_TYPE, Family, get_submodule
+from .architectures import FAMILY_OF_MODEL_TYPE, Family, get_submodule, stream_modules
 from .configuration_oto import CONFIG_CLASSES
 
 
@@ -147,8 +147,33 @@ def empty_attention_class(stock: type) -> type:
     return _EMPTY_ATTENTION_CLASSES[stock]
 
 
+def resize_stream(model: nn.Module, family: Family, width: int) -> None:
+    """Give the residual stream of `model` `width` channels: every embedding table, norm, reader and writer of it
+    (`architectures.stream_modules`), in place. A tied decoder is re-tied to the new word embeddings by the
+    model's own `tie_weights`."""
+    for role, root, path in stream_modules(family, model, model.base_model):
+        module = get_submodule(root, path)
+        if role == "embedding":
+            if module.embedding_dim != width:
+                _replace(root, path, nn.Embedding(module.num_embeddings, width, padding_idx=module.padding_idx,
+                                                  device=module.weight.device, dtype=module.weight.dtype))
+        elif role == "norm":
+            if module.normalized_shape != (width,):
+                _replace(root, path, nn.LayerNorm(width, eps=module.eps, elementwise_affine=module.weight is not None,
+                                                  bias=module.bias is not None, device=module.weight.device,
+                                                  dtype=module.weight.dtype))
+        else:
+            reads, writes = role in ("reader", "transform"), role in ("writer", "transform")
+            _replace(root, path, resized_linear(module, width if reads else module.in_features,
+                                                width if writes else module.out_features))
+
+
 def resize_model(model: nn.Module, family: Family, config) -> None:
-    """Resize every layer of `model` to the per-layer sizes of `config`."""
+    """Resize the residual stream (where hidden channels were cut) and every layer of `model` to the sizes of
+    `config`."""
+    width = getattr(config, "compressed_hidden_size", None)
+    if width is not None and family.hidden is not None:
+        resize_stream(model, family, width)
     layers = get_submodule(model.base_model, family.layers)
     for layer, num_heads, width in zip(layers, config.num_attention_heads_per_layer,
                                        config.intermediate_size_per_layer, strict=True):

@@ -20,6 +20,7 @@ class ModelStats:
     seq_len: int
     heads_per_layer: list[int]
     ffn_width_per_layer: list[int]
+    hidden_size: int | None = None  # the residual stream's width
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -32,26 +33,30 @@ class ModelStats:
             "encoder_flops": self.encoder_flops / reference.encoder_flops,
             "heads": sum(self.heads_per_layer) / max(1, sum(reference.heads_per_layer)),
             "ffn_neurons": sum(self.ffn_width_per_layer) / max(1, sum(reference.ffn_width_per_layer)),
+            "hidden": (self.hidden_size or 0) / max(1, reference.hidden_size or 0),
         }
 
 
 def model_stats(model: nn.Module, seq_len: int | None = None, exclude_zero_groups: bool = True) -> ModelStats:
     """Sizes of an encoder: total and encoder parameters, encoder FLOPs per example of `seq_len` tokens (default:
-    384 for text, the patch count for vision models), and the heads and FFN width of each layer.
+    384 for text, the patch count for vision models), the heads and FFN width of each layer and the hidden width.
 
     With `exclude_zero_groups` (the default) heads and neurons whose whole group is zero count as removed, so a
     group-sparse model reports what `compress` will make of it; without it, the physical sizes are reported.
     """
-    from .groups import zero_invariant_groups
+    from .groups import family_of, zero_invariant_groups
 
-    groups = zero_invariant_groups(model)
-    keep = ~groups.is_zero().cpu() if exclude_zero_groups else groups.kinds >= 0  # kinds, sizes: on the CPU
+    # Hidden channels count where the family's can be cut, so that a group-sparse model's figures are its
+    # compressed form's whatever it was trained with.
+    groups = zero_invariant_groups(model, prune_hidden=family_of(model).hidden is not None)
+    everything = groups.kinds >= 0  # kinds, sizes: on the CPU
+    keep = ~groups.is_zero().cpu() if exclude_zero_groups else everything
     seq_len = seq_len or groups.default_seq_len
     heads, widths, encoder_params, encoder_flops = groups.layer_totals(keep, seq_len)
-    # What compressing removes: the zero groups, and the pre-LN norm before a block they empty.
-    physical_encoder_params = groups.layer_totals(groups.kinds >= 0, seq_len)[2]
-    # model.parameters() yields tied weights (MLM decoder = word embeddings) once.
-    total_params = sum(p.numel() for p in model.parameters()) - (physical_encoder_params - encoder_params)
+    # What compressing removes: the zero groups (their share of the embeddings and task head too), and the pre-LN
+    # norm before a block they empty. model.parameters() yields tied weights (MLM decoder = word embeddings) once.
+    removed = groups.kept_cost(everything, "params") - groups.kept_cost(keep, "params")
+    total_params = sum(p.numel() for p in model.parameters()) - round(removed)
     return ModelStats(
         total_params=total_params,
         encoder_params=encoder_params,
@@ -59,4 +64,5 @@ def model_stats(model: nn.Module, seq_len: int | None = None, exclude_zero_group
         seq_len=seq_len,
         heads_per_layer=heads,
         ffn_width_per_layer=widths,
+        hidden_size=groups.kept_hidden_size(keep),
     )

@@ -7,7 +7,7 @@ from transformers import AutoTokenizer, BertForQuestionAnswering
 import families
 from conftest import assert_exact, exactness_tolerance, tiny_bert_config
 from oto_hf import OTOBertForQuestionAnswering, UnsupportedModelError, compress, model_stats, zero_invariant_groups
-from oto_hf.groups import HEAD, NEURON
+from oto_hf.groups import HEAD, HIDDEN, NEURON
 
 
 def random_zero_pattern(groups, generator, fraction):
@@ -134,3 +134,69 @@ def test_custom_subclass_is_refused():
 def test_isinstance_of_the_compressed_class():
     small = compress(BertForQuestionAnswering(tiny_bert_config()))
     assert isinstance(small, OTOBertForQuestionAnswering) and isinstance(small, BertForQuestionAnswering)
+
+
+# ---- hidden channels cut too ----
+
+# Every head of the families whose hidden width is cut, under eager and sdpa attention in turn (every head under
+# both is the test above's job; this one is about the stream).
+HIDDEN_FAMILY = [(t, c, ("eager", "sdpa")[i % 2]) for i, (t, c) in enumerate(
+    (t, c) for t, c in families.all_heads()
+    if t in {"bert", "roberta", "xlm-roberta", "camembert", "electra", "data2vec-text", "ernie"})]
+
+
+@pytest.mark.parametrize("model_type,class_name,attn", HIDDEN_FAMILY, ids=["-".join(h) for h in HIDDEN_FAMILY])
+def test_compression_with_hidden_channels_cut_is_exact(model_type, class_name, attn):
+    """Random heads, neurons and stream channels zeroed (one layer emptied of heads, one of neurons), the stream's
+    norms live, then cut: the compressed model, a narrower stream throughout, answers a padded batch as the
+    group-sparse one did (a base model's stream output in the kept channels; the cut ones were exactly zero)."""
+    generator = torch.Generator().manual_seed(zlib.crc32(f"hidden-{class_name}-{attn}".encode()))
+    torch.manual_seed(int(torch.randint(0, 2**31, (1,), generator=generator)))
+    model = families.build(model_type, class_name, attn)
+    groups = zero_invariant_groups(model, prune_hidden=True)
+    pattern = random_zero_pattern(groups, generator, 0.4)
+    groups.zero_(pattern)
+    groups.track_live_width()
+
+    small = compress(model)
+
+    kept = torch.nonzero(~pattern[groups.kinds == HIDDEN]).flatten()
+    assert small.config.compressed_hidden_size == len(kept) < 32
+    assert small.config.hidden_size == 32  # the original width, from which the head size comes
+    assert small.config.oto_pruning_info["original_hidden_size"] == 32
+    assert small.get_input_embeddings().weight.shape[1] in (len(kept), 16)  # ELECTRA's embeddings keep their width
+    if model.get_output_embeddings() is not None and model.config.tie_word_embeddings:
+        assert small.get_output_embeddings().weight is small.get_input_embeddings().weight
+    for seed, length in [(0, 5), (1, 12)]:
+        inputs = families.inputs(model_type, class_name, length=length, seed=seed)
+        with torch.no_grad():
+            full, cut = model(**inputs), small(**inputs)
+        for key, value in full.items():
+            if not torch.is_tensor(value):
+                continue
+            if value.shape != cut[key].shape:  # the stream itself: its kept channels
+                assert torch.equal(value[..., ~torch.isin(torch.arange(32), kept)], torch.zeros(()).expand(
+                    *value.shape[:-1], 32 - len(kept)))
+                value = value[..., kept]
+            assert_exact(cut[key], value, what=key)
+    assert model_stats(small) == model_stats(model)
+    assert model_stats(small).total_params == sum(p.numel() for p in small.parameters())
+
+
+def test_hidden_compression_is_exact_on_real_minilm_and_shrinks_the_embeddings(minilm_path):
+    torch.manual_seed(0)
+    model = BertForQuestionAnswering.from_pretrained(minilm_path).eval()
+    tokenizer = AutoTokenizer.from_pretrained(minilm_path)
+    groups = zero_invariant_groups(model, prune_hidden=True)
+    pattern = torch.rand(groups.num_groups) < 0.5
+    groups.zero_(pattern)
+    groups.track_live_width()
+    inputs = tokenizer(["Where is the Eiffel Tower?"], ["The Eiffel Tower is a wrought-iron lattice tower in Paris."],
+                       return_tensors="pt")
+    small = compress(model)
+    with torch.no_grad():
+        assert_outputs_close(model(**inputs), small(**inputs))
+    width = small.config.compressed_hidden_size
+    assert 150 < width < 234
+    assert small.bert.embeddings.word_embeddings.weight.shape == (30522, width)
+    assert sum(p.numel() for p in small.parameters()) < 0.6 * sum(p.numel() for p in model.parameters())

@@ -27,7 +27,8 @@ from oto_hf.groups import HEAD, NEURON
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
 # One compressed model per family, sequence classification and question answering between them (image
-# classification for ViT), and a dense stock RoBERTa-like with one token type (so no token_type_ids input).
+# classification for ViT), and a dense stock RoBERTa-like with one token type (so no token_type_ids input). The BERT
+# one has its hidden width cut too.
 CASES = {"bert-qa": ("bert", "BertForQuestionAnswering", {}),
          "distilbert-seqcls": ("distilbert", "DistilBertForSequenceClassification", {}),
          "deberta-v2-qa": ("deberta-v2", "DebertaV2ForQuestionAnswering", {}),
@@ -59,8 +60,10 @@ def _export(case: str, tmp_path_factory) -> tuple:
             torch.manual_seed(0)
             model = families.build(model_type, class_name, attn, **overrides)
         else:
-            model = families.compressed_model(model_type, class_name, attn=attn, **overrides)
+            build = families.hidden_compressed_model if case == "bert-qa" else families.compressed_model
+            model = build(model_type, class_name, attn=attn, **overrides)
             assert 0 in model.config.num_attention_heads_per_layer and 0 in model.config.intermediate_size_per_layer
+            assert (model.config.compressed_hidden_size is not None) == (case == "bert-qa")
         info = export_onnx(model, tmp_path_factory.mktemp(case) / "model.onnx", quantize="int8")
         _EXPORTS[case] = (model_type, model, info)
     return _EXPORTS[case]

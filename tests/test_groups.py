@@ -3,10 +3,12 @@ import torch
 from transformers import BertForQuestionAnswering, BertForSequenceClassification, BertModel, GPT2Config, GPT2Model
 
 import families
-from conftest import tiny_bert_config
+import oto_hf
+from conftest import assert_exact, tiny_bert_config
 from oto_hf import UnsupportedModelError, supported_model_types, zero_invariant_groups
 from oto_hf.architectures import get_submodule
-from oto_hf.groups import HEAD, NEURON, find_base_model
+from oto_hf.groups import HEAD, HIDDEN, NEURON, STREAM, find_base_model
+from oto_hf.live_norm import LiveWidthLayerNorm
 
 
 def reference_norms(model, groups):
@@ -164,3 +166,86 @@ def test_groups_are_exact_in_every_family(model_type):
     assert int(groups.sizes.sum()) == sum(t.param.numel() for t in groups.tensors)
     assert groups.num_groups == 3 * (4 + 24)
     torch.testing.assert_close(groups.norms(), slow_group_norms(model, groups), rtol=1e-5, atol=1e-6)
+
+
+# ---- hidden channels (prune_hidden) ----
+
+# Where each stream channel lives, written out by name for the slow reference (independent of the family table):
+# columns of what reads the stream, rows and biases of what writes it, entries of its norms.
+_READERS = ("query.weight", "key.weight", "value.weight", "intermediate.dense.weight", "pooler.dense.weight",
+            "qa_outputs.weight", "classifier.dense.weight", "sequence_summary.summary.weight",
+            "transform.dense.weight", "lm_head.dense.weight", "decoder.weight", "generator_predictions.dense.weight",
+            "discriminator_predictions.dense.weight")
+_WRITERS = ("attention.output.dense", "output.dense", "embeddings_project", "transform.dense", "lm_head.dense")
+_NORMS = ("attention.output.LayerNorm", "output.LayerNorm", "transform.LayerNorm", "lm_head.layer_norm")
+_EMBEDDINGS = ("word_embeddings.weight", "position_embeddings.weight", "token_type_embeddings.weight")
+
+
+def slow_channel_norms(model, width):
+    """Each stream channel's group norm, one channel at a time, from the parameter names (a tied decoder is the
+    word embeddings' tensor: counted once)."""
+    projected = any(n.endswith("embeddings_project.weight") for n, _ in model.named_parameters())
+    token_classifier = type(model).__name__.endswith("ForTokenClassification")
+    slices = []  # (tensor, axis)
+    for name, p in model.named_parameters():  # tied tensors appear once
+        stem = name.rsplit(".", 1)[0]
+        if name.endswith(_READERS) or (token_classifier and name == "classifier.weight"):
+            slices.append((p, 1))
+        if name.endswith(tuple(w + ".weight" for w in _WRITERS)) and not name.endswith("intermediate.dense.weight"):
+            slices.append((p, 0))
+        if stem.endswith(_WRITERS) and name.endswith(".bias") and "intermediate" not in name:
+            slices.append((p, 0))
+        if stem.endswith(_NORMS) or (stem.endswith("embeddings.LayerNorm") and not projected):
+            slices.append((p, 0))
+        if name.endswith(_EMBEDDINGS) and not projected:
+            slices.append((p, 1))
+    return torch.stack([torch.sqrt(sum(p.detach().select(axis, c).square().sum() for p, axis in slices))
+                        for c in range(width)])
+
+
+HIDDEN_HEADS = [("bert", "BertForQuestionAnswering"), ("bert", "BertForMaskedLM"), ("bert", "BertForPreTraining"),
+                ("roberta", "RobertaForSequenceClassification"), ("roberta", "RobertaForTokenClassification"),
+                ("electra", "ElectraForPreTraining"), ("electra", "ElectraForMultipleChoice"),
+                ("ernie", "ErnieForMaskedLM"), ("bert", "BertModel")]
+
+
+@pytest.mark.parametrize("model_type,class_name", HIDDEN_HEADS, ids=["-".join(h) for h in HIDDEN_HEADS])
+def test_hidden_channel_groups_match_a_slow_per_channel_reference(model_type, class_name):
+    model = families.build(model_type, class_name)
+    groups = zero_invariant_groups(model, prune_hidden=True)
+    hidden = groups.kinds == HIDDEN
+    assert int(hidden.sum()) == groups.hidden_size == 32
+    assert groups.num_groups == 3 * (4 + 24) + 32
+    assert (groups.layers[hidden] == STREAM).all() and torch.equal(groups.index[hidden], torch.arange(32))
+    torch.testing.assert_close(groups.norms()[hidden], slow_channel_norms(model, 32), rtol=1e-5, atol=1e-6)
+    # The heads' and neurons' groups are the same as without the hidden channels.
+    torch.testing.assert_close(groups.norms()[~hidden], zero_invariant_groups(model).norms())
+
+
+def test_a_zero_channel_changes_nothing_only_with_the_live_norms():
+    """Zero channels leave the outputs of the model they are cut from unchanged only when the stream's norms count
+    the live channels (`track_live_width`): with stock norms over the full width, the compressed model differs."""
+    torch.manual_seed(0)
+    model = families.build("bert", "BertForSequenceClassification")
+    groups = zero_invariant_groups(model, prune_hidden=True)
+    channels = torch.nonzero(groups.kinds == HIDDEN).flatten()
+    groups.zero_(channels[torch.randperm(32)[:8]])
+    inputs = families.inputs("bert", "BertForSequenceClassification")
+    small = oto_hf.compress(model)
+    with torch.no_grad():
+        stock = model(**inputs).logits
+        groups.track_live_width()
+        live = model(**inputs).logits
+        expected = small(**inputs).logits
+    assert small.config.compressed_hidden_size == 24
+    assert_exact(live, expected)
+    assert (stock - expected).abs().max() > 1e-3
+    # Every norm over the stream is live, and knows its 24 live channels.
+    assert len(groups.stream_norms) == 1 + 3 * 2
+    assert all(isinstance(n, LiveWidthLayerNorm) and n.live_count == 24 for n in groups.stream_norms)
+
+
+def test_hidden_pruning_of_an_unsupported_family_is_refused_with_what_to_do():
+    model = families.build("distilbert", "DistilBertModel")
+    with pytest.raises(UnsupportedModelError, match="hidden width of the distilbert family.*prune_hidden=False"):
+        zero_invariant_groups(model, prune_hidden=True)

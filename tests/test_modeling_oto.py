@@ -105,6 +105,47 @@ def test_config_validation():
         OTOBertConfig(num_hidden_layers=1, intermediate_size_per_layer=[5000])
 
 
+def test_a_cut_hidden_width_is_validated():
+    with pytest.raises(StrictDataclassClassValidationError, match=r"compressed_hidden_size is 40: it must lie in \[1, "):
+        OTOBertConfig(hidden_size=32, num_attention_heads=4, compressed_hidden_size=40)
+    from oto_hf.configuration_oto import CONFIG_CLASSES
+
+    with pytest.raises(StrictDataclassClassValidationError, match="does not cut the hidden width of distilbert"):
+        CONFIG_CLASSES["oto_distilbert"](compressed_hidden_size=8)
+
+
+@pytest.mark.parametrize("model_type,class_name,auto", [("bert", "BertForMaskedLM", "AutoModelForMaskedLM")])
+def test_a_model_with_its_hidden_width_cut_reloads_in_fresh_processes(model_type, class_name, auto, tmp_path):
+    """Saved, then loaded in a fresh process with oto_hf imported and in one without oto_hf (trust_remote_code):
+    same outputs, the narrower stream from the config, a tied decoder still tied."""
+    small = families.hidden_compressed_model(model_type, class_name)
+    width = small.config.compressed_hidden_size
+    assert width == 24
+    small.save_pretrained(tmp_path)
+    inputs = families.inputs(model_type, class_name)
+    with torch.no_grad():
+        expected = small(**inputs)[0]
+    torch.save({"inputs": inputs, "expected": expected}, tmp_path / "expected.pt")
+    for prelude, remote in (("import oto_hf", False), ("sys.modules['oto_hf'] = None", True)):
+        out = families.run_python(f"""
+            import sys, torch
+            {prelude}
+            import transformers
+            data = torch.load("{tmp_path}/expected.pt")
+            model = transformers.{auto}.from_pretrained("{tmp_path}", trust_remote_code={remote}).eval()
+            model.set_attn_implementation("eager")
+            out = model(**data["inputs"])[0]
+            scale = max(1.0, float(data["expected"].abs().max()))
+            assert (out - data["expected"]).abs().max() <= 1e-5 * scale, (out - data["expected"]).abs().max()
+            tied = model.get_output_embeddings()
+            print(type(model).__module__, model.config.compressed_hidden_size,
+                  tied is None or tied.weight is model.get_input_embeddings().weight)
+        """, tmp_path)
+        module, loaded_width, tied = out.split()
+        assert loaded_width == str(width) and tied == "True"
+        assert ("oto_hf" not in module) == remote
+
+
 def test_the_compressed_classes_are_the_stock_ones():
     small = compress(BertForQuestionAnswering(tiny_bert_config()))
     assert isinstance(small, OTOBertForQuestionAnswering) and isinstance(small, BertForQuestionAnswering)

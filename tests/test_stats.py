@@ -7,7 +7,7 @@ import families
 from conftest import tiny_bert_config
 from oto_hf import compress, model_stats, zero_invariant_groups
 from oto_hf.architectures import get_submodule
-from oto_hf.groups import find_base_model
+from oto_hf.groups import HIDDEN, find_base_model
 
 
 def measured_encoder_flops(model, seq_len):
@@ -94,3 +94,27 @@ def test_group_sparse_stats_predict_the_compressed_model_in_every_family(model_t
     layers = get_submodule(find_base_model(small), zero_invariant_groups(small).family.layers)
     assert model_stats(small).encoder_params == sum(p.numel() for p in layers.parameters())
     assert model_stats(small).total_params == sum(p.numel() for p in small.parameters())
+
+
+@pytest.mark.parametrize("model_type", ["bert", "electra"])
+def test_flops_and_sizes_with_the_hidden_width_cut(model_type):
+    """Heads, neurons and a quarter of the stream's channels cut: the encoder FLOPs oto_hf counts from the
+    group-sparse model (exact, not a sum of overlapping groups) are torch's count of the compressed model's layers,
+    and its total parameters (the embeddings' and the task head's columns gone too) are the compressed model's."""
+    torch.manual_seed(0)
+    sparse = families.build(model_type, families.task_heads(model_type)["AutoModelForQuestionAnswering"])
+    groups = zero_invariant_groups(sparse, prune_hidden=True)
+    hidden = torch.nonzero(groups.kinds == HIDDEN).flatten()
+    zero = (torch.rand(groups.num_groups) < 0.3) & (groups.kinds != HIDDEN)
+    zero[hidden[:8]] = True
+    zero |= (groups.layers == 1) & (groups.kinds == 0)
+    groups.zero_(zero)
+    groups.track_live_width()
+    small = compress(sparse)
+    tokens = families.tokens(model_type)
+    assert model_stats(sparse, tokens) == model_stats(small, tokens)
+    assert model_stats(small, tokens).hidden_size == 24
+    assert model_stats(small, tokens).encoder_flops == _counted_layer_flops(small, model_type)
+    assert model_stats(sparse, tokens).total_params == sum(p.numel() for p in small.parameters())
+    assert groups.kept_cost(~zero, "params") == sum(p.numel() for p in small.parameters())  # the whole model's
+    assert groups.kept_cost(~zero, "flops", tokens) == model_stats(small, tokens).encoder_flops
