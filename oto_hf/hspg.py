@@ -36,7 +36,7 @@ import torch
 from torch.optim import Optimizer
 
 from .groups import HEAD, NEURON, ZeroInvariantGroups
-from .selection import Goal, Layout, Pools, Saliency, SelectionPolicy
+from .selection import Goal, Layout, Pools, Saliency, SelectionPolicy, StreamCosts
 from .settings import RETIRED_OPTIONS, OTOSettings
 
 
@@ -184,11 +184,15 @@ class HSPG(Optimizer):
                 f"HSPG must optimize every grouped parameter, but {len(missing)} are not among `params` "
                 f"(e.g. {missing[:3]}). Pass all of the model's parameters (model.parameters())."
             )
-        # Each grouped parameter tensor belongs to exactly one set of groups (heads or neurons of one layer).
-        self._grouped = {t.param: t for t in groups.tensors}
+        # A grouped parameter tensor belongs to one set of groups (heads or neurons of one layer), or two when the
+        # stream's channels are groups too (a Q weight: heads by its rows, channels by its columns).
+        self._grouped: dict[torch.Tensor, list] = {}
+        for t in groups.tensors:
+            self._grouped.setdefault(t.param, []).append(t)
 
         # A custom (non-BERT) partition has no FLOPs: without a target, count it in parameters for reporting.
         cost_unit = settings.target_unit if (groups.is_transformer or settings.has_target) else "params"
+        self.cost_unit = cost_unit
         self.costs = groups.costs(cost_unit, settings.seq_len)
         self.total_cost = groups.total_cost(cost_unit, settings.seq_len)
         settings.check_target_fits(groups)
@@ -197,6 +201,8 @@ class HSPG(Optimizer):
             settings.check_speedup_fits(latency_table, groups)
             self.time_budget = latency_table.budget(groups, settings.speedup)
 
+        # A zero channel is zero-invariant only with the stream's norms counting the live channels alone.
+        groups.track_live_width()
         device = groups.device
         num = groups.num_groups
         self.hspg_state = {
@@ -361,20 +367,24 @@ class HSPG(Optimizer):
         zero = self.hspg_state["zero"]
         penalised = ((penalty.lam_over_norm != 0) | (penalty.shrink != 0)).cpu()
         zero_host = zero.cpu()
-        for p, t in self._grouped.items():
-            if penalised[t.span].any():
-                coeff = penalty.lam_over_norm[t.span] * lrs.get(p, 0.0) + penalty.shrink[t.span]
-                t.view(p.data).mul_(t.broadcast(1 - coeff).to(p.dtype))
+        for p, views in self._grouped.items():
+            for t in views:
+                if penalised[t.span].any():
+                    coeff = penalty.lam_over_norm[t.span] * lrs.get(p, 0.0) + penalty.shrink[t.span]
+                    t.view(p.data).mul_(t.broadcast(1 - coeff).to(p.dtype))
             if p in deltas:
                 p.sub_(deltas[p])
-            if not zero_host[t.span].any():
-                continue
-            mask = t.broadcast(zero[t.span])
-            t.view(p.data).masked_fill_(mask, 0.0)
-            for buffer_name in ("exp_avg", "exp_avg_sq", "momentum_buffer"):
-                buffer = self.state[p].get(buffer_name)
-                if buffer is not None:
-                    t.view(buffer).masked_fill_(mask, 0.0)
+            for t in views:
+                if not zero_host[t.span].any():
+                    continue
+                mask = t.broadcast(zero[t.span])
+                t.view(p.data).masked_fill_(mask, 0.0)
+                for buffer_name in ("exp_avg", "exp_avg_sq", "momentum_buffer"):
+                    buffer = self.state[p].get(buffer_name)
+                    if buffer is not None:
+                        t.view(buffer).masked_fill_(mask, 0.0)
+        # The stream's norms count only its live channels (`groups.track_live_width`): tell them which are.
+        self.groups.update_live_width(zero)
 
     def _base_update(self, p: torch.Tensor, param_group: dict, apply: bool = False) -> torch.Tensor | None:
         """The base optimizer's step Δ (x_new = x − Δ) for one parameter, updating its moments. With `apply`, the
@@ -427,8 +437,10 @@ class HSPG(Optimizer):
         the least salient non-zero groups until the zero groups and the redundant ones together hold the period's
         share of the target, never more. `sq`: each group's current ‖x_g‖²."""
         zero = self.hspg_state["zero"]
+        stream = (StreamCosts(self.groups, self.cost_unit, self.settings.seq_len) if self.groups.prune_hidden
+                  else None)
         goal = Goal(target=self.settings.target or 0.0, period=period, num_periods=self.settings.num_periods,
-                    total_cost=self.total_cost, time=self.time_budget)
+                    total_cost=self.total_cost, time=self.time_budget, stream=stream)
         pools = Pools.of(self.groups, self.costs, zero.device)
         self.hspg_state["redundant"] = self.policy.choose(zero, sq, self.hspg_state, pools, goal)
 
@@ -444,15 +456,16 @@ class HSPG(Optimizer):
             "stage": 2 if self.in_stage2() else 1,
         }
         if groups.is_transformer:
-            flops, params = groups.costs("flops", self.seq_len), groups.costs("params")
-            report.update(
-                heads_kept=sum(groups.heads_per_layer) - int((zero & (groups.kinds == HEAD)).sum()),
-                ffn_neurons_kept=sum(groups.neurons_per_layer) - int((zero & (groups.kinds == NEURON)).sum()),
-                encoder_flops_kept=1 - float(flops[zero].sum()) / groups.total_cost("flops", self.seq_len),
-                encoder_params_kept=1 - float(params[zero].sum()) / groups.total_cost("params"),
-            )
+            heads, widths, params, flops = groups.layer_totals(~zero, self.seq_len)
+            everything = torch.ones_like(zero)
+            _, _, all_params, all_flops = groups.layer_totals(everything, self.seq_len)
+            report.update(heads_kept=sum(heads), ffn_neurons_kept=sum(widths), encoder_flops_kept=flops / all_flops,
+                          encoder_params_kept=params / all_params)
+            if groups.prune_hidden:
+                report["hidden_kept"] = groups.kept_hidden_size(~zero)
         if self.settings.target is not None:
-            report[f"{self.settings.target_unit}_removed"] = float(self.costs[zero].sum()) / self.total_cost
+            report[f"{self.settings.target_unit}_removed"] = 1 - self.groups.kept_cost(~zero, self.cost_unit,
+                                                                                       self.settings.seq_len) / self.total_cost
             report["target_now"] = self.target_at()
         if self.time_budget is not None:
             pools = Pools.of(groups, self.costs, zero.device)
@@ -489,6 +502,7 @@ class HSPG(Optimizer):
             self.hspg_state["direction"] = hspg["direction"].to(device)
         for key in ("step", "period", "last_lambda"):
             self.hspg_state[key] = hspg[key]
+        self.groups.update_live_width(self.hspg_state["zero"])
 
 
 def _refuse_retired(keyword: str, value: bool, keeps: bool) -> None:

@@ -179,8 +179,10 @@ def model_card(model, info: CardInfo | None = None, **kwargs) -> ModelCard:
         lines += [f"{start}, fine-tuned{_for(task)} and structurally pruned in the same training run with "
                   f"[oto-hf](https://pypi.org/project/oto-hf/) (Only-Train-Once): {removed:.0%} of its encoder FLOPs "
                   f"are gone, {sum(after.heads_per_layer)} of {sum(before.heads_per_layer)} attention heads and "
-                  f"{sum(after.ffn_width_per_layer):,} of {sum(before.ffn_width_per_layer):,} FFN neurons kept. The "
-                  "removed heads and neurons were driven to exactly zero during training and then cut out, so the "
+                  f"{sum(after.ffn_width_per_layer):,} of {sum(before.ffn_width_per_layer):,} FFN neurons kept"
+                  + (f", hidden width {before.hidden_size} → {after.hidden_size}"
+                     if after.hidden_size != before.hidden_size else "") + ". The "
+                  "removed groups were driven to exactly zero during training and then cut out, so the "
                   "model computes what the trained one did, with fewer and smaller matrices.", ""]
     else:
         lines += [f"{start}, fine-tuned{_for(task)} with oto-hf's dense baseline (AdamW, no pruning).", ""]
@@ -243,6 +245,8 @@ def _removed_lines(before: ModelStats, after: ModelStats) -> list[str]:
              row(f"encoder FLOPs per example ({after.seq_len} tokens)", before.encoder_flops, after.encoder_flops),
              row("attention heads", sum(before.heads_per_layer), sum(after.heads_per_layer)),
              row("FFN neurons", sum(before.ffn_width_per_layer), sum(after.ffn_width_per_layer)),
+             *([row("hidden width (embeddings, every norm and projection on the residual stream)",
+                    before.hidden_size, after.hidden_size)] if before.hidden_size != after.hidden_size else []),
              "", "| layer | heads | FFN width |", "|---|---|---|"]
     for i, (h0, h1, w0, w1) in enumerate(zip(before.heads_per_layer, after.heads_per_layer,
                                              before.ffn_width_per_layer, after.ffn_width_per_layer)):

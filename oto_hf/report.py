@@ -112,6 +112,13 @@ def render_markdown(report: dict) -> str:
         f"| parameters | {before['total_params']:,} | {after['total_params']:,} | {kept('total_params')} |",
         f"| encoder parameters | {before['encoder_params']:,} | {after['encoder_params']:,} | {kept('encoder_params')} |",
         f"| encoder FLOPs / example ({after['seq_len']} tokens) | {before['encoder_flops']:,} | {after['encoder_flops']:,} | {kept('encoder_flops')} |",
+        *([f"| hidden width | {before['hidden_size']:,} | {after['hidden_size']:,} | {kept('hidden_size')} |"]
+          if before.get("hidden_size") != after.get("hidden_size") else []),
+        "",
+        "Encoder FLOPs are the layers' matrix products (projections, attention scores and context, at 2 per "
+        "multiply-add); embeddings are lookups, and norms, activations and residual adds are elementwise, none "
+        "counted. Encoder parameters are the layers'; parameters, the whole model's (embeddings and task head "
+        "included; a parameter target with the hidden width pruned counts these).",
         "",
         "| layer | heads | FFN width |",
         "|---|---|---|",

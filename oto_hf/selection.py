@@ -29,7 +29,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 import torch
 
-from .groups import ZeroInvariantGroups
+from .groups import HIDDEN, ZeroInvariantGroups
 
 
 # ---- what the policy works on ----
@@ -94,16 +94,36 @@ class TimeBudget:
 
 
 @dataclass(frozen=True)
+class StreamCosts:
+    """A cost target's exact costs when the residual stream's channels are groups too. A head's or neuron's cost then
+    depends on how wide the stream is (its projections narrow with it), so costs no longer add up; with the width
+    fixed they do again (`ZeroInvariantGroups.costs_at_width`), which is how the policy spends the budget. Built by
+    `HSPG` from its groups."""
+
+    groups: ZeroInvariantGroups
+    unit: str
+    seq_len: int | None
+
+    def costs_at_width(self, width: int) -> torch.Tensor:
+        return self.groups.costs_at_width(self.unit, width, self.seq_len)
+
+    def kept_cost(self, keep: torch.Tensor) -> float:
+        return self.groups.kept_cost(keep, self.unit, self.seq_len)
+
+
+@dataclass(frozen=True)
 class Goal:
     """What the zero groups must hold: `target` (a fraction of `total_cost`) reached in `num_periods` equal steps;
     `period` is the one being chosen for. With a speed target, `time` holds it and `target` is not used (the cost
-    layouts are given the cost fraction that meets the period's time, `SelectionPolicy.choose`)."""
+    layouts are given the cost fraction that meets the period's time, `SelectionPolicy.choose`). With hidden
+    channels among the groups, `stream` counts the costs exactly (`SelectionPolicy.choose_with_stream`)."""
 
     target: float
     period: int
     num_periods: int
     total_cost: float
     time: TimeBudget | None = None
+    stream: StreamCosts | None = None
 
     @property
     def cost_now(self) -> float:
@@ -474,6 +494,8 @@ class SelectionPolicy:
         score = layer_relative(importance, ~zero, pools)
         if goal.time is not None:
             return self.choose_for_time(score, zero, pools, goal)
+        if goal.stream is not None:
+            return self.choose_with_stream(score, zero, pools, goal)
         allowed = self.floor.allowed(score, zero, pools, goal.target)
         redundant = torch.zeros_like(zero)
         self.layout.mark(redundant, allowed, score, zero, pools, goal)
@@ -511,6 +533,76 @@ class SelectionPolicy:
                 else:
                     low = middle
         return marks(high, goal)
+
+
+    def choose_with_stream(self, score: torch.Tensor, zero: torch.Tensor, pools: Pools, goal: Goal) -> torch.Tensor:
+        """The redundant groups of a cost target's period when the stream's channels are groups too, chosen for the
+        share of the target this period ends at (costs are exact only for a known width, so each period plans its
+        own end). The stream gives up the same share of its channels as the blocks (heads and neurons, their costs
+        at the stream's new width) then give up of their cost: the largest number of channels n with n / width ≤
+        the blocks' share, never below the floor (⌊floor · width⌋ channels stay); its least salient channels go.
+        The layout shares the blocks' part as without the stream; chosen groups beyond the period's share (pools
+        that earlier periods took further) are given back, most salient first, and the next channels fill what
+        whole groups leave, so each period meets its share to within one channel, never beyond it."""
+        stream = goal.stream
+        hidden = pools.kinds == HIDDEN
+        channels = torch.nonzero(hidden).flatten()
+        width = len(channels)
+        target = goal.target * goal.fraction_done
+        # Zero channels first, then the live ones, least salient first.
+        order = channels[torch.argsort(score[channels], stable=True)]
+        order = torch.cat([order[zero[order]], order[~zero[order]]])
+        already = int(zero[channels].sum())
+        most = width - math.floor(min(self.floor.fraction, 1 - goal.target) * width + 1e-9)
+
+        def blocks_share(cut: int) -> tuple[float, torch.Tensor]:
+            """The share of the blocks' cost the target asks of them with `cut` channels gone, and their costs."""
+            keep = torch.ones_like(zero)
+            keep[order[:cut]] = False
+            costs = stream.costs_at_width(width - cut).to(zero.device)
+            block_total = float(costs[~hidden].sum())
+            must_go = stream.kept_cost(keep) - (1 - target) * goal.total_cost
+            return min(max(must_go / block_total, 0.0), 1.0) if block_total > 0 else 0.0, costs
+
+        low, high = already, max(already, most)  # the largest cut with cut / width ≤ blocks_share(cut)
+        while low < high:
+            middle = (low + high + 1) // 2
+            if middle / width <= blocks_share(middle)[0]:
+                low = middle
+            else:
+                high = middle - 1
+        share, costs = blocks_share(low)
+        costs[hidden] = 0.0
+        redundant = torch.zeros_like(zero)
+        redundant[order[already:low]] = True
+
+        blocks = replace(pools, costs=costs)
+        block_goal = Goal(target=share, period=0, num_periods=1, total_cost=float(costs.sum()))
+        allowed = self.floor.allowed(score, zero, blocks, share) & ~hidden
+        block_redundant = torch.zeros_like(zero)
+        self.layout.mark(block_redundant, allowed, score, zero, blocks, block_goal)
+        if self.layout.tops_up(block_goal):
+            top_up(block_redundant, allowed, score, zero & ~hidden, costs, block_goal.cost_now)
+        redundant |= block_redundant & ~hidden
+        floor_cost = (1 - target) * goal.total_cost
+        # Groups zeroed in earlier periods, chosen at a wider stream, can leave a pool beyond its share now, which
+        # the layout does not take back from the others: give back the most salient chosen groups until the exact
+        # cost is at or above the period's again.
+        chosen = torch.nonzero(redundant).flatten()
+        for group in chosen[torch.argsort(score[chosen], descending=True)].tolist():
+            if stream.kept_cost(~(zero | redundant)) >= floor_cost - 1e-6:
+                break
+            redundant[group] = False
+        # A whole head can be too coarse to land on the share: the next least salient channels fill what is left,
+        # each only while the exact cost stays at or above the period's.
+        for channel in order[already:most].tolist():
+            if redundant[channel]:
+                continue
+            redundant[channel] = True
+            if stream.kept_cost(~(zero | redundant)) < floor_cost - 1e-6:
+                redundant[channel] = False
+                break
+        return redundant
 
 
 def top_up(redundant: torch.Tensor, allowed: torch.Tensor, score: torch.Tensor, zero: torch.Tensor,
@@ -562,7 +654,7 @@ def fill_budget(costs: torch.Tensor, budget: float) -> torch.Tensor:
 
 
 __all__ = [
-    "BalancedLayout", "FisherSaliency", "Goal", "LAYOUTS", "LatencyLayout", "LayerFloor", "Layout",
+    "BalancedLayout", "FisherSaliency", "Goal", "StreamCosts", "LAYOUTS", "LatencyLayout", "LayerFloor", "Layout",
     "MagnitudeSaliency", "MixedSaliency", "Pools", "SALIENCIES", "Saliency", "SelectionPolicy", "TaylorSaliency",
     "TimeBudget", "UniformLayout",
     "fill_budget", "layer_relative", "mark_least_salient", "top_up",

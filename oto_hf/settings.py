@@ -14,6 +14,8 @@ import math
 from dataclasses import dataclass, field, fields, replace
 from typing import Literal, get_args
 
+import torch
+
 from .groups import ZeroInvariantGroups
 from .selection import LAYOUTS, SALIENCIES as SALIENCY_CLASSES, LayerFloor, Layout, Saliency, SelectionPolicy
 
@@ -114,6 +116,8 @@ class OTOSettings:
     taylor_decay: float = _option("taylor_decay (HSPG only)", "decay per step of the saliency's running averages", 0.99)
     prune_heads: bool = _option("--oto_prune_heads", "prune whole attention heads", True)
     prune_neurons: bool = _option("--oto_prune_neurons", "prune FFN neurons", True)
+    prune_hidden: bool = _option("--oto_prune_hidden", "prune channels of the residual stream (the hidden width)",
+                                 False)
     named_as: Literal["keywords", "options"] = field(default="keywords", compare=False, repr=False)
 
     def __post_init__(self):
@@ -155,7 +159,7 @@ class OTOSettings:
             bad("momentum", f"must lie in [0, 1), got {self.momentum}")
         if not 0 <= self.taylor_decay < 1:
             bad("taylor_decay", f"must lie in [0, 1), got {self.taylor_decay}")
-        if not (self.prune_heads or self.prune_neurons):
+        if not (self.prune_heads or self.prune_neurons or self.prune_hidden):
             problems.append(f"{self.name_of('prune_heads')} and {self.name_of('prune_neurons')} are both off: "
                             "nothing would be pruned")
         problems += self._schedule_problems()
@@ -186,6 +190,10 @@ class OTOSettings:
                             f"got {self.speedup}")
         if self.target is not None:
             problems.append(f"{self.name_of('speedup')} and {self.name_of('target')} are two targets: give one")
+        if self.prune_hidden:
+            problems.append(f"{self.name_of('prune_hidden')} cannot be combined with {self.name_of('speedup')} yet: "
+                            "the latency table does not time narrower hidden widths. Give a FLOPs or parameter "
+                            f"target ({self.name_of('target')}) instead, or leave the hidden width whole")
         if self.latency_runtime in RUNTIMES:
             problem = runtime_problem(self.latency_runtime)
             if problem:
@@ -232,8 +240,8 @@ class OTOSettings:
         """Refuse a target larger than what the prunable `groups` hold (the rest of the encoder is never pruned)."""
         if self.target is None:
             return
-        removable = float(groups.costs(self.target_unit, self.seq_len).sum()) / groups.total_cost(
-            self.target_unit, self.seq_len)
+        removable = 1 - groups.kept_cost(torch.zeros(groups.num_groups, dtype=torch.bool), self.target_unit,
+                                         self.seq_len) / groups.total_cost(self.target_unit, self.seq_len)
         if self.target > removable + 1e-9:
             raise InvalidOTOSettings([
                 f"{self.name_of('target')} {self.target} asks to remove {self.target:.0%} of the encoder "

@@ -135,6 +135,15 @@ class OTOTrainingArguments(TrainingArguments):
     )
     oto_prune_heads: bool = field(default=True, metadata={"help": "Prune whole attention heads."})
     oto_prune_neurons: bool = field(default=True, metadata={"help": "Prune FFN neurons."})
+    oto_prune_hidden: bool = field(
+        default=False,
+        metadata={"help": "Also prune channels of the residual stream (the hidden width: embeddings, every norm and "
+                  "projection on it, the task head's input), each channel one group, shared with the heads and "
+                  "neurons by the target; the stream's LayerNorms then count only its live channels, as the "
+                  "compressed model's do. With a parameter target the whole model's parameters count. Off by default; "
+                  "BERT-style models (bert, roberta, xlm-roberta, camembert, electra, data2vec-text, ernie) only, and "
+                  "not with --oto_speedup yet."},
+    )
     oto_save_group_sparse: bool = field(
         default=False,
         metadata={"help": "`save_model` also writes the full-size group-sparse model to <output_dir>/group_sparse."},
@@ -158,7 +167,7 @@ class OTOTrainingArguments(TrainingArguments):
             num_periods=self.oto_num_periods, direction=self.oto_direction,
             momentum=self.oto_momentum if self.oto_direction == "sgd" else 0.0, saliency=self.oto_saliency,
             allocation=self.oto_allocation, layer_floor=self.oto_layer_floor, prune_heads=self.oto_prune_heads,
-            prune_neurons=self.oto_prune_neurons, named_as="options",
+            prune_neurons=self.oto_prune_neurons, prune_hidden=self.oto_prune_hidden, named_as="options",
         )
 
     @property
@@ -292,8 +301,10 @@ class OTOTrainer(DistillationMixin, Trainer):
         if model is None:
             raise ValueError("OTOTrainer needs a model (model_init is not supported: groups are built once).")
         # Build the groups (and so refuse an unsupported model or an impossible target) before any other set-up.
-        self.oto_groups = zero_invariant_groups(model, prune_heads=args.oto_prune_heads, prune_neurons=args.oto_prune_neurons)
         settings = args.oto_settings
+        self.oto_groups = zero_invariant_groups(model, prune_heads=args.oto_prune_heads,
+                                                prune_neurons=args.oto_prune_neurons,
+                                                prune_hidden=args.oto_prune_hidden)
         settings.check_target_fits(self.oto_groups)
         # A speed target: the latency table is measured (or read from the cache) now, so that a speedup the model
         # cannot reach is refused before training.

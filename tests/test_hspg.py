@@ -68,10 +68,10 @@ def qa_batch(seed, batch=8, seq=16):
     return ids, start, (start + 2).clamp(max=seq - 1)
 
 
-def make(seed=0, **hspg_kwargs):
+def make(seed=0, prune_hidden=False, **hspg_kwargs):
     torch.manual_seed(seed)
     model = BertForQuestionAnswering(tiny_bert_config())
-    groups = zero_invariant_groups(model)
+    groups = zero_invariant_groups(model, prune_hidden=prune_hidden)
     defaults = dict(lr=1e-3, direction="adamw")
     defaults.update(hspg_kwargs)
     return model, groups, HSPG(model.parameters(), groups, **defaults)
@@ -119,6 +119,47 @@ def test_target_is_reached_not_overshot_and_held(target, unit, direction, alloca
     # Each period reaches its share of the target.
     at_first_period_end = float(groups.costs(unit, 32)[history[19]].sum()) / groups.total_cost(unit, 32)
     assert abs(at_first_period_end - target / 3) <= 0.01 + 1e-9
+
+
+@pytest.mark.parametrize("unit,allocation", [("flops", "uniform"), ("params", "balanced")])
+def test_hidden_channels_share_the_target_and_the_cut_model_is_the_trained_one(unit, allocation):
+    """With the stream's channels among the groups: the target is met (counted exactly: heads and neurons narrow
+    with the stream), the stream gives up channels, the live norms know how many are left, and the compressed model
+    answers as the group-sparse one trained."""
+    model, groups, opt = make(prune_hidden=True, target=0.6, target_unit=unit, seq_len=32, prune_steps=30,
+                              half_space_start_step=10, num_periods=3, allocation=allocation)
+    history = []
+    train(model, opt, 50, on_step=lambda k: history.append(groups.is_zero()))
+    zero = history[-1]
+    removed = 1 - groups.kept_cost(~zero, unit, 32) / groups.total_cost(unit, 32)
+    assert abs(removed - 0.6) <= 0.02, removed
+    assert opt.sparsity_report()[f"{unit}_removed"] == pytest.approx(removed)
+    width = groups.kept_hidden_size(~zero)
+    assert 8 <= width < 32 and opt.sparsity_report()["hidden_kept"] == width
+    for before, after in zip(history, history[1:]):
+        assert not (before & ~after).any()
+    assert all(norm.live_count == width for norm in groups.stream_norms)
+    model.eval()
+    ids = qa_batch(99)[0]
+    small = compress(model)
+    assert small.config.compressed_hidden_size == width
+    with torch.no_grad():
+        assert_exact(small(ids).start_logits, model(ids).start_logits)
+
+
+def test_a_resumed_run_with_hidden_channels_knows_the_live_width(tmp_path):
+    kwargs = dict(prune_hidden=True, target=0.5, seq_len=32, prune_steps=20, half_space_start_step=4, num_periods=2)
+    model_a, groups_a, opt_a = make(seed=0, **kwargs)
+    train(model_a, opt_a, 26)
+    assert groups_a.kept_hidden_size(~groups_a.is_zero()) < 32
+    torch.save({"model": model_a.state_dict(), "optim": opt_a.state_dict()}, tmp_path / "ckpt.pt")
+    model_b, groups_b, opt_b = make(seed=1, **kwargs)
+    checkpoint = torch.load(tmp_path / "ckpt.pt", weights_only=False)
+    model_b.load_state_dict(checkpoint["model"])
+    opt_b.load_state_dict(checkpoint["optim"])
+    ids = qa_batch(7)[0]
+    with torch.no_grad():
+        assert torch.equal(model_b.eval()(ids).start_logits, model_a.eval()(ids).start_logits)
 
 
 @pytest.mark.parametrize("num_periods", [1, 2, 3, 4, 7])

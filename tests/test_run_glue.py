@@ -206,13 +206,18 @@ def test_interrupted_run_resumes_from_its_last_checkpoint(sst2_run, tmp_path, ca
     assert (out / "eval_predictions.json").read_text() == (done / "eval_predictions.json").read_text()
 
 
-def test_rte_sentence_pairs(small_model_dir, tmp_path):
+def test_rte_sentence_pairs_with_the_hidden_width_pruned(small_model_dir, tmp_path):
     out = tmp_path / "run"
     argv = tiny_argv(small_model_dir, out, task_name="rte", max_train_samples=16, max_eval_samples=12,
-                     max_steps=3, eval_steps=3, per_device_train_batch_size=4)
+                     max_steps=3, eval_steps=3, per_device_train_batch_size=4, oto_prune_hidden="true",
+                     oto_prune_fraction=0.8, oto_num_periods=1)
     report = run_glue.main(argv)
     assert report["task"]["title"] == "GLUE RTE" and report["data"]["labels"] == ["entailment", "not_entailment"]
     assert report["quality"]["identical_predictions"] is True and report["quality"]["examples"] == 12
+    # The stream was cut: the saved model, the report and its table say how far.
+    width = json.loads((out / "compressed_model" / "config.json").read_text())["compressed_hidden_size"]
+    assert report["model"]["after"]["hidden_size"] == width < 384 == report["model"]["before"]["hidden_size"]
+    assert f"| hidden width | 384 | {width} |" in (out / "report.md").read_text()
     predictions = json.loads((out / "eval_predictions.json").read_text())
     assert len(predictions) == 12 and set(predictions) <= {"entailment", "not_entailment"}
     card = read_card(out / "compressed_model", out, small_model_dir)

@@ -10,7 +10,7 @@ from transformers import BertForQuestionAnswering
 from conftest import tiny_bert_config
 from oto_hf import zero_invariant_groups
 from oto_hf.groups import HEAD, NEURON
-from oto_hf.selection import Goal, LatencyLayout, MixedSaliency, Pools, TimeBudget, fill_budget
+from oto_hf.selection import Goal, LatencyLayout, MixedSaliency, Pools, StreamCosts, TimeBudget, fill_budget
 from oto_hf.settings import OTOSettings
 
 
@@ -322,3 +322,33 @@ def test_the_latency_layout_spends_time_only():
     groups = model_groups()
     with pytest.raises(ValueError, match="'latency' allocation spends a speed target"):
         choose(groups, torch.rand(groups.num_groups), target=0.5, allocation=LatencyLayout())
+
+
+# ---- with the stream's channels among the groups ----
+
+
+@pytest.mark.parametrize("unit,target", [("flops", 0.9), ("params", 0.75)])
+@pytest.mark.parametrize("allocation", ["uniform", "balanced"])
+def test_the_stream_shares_the_target_and_the_exact_cost_meets_it(minilm_path, unit, target, allocation):
+    """Real MiniLM, three periods chosen as HSPG would (each period's zero groups those chosen before): every period
+    holds its share of the target and the last meets it to within one channel, counted exactly (heads and neurons
+    narrow with the stream); the stream gives up channels, never below the floor; a chosen group stays chosen."""
+    model = BertForQuestionAnswering.from_pretrained(minilm_path)
+    groups = zero_invariant_groups(model, prune_hidden=True)
+    settings = OTOSettings(target=target, target_unit=unit, seq_len=128, allocation=allocation, prune_steps=10,
+                           saliency="magnitude")
+    policy, total = settings.selection_policy(), groups.total_cost(unit, 128)
+    pools = Pools.of(groups, groups.costs(unit, 128), torch.device("cpu"))
+    zero, sq = torch.zeros(groups.num_groups, dtype=torch.bool), groups.sq_norms()
+    for period in range(3):
+        goal = Goal(target=target, period=period, num_periods=3, total_cost=total,
+                    stream=StreamCosts(groups, unit, 128))
+        chosen = policy.choose(zero, sq, {"taylor": torch.zeros_like(sq)}, pools, goal)
+        assert not (zero & chosen).any()
+        zero = zero | chosen
+        removed = 1 - groups.kept_cost(~zero, unit, 128) / total
+        assert removed <= target * (period + 1) / 3 + 1e-9
+    channel = groups.kept_cost(torch.ones_like(zero), unit, 128) / 384 / total  # one channel of the dense model
+    assert target - removed <= channel, (removed, target)
+    width = groups.kept_hidden_size(~zero)
+    assert math.floor(min(0.25, 1 - target) * 384) <= width < 384

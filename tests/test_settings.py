@@ -105,6 +105,7 @@ def test_speed_target_refusals_are_all_listed_at_once():
     (dict(target=0.5, allocation="latency"), "allocation 'latency' spends a speed target: set speedup"),
     (dict(allocation="latency"), "allocation 'latency' spends a speed target"),
     (dict(speedup=2.0, prune_steps=None), "prune_steps"),
+    (dict(speedup=2.0, prune_hidden=True), "prune_hidden cannot be combined with speedup yet"),
 ])
 def test_speed_target_refusals(settings, message):
     with pytest.raises(InvalidOTOSettings, match=message):

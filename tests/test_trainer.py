@@ -270,6 +270,11 @@ def test_refused_before_any_training(tmp_path):
         OTOTrainer(model=model, args=args, optimizers=(torch.optim.SGD(model.parameters(), lr=0.1), None))
     with pytest.raises(ValueError, match="hold only"):
         OTOTrainer(model=model, args=make_args(tmp_path, oto_target=0.9, oto_prune_heads=False))
+    import families
+
+    with pytest.raises(UnsupportedModelError, match="hidden width of the distilbert family.*--oto_prune_hidden false"):
+        OTOTrainer(model=families.build("distilbert", "DistilBertForSequenceClassification"),
+                   args=make_args(tmp_path, oto_prune_hidden=True))
     from transformers import TrainingArguments
 
     with pytest.raises(TypeError, match="OTOTrainingArguments"):
@@ -295,11 +300,14 @@ def test_the_optimizer_is_built_from_the_oto_settings(tmp_path):
 
 # ---- every supported family: train, save_model, reload in a fresh process ----
 
+HIDDEN_TYPES = ("bert", "roberta", "xlm-roberta", "camembert", "electra", "data2vec-text", "ernie")
+
 
 @pytest.fixture(scope="module")
 def trained_families(tmp_path_factory):
     """For every model type, a tiny random classifier trained by OTOTrainer for a few steps to 50% of its encoder
-    FLOPs removed, saved with `save_model`, with the compressed model's logits on reference inputs."""
+    FLOPs removed (the hidden width pruned too where the family's can be), saved with `save_model`, with the
+    compressed model's logits on reference inputs."""
     import families
 
     root = tmp_path_factory.mktemp("trained_families")
@@ -309,7 +317,7 @@ def trained_families(tmp_path_factory):
                     for i in range(16)]
         args = make_args(root / model_type, per_device_train_batch_size=4, max_steps=8, learning_rate=1e-3,
                          oto_target=0.5, oto_seq_len=None, oto_half_space_start=0.0, oto_prune_fraction=0.5,
-                         remove_unused_columns=False)
+                         remove_unused_columns=False, oto_prune_hidden=model_type in HIDDEN_TYPES)
         trainer = OTOTrainer(model=model, args=args, train_dataset=examples)
         trainer.train()
         trainer.save_model()
@@ -345,6 +353,12 @@ def test_every_family_trains_to_its_target(trained_families):
         assert 0.49 <= reference["flops_removed"] <= 0.5, model_type
         config = json.loads((trained_families / model_type / "config.json").read_text())
         assert config["model_type"] == "oto_" + model_type
+        # The stream was cut where the family's can be (and its card says so).
+        assert (config.get("compressed_hidden_size") or 32) < 32 if model_type in HIDDEN_TYPES else (
+            config.get("compressed_hidden_size") is None), model_type
+        if model_type in HIDDEN_TYPES:
+            assert f"hidden width 32 → {config['compressed_hidden_size']}" in (
+                trained_families / model_type / "README.md").read_text()
 
 
 def test_every_family_reloads_with_oto_hf_in_a_fresh_process(trained_families, tmp_path):
