@@ -29,19 +29,20 @@ def get_submodule(root: nn.Module, path: str) -> nn.Module | None:
     return module
 
 
-def _standard_attention_flops(attention: nn.Module, tokens: int, head_size: int) -> int:
-    """One head's scores (Q·Kᵀ) and context (softmax·V) over `tokens` tokens: 2 · 2·t²·d."""
+def _standard_attention_flops(attention: nn.Module, tokens: int, head_size: int, width: int | None = None) -> int:
+    """One head's scores (Q·Kᵀ) and context (softmax·V) over `tokens` tokens: 2 · 2·t²·d (whatever the stream's
+    `width`)."""
     return 4 * tokens * tokens * head_size
 
 
-def _deberta_attention_flops(attention: nn.Module, tokens: int, head_size: int) -> int:
+def _deberta_attention_flops(attention: nn.Module, tokens: int, head_size: int, width: int | None = None) -> int:
     """DeBERTa's disentangled attention adds, per relative term (content→position "c2p", position→content "p2c"),
-    the head's projection of the 2·k relative-position embeddings and its scores against them (k = the attention
-    span: `position_buckets`, else `max_relative_positions`)."""
+    the head's projection of the 2·k relative-position embeddings (`width` channels wide; default: the module's)
+    and its scores against them (k = the attention span: `position_buckets`, else `max_relative_positions`)."""
     flops = _standard_attention_flops(attention, tokens, head_size)
     if getattr(attention, "relative_attention", False):
         span = 2 * attention.pos_ebd_size
-        hidden = attention.query_proj.in_features
+        hidden = width or attention.query_proj.in_features
         for term in ("c2p", "p2c"):
             if term in attention.pos_att_type:
                 flops += 2 * span * hidden * head_size + 2 * tokens * span * head_size
@@ -63,7 +64,8 @@ class StreamMembers:
     readers: tuple[str, ...] = ()  # nn.Linear layers that read the stream: input column c
     writers: tuple[str, ...] = ()  # nn.Linear layers that write it: output row c and bias c
     transforms: tuple[str, ...] = ()  # nn.Linear layers from the stream to the stream (an MLM head's): both
-    norms: tuple[str, ...] = ()  # LayerNorms over the stream: weight c and bias c
+    norms: tuple[str, ...] = ()  # LayerNorms over the stream: weight c and bias c (another module there is skipped)
+    vectors: tuple[str, ...] = ()  # parameters whose last axis is the stream (ViT's class and position embeddings)
 
 
 @dataclass(frozen=True)
@@ -76,7 +78,8 @@ class HiddenStream:
     stream unless the model has `embedding_projection` (ELECTRA with `embedding_size != hidden_size`: the embeddings
     then have their own width and the projection writes the stream). `heads` holds, per task head (a suffix of the
     stock class name), what the head adds (paths from the task model): a head that reads only the pooler's output
-    adds nothing, since the pooler keeps its output width.
+    adds nothing, since the pooler keeps its output width. A model that has one of the `unsupported` paths (from the
+    base model: a part that mixes channels and is not described here) is refused.
     """
 
     layer_norms: tuple[str, ...]
@@ -84,6 +87,7 @@ class HiddenStream:
     base: StreamMembers = StreamMembers()
     embedding_projection: str | None = None
     heads: tuple[tuple[str, StreamMembers], ...] = ()
+    unsupported: tuple[str, ...] = ()
 
     def head_members(self, class_name: str) -> StreamMembers:
         """What the task head of the stock class `class_name` adds to the stream's members."""
@@ -121,6 +125,72 @@ _BERT_HIDDEN = HiddenStream(
 )
 
 
+_DISTILBERT_HIDDEN = HiddenStream(
+    layer_norms=("sa_layer_norm", "output_layer_norm"),
+    embeddings=StreamMembers(embeddings=("embeddings.word_embeddings", "embeddings.position_embeddings"),
+                             norms=("embeddings.LayerNorm",)),
+    heads=(
+        ("ForMaskedLM", StreamMembers(transforms=("vocab_transform",), norms=("vocab_layer_norm",),
+                                      readers=("vocab_projector",))),
+        ("ForSequenceClassification", StreamMembers(readers=("pre_classifier",))),  # its output keeps its width
+        ("ForMultipleChoice", StreamMembers(readers=("pre_classifier",))),
+        ("ForTokenClassification", StreamMembers(readers=("classifier",))),
+        ("ForQuestionAnswering", StreamMembers(readers=("qa_outputs",))),
+    ),
+)
+
+_DEBERTA_HIDDEN = HiddenStream(
+    layer_norms=("attention.output.LayerNorm", "output.LayerNorm"),
+    embeddings=StreamMembers(
+        embeddings=("embeddings.word_embeddings", "embeddings.position_embeddings",
+                    "embeddings.token_type_embeddings"),
+        norms=("embeddings.LayerNorm",)),
+    # The relative-position table is read by the projections that read the stream (key/query, or the heads' own
+    # position projections): its columns are the stream's channels, and so are its norm's entries.
+    base=StreamMembers(embeddings=("encoder.rel_embeddings",), norms=("encoder.LayerNorm",)),
+    embedding_projection="embeddings.embed_proj",
+    heads=(
+        ("ForMaskedLM", _BERT_LM_HEAD),
+        ("ForSequenceClassification", StreamMembers(readers=("pooler.dense",))),  # DeBERTa's pooler: in the head
+        ("ForMultipleChoice", StreamMembers(readers=("pooler.dense",))),
+        ("ForTokenClassification", StreamMembers(readers=("classifier",))),
+        ("ForQuestionAnswering", StreamMembers(readers=("qa_outputs",))),
+    ),
+    unsupported=("encoder.conv",),  # DeBERTa-v2's convolution beside the first layer
+)
+
+_MODERNBERT_HIDDEN = HiddenStream(
+    layer_norms=("attn_norm", "mlp_norm"),  # pre-LN (layer 0 has no attention norm)
+    embeddings=StreamMembers(embeddings=("embeddings.tok_embeddings",), norms=("embeddings.norm",)),
+    base=StreamMembers(norms=("final_norm",)),
+    heads=(
+        # The MLM decoder is tied to the token embeddings: the head's transform and norm are the stream's.
+        ("ForMaskedLM", StreamMembers(transforms=("head.dense",), norms=("head.norm",), readers=("decoder",))),
+        # The other heads read the stream through the head's transform, whose output keeps its width.
+        ("ForSequenceClassification", StreamMembers(readers=("head.dense",))),
+        ("ForMultipleChoice", StreamMembers(readers=("head.dense",))),
+        ("ForTokenClassification", StreamMembers(readers=("head.dense",))),
+        ("ForQuestionAnswering", StreamMembers(readers=("head.dense",))),
+    ),
+)
+
+_VIT_HIDDEN = HiddenStream(
+    layer_norms=("layernorm_before", "layernorm_after"),
+    # The patch projection writes the stream; the class (and DeiT's distillation), mask and position embeddings
+    # are added to it.
+    embeddings=StreamMembers(
+        writers=("embeddings.patch_embeddings.projection",),
+        vectors=("embeddings.cls_token", "embeddings.distillation_token", "embeddings.mask_token",
+                 "embeddings.position_embeddings")),
+    base=StreamMembers(norms=("layernorm",), readers=("pooler.dense",)),
+    heads=(
+        ("ForImageClassification", StreamMembers(readers=("classifier",))),
+        ("ForImageClassificationWithTeacher", StreamMembers(readers=("cls_classifier", "distillation_classifier"))),
+        ("ForMaskedImageModeling", StreamMembers(readers=("decoder.0",))),  # a 1×1 convolution over the channels
+    ),
+)
+
+
 @dataclass(frozen=True)
 class Family:
     """Where one module layout keeps its prunable parts (see the module docstring)."""
@@ -147,8 +217,8 @@ class Family:
     head_count_attributes: tuple[str, ...] = ("num_attention_heads", "all_head_size")
     # The config attribute that holds the FFN width (the head count is `num_attention_heads` in every family).
     width_attribute: str = "intermediate_size"
-    # FLOPs of one head beyond its projections of the tokens, at `tokens` tokens.
-    attention_flops: Callable[[nn.Module, int, int], int] = _standard_attention_flops
+    # FLOPs of one head beyond its projections of the tokens, at `tokens` tokens (and a stream `width` channels wide).
+    attention_flops: Callable[..., int] = _standard_attention_flops
     # The sequence length at which FLOPs are counted by default; None: oto_hf's text default (384).
     default_tokens: Callable | None = None
     # The Auto classes of this family's compressed task models ("AutoModel", …), where transformers has them.
@@ -193,6 +263,7 @@ FAMILIES: tuple[Family, ...] = (
         ffn_output="ffn.lin2",
         head_count_attributes=("n_heads",),
         width_attribute="hidden_dim",
+        hidden=_DISTILBERT_HIDDEN,
     ),
     Family(
         name="deberta-v2",
@@ -205,6 +276,7 @@ FAMILIES: tuple[Family, ...] = (
         ffn_input="intermediate.dense",
         ffn_output="output.dense",
         attention_flops=_deberta_attention_flops,
+        hidden=_DEBERTA_HIDDEN,
     ),
     Family(
         name="modernbert",
@@ -221,6 +293,7 @@ FAMILIES: tuple[Family, ...] = (
         ffn_norm="mlp_norm",
         head_size_attribute="head_dim",
         head_count_attributes=(),
+        hidden=_MODERNBERT_HIDDEN,
     ),
     Family(
         name="vit",
@@ -236,6 +309,7 @@ FAMILIES: tuple[Family, ...] = (
         head_size_attribute="head_dim",
         head_count_attributes=("num_attention_heads",),
         default_tokens=_vision_tokens,
+        hidden=_VIT_HIDDEN,
         auto_classes=("AutoModel", "AutoModelForImageClassification", "AutoModelForMaskedImageModeling"),
     ),
 )
@@ -244,14 +318,15 @@ def stream_modules(family: Family, model: nn.Module, base: nn.Module) -> list[tu
     """(role, root, path) of every module of `model` (its body `base`) that the residual stream's channels own,
     each module once, in a fixed order: the base model's members, the embeddings (or the embedding projection),
     each layer's readers, writers and norms, then the task head's. Roles: "embedding", "reader", "writer",
-    "transform", "norm" (see `StreamMembers`). Paths the model lacks are skipped."""
+    "transform", "norm", "vector" (see `StreamMembers`; a vector's "module" is the parameter). Paths the model lacks
+    are skipped."""
     hidden = family.hidden
     parts = [(base, hidden.base)]
     if hidden.embedding_projection and get_submodule(base, hidden.embedding_projection) is not None:
         parts.append((base, StreamMembers(writers=(hidden.embedding_projection,))))
     else:
         parts.append((base, hidden.embeddings))
-    in_layer = StreamMembers(readers=(*family.qkv, family.ffn_input),
+    in_layer = StreamMembers(readers=(*family.qkv, *family.head_extras, family.ffn_input),
                              writers=(family.attention_output, family.ffn_output), norms=hidden.layer_norms)
     parts += [(layer, in_layer) for layer in get_submodule(base, family.layers)]
     if model is not base:
@@ -259,9 +334,11 @@ def stream_modules(family: Family, model: nn.Module, base: nn.Module) -> list[tu
     found, seen = [], set()
     for root, part in parts:
         for role, paths in (("embedding", part.embeddings), ("reader", part.readers), ("writer", part.writers),
-                            ("transform", part.transforms), ("norm", part.norms)):
+                            ("transform", part.transforms), ("norm", part.norms), ("vector", part.vectors)):
             for path in paths:
                 module = get_submodule(root, path)
+                if role == "norm" and not isinstance(module, nn.LayerNorm):
+                    continue  # a pre-LN layout's missing norm (nn.Identity): nothing to own
                 if module is not None and id(module) not in seen:
                     seen.add(id(module))
                     found.append((role, root, path))

@@ -92,7 +92,9 @@ class GroupedTensor:
 
 @dataclass
 class _LayerCosts:
-    """What one layer's head and neuron cost, read from its modules."""
+    """What one layer's head and neuron cost, read from its modules; `..._at(width)`: once the stream is `width`
+    channels wide (every weight of a head or neuron has one axis along the stream, its biases none, and what the
+    layer never prunes is all over the stream: norms and output biases)."""
 
     num_heads: int
     num_neurons: int
@@ -103,16 +105,31 @@ class _LayerCosts:
     ffn_norm_params: int  # and the pre-FFN norm's: dropped with the last FFN neuron
     head_token_weights: int  # weight elements of one head that multiply each token (FLOPs = 2 · t · this)
     neuron_token_weights: int
+    head_weights: int  # weight elements of one head (the token ones and DeBERTa's position projections')
     attention: nn.Module
     head_size: int
     family: Family
+    stream_width: int
 
-    def head_flops(self, tokens: int) -> int:
-        return 2 * tokens * self.head_token_weights + self.family.attention_flops(self.attention, tokens,
-                                                                                   self.head_size)
+    def head_flops(self, tokens: int, width: int | None = None) -> int:
+        share = (width or self.stream_width) / self.stream_width
+        return 2 * tokens * self.head_token_weights * share + self.family.attention_flops(
+            self.attention, tokens, self.head_size, width)
 
-    def neuron_flops(self, tokens: int) -> int:
-        return 2 * tokens * self.neuron_token_weights
+    def neuron_flops(self, tokens: int, width: int | None = None) -> int:
+        return 2 * tokens * self.neuron_token_weights * (width or self.stream_width) / self.stream_width
+
+    def head_params_at(self, width: int) -> float:
+        return self.head_params - (1 - width / self.stream_width) * self.head_weights
+
+    def neuron_params_at(self, width: int) -> float:
+        return self.neuron_params - (1 - width / self.stream_width) * self.neuron_token_weights
+
+    def fixed_params_at(self, width: int, heads: int, neurons: int) -> float:
+        """The layer's unpruned parameters, less a pre-LN norm whose block is emptied."""
+        fixed = self.fixed_params - (self.attention_norm_params if heads == 0 else 0) - (
+            self.ffn_norm_params if neurons == 0 else 0)
+        return fixed * width / self.stream_width
 
 
 class ZeroInvariantGroups:
@@ -136,7 +153,7 @@ class ZeroInvariantGroups:
         if prune_hidden and self.family.hidden is None:
             supported = ", ".join(f.name for f in FAMILIES if f.hidden is not None)
             raise UnsupportedModelError(
-                f"prune_hidden: oto_hf cannot prune the hidden width of the {self.family.name} family yet (it can for: "
+                f"prune_hidden: oto_hf cannot prune the hidden width of the {self.family.name} family (it can for: "
                 f"{supported}). Prune heads and FFN neurons only (prune_hidden=False, --oto_prune_hidden false)."
             )
         self.prune_heads, self.prune_neurons, self.prune_hidden = prune_heads, prune_neurons, prune_hidden
@@ -252,8 +269,16 @@ class ZeroInvariantGroups:
                 numel, axes = self._outside_stream.get(id(param), (param.numel(), 0))
                 self._outside_stream[id(param)] = (numel, axes + 1)
 
+        for path in self.family.hidden.unsupported:
+            if get_submodule(base, path) is not None:
+                raise UnsupportedModelError(
+                    f"prune_hidden: this {self.family.name} model has {path}, which mixes the stream's channels in a "
+                    "way oto_hf does not cut. Prune heads and FFN neurons only (prune_hidden=False, "
+                    "--oto_prune_hidden false).")
         for role, root, path in stream_modules(self.family, model, base):
             module, in_layer = get_submodule(root, path), id(root) in layer_ids
+            if role == "vector":
+                own(module, module.dim() - 1, path, in_layer)
             if role in ("embedding", "reader", "transform"):
                 own(module.weight, 1, path, in_layer)
             if role in ("writer", "transform", "norm"):
@@ -268,6 +293,7 @@ class ZeroInvariantGroups:
             return sum(p.numel() for p, _, _, per_token in members if per_token or not tokens_only) // max(count, 1)
 
         grouped = sum(p.numel() for p, *_ in head_members + neuron_members)
+        head_weights = sum(p.numel() for p, *_ in head_members if p.dim() > 1) // max(n, 1)
         return _LayerCosts(
             num_heads=n, num_neurons=width,
             head_params=per_group(head_members, n), neuron_params=per_group(neuron_members, width),
@@ -276,7 +302,8 @@ class ZeroInvariantGroups:
             ffn_norm_params=self._norm_params(layer, self.family.ffn_norm),
             head_token_weights=per_group(head_members, n, tokens_only=True),
             neuron_token_weights=per_group(neuron_members, width, tokens_only=True),
-            attention=get_submodule(layer, self.family.attention), head_size=d, family=self.family,
+            head_weights=head_weights, attention=get_submodule(layer, self.family.attention), head_size=d,
+            family=self.family, stream_width=get_submodule(layer, self.family.attention_output).out_features,
         )
 
     @staticmethod
@@ -341,7 +368,7 @@ class ZeroInvariantGroups:
             # and neuron kept) and its entries of their norms and biases; its embedding and task-head columns are
             # in its `sizes` and in the model's total, not in the encoder's.
             sizes = self.sizes.to(torch.float64)
-            sizes[self.kinds == HIDDEN] = sum(c.num_heads * c.head_token_weights + c.num_neurons * c.neuron_token_weights
+            sizes[self.kinds == HIDDEN] = sum(c.num_heads * c.head_weights + c.num_neurons * c.neuron_token_weights
                                               + c.fixed_params for c in self._layer_costs) / max(self.hidden_size, 1)
             return sizes
         raise ValueError(f"unit must be 'flops' or 'params', got {unit!r}")
@@ -371,16 +398,12 @@ class ZeroInvariantGroups:
         """Each head's and FFN neuron's cost once the stream is `width` channels wide (what removing it then saves,
         exact for that width); the channels' own entries are 0. With the width fixed, costs add up again."""
         seq_len = seq_len or self.default_seq_len
-        cut = 1 - width / self.hidden_size
-        rows = []
-        for c in self._layer_costs:
-            if unit == "flops":
-                rows.append([c.head_flops(seq_len) - cut * 2 * seq_len * c.head_token_weights,
-                             (1 - cut) * c.neuron_flops(seq_len)])
-            elif unit == "params":
-                rows.append([c.head_params - cut * c.head_token_weights, c.neuron_params - cut * c.neuron_token_weights])
-            else:
-                raise ValueError(f"unit must be 'flops' or 'params', got {unit!r}")
+        if unit == "flops":
+            rows = [[c.head_flops(seq_len, width), c.neuron_flops(seq_len, width)] for c in self._layer_costs]
+        elif unit == "params":
+            rows = [[c.head_params_at(width), c.neuron_params_at(width)] for c in self._layer_costs]
+        else:
+            raise ValueError(f"unit must be 'flops' or 'params', got {unit!r}")
         per_layer = torch.tensor(rows, dtype=torch.float64).reshape(-1, 2)
         out = torch.zeros(self.num_groups, dtype=torch.float64)
         blocks = self.kinds != HIDDEN
@@ -396,13 +419,10 @@ class ZeroInvariantGroups:
         own costs, which overlap."""
         seq_len = seq_len or self.default_seq_len
         heads, widths = self.count_per_layer(keep, "head"), self.count_per_layer(keep, "neuron")
-        cut = 1 - self.kept_hidden_size(keep) / self.hidden_size if self.prune_hidden else 0.0
-        params = sum(h * (c.head_params - cut * c.head_token_weights) + w * (c.neuron_params - cut * c.neuron_token_weights)
-                     + (1 - cut) * (c.fixed_params - (c.attention_norm_params if h == 0 else 0)
-                                    - (c.ffn_norm_params if w == 0 else 0))
+        width = self.kept_hidden_size(keep)
+        params = sum(h * c.head_params_at(width) + w * c.neuron_params_at(width) + c.fixed_params_at(width, h, w)
                      for h, w, c in zip(heads, widths, self._layer_costs))
-        flops = sum(h * (c.head_flops(seq_len) - cut * 2 * seq_len * c.head_token_weights)
-                    + w * (1 - cut) * c.neuron_flops(seq_len)
+        flops = sum(h * c.head_flops(seq_len, width) + w * c.neuron_flops(seq_len, width)
                     for h, w, c in zip(heads, widths, self._layer_costs))
         return heads, widths, round(params), round(flops)
 

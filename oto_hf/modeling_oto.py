@@ -153,7 +153,11 @@ def resize_stream(model: nn.Module, family: Family, width: int) -> None:
     model's own `tie_weights`."""
     for role, root, path in stream_modules(family, model, model.base_model):
         module = get_submodule(root, path)
-        if role == "embedding":
+        if role == "vector":
+            if module.shape[-1] != width:
+                _replace(root, path, nn.Parameter(torch.empty(*module.shape[:-1], width, device=module.device,
+                                                              dtype=module.dtype), requires_grad=module.requires_grad))
+        elif role == "embedding":
             if module.embedding_dim != width:
                 _replace(root, path, nn.Embedding(module.num_embeddings, width, padding_idx=module.padding_idx,
                                                   device=module.weight.device, dtype=module.weight.dtype))
@@ -162,6 +166,14 @@ def resize_stream(model: nn.Module, family: Family, width: int) -> None:
                 _replace(root, path, nn.LayerNorm(width, eps=module.eps, elementwise_affine=module.weight is not None,
                                                   bias=module.bias is not None, device=module.weight.device,
                                                   dtype=module.weight.dtype))
+        elif isinstance(module, nn.Conv2d):  # ViT's patch projection (writes), a 1×1 decoder (reads)
+            in_channels = width if role == "reader" else module.in_channels
+            out_channels = width if role == "writer" else module.out_channels
+            if (in_channels, out_channels) != (module.in_channels, module.out_channels):
+                _replace(root, path, nn.Conv2d(in_channels, out_channels, module.kernel_size, module.stride,
+                                               module.padding, module.dilation, module.groups,
+                                               bias=module.bias is not None, padding_mode=module.padding_mode,
+                                               device=module.weight.device, dtype=module.weight.dtype))
         else:
             reads, writes = role in ("reader", "transform"), role in ("writer", "transform")
             _replace(root, path, resized_linear(module, width if reads else module.in_features,

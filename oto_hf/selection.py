@@ -542,8 +542,9 @@ class SelectionPolicy:
         at the stream's new width) then give up of their cost: the largest number of channels n with n / width ≤
         the blocks' share, never below the floor (⌊floor · width⌋ channels stay); its least salient channels go.
         The layout shares the blocks' part as without the stream; chosen groups beyond the period's share (pools
-        that earlier periods took further) are given back, most salient first, and the next channels fill what
-        whole groups leave, so each period meets its share to within one channel, never beyond it."""
+        that earlier periods took further) are given back, most salient first, the next channels fill what whole
+        groups leave and the cheapest groups what the last channel would overshoot, so each period meets its share
+        to within one of them, never beyond it."""
         stream = goal.stream
         hidden = pools.kinds == HIDDEN
         channels = torch.nonzero(hidden).flatten()
@@ -602,6 +603,18 @@ class SelectionPolicy:
             if stream.kept_cost(~(zero | redundant)) < floor_cost - 1e-6:
                 redundant[channel] = False
                 break
+        # And the cheapest groups (neurons) what the last channel would overshoot, their costs exact at this width.
+        gone = zero | redundant
+        costs = stream.costs_at_width(width - int(gone[channels].sum())).to(zero.device)
+        candidates = torch.nonzero(allowed & ~gone & ~hidden).flatten()
+        candidates = candidates[torch.argsort(score[candidates])]
+        candidates = candidates[torch.argsort(costs[candidates], stable=True)]
+        fill = candidates[fill_budget(costs[candidates], stream.kept_cost(~gone) - floor_cost)]
+        redundant[fill] = True
+        for group in fill.flip(0).tolist():  # an emptied pre-LN block also drops its norm: never past the share
+            if stream.kept_cost(~(zero | redundant)) >= floor_cost - 1e-6:
+                break
+            redundant[group] = False
         return redundant
 
 

@@ -141,8 +141,8 @@ class OTOTrainingArguments(TrainingArguments):
                   "projection on it, the task head's input), each channel one group, shared with the heads and "
                   "neurons by the target; the stream's LayerNorms then count only its live channels, as the "
                   "compressed model's do. With a parameter target the whole model's parameters count. Off by default; "
-                  "BERT-style models (bert, roberta, xlm-roberta, camembert, electra, data2vec-text, ernie) only, and "
-                  "not with --oto_speedup yet."},
+                  "every supported family (a DeBERTa-v2 with a convolution layer is refused); not with --oto_speedup "
+                  "yet."},
     )
     oto_save_group_sparse: bool = field(
         default=False,

@@ -175,17 +175,23 @@ def test_groups_are_exact_in_every_family(model_type):
 _READERS = ("query.weight", "key.weight", "value.weight", "intermediate.dense.weight", "pooler.dense.weight",
             "qa_outputs.weight", "classifier.dense.weight", "sequence_summary.summary.weight",
             "transform.dense.weight", "lm_head.dense.weight", "decoder.weight", "generator_predictions.dense.weight",
-            "discriminator_predictions.dense.weight")
-_WRITERS = ("attention.output.dense", "output.dense", "embeddings_project", "transform.dense", "lm_head.dense")
-_NORMS = ("attention.output.LayerNorm", "output.LayerNorm", "transform.LayerNorm", "lm_head.layer_norm")
-_EMBEDDINGS = ("word_embeddings.weight", "position_embeddings.weight", "token_type_embeddings.weight")
+            "discriminator_predictions.dense.weight",
+            "q_proj.weight", "k_proj.weight", "v_proj.weight", "fc1.weight",  # ViT
+            "Wqkv.weight", "Wi.weight", "head.dense.weight")  # ModernBERT
+_WRITERS = ("attention.output.dense", "output.dense", "embeddings_project", "transform.dense", "lm_head.dense",
+            "o_proj", "fc2", "patch_embeddings.projection", "attn.Wo", "mlp.Wo")
+_NORMS = ("attention.output.LayerNorm", "output.LayerNorm", "transform.LayerNorm", "lm_head.layer_norm",
+          "layernorm_before", "layernorm_after", "attn_norm", "mlp_norm", "final_norm")
+_EMBEDDINGS = ("word_embeddings.weight", "position_embeddings.weight", "token_type_embeddings.weight",
+               "tok_embeddings.weight")
+_VECTORS = ("cls_token", "distillation_token", "mask_token", "embeddings.position_embeddings")
 
 
 def slow_channel_norms(model, width):
     """Each stream channel's group norm, one channel at a time, from the parameter names (a tied decoder is the
     word embeddings' tensor: counted once)."""
     projected = any(n.endswith("embeddings_project.weight") for n, _ in model.named_parameters())
-    token_classifier = type(model).__name__.endswith("ForTokenClassification")
+    token_classifier = type(model).__name__.endswith(("ForTokenClassification", "ForImageClassification"))
     slices = []  # (tensor, axis)
     for name, p in model.named_parameters():  # tied tensors appear once
         stem = name.rsplit(".", 1)[0]
@@ -195,10 +201,16 @@ def slow_channel_norms(model, width):
             slices.append((p, 0))
         if stem.endswith(_WRITERS) and name.endswith(".bias") and "intermediate" not in name:
             slices.append((p, 0))
-        if stem.endswith(_NORMS) or (stem.endswith("embeddings.LayerNorm") and not projected):
+        final_norm = stem.split(".")[-1] == "layernorm"  # ViT's last norm
+        if stem.endswith(_NORMS) or final_norm or (stem.endswith(("embeddings.LayerNorm", "embeddings.norm"))
+                                                   and not projected):
             slices.append((p, 0))
         if name.endswith(_EMBEDDINGS) and not projected:
             slices.append((p, 1))
+        if name.endswith(_VECTORS):  # ViT's: the stream is the last axis
+            slices.append((p, p.dim() - 1))
+        if stem in ("head.dense", "head.norm") and type(model).__name__.endswith("ForMaskedLM"):
+            slices.append((p, 0))  # ModernBERT's MLM head writes the stream its tied decoder reads
     return torch.stack([torch.sqrt(sum(p.detach().select(axis, c).square().sum() for p, axis in slices))
                         for c in range(width)])
 
@@ -206,7 +218,9 @@ def slow_channel_norms(model, width):
 HIDDEN_HEADS = [("bert", "BertForQuestionAnswering"), ("bert", "BertForMaskedLM"), ("bert", "BertForPreTraining"),
                 ("roberta", "RobertaForSequenceClassification"), ("roberta", "RobertaForTokenClassification"),
                 ("electra", "ElectraForPreTraining"), ("electra", "ElectraForMultipleChoice"),
-                ("ernie", "ErnieForMaskedLM"), ("bert", "BertModel")]
+                ("ernie", "ErnieForMaskedLM"), ("bert", "BertModel"),
+                ("vit", "ViTForImageClassification"), ("deit", "DeiTModel"),
+                ("modernbert", "ModernBertForMaskedLM")]
 
 
 @pytest.mark.parametrize("model_type,class_name", HIDDEN_HEADS, ids=["-".join(h) for h in HIDDEN_HEADS])
@@ -245,7 +259,7 @@ def test_a_zero_channel_changes_nothing_only_with_the_live_norms():
     assert all(isinstance(n, LiveWidthLayerNorm) and n.live_count == 24 for n in groups.stream_norms)
 
 
-def test_hidden_pruning_of_an_unsupported_family_is_refused_with_what_to_do():
-    model = families.build("distilbert", "DistilBertModel")
-    with pytest.raises(UnsupportedModelError, match="hidden width of the distilbert family.*prune_hidden=False"):
+def test_hidden_pruning_of_a_part_it_does_not_describe_is_refused_with_what_to_do():
+    model = families.build("deberta-v2", "DebertaV2Model", conv_kernel_size=3)  # a convolution beside layer 0
+    with pytest.raises(UnsupportedModelError, match="has encoder.conv, which mixes.*prune_hidden=False"):
         zero_invariant_groups(model, prune_hidden=True)

@@ -272,8 +272,8 @@ def test_refused_before_any_training(tmp_path):
         OTOTrainer(model=model, args=make_args(tmp_path, oto_target=0.9, oto_prune_heads=False))
     import families
 
-    with pytest.raises(UnsupportedModelError, match="hidden width of the distilbert family.*--oto_prune_hidden false"):
-        OTOTrainer(model=families.build("distilbert", "DistilBertForSequenceClassification"),
+    with pytest.raises(UnsupportedModelError, match="has encoder.conv, which mixes.*prune_hidden=False"):
+        OTOTrainer(model=families.build("deberta-v2", "DebertaV2ForSequenceClassification", conv_kernel_size=3),
                    args=make_args(tmp_path, oto_prune_hidden=True))
     from transformers import TrainingArguments
 
@@ -300,7 +300,8 @@ def test_the_optimizer_is_built_from_the_oto_settings(tmp_path):
 
 # ---- every supported family: train, save_model, reload in a fresh process ----
 
-HIDDEN_TYPES = ("bert", "roberta", "xlm-roberta", "camembert", "electra", "data2vec-text", "ernie")
+HIDDEN_TYPES = ("bert", "roberta", "xlm-roberta", "camembert", "electra", "data2vec-text", "ernie", "distilbert",
+                "deberta-v2", "modernbert", "vit", "deit")
 
 
 @pytest.fixture(scope="module")
