@@ -80,9 +80,6 @@ class OTOConfigMixin:
         if width is not None and not 1 <= width <= self.hidden_size:
             raise ValueError(f"{type(self).__name__}.compressed_hidden_size is {width}: it must lie in "
                              f"[1, hidden_size = {self.hidden_size}].")
-        if width is not None and FAMILY_OF_MODEL_TYPE[self.stock_model_type].hidden is None:
-            raise ValueError(f"{type(self).__name__}.compressed_hidden_size is set, but oto_hf does not cut the hidden "
-                             f"width of {self.stock_model_type} models.")
         if getattr(self, "add_cross_attention", False):
             raise ValueError(f"{type(self).__name__} does not support add_cross_attention=True (cross-attention is "
                              "not pruned).")

@@ -129,32 +129,21 @@ def run_python(code: str, cwd) -> str:
     return result.stdout
 
 
-def compressed_model(model_type: str, class_name: str, attn: str = "eager", seed: int = 0, **overrides):
+def compressed_model(model_type: str, class_name: str, attn: str = "eager", seed: int = 0, hidden: bool = True,
+                     **overrides):
     """A compressed model of the stock class `class_name` with random groups cut, layer 1 left without a head and
-    layer 2 without an FFN neuron (the heterogeneous and empty layers a compressed model must handle)."""
-    import oto_hf
-    from oto_hf.groups import HEAD, NEURON
-
-    torch.manual_seed(seed)
-    model = build(model_type, class_name, attn, **overrides)
-    groups = oto_hf.zero_invariant_groups(model)
-    groups.zero_((torch.rand(groups.num_groups) < 0.3) | ((groups.layers == 1) & (groups.kinds == HEAD))
-                 | ((groups.layers == 2) & (groups.kinds == NEURON)))
-    return oto_hf.compress(model)
-
-
-def hidden_compressed_model(model_type: str, class_name: str, attn: str = "eager", seed: int = 0, **overrides):
-    """As `compressed_model`, with a quarter of the residual stream's channels cut too (the stream's norms live in
-    the group-sparse model first, as HSPG trains it)."""
+    layer 2 without an FFN neuron (the heterogeneous and empty layers a compressed model must handle), and with
+    `hidden` a quarter of the residual stream's channels (the stream's norms live in the group-sparse model first,
+    as HSPG trains it): the general case, which the conformance suite runs."""
     import oto_hf
     from oto_hf.groups import HEAD, HIDDEN, NEURON
 
     torch.manual_seed(seed)
     model = build(model_type, class_name, attn, **overrides)
-    groups = oto_hf.zero_invariant_groups(model, prune_hidden=True)
-    hidden = torch.nonzero(groups.kinds == HIDDEN).flatten()
+    groups = oto_hf.zero_invariant_groups(model, prune_hidden=hidden)
     zero = (torch.rand(groups.num_groups) < 0.3) & (groups.kinds != HIDDEN)
-    zero[hidden[torch.randperm(len(hidden))[: len(hidden) // 4]]] = True
+    channels = torch.nonzero(groups.kinds == HIDDEN).flatten()
+    zero[channels[torch.randperm(len(channels))[: len(channels) // 4]]] = True
     groups.zero_(zero | ((groups.layers == 1) & (groups.kinds == HEAD)) | ((groups.layers == 2) & (groups.kinds == NEURON)))
     groups.track_live_width()
     return oto_hf.compress(model)

@@ -60,8 +60,7 @@ def _export(case: str, tmp_path_factory) -> tuple:
             torch.manual_seed(0)
             model = families.build(model_type, class_name, attn, **overrides)
         else:
-            build = families.hidden_compressed_model if case == "bert-qa" else families.compressed_model
-            model = build(model_type, class_name, attn=attn, **overrides)
+            model = families.compressed_model(model_type, class_name, attn=attn, hidden=case == "bert-qa", **overrides)
             assert 0 in model.config.num_attention_heads_per_layer and 0 in model.config.intermediate_size_per_layer
             assert (model.config.compressed_hidden_size is not None) == (case == "bert-qa")
         info = export_onnx(model, tmp_path_factory.mktemp(case) / "model.onnx", quantize="int8")
