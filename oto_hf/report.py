@@ -131,11 +131,15 @@ def render_markdown(report: dict) -> str:
     if report.get("speed_target"):
         lines += [describe_speed_target(report["speed_target"]), ""]
     if lat:
-        lines.append(
+        lines.append((
             f"Measured inference speedup of the compressed model: **{lat['speedup']:.2f}×** at batch "
             f"{lat['batch_size']} × {lat['seq_len']} tokens ({lat['repeats']} interleaved repeats, medians, "
             f"{lat['threads']} threads), against an encoder FLOPs ratio of {lat['encoder_flops_ratio']:.2f}× at that "
-            f"length (embeddings and the task head are not pruned). {describe_load(lat)}".rstrip()
+            + ("length (the embeddings, norms and task head narrowed with the hidden width; residual adds, "
+               "activations and per-operator costs do not scale with FLOPs). "
+               if before.get("hidden_size") != after.get("hidden_size") else
+               "length (embeddings, LayerNorms and the task head are not pruned). ")
+            + describe_load(lat)).rstrip()
         )
     else:
         lines.append("Latency was not measured (--report_latency_repeats 0).")

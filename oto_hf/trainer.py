@@ -219,6 +219,12 @@ class OTOTrainingArguments(TrainingArguments):
         if self.push_to_hub and self.oto_save_group_sparse:
             problems.append("--oto_save_group_sparse writes a full-size copy into --output_dir, which push_to_hub would "
                             "upload beside the compressed model: drop one of the two")
+        if self.oto_save_group_sparse and self.oto_prune_hidden:
+            problems.append("--oto_save_group_sparse cannot be combined with --oto_prune_hidden: the full-width copy "
+                            "loads with stock LayerNorms over every channel, zero ones included, which is not the "
+                            "trained function (that needs its norms over the live channels only, "
+                            "oto_hf.zero_invariant_groups(model, prune_hidden=True).track_live_width()). Keep the "
+                            "compressed model, or the Trainer checkpoints, which resume it")
         if self.load_best_model_at_end and target is None and self.oto_speedup is None:
             problems.append(
                 "--load_best_model_at_end cannot be combined with --oto_lambda_only (no target): without a target "

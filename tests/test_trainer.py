@@ -236,6 +236,7 @@ def _write_json(path, values):
         (dict(oto_num_periods=0), "--oto_num_periods must be ≥ 1"),
         (dict(push_to_hub=True, hub_strategy="every_save"), "full-size group-sparse model"),
         (dict(push_to_hub=True, oto_save_group_sparse=True), "would upload beside the compressed model"),
+        (dict(oto_save_group_sparse=True, oto_prune_hidden=True), "loads with stock LayerNorms over every channel"),
     ],
 )
 def test_bad_settings_are_refused_with_what_to_change(overrides, message, tmp_path):
