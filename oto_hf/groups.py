@@ -455,11 +455,14 @@ class ZeroInvariantGroups:
     @torch.no_grad()
     def update_live_width(self, zero: torch.Tensor | None = None) -> None:
         """Tell the stream's live norms which channels are live (`zero`: this partition's zero-group mask, computed
-        when not given)."""
+        when not given). Only a change reaches the norms (HSPG calls this every step, with its host copy)."""
         if not self.prune_hidden:
             return
         zero = self.is_zero() if zero is None else zero
-        live = ~zero[self.kinds.to(zero.device) == HIDDEN]
+        live = ~zero.cpu()[self.kinds == HIDDEN]
+        if getattr(self, "_live", None) is not None and torch.equal(live, self._live):
+            return
+        self._live = live
         for norm in self.stream_norms:
             if hasattr(norm, "set_live_channels"):
                 norm.set_live_channels(live)

@@ -384,7 +384,7 @@ class HSPG(Optimizer):
                     if buffer is not None:
                         t.view(buffer).masked_fill_(mask, 0.0)
         # The stream's norms count only its live channels (`groups.track_live_width`): tell them which are.
-        self.groups.update_live_width(zero)
+        self.groups.update_live_width(zero_host)
 
     def _base_update(self, p: torch.Tensor, param_group: dict, apply: bool = False) -> torch.Tensor | None:
         """The base optimizer's step Δ (x_new = x − Δ) for one parameter, updating its moments. With `apply`, the
