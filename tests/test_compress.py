@@ -138,10 +138,12 @@ def test_isinstance_of_the_compressed_class():
 
 # ---- hidden channels cut too ----
 
-# Every head of every family, under its attention implementations in turn (every head under each is the test
-# above's job; this one is about the stream).
+# Every head of every module layout, under its attention implementations in turn (every head of every model type
+# under each is the test above's job; this one is about the stream). XLM-R, CamemBERT and Data2VecText are RoBERTa's
+# modules under other names: the conformance suite runs their heads with the stream cut.
 HIDDEN_FAMILY = [(t, c, families.ATTENTION[t][i % len(families.ATTENTION[t])])
-                 for i, (t, c) in enumerate(families.all_heads())]
+                 for i, (t, c) in enumerate(families.all_heads())
+                 if t not in ("xlm-roberta", "camembert", "data2vec-text")]
 
 
 @pytest.mark.parametrize("model_type,class_name,attn", HIDDEN_FAMILY, ids=["-".join(h) for h in HIDDEN_FAMILY])
