@@ -534,7 +534,6 @@ class SelectionPolicy:
                     low = middle
         return marks(high, goal)
 
-
     def choose_with_stream(self, score: torch.Tensor, zero: torch.Tensor, pools: Pools, goal: Goal) -> torch.Tensor:
         """The redundant groups of a cost target's period when the stream's channels are groups too, chosen for the
         share of the target this period ends at (costs are exact only for a known width, so each period plans its
