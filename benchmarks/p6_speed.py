@@ -24,6 +24,8 @@ measured, and a point with a file is skipped unless --force (so an interrupted r
 <results>/predictor.json gathers every point of the yaml that has a file. A speedup beyond what emptying every
 prunable group gives is recorded as unreachable, with the largest reachable one, and not measured.
 
+--gpu runs the yaml's `gpu:` block (MiniLM's latency tables and points on CUDA, prepared for a lent GPU: one
+command of at most 5 minutes, `python benchmarks/p6_speed.py run --gpu`; refused at once without CUDA).
 --smoke runs the yaml's `smoke:` block (a tiny random model, results under benchmarks/results/tmp/): a check that
 the pipeline goes through, not a measurement. Timings are only worth publishing from an idle machine
 (docs/benchmarks.md, "Machines and noise"); every figure carries the other processes' load (`busy`).
@@ -53,7 +55,8 @@ REPO_ROOT = HERE.parent
 TABLE = HERE / "p6.yaml"
 BENCHMARK = "P6 speed on demand: predicted vs measured speedup"
 KEYS = {"results", "seed", "threads", "tolerance", "models", "runtimes", "shapes", "asked", "allocations", "saliency",
-        "layer_floor", "table", "measure", "smoke"}
+        "layer_floor", "table", "measure", "smoke", "gpu"}
+BLOCKS = ("smoke", "gpu")  # the yaml's blocks that --smoke and --gpu lay over its settings
 PROTOCOL = ("per (model, runtime, shape): the latency table of the model's class (oto_hf.latency.measure_latency_table,"
             " interleaved medians of grid models, cached); per point: the layout of one pruning period without "
             "training (saliency averages at zero), zeroed and compressed; predicted = the table's speedup of the "
@@ -69,19 +72,20 @@ def log(message: str) -> None:
 # ---- the yaml ----
 
 
-def load_settings(path: Path = TABLE, smoke: bool = False) -> dict:
-    """The yaml's settings (with --smoke, its `smoke:` block over them), checked: unknown keys, models, runtimes,
-    shapes, allocations and asked speedups are refused with the key named."""
+def load_settings(path: Path = TABLE, smoke: bool = False, block: str | None = None) -> dict:
+    """The yaml's settings (with --smoke or --gpu, its `smoke:` or `gpu:` block over them), checked: unknown keys,
+    models, runtimes, shapes, allocations and asked speedups are refused with the key named."""
     data = yaml.safe_load(Path(path).read_text())
     unknown = set(data) - KEYS
     if unknown:
         raise SystemExit(f"{path}: unknown keys {sorted(unknown)} (known: {sorted(KEYS)})")
-    smoke_block = data.pop("smoke", {}) or {}
-    if smoke:
-        unknown = set(smoke_block) - KEYS
+    blocks = {name: data.pop(name, {}) or {} for name in BLOCKS}
+    block = "smoke" if smoke else block
+    if block is not None:
+        unknown = set(blocks[block]) - KEYS
         if unknown:
-            raise SystemExit(f"{path}, smoke: unknown keys {sorted(unknown)}")
-        data = {**data, **smoke_block}
+            raise SystemExit(f"{path}, {block}: unknown keys {sorted(unknown)}")
+        data = {**data, **blocks[block]}
     for name in data["models"]:
         if name not in common.MODELS:
             raise SystemExit(f"{path}: model {name!r} is not one of benchmarks/common.py's {common.MODELS}")
@@ -335,6 +339,8 @@ def main(argv: list[str] | None = None) -> int:
     shared.add_argument("--table", type=Path, default=TABLE, help="the yaml of points (default benchmarks/p6.yaml)")
     shared.add_argument("--smoke", action="store_true",
                         help="the yaml's smoke block (tiny model, results under benchmarks/results/tmp/p6_smoke)")
+    shared.add_argument("--gpu", action="store_true",
+                        help="the yaml's gpu block (CUDA latency tables and points, within a lent device's 5 minutes)")
     shared.add_argument("--results", type=Path, help="results folder instead of the yaml's")
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -350,7 +356,7 @@ def main(argv: list[str] | None = None) -> int:
                               "after one was built on a busy one)")
     sub.add_parser("summarize", parents=[shared], help="write predictor.json again and print the markdown tables")
     args = parser.parse_args(argv)
-    settings = load_settings(args.table, args.smoke)
+    settings = load_settings(args.table, args.smoke, "gpu" if args.gpu else None)
     folder = results_dir(settings, args.results)
     if args.command == "run":
         run(settings, folder, args.only, args.runtimes, args.shapes, args.asked, args.allocations, args.force,

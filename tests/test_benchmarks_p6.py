@@ -90,3 +90,16 @@ def test_a_point_outside_the_yaml_is_refused(smoke):
     p6_speed, folder, _, _ = smoke
     with pytest.raises(SystemExit, match="not among the yaml's"):
         p6_speed.main(["run", "--smoke", "--results", str(folder), "--shapes", "1x128"])
+
+
+def test_the_gpu_block_is_cuda_and_is_refused_at_once_without_a_gpu(tmp_path):
+    import p6_speed
+
+    settings = p6_speed.load_settings(block="gpu")
+    assert settings["runtimes"] == ["cuda"] and list(settings["models"]) == ["minilm"]
+    assert settings["results"] == "benchmarks/results/p6_gpu"
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is present: the gpu block would run")
+    with pytest.raises(SystemExit, match="'cuda' needs a CUDA GPU"):
+        p6_speed.main(["run", "--gpu", "--results", str(tmp_path)])
+    assert not any(tmp_path.iterdir())  # refused before any work
