@@ -190,6 +190,8 @@ class ZeroInvariantGroups:
 
         self.hidden_size = get_submodule(layers[0], self.family.attention_output).out_features
         self.stream_norms: list[nn.Module] = []
+        # Parameters outside the layers that the stream's channels own ({id: (elements, channel axes)}, filled by
+        # `_stream_members`), and with prune_hidden those outside the layers that no channel owns.
         self._outside_stream: dict[int, tuple[int, int]] = {}
         self._outside_fixed = 0  # with prune_hidden: the parameters outside the layers that no channel owns
         if prune_hidden:
@@ -250,8 +252,6 @@ class ZeroInvariantGroups:
         """[(param, grouped shape, channel axis)] of every tensor the stream's channels own (each tensor and axis
         once: a decoder tied to the word embeddings is their tensor), and the norms over the stream."""
         width, members, seen, norms = self.hidden_size, [], set(), []
-        # Parameters outside the layers that the stream's channels own: {id: (elements, channel axes)}.
-        self._outside_stream: dict[int, tuple[int, int]] = {}
         layer_ids = {id(layer) for layer in layers}
 
         def own(param, axis: int, path: str, in_layer: bool):
