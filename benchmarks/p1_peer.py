@@ -1,4 +1,4 @@
-"""The peer baseline of P1 and P4: one-shot structured pruning of the dense fine-tuned model with Torch-Pruning.
+"""The peer baseline of P1, P4 and P7: one-shot structured pruning of the dense fine-tuned model with Torch-Pruning.
 
 What it does (`prune_peer`):
 
@@ -9,14 +9,19 @@ What it does (`prune_peer`):
    coupled group and mean-normalised per layer, Torch-Pruning's default) prunes whole attention heads
    (`num_heads`, `prune_num_heads=True`, `prune_head_dims=False`) and FFN neurons, ranked globally across layers
    (`global_pruning=True`), with the same ratio r for heads (`head_pruning_ratio`) and FFN neurons
-   (`pruning_ratio`). The hidden width (residual stream) is kept: the attention output projections, the FFN output
-   projections, the pooler and the task head are `ignored_layers`. r is bisected until the encoder FLOPs per example
-   at the task's length (384 tokens for SQuAD; `oto_hf.model_stats`) are within `tolerance` of the OTO point's.
+   (`pruning_ratio`). By default the hidden width (residual stream) is kept: the attention output projections, the
+   FFN output projections, the pooler and the task head are `ignored_layers`. With `hidden=True` (P7) only the pooler
+   and the task head are: the stream's channels (their columns of the embeddings, entries of every LayerNorm, rows of
+   the output projections, columns of every reader) form one more coupled group, ranked with the heads and neurons
+   in the same global Taylor ranking and cut at the same ratio r. r is bisected until the encoder FLOPs per example
+   at the task's length (384 tokens for SQuAD; `oto_hf.model_stats` of the compressed model) are within `tolerance`
+   of the OTO point's.
 3. Torch-Pruning's pruned `BertFor…` model has layers of different sizes, which `from_pretrained` cannot
-   reload; so the heads and neurons it kept are read off its weights (exact row matches with the dense model), the
-   others are zeroed in a copy of the dense model and `oto_hf.compress` cuts them out, giving a loadable `OTOBert`
-   model with exactly the same weights. The largest |Δ| of start/end logits between the two is recorded (float32
-   rounding level expected) of the task outputs.
+   reload; so the stream channels, heads and neurons it kept are read off its weights (exact matches with the dense
+   model's columns and rows), the others are zeroed in a copy of the dense model and `oto_hf.compress` cuts them out,
+   giving a loadable `OTOBert` model with exactly the same weights. Where the stream is cut, Torch-Pruning's
+   narrower LayerNorms (mean and variance over the kept channels) are what `compress` makes too. The largest |Δ| of
+   the task outputs between the two is recorded (float32 rounding level expected).
 """
 
 import copy
@@ -25,7 +30,7 @@ import time
 import torch
 
 import oto_hf
-from oto_hf.groups import HEAD, NEURON
+from oto_hf.groups import HEAD, HIDDEN, NEURON
 
 
 def _calibration_grads(model, features, batch_size: int, n_batches: int, seed: int, log, device="cpu",
@@ -79,8 +84,9 @@ def _example_inputs(model, seq_len: int = 64):
             "attention_mask": torch.ones(2, seq_len, dtype=torch.long)}
 
 
-def tp_prune(dense, grads: dict, ratio: float):
-    """A Torch-Pruning-pruned copy of `dense` (heads and FFN neurons, ratio `ratio` each, global Taylor ranking)."""
+def tp_prune(dense, grads: dict, ratio: float, hidden: bool = False):
+    """A Torch-Pruning-pruned copy of `dense` (heads and FFN neurons, and with `hidden` the residual stream's
+    channels: ratio `ratio` each, global Taylor ranking)."""
     import torch_pruning as tp
     from transformers.models.bert.modeling_bert import BertSelfAttention
 
@@ -93,11 +99,12 @@ def tp_prune(dense, grads: dict, ratio: float):
             for proj in (m.query, m.key, m.value):
                 num_heads[proj] = m.num_attention_heads
     layers = model.bert.encoder.layer
-    # The hidden width is kept: the layers' output projections and every linear outside the encoder layers (the task
-    # head, the pooler) are not pruned.
+    # The outputs of every linear outside the encoder layers (the task head, the pooler) are kept; without `hidden`
+    # the layers' output projections too, which keeps the whole stream (their outputs are coupled with it).
     inside = {id(m) for layer in layers for m in layer.modules()}
-    ignored = ([m for m in model.modules() if isinstance(m, torch.nn.Linear) and id(m) not in inside]
-               + [l.attention.output.dense for l in layers] + [l.output.dense for l in layers])
+    ignored = [m for m in model.modules() if isinstance(m, torch.nn.Linear) and id(m) not in inside]
+    if not hidden:
+        ignored += [l.attention.output.dense for l in layers] + [l.output.dense for l in layers]
     pruner = tp.pruner.MetaPruner(
         model, _example_inputs(model), importance=tp.importance.GroupTaylorImportance(), global_pruning=True,
         pruning_ratio=ratio, num_heads=num_heads, prune_num_heads=True, prune_head_dims=False,
@@ -117,6 +124,7 @@ def tp_prune(dense, grads: dict, ratio: float):
 
 def _match_rows(full: torch.Tensor, kept: torch.Tensor) -> list[int]:
     """Indices of the rows of `full` equal to each row of `kept` (exactly, in order)."""
+    full, kept = full.contiguous(), kept.contiguous()
     index = {full[i].numpy().tobytes(): i for i in range(full.shape[0])}
     out = []
     for r in kept:
@@ -131,18 +139,24 @@ def _match_rows(full: torch.Tensor, kept: torch.Tensor) -> list[int]:
 
 @torch.no_grad()
 def to_oto_bert(dense, pruned):
-    """`oto_hf.compress` of `dense` with the heads and neurons `pruned` removed: the same weights, loadable."""
+    """`oto_hf.compress` of `dense` with the stream channels, heads and neurons `pruned` removed: the same weights,
+    loadable."""
     sparse = copy.deepcopy(dense).eval()
-    groups = oto_hf.zero_invariant_groups(sparse)
+    words, kept_words = dense.bert.embeddings.word_embeddings.weight, pruned.bert.embeddings.word_embeddings.weight
+    stream = _match_rows(words.T, kept_words.T)  # the stream channels kept: columns of the word embeddings
+    cut_stream = len(stream) < words.shape[1]
+    groups = oto_hf.zero_invariant_groups(sparse, prune_hidden=cut_stream)
     keep = torch.zeros(groups.num_groups, dtype=torch.bool)
+    if cut_stream:
+        keep[(groups.kinds == HIDDEN).nonzero().view(-1)[stream]] = True
     kept_heads, kept_neurons = [], []
     for i, (ld, lp) in enumerate(zip(dense.bert.encoder.layer, pruned.bert.encoder.layer)):
         a = ld.attention.self
-        d, h = a.attention_head_size, a.query.in_features
-        full_q = a.query.weight.detach().reshape(a.num_attention_heads, d * h)
-        kept_q = lp.attention.self.query.weight.detach().reshape(-1, d * h)
+        d, h = a.attention_head_size, len(stream)
+        full_q = a.query.weight[:, stream].reshape(a.num_attention_heads, d * h)
+        kept_q = lp.attention.self.query.weight.reshape(-1, d * h)
         heads = _match_rows(full_q, kept_q)
-        neurons = _match_rows(ld.intermediate.dense.weight.detach(), lp.intermediate.dense.weight.detach())
+        neurons = _match_rows(ld.intermediate.dense.weight[:, stream], lp.intermediate.dense.weight)
         kept_heads.append(heads)
         kept_neurons.append(neurons)
         for kind, idx in ((HEAD, heads), (NEURON, neurons)):
@@ -155,13 +169,13 @@ def to_oto_bert(dense, pruned):
     x = _example_inputs(dense, 128)
     diff = _max_output_diff(pruned.eval()(**x), small.eval()(**x))
     return small, {"kept_heads": kept_heads, "kept_neurons_count": [len(n) for n in kept_neurons],
-                   "max_abs_logit_diff_tp_vs_compressed": diff}
+                   "hidden_size": len(stream), "max_abs_logit_diff_tp_vs_compressed": diff}
 
 
 def prune_peer(dense, data, train_args, target_flops_kept: float, seq_len: int = 384, calib_batches: int = 200,
-               tolerance: float = 0.005, max_iter: int = 14, log=print, collate=None):
-    """One-shot Torch-Pruning Taylor pruning of `dense` to `target_flops_kept` of its encoder FLOPs.
-    Returns (OTOBert model, info dict)."""
+               tolerance: float = 0.005, max_iter: int = 14, log=print, collate=None, hidden: bool = False):
+    """One-shot Torch-Pruning Taylor pruning of `dense` to `target_flops_kept` of its encoder FLOPs (with `hidden`,
+    the residual stream's channels too). Returns (OTOBert model, info dict)."""
     import importlib.metadata
 
     t0 = time.perf_counter()
@@ -175,13 +189,13 @@ def prune_peer(dense, data, train_args, target_flops_kept: float, seq_len: int =
     best = None
     for it in range(max_iter):
         r = (lo + hi) / 2 if it else 1 - target_flops_kept  # start at the nominal ratio
-        pruned = tp_prune(dense, calib["grads"], r)
-        st = oto_hf.model_stats(pruned, seq_len)
+        pruned = tp_prune(dense, calib["grads"], r, hidden)
+        st = oto_hf.model_stats(to_oto_bert(dense, pruned)[0], seq_len)  # counted on the loadable form
         k = st.encoder_flops / ref.encoder_flops
         tried.append({"ratio": r, "encoder_flops_kept": k, "heads": st.heads_per_layer,
-                      "ffn": st.ffn_width_per_layer})
+                      "ffn": st.ffn_width_per_layer, "hidden_size": st.hidden_size})
         log(f"peer: ratio {r:.4f} -> encoder FLOPs kept {k:.4f} (target {target_flops_kept:.4f}); heads "
-            f"{st.heads_per_layer}, FFN {st.ffn_width_per_layer}")
+            f"{st.heads_per_layer}, FFN {st.ffn_width_per_layer}, hidden width {st.hidden_size}")
         if best is None or abs(k - target_flops_kept) < abs(best[1] - target_flops_kept):
             best = (r, k, pruned)
         if abs(k - target_flops_kept) <= tolerance:
@@ -198,16 +212,19 @@ def prune_peer(dense, data, train_args, target_flops_kept: float, seq_len: int =
     if conv["max_abs_logit_diff_tp_vs_compressed"] > 1e-3:
         raise RuntimeError(f"compressed model differs from the Torch-Pruning model: {conv}")
     info = {
-        "label": "Torch-Pruning one-shot Taylor (GroupTaylorImportance, global) heads + FFN neurons, then AdamW",
+        "label": ("Torch-Pruning one-shot Taylor (GroupTaylorImportance, global) heads + FFN neurons"
+                  + " + hidden channels" * hidden + ", then AdamW"),
         "criterion": (f"torch-pruning {tp_version} MetaPruner + GroupTaylorImportance() "
                       "(|w*grad| summed over each coupled group, mean-normalised per layer), global ranking, whole "
-                      "heads (prune_num_heads, num_heads per Q/K/V) and FFN neurons, same ratio r for both; "
+                      "heads (prune_num_heads, num_heads per Q/K/V) and FFN neurons"
+                      + (" and the residual stream's channels, same ratio r for all; " if hidden else
+                         ", same ratio r for both; ") +
                       f"gradients of the task loss summed over {calib['batches']} training batches of "
                       f"{calib['batch_size']} (dense fine-tuned model, eval mode)"),
         "torch_pruning_version": tp_version,
         "ratio": r, "encoder_flops_kept": k, "target_flops_kept": target_flops_kept, "search": tried,
         "calibration": {key: v for key, v in calib.items() if key != "grads"},
-        "heads_per_layer": st.heads_per_layer, "ffn_width_per_layer": st.ffn_width_per_layer,
+        "heads_per_layer": st.heads_per_layer, "ffn_width_per_layer": st.ffn_width_per_layer, "hidden": hidden,
         **conv, "seconds": time.perf_counter() - t0,
     }
     log(f"peer: pruned to {k:.4f} encoder FLOPs kept with ratio {r:.4f}; |Δlogits| TP vs compressed "

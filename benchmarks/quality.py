@@ -60,7 +60,7 @@ def log(msg: str) -> None:
 TABLE_KEYS = {"task", "config", "seq_len", "baseline", "latency", "peer_calibration_batches", "smoke", "settings", "curves",
               "suites", "runs"}
 SUITE_KEYS = {"about", "results", "options", "follows", "full_dev"}
-RUN_KEYS = {"kind", "about", "target", "speedup", "latency", "seeds", "start", "teacher", "alpha", "hidden_weight", "options", "follows",
+RUN_KEYS = {"kind", "about", "target", "speedup", "hidden", "latency", "seeds", "start", "teacher", "alpha", "hidden_weight", "options", "follows",
             "follows_at_seed", "compare"}
 RUN_DEFAULTS = {"seeds": [0], "start": "pretrained", "teacher": "none", "options": {}, "follows_at_seed": {},
                 "compare": []}
@@ -126,6 +126,8 @@ def check_table(table: dict, where: str) -> None:
         if (kind == "dense") == (goals == 1) or goals > 1 or (kind == "dense" and spec["start"] != "pretrained"):
             fail(f"run {entry!r}: oto and peer runs have one target (a FLOPs share, or for oto a speedup), dense runs "
                  "none and start from the pretrained model")
+        if spec.get("hidden") not in (None, True, False) or (kind == "dense" and "hidden" in spec):
+            fail(f"run {entry!r}: hidden (true: the residual stream's channels are pruned too) is for oto and peer runs")
         if kind == "peer" and "speedup" in spec:
             fail(f"run {entry!r}: a peer is matched to FLOPs: give it a target, not a speedup")
         if (kind == "peer") != ("follows" in spec) or (kind == "peer" and spec["start"] == "pretrained"):
@@ -220,6 +222,7 @@ class Bench:
                 argv += ["--model_name_or_path", str(self.model_dir(self.ref(run, spec["start"])))]
             argv += (["--oto_speedup", str(spec["speedup"])] if "speedup" in spec else
                      ["--oto_target", str(spec["target"])])
+            argv += ["--oto_prune_hidden", "true"] if spec.get("hidden") else []
         return argv + ["--seed", str(run.seed)]
 
     def oto_argv(self, run: Run, run_dir: Path) -> list[str]:
@@ -466,11 +469,13 @@ def kept(stats: dict, ref: dict) -> dict:
             "ffn_neurons": sum(stats["ffn_width_per_layer"]) / sum(ref["ffn_width_per_layer"])}
 
 
-def measure_latency(bench: Bench, model, run: Run | None = None) -> dict:
+def measure_latency(bench: Bench, model, run: Run | None = None) -> dict | list[dict]:
     """Latency ratio of the dense model (a saved model of the baseline at any seed, else the pretrained checkpoint it
     starts from, which has its shapes) against `model`: interleaved repeats, medians, on the CPU; with the table's
     `latency` (over which `run`'s own `latency` goes, outside --smoke), in PyTorch, or with a `runtime`
-    ("onnxruntime") by `oto_hf.latency.measure_speedup`, as a speed-target job measures itself."""
+    ("onnxruntime") by `oto_hf.latency.measure_speedup`, as a speed-target job measures itself. A table whose
+    `latency` is a list of settings gets a list: each setting measured by `measure_speedup` (which waits out busy
+    repeats), labelled "<runtime> <batch>x<tokens>"."""
     dense_dir = next((d for r in bench.runs.values() if r.entry == bench.table["baseline"]
                       and ((d := bench.model_dir(r.name)) / "config.json").exists()), None)
     if dense_dir is None:
@@ -478,6 +483,18 @@ def measure_latency(bench: Bench, model, run: Run | None = None) -> dict:
         dense_dir = Path(runner.resolve_model_path(model_args.model_name_or_path))
     torch.set_num_threads(THREADS)
     load0, lat = os.getloadavg(), bench.latency
+    if isinstance(lat, list):
+        dense, out = bench.task.model(dense_dir).eval(), []
+        for setting in lat:
+            runtime, shape = setting.get("runtime", "torch"), f"{setting['batch_size']}x{setting['seq_len']}"
+            load0 = os.getloadavg()
+            one = measure_speedup(dense, model.eval().cpu(), LatencySpec.of(runtime, shape, THREADS),
+                                  setting["repeats"])
+            out.append({"setting": f"{runtime} {shape}", **one, "load_average_before": load0,
+                        "load_average_after": os.getloadavg(), "reference": relative(dense_dir)})
+            log(f"latency, {runtime} {shape}: {one['speedup']:.3f}x (dense {one['dense_median_s']:.4f}s, this "
+                f"{one['compressed_median_s']:.4f}s)")
+        return out
     if run is not None and not bench.smoke:
         lat = {**lat, **(run.spec.get("latency") or {})}
     if lat.get("runtime", "torch") != "torch":  # a speed target's runtime: oto_hf.latency's measurement
@@ -489,6 +506,18 @@ def measure_latency(bench: Bench, model, run: Run | None = None) -> dict:
     lat.update(load_average_before=load0, load_average_after=os.getloadavg(), reference=relative(dense_dir))
     log(f"latency: {lat['speedup']:.3f}x (dense {lat['dense_median_s']:.3f}s, this {lat['compressed_median_s']:.3f}s)")
     return lat
+
+
+def latency_fields(measured: dict | list[dict]) -> dict:
+    """A result's latency entries: "latency" (the first setting's; the one the summary's curves use) and, where the
+    table measures several settings, "latencies" (every one, in the table's order)."""
+    return {"latency": measured[0], "latencies": measured} if isinstance(measured, list) else {"latency": measured}
+
+
+def model_file_bytes(model_dir: Path) -> int | None:
+    """The size of a saved model's weights file(s) (safetensors), as a user downloads it."""
+    files = list(Path(model_dir).glob("*.safetensors"))
+    return sum(f.stat().st_size for f in files) if files else None
 
 
 def logged_losses(run_dir: Path) -> list[dict] | None:
@@ -577,7 +606,7 @@ def run_adamw(bench: Bench, run: Run) -> dict:
         if not ((pruned_dir / "config.json").exists() and info_path.exists()):
             model, pruning = prune_peer(task.model(existing_model(bench, dense)).eval(), data, train_args,
                                         flops_kept, seq_len=bench.seq_len, calib_batches=bench.calibration_batches,
-                                        log=log, collate=data.get("collator"))
+                                        log=log, collate=data.get("collator"), hidden=bool(spec.get("hidden")))
             pruning["quality_before_retraining"] = task.evaluate(model.to(train_args.device), data, data_args,
                                                                  train_args, "evaluating before retraining")[0]
             save_model_atomic(model, data["tokenizer"], pruned_dir)
@@ -598,7 +627,8 @@ def run_adamw(bench: Bench, run: Run) -> dict:
     stats = model_stats(trainer.model, bench.seq_len)
     return {**result, "quality": metrics, "questions": len(answers), "stats": stats,
             "kept": kept(stats, model_stats(task.model(data["model_path"]), bench.seq_len)),
-            "latency": measure_latency(bench, trainer.model, run), "training": training, "model_dir": str(folder / "model"),
+            **latency_fields(measure_latency(bench, trainer.model, run)), "training": training,
+            "model_dir": str(folder / "model"),
             "config": bench.table["config"], "overrides": [relative(a) for a in bench.argv(run)[1:]],
             "data": {**data["data_files"], "train_questions": len(data["train_examples"]),
                      "train_features": len(data["train_features"]), "eval_questions": len(answers),
@@ -637,7 +667,7 @@ def run_oto(bench: Bench, run: Run) -> dict:
             "questions": quality.get("questions", quality.get("examples")),
             "stats": stats, "stats_from_report": report["model"]["after"],
             "kept": kept(stats, report["model"]["before"]),
-            "latency": measure_latency(bench, model, run),
+            **latency_fields(measure_latency(bench, model, run)),
             "training": {**report["training"], f"{script}_wall_s_this_session": wall,
                          "other_processes_cpu_cores_during_run": foreign, "optimizer": "oto_hf.HSPG (direction adamw)",
                          **training_settings(bench.task.parse_arguments(argv)[2]),
@@ -669,6 +699,7 @@ def run(bench: Bench, names: list[str], force: bool = False) -> None:
                   "method_wall_s_this_session": time.perf_counter() - t0, "environment": common.machine_info(),
                   "finished_at": time.strftime("%Y-%m-%d %H:%M:%S")}
         result["training"]["loss_log"] = logged_losses(bench.folder(name) / "run")
+        result["model_file_bytes"] = model_file_bytes(result["model_dir"])
         bench.write_result(name, result)
         log(f"{name}: {bench.task.describe(result['quality'])}")
     if bench.suite.get("full_dev") and not bench.smoke:  # runs whose model is here (models are not committed)
@@ -706,9 +737,12 @@ def remeasure_latency(bench: Bench, names: list[str]) -> None:
     """Measure the latency ratio of finished runs with a saved model again (on an idle machine) and keep it beside
     the first, taken at the end of each run whatever else was running then. Default: every such run."""
     for name in names or [n for n in bench.runs if bench.result(n) and bench.model_dir(n).exists()]:
-        lat = measure_latency(bench, bench.task.model(existing_model(bench, name)), bench.run(name))
-        bench.write_result(name, {**bench.result(name), "latency_remeasured": {
-            **lat, "measured_at": time.strftime("%Y-%m-%d %H:%M:%S")}})
+        lat, at = measure_latency(bench, bench.task.model(existing_model(bench, name)), bench.run(name)), \
+            time.strftime("%Y-%m-%d %H:%M:%S")
+        again = ({"latency_remeasured": {**lat[0], "measured_at": at},
+                  "latencies_remeasured": [{**one, "measured_at": at} for one in lat]} if isinstance(lat, list)
+                 else {"latency_remeasured": {**lat, "measured_at": at}})
+        bench.write_result(name, {**bench.result(name), **again})
 
 
 def onnx_quality(bench: Bench, names: list[str], full_dev: bool = False) -> None:
@@ -899,13 +933,15 @@ def summarize(bench: Bench) -> None:
     suite_options = " ".join(options_argv(bench.suite.get("options", {})))
     task = bench.task
     names = [task.names[m] for m in task.metrics]
+    first = bench.latency[0] if isinstance(bench.latency, list) else bench.latency
     scored = (f"{'/'.join(names)} on the suite's dev {task.unit}; full dev: every dev {task.unit[:-1]}. "
               if task.full_dev else f"{'/'.join(names)} on every dev {task.unit[:-1]}. ")
     lines = [f"# {bench.table_path.stem.upper()}, suite {bench.suite_name}: {bench.suite['about']}", "",
              f"`{bench.table['config']}` with the suite's options `{suite_options}` and each run's own "
              f"(`{relative(bench.table_path)}`). {scored}"
              f"FLOPs and params: encoder, per {bench.seq_len}-token example. Latency ratio: dense / this model, batch "
-             f"{bench.latency['batch_size']} × {bench.latency['seq_len']}, interleaved medians, {THREADS} threads "
+             f"{first['batch_size']} × {first['seq_len']}" + (f" in {first['runtime']}" if "runtime" in first else "")
+             + f", interleaved medians, {THREADS} threads "
              "(again: measured later with `latency`). Train wall: training only.", "",
              "| run | " + " | ".join(names) + (f" | full dev {' / '.join(names)}" if task.full_dev else "")
              + " | FLOPs kept | params kept | heads per layer | FFN width per layer "
@@ -923,6 +959,7 @@ def summarize(bench: Bench) -> None:
                                                                           if again else ""),
                  str(r["training"]["steps"]), f"{wall:.0f}" if wall is not None else "", r["finished_at"]]
         lines.append("| " + " | ".join(cells) + " |")
+    lines += speed_size_lines(bench, results)
     lines += paired_lines(bench, list(results)) + paired_lines(bench, list(results), full_dev=True)
     seed_key = "quality_full_dev" if task.full_dev else "quality"
     seeds = [f"| {e} | {', '.join(f'{s}: {v:.2f}' for s, v in f1.items())} | {sum(f1.values()) / len(f1):.2f} | "
@@ -944,6 +981,31 @@ def summarize(bench: Bench) -> None:
     for key in ("quality", "quality_full_dev") if task.full_dev else ("quality",):
         plot(bench, results, key)
     log(f"wrote {bench.results / 'summary.md'} and the plots")
+
+
+def speed_size_lines(bench: Bench, results: dict) -> list[str]:
+    """Where the table measures several latency settings: each run's size (parameters of the whole model, its
+    weights file, the hidden width) and measured speedup at every setting (again: re-measured by `latency`)."""
+    if not (rows := {n: r for n, r in results.items() if r.get("latencies")}):
+        return []
+    settings = [one["setting"] for one in next(iter(rows.values()))["latencies"]]
+    metric = bench.task.metrics[-1]
+    lines = ["", "## Size and measured speedup", "",
+             "Parameters: the whole model's (embeddings and task head included); file: its safetensors weights. "
+             "Speedup: dense / this model, interleaved medians, each setting measured by "
+             "`oto_hf.latency.measure_speedup` (onnxruntime: float32, exported as `oto_hf.export` does); the load "
+             "record of each is in result.json.", "",
+             f"| run | {bench.task.names[metric]} | FLOPs kept | parameters | file (MB) | hidden width | "
+             + " | ".join(settings) + " |", "|---" * (6 + len(settings)) + "|"]
+    for name, r in rows.items():
+        again = {one["setting"]: one for one in r.get("latencies_remeasured", [])}
+        speeds = [f"{one['speedup']:.2f}×" + (f" (again {again[one['setting']]['speedup']:.2f}×)"
+                                               if one["setting"] in again else "") for one in r["latencies"]]
+        size = r.get("model_file_bytes")
+        lines.append(f"| {name} | {bench.task.scale * r['quality'][metric]:.2f} | {r['kept']['encoder_flops']:.1%} | "
+                     f"{r['stats']['total_params'] / 1e6:.2f}M | {size / 1e6 if size else float('nan'):.1f} | "
+                     f"{r['stats'].get('hidden_size')} | " + " | ".join(speeds) + " |")
+    return lines
 
 
 def plot(bench: Bench, results: dict, key: str) -> None:

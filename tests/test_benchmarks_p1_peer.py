@@ -19,7 +19,8 @@ def _tiny_qa(seed=0):
     return BertForQuestionAnswering(config).eval()
 
 
-def test_torch_pruning_peer_gives_an_equal_compressed_model():
+@pytest.mark.parametrize("hidden", [False, True], ids=["heads+neurons", "with hidden channels"])
+def test_torch_pruning_peer_gives_an_equal_compressed_model(hidden):
     pytest.importorskip("torch_pruning")
     import p1_peer
 
@@ -29,10 +30,22 @@ def test_torch_pruning_peer_gives_an_equal_compressed_model():
     out.loss.backward()
     grads = {n: p.grad.clone() for n, p in dense.named_parameters() if p.grad is not None}
     dense.zero_grad(set_to_none=True)
-    pruned = p1_peer.tp_prune(dense, grads, 0.5)
-    stats = oto_hf.model_stats(pruned, 384)
-    assert sum(stats.heads_per_layer) == 4 and sum(stats.ffn_width_per_layer) < 2 * 96
+    pruned = p1_peer.tp_prune(dense, grads, 0.5, hidden=hidden)
     assert dense.bert.encoder.layer[0].intermediate.dense.out_features == 96  # the dense model is left untouched
+    width = pruned.bert.embeddings.LayerNorm.weight.shape[0]
+    assert (width < 64) == hidden  # the stream is cut only when asked
     small, info = p1_peer.to_oto_bert(dense, pruned)
-    assert info["max_abs_logit_diff_tp_vs_compressed"] < 1e-5
-    assert oto_hf.model_stats(small, 384) == stats
+    stats = oto_hf.model_stats(small, 384)
+    assert stats.hidden_size == info["hidden_size"] == width
+    assert sum(stats.heads_per_layer) == sum(l.attention.self.query.out_features for l in pruned.bert.encoder.layer) // 16
+    assert sum(stats.ffn_width_per_layer) == sum(l.intermediate.dense.out_features for l in pruned.bert.encoder.layer)
+    assert sum(stats.ffn_width_per_layer) < 2 * 96
+    # the loadable model computes Torch-Pruning's model (its narrower LayerNorms included), scaled to the outputs
+    x = {"input_ids": torch.randint(0, 200, (3, 40)), "attention_mask": torch.ones(3, 40, dtype=torch.long)}
+    x["attention_mask"][0, 30:] = 0
+    ref, got = pruned(**x), small(**x)
+    scale = ref.start_logits.abs().max().item()
+    assert info["max_abs_logit_diff_tp_vs_compressed"] <= 1e-5 * max(1.0, scale)
+    torch.testing.assert_close(got.start_logits, ref.start_logits, rtol=0, atol=1e-5 * max(1.0, scale))
+    torch.testing.assert_close(got.end_logits, ref.end_logits, rtol=0, atol=1e-5 * max(1.0, scale))
+    assert not hidden or small.config.compressed_hidden_size == width

@@ -109,11 +109,13 @@ def test_every_committed_result_is_what_its_description_runs_today():
     assert checked >= 75
 
 
-def test_every_committed_p4_result_is_a_run_of_its_table_and_scores_what_it_records():
-    """P4 (benchmarks/p4.yaml, GLUE): each committed run names a run of the table, was trained with the table's task
-    and seed, and its saved predictions give the accuracy its result.json records, on every dev example."""
-    table, checked = BENCH / "p4.yaml", 0
-    for suite in quality.load_table(table)["suites"]:
+def test_every_committed_glue_result_is_a_run_of_its_table_and_scores_what_it_records():
+    """P4 and P7 (benchmarks/p4.yaml, p7.yaml, GLUE): each committed run names a run of its table, was trained with the
+    table's task, seed and hidden-width setting, and its saved predictions give the accuracy its result.json records,
+    on every dev example."""
+    checked = 0
+    tables = [(BENCH / name, suite) for name in ("p4.yaml", "p7.yaml") for suite in quality.load_table(BENCH / name)["suites"]]
+    for table, suite in tables:
         bench = quality.Bench(suite, table=table)
         golds = quality.golds(bench, full_dev=False)
         for path in sorted(bench.results.glob("*/result.json")):
@@ -126,6 +128,9 @@ def test_every_committed_p4_result_is_a_run_of_its_table_and_scores_what_it_reco
             if spec["kind"] == "oto":
                 goal = f"--oto_speedup {spec['speedup']}" if "speedup" in spec else f"--oto_target {spec['target']}"
                 assert goal in command, name
+                assert ("--oto_prune_hidden true" in command) == bool(spec.get("hidden")), name
+            if spec["kind"] == "peer":
+                assert result["pruning"].get("hidden", False) == bool(spec.get("hidden")), name
             scores = quality.scores_of(bench, name, golds, full_dev=False)
             assert len(scores) == len(golds) and 100 * sum(scores) / len(scores) == pytest.approx(
                 100 * result["quality"]["accuracy"], abs=1e-9), name
@@ -166,6 +171,8 @@ PEER = {"kind": "peer", "target": 0.5, "start": "dense", "follows": "oto50", "se
     ({"dense": DENSE, "fast": {**OTO, "speedup": 2}}, {}, r"'fast': oto and peer runs have one target"),
     ({"dense": DENSE, "oto50": OTO, "tp": {**PEER, "target": None, "speedup": 2}}, {}, r"'tp': oto and peer runs"),
     ({"dense": DENSE, "oto50": OTO, "tp": {**PEER, "speedup": 2}}, {}, r"'tp': oto and peer runs have one target"),
+    ({"dense": {**DENSE, "hidden": True}}, {}, r"'dense': hidden .* is for oto and peer runs"),
+    ({"dense": DENSE, "oto50": {**OTO, "hidden": "yes"}}, {}, r"'oto50': hidden .* is for oto and peer runs"),
 ])
 def test_the_table_refuses_what_it_cannot_run(runs, suite, error):
     with pytest.raises(quality.TableError, match=error):
@@ -182,6 +189,21 @@ def test_a_speed_target_run_passes_its_speedup_to_the_job(tmp_path):
     bench = quality.Bench(table=tmp_path / "t.yaml")
     argv = bench.argv(bench.run("fast"))
     assert argv[argv.index("--oto_speedup") + 1] == "2.5" and "--oto_target" not in argv
+
+
+def test_hidden_runs_prune_the_stream_in_the_job_and_in_the_peer():
+    """P7's table: an OTO run with `hidden` passes --oto_prune_hidden true to the job, the one without does not; its
+    peer follows it (its FLOPs and steps) from the same seed's dense run, which is also every run's teacher."""
+    bench = quality.Bench("sst2", table=BENCH / "p7.yaml")
+    hidden, plain = bench.argv(bench.run("oto75hseed1")), bench.argv(bench.run("oto75seed1"))
+    assert hidden[hidden.index("--oto_prune_hidden") + 1] == "true" and "--oto_prune_hidden" not in plain
+    for argv in (hidden, plain):
+        assert argv[argv.index("--max_steps") + 1] == "600"
+        assert argv[argv.index("--model_name_or_path") + 1].endswith("p7_sst2/denseseed1/model")
+        assert argv[argv.index("--teacher_model_name_or_path") + 1].endswith("p7_sst2/denseseed1/model")
+    peer = bench.run("tp75hseed1")
+    assert peer.spec["hidden"] and bench.follows(peer) == "oto75hseed1"
+    assert ("oto75hseed1", "oto75seed1") in quality.comparison_pairs(bench, ["oto75hseed1", "oto75seed1"])
 
 
 def test_the_table_refuses_a_key_given_twice(tmp_path):
