@@ -85,9 +85,10 @@ class HSPG(Optimizer):
         seq_len: the sequence length at which FLOPs are counted (default: the groups' own, 384 for text models).
         speedup: instead of `target`, a speed target: the measured forward time of the whole model divided by this
             (> 1), on the runtime and shape of `latency_table` (required with it: `oto_hf.latency.
-            measure_latency_table(model, settings.latency_spec())`). The layout spends predicted time; the window,
-            periods and floor keep their meaning (see `oto_hf.selection.LatencyLayout`). A speedup beyond emptying
-            every prunable group is refused with the largest one reachable.
+            measure_latency_table(model, settings.latency_spec())`; with `prune_hidden`, `stream_points=oto_hf.
+            latency.STREAM_POINTS` too). The layout spends predicted time; the window, periods and floor keep their
+            meaning (see `oto_hf.selection.LatencyLayout`). A speedup beyond emptying every prunable group is refused
+            with the largest one reachable.
         latency_runtime, latency_shape, latency_threads: where `speedup` holds (recorded in the settings; the table
             is what is used).
         latency_table: the `oto_hf.latency.LatencyTable` of this model on that runtime and shape.

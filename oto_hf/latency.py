@@ -16,6 +16,10 @@ training the time is *measured*, in the way of Kwon et al. (2022)'s per-layer lo
   embeddings, LayerNorms, residual adds and the task head, which pruning does not touch) plus its layers' blocks.
 * One factor scales the blocks so that the prediction of the full-size model equals its measured time (what the two
   blocks do to each other's caches is not additive; this keeps the prediction exact at both ends).
+* With the hidden width pruned too (`stream_points`), the same curves are measured again with the residual stream
+  cut to a few narrower widths (its first channels); a model's time at a stream width between two of them is
+  interpolated linearly between the two predictions (below the narrowest, the narrowest's: never faster than
+  measured).
 
 The table is cached on disk (`cache_dir()`: ``$OTO_HF_CACHE`` or ``~/.cache/oto_hf``, under ``latency/``) keyed by
 everything it depends on: the model's config and class, the runtime and its version (and onnxruntime's session
@@ -38,7 +42,7 @@ import statistics
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -49,6 +53,9 @@ from .timing import Timings, interleaved, parse_shape, processor_name
 logger = logging.getLogger(__name__)
 
 RUNTIMES = ("torch", "onnxruntime", "cuda")
+# With the hidden width pruned: the stream widths measured are the full one and STREAM_POINTS - 1 narrower ones
+# spread evenly below it (MiniLM: 96, 192, 288 and 384 channels).
+STREAM_POINTS = 4
 TABLE_FORMAT = 1  # bumped when what a table holds or how it is measured changes: older cached tables are not used
 
 
@@ -120,6 +127,13 @@ class LatencyTable:
     full_heads: int
     full_width: int
     full_seconds: float
+    # With stream widths (`measure_latency_table(..., stream_points=...)`): the same curves and full size with the
+    # residual stream cut to each width of `stream_grid` (ascending, below `full_stream`).
+    stream_grid: list[int] = field(default_factory=list)
+    stream_heads_seconds: list[list[float]] = field(default_factory=list)
+    stream_width_seconds: list[list[float]] = field(default_factory=list)
+    stream_full_seconds: list[float] = field(default_factory=list)
+    full_stream: int = 0
     key: str = ""
     key_fields: dict = field(default_factory=dict)
     build_seconds: float = 0.0
@@ -179,19 +193,45 @@ class LatencyTable:
         """One layer's FFN block with `width` neurons (a number or a tensor of them), above an empty block."""
         return self._per_layer("width", width)
 
-    def predict(self, heads_per_layer: list[int], widths_per_layer: list[int]) -> float:
-        """Predicted forward time (seconds) of a model of this class with these sizes per layer."""
+    def predict(self, heads_per_layer: list[int], widths_per_layer: list[int], stream: int | None = None) -> float:
+        """Predicted forward time (seconds) of a model of this class with these sizes per layer, and with the
+        residual stream `stream` channels wide (None: its full width; a table with stream widths only)."""
         if len(heads_per_layer) != self.num_layers or len(widths_per_layer) != self.num_layers:
             raise ValueError(f"this latency table is for {self.num_layers} layers, got {len(heads_per_layer)} head "
                              f"counts and {len(widths_per_layer)} widths")
-        return (self.empty_seconds + float(self.attention_seconds(heads_per_layer).sum())
-                + float(self.ffn_seconds(widths_per_layer).sum()))
+        return sum(weight * (table.empty_seconds + float(table.attention_seconds(heads_per_layer).sum())
+                             + float(table.ffn_seconds(widths_per_layer).sum()))
+                   for weight, table in self.at_stream(stream))
 
     def speedup(self, heads_per_layer: list[int], widths_per_layer: list[int],
-                dense: tuple[list[int], list[int]] | None = None) -> float:
-        """Predicted speedup of these sizes over `dense` (default: every layer at full size)."""
+                dense: tuple[list[int], list[int]] | None = None, stream: int | None = None) -> float:
+        """Predicted speedup of these sizes (and stream width) over `dense` (default: every layer at full size)."""
         dense = dense or ([self.full_heads] * self.num_layers, [self.full_width] * self.num_layers)
-        return self.predict(*dense) / self.predict(heads_per_layer, widths_per_layer)
+        return self.predict(*dense) / self.predict(heads_per_layer, widths_per_layer, stream)
+
+    def at_stream(self, stream: int | None) -> list[tuple[float, "LatencyTable"]]:
+        """[(weight, table of one measured stream width)] whose weighted sum predicts at `stream` channels: this
+        table at the full width (None), the two measured widths around it (linear weights), the narrowest below
+        it."""
+        if stream is None or (self.full_stream and stream >= self.full_stream):
+            return [(1.0, self)]
+        if not self.stream_grid:
+            raise ValueError(f"this latency table was measured at the full hidden width only, not at {stream} "
+                             "channels: measure it with stream_points (a run with --oto_prune_hidden does)")
+        tables = self.__dict__.setdefault("_stream_tables", {})
+        if not tables:
+            for i, width in enumerate(self.stream_grid):
+                tables[width] = replace(self, heads_seconds=self.stream_heads_seconds[i],
+                                        width_seconds=self.stream_width_seconds[i],
+                                        full_seconds=self.stream_full_seconds[i], stream_grid=[])
+            tables[self.full_stream] = self
+        widths = [*self.stream_grid, self.full_stream]
+        if stream <= widths[0]:
+            return [(1.0, tables[widths[0]])]
+        upper = next(w for w in widths if w >= stream)
+        lower = widths[widths.index(upper) - 1]
+        t = (stream - lower) / (upper - lower)
+        return [(1.0 - t, tables[lower]), (t, tables[upper])]
 
     def budget(self, groups, speedup: float):
         """The `selection.TimeBudget` of a speed target of `speedup` for the model whose `groups` these are: its
@@ -200,18 +240,30 @@ class LatencyTable:
         from .selection import TimeBudget
 
         heads, widths = groups.heads_per_layer, groups.neurons_per_layer
-        fixed = self.empty_seconds
-        if not groups.prune_heads:
-            fixed += float(self.attention_seconds(heads).sum())
-        if not groups.prune_neurons:
-            fixed += float(self.ffn_seconds(widths).sum())
+
+        def terms(stream: int | None):
+            """(fixed seconds, block seconds) with the stream `stream` channels wide."""
+            parts = self.at_stream(stream)
+            fixed = 0.0
+            for weight, table in parts:
+                fixed += weight * table.empty_seconds
+                if not groups.prune_heads:
+                    fixed += weight * float(table.attention_seconds(heads).sum())
+                if not groups.prune_neurons:
+                    fixed += weight * float(table.ffn_seconds(widths).sum())
+
+            def block_seconds(kind: int, kept: torch.Tensor) -> torch.Tensor:
+                return sum(weight * (table.attention_seconds(kept) if kind == HEAD else table.ffn_seconds(kept))
+                           for weight, table in parts)
+
+            return fixed, block_seconds
+
+        fixed, block_seconds = terms(None)
         dense = self.predict(heads, widths)
-
-        def block_seconds(kind: int, kept: torch.Tensor) -> torch.Tensor:
-            return self.attention_seconds(kept) if kind == HEAD else self.ffn_seconds(kept)
-
+        if groups.prune_hidden:
+            self.at_stream(0)  # a table without stream widths is refused now, not in the middle of training
         return TimeBudget(block_seconds=block_seconds, fixed_seconds=fixed, dense_seconds=dense,
-                          target_seconds=dense / speedup)
+                          target_seconds=dense / speedup, at_width=terms if groups.prune_hidden else None)
 
     # ---- storage ----
 
@@ -252,7 +304,8 @@ def runtime_version(runtime: str) -> dict:
     return versions
 
 
-def table_key(model: nn.Module, spec: LatencySpec, heads_grid: list[int], width_grid: list[int]) -> tuple[str, dict]:
+def table_key(model: nn.Module, spec: LatencySpec, heads_grid: list[int], width_grid: list[int],
+              stream_grid: list[int] | None = None) -> tuple[str, dict]:
     """(hash, fields): everything a latency table depends on."""
     config = model.config.to_dict()
     for name in ("_name_or_path", "transformers_version", "architectures", "id2label", "label2id", "oto_pruning_info",
@@ -262,7 +315,7 @@ def table_key(model: nn.Module, spec: LatencySpec, heads_grid: list[int], width_
     config["attn_implementation"] = getattr(model.config, "_attn_implementation", None)
     fields = {"format": TABLE_FORMAT, "model_class": type(model).__name__, "config": config, "spec": asdict(spec),
               "versions": runtime_version(spec.runtime), "machine": processor_name(), "heads_grid": heads_grid,
-              "width_grid": width_grid}
+              "width_grid": width_grid, **({"stream_grid": stream_grid} if stream_grid else {})}
     digest = hashlib.sha256(json.dumps(fields, sort_keys=True, default=str).encode()).hexdigest()
     return digest, fields
 
@@ -299,15 +352,16 @@ def timing_inputs(model: nn.Module, spec: LatencySpec, device: torch.device | st
     return {name: value.to(device) for name, value in inputs.items()}
 
 
-def sized_model(model: nn.Module, heads: int, width: int) -> nn.Module:
+def sized_model(model: nn.Module, heads: int, width: int, stream: int | None = None) -> nn.Module:
     """`model` cut to `heads` heads and `width` FFN neurons in every layer (its first ones, with their trained
-    weights), as its compressed class (same task head), float32, eval mode. `model` is left untouched."""
+    weights), and with `stream` its residual stream to its first `stream` channels, as its compressed class (same
+    task head), float32, eval mode. `model` is left untouched."""
     from .compress import compress
-    from .groups import HEAD, zero_invariant_groups
+    from .groups import HEAD, HIDDEN, zero_invariant_groups
 
-    groups = zero_invariant_groups(model)
-    keep = torch.where(groups.kinds == HEAD, groups.index < heads, groups.index < width)
-    return compress(model, keep=keep).float().eval()
+    groups = zero_invariant_groups(model, prune_hidden=stream is not None)
+    count = torch.where(groups.kinds == HEAD, heads, torch.where(groups.kinds == HIDDEN, stream or 0, width))
+    return compress(model, keep=groups.index < count).float().eval()
 
 
 class _Runner:
@@ -366,18 +420,25 @@ class _Runner:
 def measure_latency_table(model: nn.Module, spec: LatencySpec, *, head_points: int = 9, width_points: int = 10,
                           repeats: int = 10, max_seconds: float = 600.0, patience_s: float = 30.0,
                           refresh: bool = False, directory: str | os.PathLike | None = None,
-                          log: Callable[[str], None] = logger.info) -> LatencyTable:
+                          stream_points: int = 0, log: Callable[[str], None] = logger.info) -> LatencyTable:
     """The latency table of `model`'s class on `spec` (see the module docstring), from the cache when there is one.
 
     `head_points` / `width_points`: grid points of each block (0 and 1 always among them). `repeats`: interleaved
     repeats of every grid model (medians kept); `max_seconds` bounds the timing (fewer repeats, and the table says
     so); `patience_s`: how long busy repeats (other processes using the CPU) are waited out and redone. `refresh`
     measures again even when a cached table exists. `directory`: the cache (default `cache_dir()`).
-    It times about 20 models, each `repeats` times: docs/benchmarks.md (P6) gives the times it took."""
+    `stream_points` (for a run that prunes the hidden width too; 0: the full width only): the same curves are also
+    measured with the residual stream cut to `stream_points` − 1 narrower widths spread evenly below the full one
+    (`STREAM_POINTS` when the trainer asks).
+    It times about 20 models, each `repeats` times (about 20 × `stream_points` with stream widths):
+    docs/benchmarks.md (P6) gives the times it took."""
     full_heads = max(getattr(model.config, "num_attention_heads_per_layer", None) or [model.config.num_attention_heads])
     full_width = max(getattr(model.config, "intermediate_size_per_layer", None) or [_full_width(model)])
     heads_grid, width_grid = count_grid(full_heads, head_points), count_grid(full_width, width_points)
-    key, fields = table_key(model, spec, heads_grid, width_grid)
+    full_stream = _hidden_width(model)
+    stream_grid = sorted({round(full_stream * i / stream_points) for i in range(1, stream_points)} - {0, full_stream}) \
+        if stream_points > 1 else []
+    key, fields = table_key(model, spec, heads_grid, width_grid, stream_grid)
     folder = Path(directory) if directory is not None else cache_dir()
     path = folder / f"{model.config.model_type}-{spec.runtime}-{spec.shape}-{spec.threads}t-{key[:16]}.json"
     if path.is_file() and not refresh:
@@ -392,23 +453,31 @@ def measure_latency_table(model: nn.Module, spec: LatencySpec, *, head_points: i
                     f"{table.build_seconds:.0f} s); delete it or pass refresh to measure again")
                 return table
     started = time.perf_counter()
+    sizes = [(f"h{h}", h, 0) for h in heads_grid] + [(f"w{w}", 0, w) for w in width_grid if w > 0]
+    sizes.append(("full", full_heads, full_width))
     log(f"measuring the latency table of {type(model).__name__} on {spec.describe()}: "
-        f"{len(heads_grid) + len(width_grid)} models of {model.config.num_hidden_layers} layers, at most "
-        f"{max_seconds:.0f} s")
+        f"{len(sizes) * (1 + len(stream_grid))} models of {model.config.num_hidden_layers} layers"
+        + (f" (stream widths {stream_grid} and {full_stream})" if stream_grid else "")
+        + f", at most {max_seconds:.0f} s")
     with _Runner(spec) as runner:
         inputs = timing_inputs(model, spec)
         variants: dict[str, Callable[[], object]] = {}
-        sizes = [(f"h{h}", h, 0) for h in heads_grid] + [(f"w{w}", 0, w) for w in width_grid if w > 0]
-        sizes.append(("full", full_heads, full_width))
-        for name, heads, width in sizes:
-            variants.update(runner.calls(name, sized_model(model, heads, width), inputs))
+        for stream in [None, *stream_grid]:
+            prefix = f"s{stream}" if stream is not None else ""
+            for name, heads, width in sizes:
+                variants.update(runner.calls(prefix + name, sized_model(model, heads, width, stream), inputs))
         best, settings, timings = runner.time(variants, repeats, patience_s, deadline=started + max_seconds)
     table = LatencyTable(
         spec=asdict(spec), model_type=model.config.model_type, model_class=type(model).__name__,
         num_layers=model.config.num_hidden_layers, heads_grid=heads_grid,
         heads_seconds=[best[f"h{h}"] for h in heads_grid], width_grid=width_grid,
         width_seconds=[best["h0"] if w == 0 else best[f"w{w}"] for w in width_grid], full_heads=full_heads,
-        full_width=full_width, full_seconds=best["full"], key=key, key_fields=fields,
+        full_width=full_width, full_seconds=best["full"], stream_grid=stream_grid,
+        stream_heads_seconds=[[best[f"s{s}h{h}"] for h in heads_grid] for s in stream_grid],
+        stream_width_seconds=[[best[f"s{s}h0"] if w == 0 else best[f"s{s}w{w}"] for w in width_grid]
+                              for s in stream_grid],
+        stream_full_seconds=[best[f"s{s}full"] for s in stream_grid], full_stream=full_stream,
+        key=key, key_fields=fields,
         build_seconds=time.perf_counter() - started, measured_at=time.strftime("%Y-%m-%d %H:%M:%S"),
         repeats=timings.repeats, load=timings.load(), session_settings=settings)
     folder.mkdir(parents=True, exist_ok=True)
@@ -441,6 +510,13 @@ def _full_width(model: nn.Module) -> int:
     from .groups import zero_invariant_groups
 
     return max(zero_invariant_groups(model).neurons_per_layer)
+
+
+def _hidden_width(model: nn.Module) -> int:
+    """The width of `model`'s residual stream (a compressed one's, where it was cut)."""
+    from .groups import zero_invariant_groups
+
+    return zero_invariant_groups(model).hidden_size
 
 
 # ---- the speedup measured after compression ----
@@ -507,7 +583,8 @@ def speed_target_report(table: LatencyTable, asked: float, dense: nn.Module, com
     groups = zero_invariant_groups(dense)
     heads = list(compressed.config.num_attention_heads_per_layer)
     widths = list(compressed.config.intermediate_size_per_layer)
-    predicted = table.speedup(heads, widths, dense=(groups.heads_per_layer, groups.neurons_per_layer))
+    stream = getattr(compressed.config, "compressed_hidden_size", None)  # where the hidden width was cut
+    predicted = table.speedup(heads, widths, dense=(groups.heads_per_layer, groups.neurons_per_layer), stream=stream)
     measurement = measure_speedup(dense, compressed, spec, repeats=repeats, patience_s=patience_s)
     measured = measurement["speedup"]
     # The dense model's time now over the table's prediction of it: 1 when the machine runs as it did when the
@@ -527,7 +604,7 @@ def speed_target_report(table: LatencyTable, asked: float, dense: nn.Module, com
     return {
         "asked": asked, "predicted": predicted, "measured": measured, "runtime": spec.runtime, "shape": spec.shape,
         "threads": spec.threads, "shortfall": shortfall, "measurement": measurement, "dense_now_over_table": drift,
-        "layout": {"heads_per_layer": heads, "ffn_width_per_layer": widths,
+        "layout": {"heads_per_layer": heads, "ffn_width_per_layer": widths, "hidden_size": stream or groups.hidden_size,
                    "emptied_attention_layers": [i for i, h in enumerate(heads) if h == 0],
                    "emptied_ffn_layers": [i for i, w in enumerate(widths) if w == 0]},
         "latency_table": {"path": table.path, "cached": table.cached, "build_seconds": table.build_seconds,
@@ -560,6 +637,6 @@ def describe_speed_target(entry: dict) -> str:
     return text.strip()
 
 
-__all__ = ["LatencySpec", "LatencyTable", "RUNTIMES", "SHORTFALL", "cache_dir", "count_grid", "describe_speed_target",
-           "measure_latency_table", "measure_speedup", "runtime_problem", "sized_model",
+__all__ = ["LatencySpec", "LatencyTable", "RUNTIMES", "SHORTFALL", "STREAM_POINTS", "cache_dir", "count_grid",
+           "describe_speed_target", "measure_latency_table", "measure_speedup", "runtime_problem", "sized_model",
            "speed_target_report", "table_key", "timing_inputs"]

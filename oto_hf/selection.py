@@ -56,9 +56,10 @@ class Pools:
                    num_layers=groups.num_layers, key=key, num_pools=int(key.max()) + 1)
 
     def kept_per_layer(self, removed: torch.Tensor) -> dict[int, torch.Tensor]:
-        """{kind: groups of that kind each layer keeps (float64, one per layer)} without those `removed` marks."""
+        """{kind: groups of that kind each layer keeps (float64, one per layer)} without those `removed` marks (the
+        stream's channels, in no layer, are not counted here)."""
         kept = {}
-        for kind in torch.unique(self.kinds).tolist():
+        for kind in torch.unique(self.kinds[self.layers >= 0]).tolist():
             member = (self.kinds == kind) & ~removed
             kept[kind] = torch.bincount(self.layers[member], minlength=self.num_layers).double()
         return kept
@@ -70,22 +71,29 @@ class TimeBudget:
     each layer keeps. `block_seconds(kind, kept)`: one layer's block of `kind` (HEAD, NEURON) with `kept` groups (a
     float64 tensor, one count per layer) above an empty block; `fixed_seconds`: the time no group changes (every
     grouped block empty; a kind that is not grouped counts at its size); `dense_seconds`: the model before pruning;
-    `target_seconds`: dense / asked speedup. Built by `HSPG` from an `oto_hf.latency.LatencyTable`."""
+    `target_seconds`: dense / asked speedup. With the stream's channels among the groups, `at_width(width)` gives
+    (fixed_seconds, block_seconds) with the stream `width` channels wide (the others are at its full width). Built by
+    `HSPG` from an `oto_hf.latency.LatencyTable`."""
 
     block_seconds: Callable[[int, torch.Tensor], torch.Tensor]
     fixed_seconds: float
     dense_seconds: float
     target_seconds: float
+    at_width: Callable[[int], tuple[float, Callable[[int, torch.Tensor], torch.Tensor]]] | None = None
 
     def predict(self, removed: torch.Tensor, pools: "Pools") -> float:
         """Predicted seconds of the model without the groups `removed` marks."""
-        return self.fixed_seconds + float(sum(
-            self.block_seconds(kind, kept).sum() for kind, kept in pools.kept_per_layer(removed).items()))
+        fixed, block_seconds = self.fixed_seconds, self.block_seconds
+        if self.at_width is not None:
+            fixed, block_seconds = self.at_width(int(((pools.kinds == HIDDEN) & ~removed).sum()))
+        return fixed + float(sum(
+            block_seconds(kind, kept).sum() for kind, kept in pools.kept_per_layer(removed).items()))
 
     @property
     def largest_speedup(self) -> float:
-        """The predicted speedup with every grouped block empty: the most a speed target can ask for."""
-        return self.dense_seconds / self.fixed_seconds
+        """The predicted speedup with every grouped block empty (and the stream at its narrowest measured width):
+        the most a speed target can ask for."""
+        return self.dense_seconds / (self.at_width(0)[0] if self.at_width is not None else self.fixed_seconds)
 
     def seconds_at(self, fraction_done: float) -> float:
         """The time a period that ends at `fraction_done` of the window aims for: the time saved grows in equal
@@ -479,6 +487,11 @@ LAYOUTS = {cls.name: cls for cls in (UniformLayout, BalancedLayout, LatencyLayou
 # ---- the policy ----
 
 
+# The largest cost fraction a speed target's bisection tries with the stream's channels among the groups (all of it:
+# `choose_with_stream` keeps one channel whatever it is asked).
+MOST_REMOVED_WITH_STREAM = 1.0
+
+
 @dataclass
 class SelectionPolicy:
     """The saliency, layout and floor that together choose a period's redundant groups."""
@@ -508,13 +521,20 @@ class SelectionPolicy:
         (`LatencyLayout.plan`). A cost layout ('uniform', 'balanced') keeps its meaning in cost: it is given the
         smallest cost fraction whose final layout (the last period's, on today's scores) the time budget predicts
         to meet the asked time, and marks this period's share of that fraction; it never empties a block before the
-        floor yields (as with a cost target, at fractions near everything)."""
+        floor yields (as with a cost target, at fractions near everything). With the stream's channels among the
+        groups the fraction is of the exact cost, and each layout is `choose_with_stream`'s (the stream gives up the
+        blocks' share of its channels); the 'latency' layout does not plan a stream."""
         if isinstance(self.layout, LatencyLayout):
+            if goal.stream is not None:
+                raise ValueError("the 'latency' allocation does not plan the hidden width: with prune_hidden and a "
+                                 "speedup use the 'uniform' or 'balanced' allocation")
             return self.layout.plan(score, zero, pools, goal, self.floor)
         budget = goal.time
 
         def marks(target: float, period_goal: Goal) -> torch.Tensor:
             period_goal = replace(period_goal, target=target, time=None)
+            if period_goal.stream is not None:
+                return self.choose_with_stream(score, zero, pools, period_goal)
             allowed = self.floor.allowed(score, zero, pools, target)
             redundant = torch.zeros_like(zero)
             self.layout.mark(redundant, allowed, score, zero, pools, period_goal)
@@ -523,10 +543,13 @@ class SelectionPolicy:
             return redundant
 
         last = replace(goal, period=goal.num_periods - 1)
-        low = float(pools.costs[zero].sum()) / goal.total_cost
-        high = float(pools.costs.sum()) / goal.total_cost
+        if goal.stream is None:
+            low = float(pools.costs[zero].sum()) / goal.total_cost
+            high = float(pools.costs.sum()) / goal.total_cost
+        else:  # exact costs; the most a cost target may ask (settings: target < 1)
+            low, high = 1 - goal.stream.kept_cost(~zero) / goal.total_cost, MOST_REMOVED_WITH_STREAM
         if budget.predict(zero | marks(high, last), pools) <= budget.target_seconds:
-            for _ in range(40):  # bisection to well below one group's share of the cost
+            for _ in range(40 if goal.stream is None else 25):  # to well below one group's share of the cost
                 middle = (low + high) / 2
                 if budget.predict(zero | marks(middle, last), pools) <= budget.target_seconds:
                     high = middle
@@ -553,7 +576,7 @@ class SelectionPolicy:
         order = channels[torch.argsort(score[channels], stable=True)]
         order = torch.cat([order[zero[order]], order[~zero[order]]])
         already = int(zero[channels].sum())
-        most = width - math.floor(min(self.floor.fraction, 1 - goal.target) * width + 1e-9)
+        most = width - max(1, math.floor(min(self.floor.fraction, 1 - goal.target) * width + 1e-9))  # ≥ 1 stays
 
         def blocks_share(cut: int) -> tuple[float, torch.Tensor]:
             """The share of the blocks' cost the target asks of them with `cut` channels gone, and their costs."""

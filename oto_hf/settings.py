@@ -111,7 +111,7 @@ class OTOSettings:
         "--oto_saliency", "how groups are scored for removal (a name, or an oto_hf.selection.Saliency)", "taylor")
     allocation: AllocationName | Layout | None = _option(
         "--oto_allocation", "how the target is shared out (a name, or an oto_hf.selection.Layout; None: 'latency' "
-        "with a speedup, else 'uniform')")
+        "with a speedup and the hidden width whole, else 'uniform')")
     layer_floor: float = _option("--oto_layer_floor", "the fraction of each layer's groups of each kind kept", 0.25)
     taylor_decay: float = _option("taylor_decay (HSPG only)", "decay per step of the saliency's running averages", 0.99)
     prune_heads: bool = _option("--oto_prune_heads", "prune whole attention heads", True)
@@ -122,7 +122,7 @@ class OTOSettings:
 
     def __post_init__(self):
         if self.allocation is None:
-            self.allocation = "latency" if self.speedup is not None else "uniform"
+            self.allocation = "latency" if self.speedup is not None and not self.prune_hidden else "uniform"
         problems = self.problems()
         if problems:
             raise InvalidOTOSettings(problems)
@@ -190,10 +190,10 @@ class OTOSettings:
                             f"got {self.speedup}")
         if self.target is not None:
             problems.append(f"{self.name_of('speedup')} and {self.name_of('target')} are two targets: give one")
-        if self.prune_hidden:
-            problems.append(f"{self.name_of('prune_hidden')} cannot be combined with {self.name_of('speedup')} yet: "
-                            "the latency table does not time narrower hidden widths. Give a FLOPs or parameter "
-                            f"target ({self.name_of('target')}) instead, or leave the hidden width whole")
+        if self.prune_hidden and self.allocation == "latency":
+            problems.append(f"{self.name_of('allocation')} 'latency' does not plan the hidden width: with "
+                            f"{self.name_of('prune_hidden')} and {self.name_of('speedup')} use 'uniform' (the default "
+                            "there) or 'balanced'")
         if self.latency_runtime in RUNTIMES:
             problem = runtime_problem(self.latency_runtime)
             if problem:

@@ -22,7 +22,7 @@ from .compress import compress
 from .distillation import DistillationMixin
 from .groups import zero_invariant_groups
 from .hspg import HSPG
-from .latency import measure_latency_table
+from .latency import STREAM_POINTS, measure_latency_table
 from .model_card import CardInfo, card_arguments_evaluations, hub_id, licence_of, model_card
 from .settings import (DIRECTIONS, RETIRED_OPTIONS, RUNTIMES, SALIENCIES, TARGET_UNITS, InvalidOTOSettings,
                        OTOSettings)
@@ -319,7 +319,9 @@ class OTOTrainer(DistillationMixin, Trainer):
             # One process per machine measures (timing on every rank at once would measure the contention); the
             # others read its table from the cache.
             with args.main_process_first(desc="the latency table"):
-                self.oto_latency_table = measure_latency_table(model, settings.latency_spec(), log=logger.info)
+                self.oto_latency_table = measure_latency_table(
+                    model, settings.latency_spec(), stream_points=STREAM_POINTS if settings.prune_hidden else 0,
+                    log=logger.info)
             settings.check_speedup_fits(self.oto_latency_table, self.oto_groups)
         self._saving_checkpoint = False
         # What the model card states beyond the run itself (see write_model_card); job scripts fill it.

@@ -476,6 +476,50 @@ def tiny_latency_table(seq_len=16):
 SPEED = dict(half_space_start_step=5, prune_steps=20, num_periods=2, seq_len=None)
 
 
+def tiny_stream_latency_table(seq_len=16):
+    """`tiny_latency_table` measured at stream widths 8, 16 and 24 of 32 too (made up): the time pruning never
+    removes is 0.5 s + 0.5 s × width / 32, and every block's time scales by 0.4 + 0.6 × width / 32."""
+    from dataclasses import replace
+
+    table = tiny_latency_table(seq_len)
+    grid = [8, 16, 24]
+
+    def at(width, seconds):
+        fixed, scale = 0.5 + 0.5 * width / 32, 0.4 + 0.6 * width / 32
+        return [fixed + scale * (t - 1.0) for t in seconds]
+
+    return replace(table, stream_grid=grid, full_stream=32,
+                   stream_heads_seconds=[at(w, table.heads_seconds) for w in grid],
+                   stream_width_seconds=[at(w, table.width_seconds) for w in grid],
+                   stream_full_seconds=[at(w, [table.full_seconds])[0] for w in grid])
+
+
+@pytest.mark.parametrize("allocation", ["uniform", "balanced"])
+@pytest.mark.parametrize("speedup", [2.0, 3.5])
+def test_speed_target_with_the_hidden_width_is_predicted_met_after_the_window(allocation, speedup):
+    """With the stream's channels among the groups, a speed target is met on the table's prediction at the stream
+    width kept, and the stream gives up channels too."""
+    table = tiny_stream_latency_table()
+    model, groups, opt = make(speedup=speedup, latency_table=table, allocation=allocation, prune_hidden=True,
+                              **SPEED)
+    reports = []
+    train(model, opt, 30, on_step=lambda k: reports.append(opt.sparsity_report()))
+    assert reports[3]["predicted_speedup"] == pytest.approx(1.0), "nothing is removed before the window"
+    predicted = reports[-1]["predicted_speedup"]
+    assert predicted >= speedup - 1e-9, predicted
+    stats = model_stats(model, 16)
+    assert 1 <= stats.hidden_size < 32
+    assert table.speedup(stats.heads_per_layer, stats.ffn_width_per_layer, stream=stats.hidden_size) == \
+        pytest.approx(predicted)
+    # not far beyond it either: the bisection spends no more cost than the time needs (within one group's worth)
+    assert predicted <= speedup * 1.25, predicted
+
+
+def test_speed_target_with_the_hidden_width_needs_a_table_with_stream_widths():
+    with pytest.raises(ValueError, match="measured at the full hidden width only.*stream_points"):
+        make(speedup=2.0, latency_table=tiny_latency_table(), prune_hidden=True, **SPEED)
+
+
 @pytest.mark.parametrize("allocation", ["latency", "uniform", "balanced"])
 @pytest.mark.parametrize("speedup", [1.5, 2.5])
 def test_speed_target_is_predicted_met_after_the_window(allocation, speedup):

@@ -167,6 +167,50 @@ def test_prediction_of_counts_on_a_gpu_stays_there():
     assert table.ffn_seconds(counts.cuda()).is_cuda
 
 
+def stream_table(narrow=(0.5, 0.75)):
+    """ADDITIVE, also measured with the stream at 8 and 16 of 32 channels, every time scaled by `narrow`."""
+    from dataclasses import replace
+
+    table = hand_table(**ADDITIVE)
+    return replace(table, stream_grid=[8, 16], full_stream=32,
+                   stream_heads_seconds=[[f * t for t in table.heads_seconds] for f in narrow],
+                   stream_width_seconds=[[f * t for t in table.width_seconds] for f in narrow],
+                   stream_full_seconds=[f * table.full_seconds for f in narrow])
+
+
+def test_prediction_at_a_stream_width_interpolates_between_the_measured_widths():
+    table, sizes = stream_table(), ([2, 4, 1], [12, 0, 24])
+    full = table.predict(*sizes)
+    assert table.predict(*sizes, stream=32) == table.predict(*sizes, stream=None) == full
+    assert table.predict(*sizes, stream=16) == pytest.approx(0.75 * full)
+    assert table.predict(*sizes, stream=8) == pytest.approx(0.5 * full)
+    assert table.predict(*sizes, stream=12) == pytest.approx(0.625 * full)  # halfway between 8 and 16
+    assert table.predict(*sizes, stream=24) == pytest.approx(0.875 * full)  # halfway between 16 and 32
+    assert table.predict(*sizes, stream=3) == pytest.approx(0.5 * full)  # below the narrowest: the narrowest
+    assert table.speedup(*sizes, stream=8) == pytest.approx(table.speedup(*sizes) / 0.5)
+    with pytest.raises(ValueError, match="measured at the full hidden width only, not at 16 channels.*stream_points"):
+        hand_table(**ADDITIVE).predict(*sizes, stream=16)
+
+
+def test_budget_with_the_stream_among_the_groups_predicts_at_the_width_kept():
+    from oto_hf.groups import HIDDEN
+    from oto_hf.selection import Pools
+
+    model = BertForQuestionAnswering(tiny_bert_config())
+    groups = zero_invariant_groups(model, prune_hidden=True)
+    table = stream_table()
+    budget = table.budget(groups, 2.0)
+    pools = Pools.of(groups, groups.costs("flops", 8), torch.device("cpu"))
+    removed = torch.zeros(groups.num_groups, dtype=torch.bool)
+    assert budget.predict(removed, pools) == pytest.approx(budget.dense_seconds)
+    channels = (groups.kinds == HIDDEN).nonzero().flatten()
+    removed[channels[:20]] = True  # 12 channels of 32 left
+    assert budget.predict(removed, pools) == pytest.approx(0.625 * budget.dense_seconds)
+    assert budget.largest_speedup == pytest.approx(table.full_seconds / (0.5 * table.empty_seconds))
+    with pytest.raises(ValueError, match="measured at the full hidden width only"):
+        hand_table(**ADDITIVE).budget(groups, 2.0)
+
+
 def test_table_round_trips_through_its_dict():
     table = hand_table(**NOISY)
     table.path, table.cached = "/somewhere.json", True
@@ -246,6 +290,23 @@ def test_a_measured_table_is_cached_and_read_back_without_measuring(tmp_path, mo
     monkeypatch.setattr(latency, "interleaved", counting)
     fresh = latency.measure_latency_table(model, SPEC, directory=tmp_path, refresh=True, log=logged.append, **SMALL)
     assert not fresh.cached and fresh.path == table.path and len(timings) == 2
+
+
+def test_a_table_with_stream_widths_times_every_grid_model_at_each_width(tmp_path, fake_timings):
+    model = tiny_model()
+    table = latency.measure_latency_table(model, SPEC, directory=tmp_path, stream_points=4, **SMALL)
+    assert (table.stream_grid, table.full_stream) == ([8, 16, 24], 32)
+    grid = ["h0", "h1", "h4", "w1", "w24", "full"]
+    assert fake_timings[0] == sorted(grid + [f"s{width}{name}" for width in (8, 16, 24) for name in grid])
+    assert len(table.stream_heads_seconds) == len(table.stream_width_seconds) == len(table.stream_full_seconds) == 3
+    again = LatencyTable.from_dict(json.loads(Path(table.path).read_text()))
+    assert again.stream_grid == [8, 16, 24] and again.predict([4] * 3, [24] * 3, stream=12) > 0
+    # the full-width table is another table (its cache entry is not this one)
+    plain = latency.measure_latency_table(model, SPEC, directory=tmp_path, **SMALL)
+    assert not plain.cached and plain.key != table.key and plain.stream_grid == []
+    # a grid model with the stream cut: its first channels, a stock compressed model of that width
+    small = latency.sized_model(model, 2, 12, stream=16)
+    assert small.config.compressed_hidden_size == 16 and small.config.num_attention_heads_per_layer == [2, 2, 2]
 
 
 def test_measuring_restores_the_threads_and_the_model(tmp_path):

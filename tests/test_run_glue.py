@@ -480,19 +480,25 @@ def test_a_missing_model_folder_is_no_such_folder(tmp_path, monkeypatch, name):
     assert "Repo id" not in str(error.value)
 
 
-def test_a_speed_target_run_reports_asked_predicted_and_measured(small_model_dir, tmp_path, monkeypatch, caplog):
-    """--oto_speedup: the table is measured before training (small and fast here: 3 grid points, 1 repeat), and the
-    report, report.md, the card and the log give the asked, predicted and measured speedups on the target's runtime
-    and shape; a measured speedup far below the asked one is said plainly."""
+@pytest.mark.parametrize("hidden", [False, True], ids=["heads+neurons", "with the hidden width"])
+def test_a_speed_target_run_reports_asked_predicted_and_measured(small_model_dir, tmp_path, monkeypatch, caplog,
+                                                                 hidden):
+    """--oto_speedup: the table is measured before training (small and fast here: 3 grid points, 1 repeat; with
+    --oto_prune_hidden at stream widths too), and the report, report.md, the card and the log give the asked,
+    predicted and measured speedups on the target's runtime and shape; a measured speedup far below the asked one is
+    said plainly."""
     from oto_hf import latency, runner, trainer as trainer_module
 
     monkeypatch.setenv("OTO_HF_CACHE", str(tmp_path / "cache"))
     monkeypatch.setattr(runner, "SPEED_PATIENCE_S", 0.0)
-    monkeypatch.setattr(trainer_module, "measure_latency_table", lambda model, spec, log=None: (
-        latency.measure_latency_table(model, spec, head_points=3, width_points=3, repeats=1, patience_s=0, log=log)))
+    tables = []
+    monkeypatch.setattr(trainer_module, "measure_latency_table", lambda model, spec, stream_points=0, log=None: (
+        tables.append(latency.measure_latency_table(model, spec, head_points=3, width_points=3, repeats=1,
+                                                    patience_s=0, stream_points=stream_points, log=log))
+        or tables[-1]))
     out = tmp_path / "out"
     argv = tiny_argv(small_model_dir, out, oto_target=None, oto_speedup=1.5, oto_latency_shape="2x16",
-                     oto_latency_threads=1)
+                     oto_latency_threads=1, **({"oto_prune_hidden": "true"} if hidden else {}))
     with caplog.at_level("INFO"):
         report = run_glue.main(argv)
     entry = report["speed_target"]
@@ -503,6 +509,10 @@ def test_a_speed_target_run_reports_asked_predicted_and_measured(small_model_dir
     heads, widths = entry["layout"]["heads_per_layer"], entry["layout"]["ffn_width_per_layer"]
     assert (heads, widths) == (report["model"]["after"]["heads_per_layer"], report["model"]["after"]["ffn_width_per_layer"])
     assert entry["layout"]["emptied_attention_layers"] == [i for i, h in enumerate(heads) if h == 0]
+    width = report["model"]["after"]["hidden_size"]
+    assert entry["layout"]["hidden_size"] == width and (width < report["model"]["before"]["hidden_size"]) == hidden
+    assert (len(tables[0].stream_grid) == latency.STREAM_POINTS - 1) == hidden
+    assert entry["predicted"] == pytest.approx(tables[0].speedup(heads, widths, stream=width if hidden else None))
     assert entry["latency_table"]["cached"] is False and entry["latency_table"]["build_seconds"] > 0
     assert report["oto_settings"]["oto_speedup"] == 1.5
     assert json.loads((out / "report.json").read_text())["speed_target"]["predicted"] == entry["predicted"]

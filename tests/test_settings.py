@@ -105,11 +105,18 @@ def test_speed_target_refusals_are_all_listed_at_once():
     (dict(target=0.5, allocation="latency"), "allocation 'latency' spends a speed target: set speedup"),
     (dict(allocation="latency"), "allocation 'latency' spends a speed target"),
     (dict(speedup=2.0, prune_steps=None), "prune_steps"),
-    (dict(speedup=2.0, prune_hidden=True), "prune_hidden cannot be combined with speedup yet"),
+    (dict(speedup=2.0, prune_hidden=True, allocation="latency"), "allocation 'latency' does not plan the hidden "
+     "width: with prune_hidden and speedup use 'uniform'"),
 ])
 def test_speed_target_refusals(settings, message):
     with pytest.raises(InvalidOTOSettings, match=message):
         OTOSettings(**{"prune_steps": 10, **settings})
+
+
+def test_a_speed_target_with_the_hidden_width_defaults_to_the_uniform_layout():
+    assert OTOSettings(speedup=2.0, prune_steps=10).allocation == "latency"
+    assert OTOSettings(speedup=2.0, prune_steps=10, prune_hidden=True).allocation == "uniform"
+    assert OTOSettings(speedup=2.0, prune_steps=10, prune_hidden=True, allocation="balanced").allocation == "balanced"
 
 
 def test_onnxruntime_is_refused_where_it_is_not_installed(monkeypatch):
