@@ -188,8 +188,10 @@ class HSPG(Optimizer):
         # A grouped parameter tensor belongs to one set of groups (heads or neurons of one layer), or two when the
         # stream's channels are groups too (a Q weight: heads by its rows, channels by its columns).
         self._grouped: dict[torch.Tensor, list] = {}
-        for t in groups.tensors:
+        self._views: dict[torch.Tensor, list[tuple[int, object]]] = {}  # the same, with each view's place in tensors
+        for i, t in enumerate(groups.tensors):
             self._grouped.setdefault(t.param, []).append(t)
+            self._views.setdefault(t.param, []).append((i, t))
 
         # A custom (non-BERT) partition has no FLOPs: without a target, count it in parameters for reporting.
         cost_unit = settings.target_unit if (groups.is_transformer or settings.has_target) else "params"
@@ -296,16 +298,27 @@ class HSPG(Optimizer):
         grad_dot = torch.zeros(num, device=device)
         needs_grad_sq = self.settings.has_target and self.policy.saliency.needs_gradient_norms
         grad_sq = torch.zeros(num, device=device) if needs_grad_sq else None
-        for t in self.groups.tensors:
-            x = t.param.detach()
-            x_sq = t.per_group_sum(x.float().square())
-            sq[t.span] += x_sq
-            lr_sq[t.span] += lrs.get(t.param, 0.0) * x_sq
-            if t.param in deltas:
-                delta_dot[t.span] += t.per_group_sum(deltas[t.param].float() * x)
-                grad_dot[t.span] += t.per_group_sum(t.param.grad.float() * x)
+        # Each parameter's elementwise products once, however many sets of groups it belongs to (a tensor in two,
+        # with the stream's channels, would otherwise compute them twice); each view's per-group sums are then added
+        # in the order of `groups.tensors`, so the sums do not depend on how the views are visited.
+        partial: list[tuple] = [()] * len(self.groups.tensors)
+        for p, views in self._views.items():
+            x = p.detach().float()
+            products = [x.square()]
+            if p in deltas:
+                grad = p.grad.float()
+                products += [deltas[p].float() * x, grad * x] + ([grad.square()] if needs_grad_sq else [])
+            for i, t in views:
+                partial[i] = tuple(t.per_group_sum(product) for product in products)
+            del products
+        for t, sums in zip(self.groups.tensors, partial):
+            sq[t.span] += sums[0]
+            lr_sq[t.span] += lrs.get(t.param, 0.0) * sums[0]
+            if len(sums) > 1:
+                delta_dot[t.span] += sums[1]
+                grad_dot[t.span] += sums[2]
                 if needs_grad_sq:
-                    grad_sq[t.span] += t.per_group_sum(t.param.grad.float().square())
+                    grad_sq[t.span] += sums[3]
         return GroupSums(sq=sq, delta_dot=delta_dot, lr_sq=lr_sq, grad_dot=grad_dot, grad_sq=grad_sq)
 
     def _penalty(self, k: int, sums: GroupSums) -> Penalty:
