@@ -115,9 +115,12 @@ def tp_prune(dense, grads: dict, ratio: float, hidden: bool = False):
         group.prune()
     for m in model.modules():  # Torch-Pruning changes the projections; the module's head count is ours to update
         if isinstance(m, BertSelfAttention):
-            m.num_attention_heads = pruner.num_heads[m.query]
+            # Where Torch-Pruning's ratio would take every head of a layer (its count says 0), it leaves the
+            # projections whole (torch-pruning 1.6.1): the heads are what the weights hold.
+            m.num_attention_heads = m.query.out_features // m.attention_head_size
             m.all_head_size = m.query.out_features
             assert m.all_head_size == m.num_attention_heads * m.attention_head_size
+            assert pruner.num_heads[m.query] in (m.num_attention_heads, 0)
     model.zero_grad(set_to_none=True)
     return model
 

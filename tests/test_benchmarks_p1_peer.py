@@ -19,8 +19,11 @@ def _tiny_qa(seed=0):
     return BertForQuestionAnswering(config).eval()
 
 
-@pytest.mark.parametrize("hidden", [False, True], ids=["heads+neurons", "with hidden channels"])
-def test_torch_pruning_peer_gives_an_equal_compressed_model(hidden):
+@pytest.mark.parametrize("hidden,ratio", [(False, 0.5), (True, 0.5), (True, 0.95)],
+                         ids=["heads+neurons", "with hidden channels", "a ratio that takes every head"])
+def test_torch_pruning_peer_gives_an_equal_compressed_model(hidden, ratio):
+    """(At 0.95 Torch-Pruning's head count of a layer reaches 0 and it leaves the projections whole: the peer takes
+    the heads the weights hold.)"""
     pytest.importorskip("torch_pruning")
     import p1_peer
 
@@ -30,7 +33,7 @@ def test_torch_pruning_peer_gives_an_equal_compressed_model(hidden):
     out.loss.backward()
     grads = {n: p.grad.clone() for n, p in dense.named_parameters() if p.grad is not None}
     dense.zero_grad(set_to_none=True)
-    pruned = p1_peer.tp_prune(dense, grads, 0.5, hidden=hidden)
+    pruned = p1_peer.tp_prune(dense, grads, ratio, hidden=hidden)
     assert dense.bert.encoder.layer[0].intermediate.dense.out_features == 96  # the dense model is left untouched
     width = pruned.bert.embeddings.LayerNorm.weight.shape[0]
     assert (width < 64) == hidden  # the stream is cut only when asked
@@ -40,6 +43,8 @@ def test_torch_pruning_peer_gives_an_equal_compressed_model(hidden):
     assert sum(stats.heads_per_layer) == sum(l.attention.self.query.out_features for l in pruned.bert.encoder.layer) // 16
     assert sum(stats.ffn_width_per_layer) == sum(l.intermediate.dense.out_features for l in pruned.bert.encoder.layer)
     assert sum(stats.ffn_width_per_layer) < 2 * 96
+    assert all(l.attention.self.num_attention_heads * 16 == l.attention.self.query.out_features
+               for l in pruned.bert.encoder.layer)
     # the loadable model computes Torch-Pruning's model (its narrower LayerNorms included), scaled to the outputs
     x = {"input_ids": torch.randint(0, 200, (3, 40)), "attention_mask": torch.ones(3, 40, dtype=torch.long)}
     x["attention_mask"][0, 30:] = 0
