@@ -5,7 +5,9 @@ SQuAD batch: one with `torch.optim.AdamW`, one with `oto_hf.HSPG` in its most ex
 the pruning window: `target=0.5`, `half_space_start_step=0`, a window far longer than the run, so every measured step
 is a pruning step with redundant groups taking the adaptive-λ subgradient step and the half-space test), and,
 optionally, one with HSPG in the paper's λ-only stage 2 (`target=None`, `half_space_start_step=0`: every non-zero group
-is penalised and a projection candidate).
+is penalised and a projection candidate), and optionally (`--hidden`) one with the target mode over groups that
+include the residual stream's channels (`prune_hidden=True`: most weights and the embedding tables in two sets of
+groups).
 
 Measured, interleaved (variant order rotated every repeat), after warm-up:
 * the full training step: forward, backward, `opt.step()`, `opt.zero_grad()`;
@@ -15,6 +17,8 @@ Published: the ratios HSPG / AdamW (ratio of medians, and median and IQR of the 
 Absolute medians go to the JSON only.
 
     python benchmarks/p2_optimizer_overhead.py --models minilm bert-base --repeats 10 --out benchmarks/results/p2.json
+    python benchmarks/p2_optimizer_overhead.py --models minilm --hidden minilm --lambda-full-step --aa-control \
+        --out benchmarks/results/p2_hidden.json      # HSPG with the hidden width's groups against AdamW and HSPG
     python benchmarks/p2_optimizer_overhead.py --models minilm --repeats 1 --step-repeats 1 --minilm-batch 2 \
         --minilm-seq-len 32 --patience 0 --out /tmp/p2_smoke.json     # a smoke run of the script, not a measurement
 """
@@ -41,8 +45,8 @@ LR, WEIGHT_DECAY, LMBDA = 3e-5, 0.01, 1e-3
 def make_optimizer(kind: str, model: torch.nn.Module, prune_steps: int):
     if kind in ("adamw", "adamw_control"):
         return torch.optim.AdamW(model.parameters(), lr=LR, weight_decay=WEIGHT_DECAY)
-    groups = oto_hf.zero_invariant_groups(model)
-    if kind == "hspg_target":
+    groups = oto_hf.zero_invariant_groups(model, prune_hidden=kind == "hspg_hidden")
+    if kind in ("hspg_target", "hspg_hidden"):
         return oto_hf.HSPG(model.parameters(), groups, lr=LR, direction="adamw", lmbda=LMBDA,
                            weight_decay=WEIGHT_DECAY, half_space_start_step=0, target=0.5, prune_steps=prune_steps)
     if kind == "hspg_lambda":
@@ -110,6 +114,7 @@ def bench_model(name: str, batch_size: int, seq_len: int, kinds: list[str], step
                            f"half_space_start_step=0, target=0.5, prune_steps={prune_steps})",
             "hspg_lambda": f"HSPG(direction='adamw', lr={LR}, weight_decay={WEIGHT_DECAY}, lmbda={LMBDA}, "
                            "half_space_start_step=0, target=None)",
+            "hspg_hidden": "as hspg_target, over zero_invariant_groups(model, prune_hidden=True)",
             "adamw_control": "a second, independent copy trained with the same AdamW (A/A control: its ratio to "
                              "'adamw' shows the noise floor and any bias between copies or positions)",
         },
@@ -154,6 +159,9 @@ def main(argv=None) -> None:
                              "the step-alone comparison); default minilm only, to keep bert-base's run short")
     parser.add_argument("--aa-control", nargs="*", default=["minilm"], choices=["minilm", "bert-base"],
                         help="models whose full-step comparison also includes a second AdamW copy (A/A control)")
+    parser.add_argument("--hidden", nargs="*", default=[], choices=["minilm", "bert-base"],
+                        help="models whose comparisons also include HSPG over the hidden width's groups too "
+                             "(hspg_hidden); default none")
     common.add_timing_arguments(parser, patience=120.0, out="benchmarks/results/p2.json")
     args = parser.parse_args(argv)
 
@@ -170,8 +178,8 @@ def main(argv=None) -> None:
         batch = args.minilm_batch if name == "minilm" else args.bert_base_batch
         seq = args.minilm_seq_len if name == "minilm" else args.bert_base_seq_len
         kinds = ["adamw", "hspg_target"] + (["hspg_lambda"] if name in args.lambda_full_step else []) \
-            + (["adamw_control"] if name in args.aa_control else [])
-        step_kinds = ["adamw", "hspg_target", "hspg_lambda"]
+            + (["adamw_control"] if name in args.aa_control else []) + (["hspg_hidden"] if name in args.hidden else [])
+        step_kinds = ["adamw", "hspg_target", "hspg_lambda"] + (["hspg_hidden"] if name in args.hidden else [])
         payload["results"][name] = bench_model(name, batch, seq, kinds, step_kinds, args.repeats, args.step_repeats,
                                                args.seed, args.quiet_threshold, args.patience)
         common.write_json(args.out, payload)  # partial results survive an interrupted run
