@@ -56,9 +56,15 @@ def compress(model: nn.Module, seq_len_for_stats: int | None = None, keep: torch
     """
     target_cls = compressed_class_for(model)
     family = family_of(model)
-    groups = zero_invariant_groups(model, prune_hidden=family.hidden is not None)
+    # Without `keep`, the zero groups decide, hidden channels among them where the family's can be cut. With it, its
+    # length says which partition it is of: the heads/neurons one first (the latency grid models' usual case).
+    groups = zero_invariant_groups(model, prune_hidden=keep is None and family.hidden is not None)
     if keep is not None and family.hidden is not None and len(keep) != groups.num_groups:
-        groups = zero_invariant_groups(model)
+        with_hidden = zero_invariant_groups(model, prune_hidden=True)
+        if len(keep) != with_hidden.num_groups:
+            raise ValueError(f"keep has {len(keep)} entries; the model has {groups.num_groups} groups "
+                             f"({with_hidden.num_groups} with its hidden channels)")
+        groups = with_hidden
     keep = ~groups.is_zero().cpu() if keep is None else keep.cpu()
     if len(keep) != groups.num_groups:
         raise ValueError(f"keep has {len(keep)} entries; the model has {groups.num_groups} groups")
