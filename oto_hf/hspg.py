@@ -187,10 +187,9 @@ class HSPG(Optimizer):
             )
         # A grouped parameter tensor belongs to one set of groups (heads or neurons of one layer), or two when the
         # stream's channels are groups too (a Q weight: heads by its rows, channels by its columns).
-        self._grouped: dict[torch.Tensor, list] = {}
-        self._views: dict[torch.Tensor, list[tuple[int, object]]] = {}  # the same, with each view's place in tensors
+        # {param: [(its place in groups.tensors, view)]}
+        self._views: dict[torch.Tensor, list[tuple[int, object]]] = {}
         for i, t in enumerate(groups.tensors):
-            self._grouped.setdefault(t.param, []).append(t)
             self._views.setdefault(t.param, []).append((i, t))
 
         # A custom (non-BERT) partition has no FLOPs: without a target, count it in parameters for reporting.
@@ -282,7 +281,7 @@ class HSPG(Optimizer):
             for p in param_group["params"]:
                 if p.grad is None:
                     continue
-                if p in self._grouped:
+                if p in self._views:
                     deltas[p], lrs[p] = self._base_update(p, param_group), param_group["lr"]
                 else:
                     self._base_update(p, param_group, apply=True)
@@ -381,14 +380,14 @@ class HSPG(Optimizer):
         zero = self.hspg_state["zero"]
         penalised = ((penalty.lam_over_norm != 0) | (penalty.shrink != 0)).cpu()
         zero_host = zero.cpu()
-        for p, views in self._grouped.items():
-            for t in views:
+        for p, placed in self._views.items():
+            for _, t in placed:
                 if penalised[t.span].any():
                     coeff = penalty.lam_over_norm[t.span] * lrs.get(p, 0.0) + penalty.shrink[t.span]
                     t.view(p.data).mul_(t.broadcast(1 - coeff).to(p.dtype))
             if p in deltas:
                 p.sub_(deltas[p])
-            for t in views:
+            for _, t in placed:
                 if not zero_host[t.span].any():
                     continue
                 mask = t.broadcast(zero[t.span])
