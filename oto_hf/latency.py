@@ -432,10 +432,13 @@ def measure_latency_table(model: nn.Module, spec: LatencySpec, *, head_points: i
     (`STREAM_POINTS` when the trainer asks).
     It times about 20 models, each `repeats` times (about 20 × `stream_points` with stream widths):
     docs/benchmarks.md (P6) gives the times it took."""
+    from .groups import zero_invariant_groups
+
+    groups = zero_invariant_groups(model)
     full_heads = max(getattr(model.config, "num_attention_heads_per_layer", None) or [model.config.num_attention_heads])
-    full_width = max(getattr(model.config, "intermediate_size_per_layer", None) or [_full_width(model)])
+    full_width = max(getattr(model.config, "intermediate_size_per_layer", None) or groups.neurons_per_layer)
     heads_grid, width_grid = count_grid(full_heads, head_points), count_grid(full_width, width_points)
-    full_stream = _hidden_width(model)
+    full_stream = groups.hidden_size  # a compressed model's, where its stream was cut
     stream_grid = sorted({round(full_stream * i / stream_points) for i in range(1, stream_points)} - {0, full_stream}) \
         if stream_points > 1 else []
     key, fields = table_key(model, spec, heads_grid, width_grid, stream_grid)
@@ -504,19 +507,6 @@ def repeat_relative_medians(timings) -> dict[str, float]:
     scale = statistics.median(totals)
     return {name: statistics.median(t / total for t, total in zip(timings.seconds[name], totals)) * scale
             for name in names}
-
-
-def _full_width(model: nn.Module) -> int:
-    from .groups import zero_invariant_groups
-
-    return max(zero_invariant_groups(model).neurons_per_layer)
-
-
-def _hidden_width(model: nn.Module) -> int:
-    """The width of `model`'s residual stream (a compressed one's, where it was cut)."""
-    from .groups import zero_invariant_groups
-
-    return zero_invariant_groups(model).hidden_size
 
 
 # ---- the speedup measured after compression ----

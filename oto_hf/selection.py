@@ -546,7 +546,7 @@ class SelectionPolicy:
         if goal.stream is None:
             low = float(pools.costs[zero].sum()) / goal.total_cost
             high = float(pools.costs.sum()) / goal.total_cost
-        else:  # exact costs; the most a cost target may ask (settings: target < 1)
+        else:  # exact costs (not additive with the stream's channels)
             low, high = 1 - goal.stream.kept_cost(~zero) / goal.total_cost, MOST_REMOVED_WITH_STREAM
         if budget.predict(zero | marks(high, last), pools) <= budget.target_seconds:
             for _ in range(40 if goal.stream is None else 25):  # to well below one group's share of the cost
