@@ -2,7 +2,8 @@
 one measured? Every point is data in benchmarks/p6.yaml; this is its one runner.
 
     python benchmarks/p6_speed.py run [--only MODEL ...] [--runtimes R ...] [--shapes BxT ...] [--asked X ...]
-                                      [--allocations A ...] [--force] [--refresh-tables] [--smoke] [--results DIR]
+                                      [--allocations A ...] [--force] [--refresh-tables] [--smoke | --gpu | --stream]
+                                      [--results DIR]
     python benchmarks/p6_speed.py summarize [--smoke] [--results DIR]   # markdown for docs/benchmarks.md
 
 For each (model, runtime, shape) of the yaml, `run` measures the latency table of the model's class
@@ -26,6 +27,9 @@ prunable group gives is recorded as unreachable, with the largest reachable one,
 
 --gpu runs the yaml's `gpu:` block (MiniLM's latency tables and points on CUDA, prepared for a lent GPU: one
 command of at most 5 minutes, `python benchmarks/p6_speed.py run --gpu`; refused at once without CUDA).
+--stream runs the yaml's `stream:` block: the same question with the residual stream's channels among the groups
+(`prune_hidden: true`, as `--oto_prune_hidden true`): the latency tables are measured at narrower stream widths too
+(`stream_points`), the layout cuts the stream with the heads and neurons, and the prediction is at the kept width.
 --smoke runs the yaml's `smoke:` block (a tiny random model, results under benchmarks/results/tmp/): a check that
 the pipeline goes through, not a measurement. Timings are only worth publishing from an idle machine
 (docs/benchmarks.md, "Machines and noise"); every figure carries the other processes' load (`busy`).
@@ -47,7 +51,7 @@ import yaml  # noqa: E402
 
 import oto_hf  # noqa: E402
 from oto_hf import latency, timing  # noqa: E402
-from oto_hf.selection import Goal, Pools  # noqa: E402
+from oto_hf.selection import Goal, Pools, StreamCosts  # noqa: E402
 from oto_hf.settings import InvalidOTOSettings, OTOSettings  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
@@ -55,8 +59,8 @@ REPO_ROOT = HERE.parent
 TABLE = HERE / "p6.yaml"
 BENCHMARK = "P6 speed on demand: predicted vs measured speedup"
 KEYS = {"results", "seed", "threads", "tolerance", "models", "runtimes", "shapes", "asked", "allocations", "saliency",
-        "layer_floor", "table", "measure", "smoke", "gpu"}
-BLOCKS = ("smoke", "gpu")  # the yaml's blocks that --smoke and --gpu lay over its settings
+        "layer_floor", "prune_hidden", "table", "measure", "smoke", "gpu", "stream"}
+BLOCKS = ("smoke", "gpu", "stream")  # the yaml's blocks that --smoke, --gpu and --stream lay over its settings
 PROTOCOL = ("per (model, runtime, shape): the latency table of the model's class (oto_hf.latency.measure_latency_table,"
             " interleaved medians of grid models, cached); per point: the layout of one pruning period without "
             "training (saliency averages at zero), zeroed and compressed; predicted = the table's speedup of the "
@@ -73,8 +77,8 @@ def log(message: str) -> None:
 
 
 def load_settings(path: Path = TABLE, smoke: bool = False, block: str | None = None) -> dict:
-    """The yaml's settings (with --smoke or --gpu, its `smoke:` or `gpu:` block over them), checked: unknown keys,
-    models, runtimes, shapes, allocations and asked speedups are refused with the key named."""
+    """The yaml's settings (with --smoke, --gpu or --stream, that block over them), checked: unknown keys, models,
+    runtimes, shapes, allocations and asked speedups are refused with the key named."""
     data = yaml.safe_load(Path(path).read_text())
     unknown = set(data) - KEYS
     if unknown:
@@ -96,8 +100,15 @@ def load_settings(path: Path = TABLE, smoke: bool = False, block: str | None = N
         timing.parse_shape(shape, f"{path}: shape")
     data["shapes"] = [shape_key(s) for s in data["shapes"]]
     data["asked"] = [float(a) for a in data["asked"]]
-    OTOSettings(speedup=2.0, allocation=data["allocations"][0], saliency=data["saliency"],
-                layer_floor=data["layer_floor"], half_space_start_step=0, prune_steps=1)  # refuses a bad name
+    data["prune_hidden"] = bool(data.get("prune_hidden", False))
+    if data["prune_hidden"] and not data["table"].get("stream_points"):
+        raise SystemExit(f"{path}: prune_hidden needs the table's stream_points (the stream widths to time)")
+    for allocation in data["allocations"]:  # refuses a bad name, and 'latency' with the hidden width
+        try:
+            OTOSettings(speedup=2.0, allocation=allocation, saliency=data["saliency"], layer_floor=data["layer_floor"],
+                        prune_hidden=data["prune_hidden"], half_space_start_step=0, prune_steps=1)
+        except InvalidOTOSettings as refusal:
+            raise SystemExit(f"{path}: allocations: {refusal}") from None
     return data
 
 
@@ -124,9 +135,10 @@ def choose_layout(dense: torch.nn.Module, table: latency.LatencyTable, spec: lat
     period for a speed target of `asked`, and what was chosen. (None, {"unreachable": ...}) when the asked speedup is
     beyond emptying every prunable group."""
     sparse = copy.deepcopy(dense)
-    groups = oto_hf.zero_invariant_groups(sparse)
+    groups = oto_hf.zero_invariant_groups(sparse, prune_hidden=settings["prune_hidden"])
     oto = OTOSettings(speedup=asked, allocation=allocation, saliency=settings["saliency"],
-                      layer_floor=settings["layer_floor"], latency_runtime=spec.runtime, latency_shape=spec.shape,
+                      layer_floor=settings["layer_floor"], prune_hidden=settings["prune_hidden"],
+                      latency_runtime=spec.runtime, latency_shape=spec.shape,
                       latency_threads=spec.threads, seq_len=spec.seq_len, half_space_start_step=0, prune_steps=1)
     try:
         oto.check_speedup_fits(table, groups)
@@ -136,7 +148,9 @@ def choose_layout(dense: torch.nn.Module, table: latency.LatencyTable, spec: lat
     costs = groups.costs("flops", spec.seq_len)
     pools = Pools.of(groups, costs, groups.device)
     budget = table.budget(groups, asked)
-    goal = Goal(target=0.0, period=0, num_periods=1, total_cost=groups.total_cost("flops", spec.seq_len), time=budget)
+    stream = StreamCosts(groups, "flops", spec.seq_len) if groups.prune_hidden else None  # as HSPG builds it
+    goal = Goal(target=0.0, period=0, num_periods=1, total_cost=groups.total_cost("flops", spec.seq_len), time=budget,
+                stream=stream)
     zero = groups.is_zero()
     averages = {"taylor": torch.zeros(groups.num_groups), "direction": torch.zeros(groups.num_groups)}
     started = time.perf_counter()
@@ -149,12 +163,14 @@ def choose_layout(dense: torch.nn.Module, table: latency.LatencyTable, spec: lat
 
 
 def layout_of(model: torch.nn.Module, dense: torch.nn.Module, seq_len: int) -> dict:
-    """Heads and FFN width per layer of the compressed `model`, the blocks it emptied (layer indices from 0) and the
-    share of the dense model's encoder FLOPs it keeps at `seq_len` tokens."""
+    """Heads and FFN width per layer of the compressed `model`, its residual stream's width (None: not cut), the
+    blocks it emptied (layer indices from 0) and the share of the dense model's encoder FLOPs it keeps at `seq_len`
+    tokens."""
     heads = list(model.config.num_attention_heads_per_layer)
     widths = list(model.config.intermediate_size_per_layer)
     kept = oto_hf.model_stats(model, seq_len).encoder_flops / oto_hf.model_stats(dense, seq_len).encoder_flops
     return {"heads_per_layer": heads, "ffn_width_per_layer": widths,
+            "hidden_size": getattr(model.config, "compressed_hidden_size", None),
             "emptied_attention": [i for i, h in enumerate(heads) if h == 0],
             "emptied_ffn": [i for i, w in enumerate(widths) if w == 0], "encoder_flops_kept": kept}
 
@@ -168,7 +184,7 @@ def table_record(table: latency.LatencyTable) -> dict:
             "max_foreign_load_cores": table.load.get("max_foreign_load_cores"), "full_ms": table.full_seconds * 1e3,
             "empty_ms": table.empty_seconds * 1e3, "largest_speedup": table.full_seconds / table.empty_seconds,
             "additivity_factor": table.calibration, "heads_grid": table.heads_grid, "width_grid": table.width_grid,
-            "session_settings": table.session_settings or None}
+            "session_settings": table.session_settings or None, "stream_grid": table.stream_grid or None}
 
 
 def measure_point(dense, table, spec, model_name, allocation, asked, settings) -> dict:
@@ -176,6 +192,7 @@ def measure_point(dense, table, spec, model_name, allocation, asked, settings) -
     sparse, chosen = choose_layout(dense, table, spec, asked, allocation, settings)
     point = {"model": model_name, "runtime": spec.runtime, "shape": spec.shape, "threads": spec.threads,
              "allocation": allocation, "saliency": settings["saliency"], "layer_floor": settings["layer_floor"],
+             "prune_hidden": settings["prune_hidden"],
              "asked": asked, **chosen, "table": table_record(table)}
     if sparse is None:
         log(f"  {allocation} {asked:g}×: unreachable (largest {chosen['largest_reachable']:.2f}×); not measured")
@@ -183,7 +200,7 @@ def measure_point(dense, table, spec, model_name, allocation, asked, settings) -
     compressed = oto_hf.compress(sparse).eval()
     del sparse
     layout = layout_of(compressed, dense, spec.seq_len)
-    predicted = table.speedup(layout["heads_per_layer"], layout["ffn_width_per_layer"])
+    predicted = table.speedup(layout["heads_per_layer"], layout["ffn_width_per_layer"], stream=layout["hidden_size"])
     started = time.perf_counter()
     measured = latency.measure_speedup(dense, compressed, spec, repeats=settings["measure"]["repeats"],
                                        patience_s=settings["measure"]["patience_s"])
@@ -290,10 +307,12 @@ def write_summary(settings: dict, folder: Path) -> dict:
 
 
 def layout_summary(point: dict) -> str:
-    """"heads 12,12,0,…; FFN 1536,…; emptied: attn L2, FFN L5" (layers from 0)."""
+    """"heads 12,12,0,…; FFN 1536,…; emptied: attn L2, FFN L5" (layers from 0), with "; stream 288" where the
+    residual stream was cut."""
     emptied = [f"attn L{i}" for i in point["emptied_attention"]] + [f"FFN L{i}" for i in point["emptied_ffn"]]
     heads, widths = (",".join(map(str, point[key])) for key in ("heads_per_layer", "ffn_width_per_layer"))
-    return f"heads {heads}; FFN {widths}; emptied: {', '.join(emptied) if emptied else 'none'}"
+    stream = f"; stream {point['hidden_size']}" if point.get("hidden_size") is not None else ""
+    return f"heads {heads}; FFN {widths}{stream}; emptied: {', '.join(emptied) if emptied else 'none'}"
 
 
 def markdown(summary: dict) -> str:
@@ -341,6 +360,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="the yaml's smoke block (tiny model, results under benchmarks/results/tmp/p6_smoke)")
     shared.add_argument("--gpu", action="store_true",
                         help="the yaml's gpu block (CUDA latency tables and points, within a lent device's 5 minutes)")
+    shared.add_argument("--stream", action="store_true",
+                        help="the yaml's stream block (the residual stream's channels pruned too, as with "
+                             "--oto_prune_hidden true; tables timed at narrower stream widths)")
     shared.add_argument("--results", type=Path, help="results folder instead of the yaml's")
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -356,7 +378,9 @@ def main(argv: list[str] | None = None) -> int:
                               "after one was built on a busy one)")
     sub.add_parser("summarize", parents=[shared], help="write predictor.json again and print the markdown tables")
     args = parser.parse_args(argv)
-    settings = load_settings(args.table, args.smoke, "gpu" if args.gpu else None)
+    if args.smoke + args.gpu + args.stream > 1:
+        parser.error("--smoke, --gpu and --stream name different blocks of the yaml: give one")
+    settings = load_settings(args.table, args.smoke, "gpu" if args.gpu else "stream" if args.stream else None)
     folder = results_dir(settings, args.results)
     if args.command == "run":
         run(settings, folder, args.only, args.runtimes, args.shapes, args.asked, args.allocations, args.force,

@@ -103,3 +103,36 @@ def test_the_gpu_block_is_cuda_and_is_refused_at_once_without_a_gpu(tmp_path):
     with pytest.raises(SystemExit, match="'cuda' needs a CUDA GPU"):
         p6_speed.main(["run", "--gpu", "--results", str(tmp_path)])
     assert not any(tmp_path.iterdir())  # refused before any work
+
+
+def test_the_stream_block_cuts_the_hidden_width_and_predicts_at_the_kept_width(tmp_path):
+    """The yaml's `stream:` block (the residual stream's channels among the groups) on the smoke block's tiny model:
+    the table is timed at a narrower stream width too, the layout cuts the stream, and the prediction at the kept
+    width is the policy's own."""
+    import p6_speed
+
+    stream = p6_speed.load_settings(block="stream")
+    assert stream["prune_hidden"] and stream["table"]["stream_points"] > 1 and "latency" not in stream["allocations"]
+    settings = p6_speed.load_settings(smoke=True)
+    settings.update(prune_hidden=True, allocations=stream["allocations"], asked=[1.3],
+                    table={**settings["table"], "stream_points": 2})
+    threads = torch.get_num_threads()
+    try:
+        p6_speed.run(settings, tmp_path, None, None, None, None, None, False, False, [])
+    finally:
+        torch.set_num_threads(threads)
+    [point] = json.loads((tmp_path / "predictor.json").read_text())["points"]
+    assert point["prune_hidden"] and point["table"]["stream_grid"] == [32]  # the tiny model's stream: 64 channels
+    assert 0 < point["hidden_size"] < 64
+    assert point["predicted"] >= 1.3 - 1e-9
+    assert point["predicted"] == pytest.approx(point["policy_predicted_speedup"], rel=1e-9)
+    assert f"stream {point['hidden_size']}" in p6_speed.layout_summary(point)
+
+
+def test_the_latency_allocation_with_the_hidden_width_is_refused(tmp_path):
+    import p6_speed
+
+    text = (ROOT / "benchmarks/p6.yaml").read_text().replace("allocations: [uniform]", "allocations: [latency]")
+    (tmp_path / "p6.yaml").write_text(text)
+    with pytest.raises(SystemExit, match="(?s)allocations: .*'latency' does not plan the hidden width"):
+        p6_speed.load_settings(tmp_path / "p6.yaml", block="stream")
