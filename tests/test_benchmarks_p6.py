@@ -115,7 +115,7 @@ def test_the_stream_block_cuts_the_hidden_width_and_predicts_at_the_kept_width(t
     assert stream["prune_hidden"] and stream["table"]["stream_points"] > 1 and "latency" not in stream["allocations"]
     settings = p6_speed.load_settings(smoke=True)
     settings.update(prune_hidden=True, allocations=stream["allocations"], asked=[1.3],
-                    table={**settings["table"], "stream_points": 2})
+                    table={**settings["table"], "head_points": 3, "width_points": 3, "stream_points": 2})
     threads = torch.get_num_threads()
     try:
         p6_speed.run(settings, tmp_path, None, None, None, None, None, False, False, [])
