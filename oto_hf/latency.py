@@ -431,7 +431,10 @@ def measure_latency_table(model: nn.Module, spec: LatencySpec, *, head_points: i
     measured with the residual stream cut to `stream_points` − 1 narrower widths spread evenly below the full one
     (`STREAM_POINTS` when the trainer asks).
     It times about 20 models, each `repeats` times (about 20 × `stream_points` with stream widths):
-    docs/benchmarks.md (P6) gives the times it took."""
+    docs/benchmarks.md (P6) gives the times it took. The models of one stream width are timed together and then let
+    go (onnxruntime holds a session with its own weights and buffers per model and setting: 80 MiniLM sessions at
+    32 × 128 filled 24 GB); each narrower width's group also times the full model again, and its times are scaled
+    by that model's time in the full width's group, so that every width's times are on one scale."""
     from .groups import zero_invariant_groups
 
     groups = zero_invariant_groups(model)
@@ -462,14 +465,30 @@ def measure_latency_table(model: nn.Module, spec: LatencySpec, *, head_points: i
         f"{len(sizes) * (1 + len(stream_grid))} models of {model.config.num_hidden_layers} layers"
         + (f" (stream widths {stream_grid} and {full_stream})" if stream_grid else "")
         + f", at most {max_seconds:.0f} s")
+    best: dict[str, float] = {}
+    settings: dict[str, str] = {}
+    runs = []
+    widths = [None, *stream_grid]
     with _Runner(spec) as runner:
         inputs = timing_inputs(model, spec)
-        variants: dict[str, Callable[[], object]] = {}
-        for stream in [None, *stream_grid]:
+        for i, stream in enumerate(widths):
             prefix = f"s{stream}" if stream is not None else ""
+            variants: dict[str, Callable[[], object]] = {}
             for name, heads, width in sizes:
                 variants.update(runner.calls(prefix + name, sized_model(model, heads, width, stream), inputs))
-        best, settings, timings = runner.time(variants, repeats, patience_s, deadline=started + max_seconds)
+            if stream is not None:  # the anchor: the full model again, timed beside this width's models
+                variants.update(runner.calls(prefix + "anchor", sized_model(model, full_heads, full_width), inputs))
+            # Each width gets its share of the time limit.
+            group_best, group_settings, timings = runner.time(
+                variants, repeats, patience_s, deadline=started + max_seconds * (i + 1) / len(widths))
+            if stream is not None:
+                scale = best["full"] / group_best.pop(prefix + "anchor")
+                group_best = {name: seconds * scale for name, seconds in group_best.items()}
+                group_settings.pop(prefix + "anchor", None)
+            best.update(group_best)
+            settings.update(group_settings)
+            runs.append(timings)
+            del variants  # this width's models and sessions go before the next width's are built
     table = LatencyTable(
         spec=asdict(spec), model_type=model.config.model_type, model_class=type(model).__name__,
         num_layers=model.config.num_hidden_layers, heads_grid=heads_grid,
@@ -482,19 +501,30 @@ def measure_latency_table(model: nn.Module, spec: LatencySpec, *, head_points: i
         stream_full_seconds=[best[f"s{s}full"] for s in stream_grid], full_stream=full_stream,
         key=key, key_fields=fields,
         build_seconds=time.perf_counter() - started, measured_at=time.strftime("%Y-%m-%d %H:%M:%S"),
-        repeats=timings.repeats, load=timings.load(), session_settings=settings)
+        repeats=min(t.repeats for t in runs), load=merged_load(runs), session_settings=settings)
     folder.mkdir(parents=True, exist_ok=True)
     partial = path.with_suffix(".partial")
     partial.write_text(json.dumps(table.to_dict(), indent=1))
     partial.replace(path)
     table.path = str(path)
-    log(f"measured the {table.describe()} in {table.build_seconds:.0f} s ({timings.repeats} repeats"
-        f"{', cut short by the time limit' if timings.truncated_by_deadline else ''}); cached in {path}")
+    log(f"measured the {table.describe()} in {table.build_seconds:.0f} s ({table.repeats} repeats"
+        f"{', cut short by the time limit' if any(t.truncated_by_deadline for t in runs) else ''}); cached in {path}")
     if table.load.get("busy"):
         log(f"the machine was busy while the latency table was measured (other processes used up to "
             f"{table.load['max_foreign_load_cores']:.2f} cores): predictions may be off; measure again on a quiet "
             "machine (refresh)")
     return table
+
+
+def merged_load(runs: list) -> dict:
+    """One load record (`timing.Timings.load()`) for several timing runs: every kept repeat's foreign load, the
+    largest, and busy where any run was."""
+    loads = [t.load() for t in runs]
+    peaks = [load["max_foreign_load_cores"] for load in loads if load["max_foreign_load_cores"] is not None]
+    return {"foreign_load_cores": [x for load in loads for x in load["foreign_load_cores"]],
+            "max_foreign_load_cores": max(peaks) if peaks else None,
+            "busy": any(load["busy"] for load in loads) if peaks else None,
+            "busy_threshold_cores": loads[0]["busy_threshold_cores"]}
 
 
 def repeat_relative_medians(timings) -> dict[str, float]:

@@ -297,7 +297,9 @@ def test_a_table_with_stream_widths_times_every_grid_model_at_each_width(tmp_pat
     table = latency.measure_latency_table(model, SPEC, directory=tmp_path, stream_points=4, **SMALL)
     assert (table.stream_grid, table.full_stream) == ([8, 16, 24], 32)
     grid = ["h0", "h1", "h4", "w1", "w24", "full"]
-    assert fake_timings[0] == sorted(grid + [f"s{width}{name}" for width in (8, 16, 24) for name in grid])
+    # One timing run per width (its models and, for a narrower one, the full model again as its anchor)
+    assert fake_timings == [sorted(grid)] + [sorted([f"s{width}{name}" for name in grid] + [f"s{width}anchor"])
+                                                       for width in (8, 16, 24)]
     assert len(table.stream_heads_seconds) == len(table.stream_width_seconds) == len(table.stream_full_seconds) == 3
     again = LatencyTable.from_dict(json.loads(Path(table.path).read_text()))
     assert again.stream_grid == [8, 16, 24] and again.predict([4] * 3, [24] * 3, stream=12) > 0
@@ -307,6 +309,34 @@ def test_a_table_with_stream_widths_times_every_grid_model_at_each_width(tmp_pat
     # a grid model with the stream cut: its first channels, a stock compressed model of that width
     small = latency.sized_model(model, 2, 12, stream=16)
     assert small.config.compressed_hidden_size == 16 and small.config.num_attention_heads_per_layer == [2, 2, 2]
+
+
+def test_each_stream_width_is_timed_on_its_own_and_put_on_the_full_widths_scale(tmp_path, monkeypatch):
+    """A width timed while the machine ran 3× slower comes out on the full width's scale (its anchor, the full model
+    timed beside it, says how much slower), and one width's models are let go before the next width's are built."""
+    import weakref
+
+    def slower_when_narrow(variants, repeats, **kwargs):  # every model 1 ms; the narrower widths' runs 3× slower
+        slow = 3.0 if any(name.startswith("s") for name in variants) else 1.0
+        return Timings(seconds={name: [slow * 1e-3] for name in variants}, orders=[tuple(variants)],
+                       foreign_load_cores=[0.0], requested_repeats=repeats)
+
+    alive, most_alive = [], []
+    real_sized = latency.sized_model
+
+    def sized(*args, **kwargs):
+        most_alive.append(sum(ref() is not None for ref in alive))
+        model = real_sized(*args, **kwargs)
+        alive.append(weakref.ref(model))
+        return model
+
+    monkeypatch.setattr(latency, "interleaved", slower_when_narrow)
+    monkeypatch.setattr(latency, "sized_model", sized)
+    table = latency.measure_latency_table(tiny_model(), SPEC, directory=tmp_path, stream_points=4, **SMALL)
+    assert table.stream_full_seconds == pytest.approx([table.full_seconds] * 3) and table.full_seconds == 1e-3
+    assert all(t == pytest.approx(1e-3) for row in table.stream_heads_seconds + table.stream_width_seconds for t in row)
+    # torch keeps each model for its calls: at most one width's six models and its anchor are alive at once
+    assert max(most_alive) <= 6 and len(alive) == 6 + 3 * 7
 
 
 def test_measuring_restores_the_threads_and_the_model(tmp_path):
