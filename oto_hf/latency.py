@@ -517,15 +517,10 @@ def measure_latency_table(model: nn.Module, spec: LatencySpec, *, head_points: i
     return table
 
 
-def merged_load(runs: list) -> dict:
-    """One load record (`timing.Timings.load()`) for several timing runs: every kept repeat's foreign load, the
-    largest, and busy where any run was."""
-    loads = [t.load() for t in runs]
-    peaks = [load["max_foreign_load_cores"] for load in loads if load["max_foreign_load_cores"] is not None]
-    return {"foreign_load_cores": [x for load in loads for x in load["foreign_load_cores"]],
-            "max_foreign_load_cores": max(peaks) if peaks else None,
-            "busy": any(load["busy"] for load in loads) if peaks else None,
-            "busy_threshold_cores": loads[0]["busy_threshold_cores"]}
+def merged_load(runs: list[Timings]) -> dict:
+    """One load record for several timing runs: `timing.Timings.load()` over all their kept repeats."""
+    return Timings(seconds={}, foreign_load_cores=[x for t in runs for x in t.foreign_load_cores],
+                   quiet_threshold=runs[0].quiet_threshold).load()
 
 
 def repeat_relative_medians(timings) -> dict[str, float]:
