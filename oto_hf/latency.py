@@ -433,7 +433,7 @@ def measure_latency_table(model: nn.Module, spec: LatencySpec, *, head_points: i
     It times about 20 models, each `repeats` times (about 20 × `stream_points` with stream widths):
     docs/benchmarks.md (P6) gives the times it took. The models of one stream width are timed together and then let
     go, so memory holds one width's models (onnxruntime keeps a session with its own weights and buffers per model
-    and session setting; every width's at once did not fit in 24 GB for a MiniLM at 32 × 128). Each narrower width's
+    and session setting; docs/benchmarks.md, P6, gives the memory it took). Each narrower width's
     group also times the full model again, and its times are scaled by that model's time in the full width's group,
     so that every width's times are on one scale."""
     from .groups import zero_invariant_groups
