@@ -386,11 +386,11 @@ class _Runner:
         torch.set_num_threads(self._threads_before)
 
     def time(self, variants: dict[str, Callable[[], object]], repeats: int, patience_s: float,
-             deadline: float | None = None) -> tuple[dict[str, float], dict[str, str], Timings]:
-        """Time `variants` interleaved (one warm-up round, calls per timing calibrated to about 0.05 s, medians as
-        `repeat_relative_medians`): each model's fastest time, the session setting that gave it (onnxruntime), and
-        the timings themselves."""
-        timings = interleaved(variants, repeats, warmup=1, min_timing_s=0.05, synchronize=self.synchronize,
+             deadline: float | None = None, warmup: int = 1) -> tuple[dict[str, float], dict[str, str], Timings]:
+        """Time `variants` interleaved (`warmup` untimed rounds, calls per timing calibrated to about 0.05 s, medians
+        as `repeat_relative_medians`): each model's fastest time, the session setting that gave it (onnxruntime),
+        and the timings themselves."""
+        timings = interleaved(variants, repeats, warmup=warmup, min_timing_s=0.05, synchronize=self.synchronize,
                               deadline=deadline, patience_s=patience_s)
         best, settings = _fastest_per_model(repeat_relative_medians(timings))
         return best, settings, timings
@@ -414,6 +414,7 @@ class _Runner:
             session = ort_session(path, threads=self.spec.threads, settings=setting, spinning=False)
             feed = {i.name: inputs[i.name].numpy() for i in session.get_inputs()}
             calls[f"{name}|{setting}"] = (lambda session=session, feed=feed: session.run(None, feed))
+        path.unlink()  # the sessions hold the weights: the file is not read again (a table's files take GBs of disk)
         return calls
 
 
@@ -431,11 +432,14 @@ def measure_latency_table(model: nn.Module, spec: LatencySpec, *, head_points: i
     measured with the residual stream cut to `stream_points` − 1 narrower widths spread evenly below the full one
     (`STREAM_POINTS` when the trainer asks).
     It times about 20 models, each `repeats` times (about 20 × `stream_points` with stream widths):
-    docs/benchmarks.md (P6) gives the times it took. The models of one stream width are timed together and then let
-    go, so memory holds one width's models (onnxruntime keeps a session with its own weights and buffers per model
-    and session setting; docs/benchmarks.md, P6, gives the memory it took). Each narrower width's
-    group also times the full model again, and its times are scaled by that model's time in the full width's group,
-    so that every width's times are on one scale."""
+    docs/benchmarks.md (P6) gives the times it took. Models are timed in groups, let go before the next group is
+    built: one group per stream width, split further where the machine's memory would not hold a whole width's
+    models (onnxruntime keeps a session with its own weights and buffers per model and session setting). A group
+    takes models while one more as large as the full model, measured as it was built, would leave `MEMORY_RESERVE`
+    of the memory free (Linux; elsewhere a width is one group). Every group after the first times the full model
+    again, and its times are scaled by that model's time in the first group, so that all times are on one scale.
+    Each model runs once as it is built (its warm-up). The exported files (onnxruntime) are deleted once their
+    sessions are made."""
     from .groups import zero_invariant_groups
 
     groups = zero_invariant_groups(model)
@@ -461,7 +465,7 @@ def measure_latency_table(model: nn.Module, spec: LatencySpec, *, head_points: i
                 return table
     started = time.perf_counter()
     sizes = [(f"h{h}", h, 0) for h in heads_grid] + [(f"w{w}", 0, w) for w in width_grid if w > 0]
-    sizes.append(("full", full_heads, full_width))
+    sizes.insert(0, ("full", full_heads, full_width))  # first: the largest, whose memory bounds every group
     log(f"measuring the latency table of {type(model).__name__} on {spec.describe()}: "
         f"{len(sizes) * (1 + len(stream_grid))} models of {model.config.num_hidden_layers} layers"
         + (f" (stream widths {stream_grid} and {full_stream})" if stream_grid else "")
@@ -470,26 +474,53 @@ def measure_latency_table(model: nn.Module, spec: LatencySpec, *, head_points: i
     settings: dict[str, str] = {}
     runs = []
     widths = [None, *stream_grid]
+    total = len(sizes) * len(widths)
+    largest = 0  # the most memory one grid model took when it was built (the full model, built first)
     with _Runner(spec) as runner:
         inputs = timing_inputs(model, spec)
-        for i, stream in enumerate(widths):
+
+        def build(name: str, heads: int, width: int, stream: int | None) -> dict[str, Callable[[], object]]:
+            # Each call runs once as it is built: its warm-up, and so that its memory (onnxruntime allocates a
+            # session's buffers on its first run) is taken before the next model's is measured.
+            nonlocal largest
+            before = available_memory()
+            calls = runner.calls(name, sized_model(model, heads, width, stream), inputs)
+            for call in calls.values():
+                call()
+            if before is not None:
+                largest = max(largest, before - (available_memory() or before))
+            return calls
+
+        for stream in widths:
             prefix = f"s{stream}" if stream is not None else ""
-            variants: dict[str, Callable[[], object]] = {}
-            for name, heads, width in sizes:
-                variants.update(runner.calls(prefix + name, sized_model(model, heads, width, stream), inputs))
-            if stream is not None:  # the anchor: the full model again, timed beside this width's models
-                variants.update(runner.calls(prefix + "anchor", sized_model(model, full_heads, full_width), inputs))
-            # Each width gets its share of the time limit.
-            group_best, group_settings, timings = runner.time(
-                variants, repeats, patience_s, deadline=started + max_seconds * (i + 1) / len(widths))
-            if stream is not None:
-                scale = best["full"] / group_best.pop(prefix + "anchor")
-                group_best = {name: seconds * scale for name, seconds in group_best.items()}
-                group_settings.pop(prefix + "anchor", None)
-            best.update(group_best)
-            settings.update(group_settings)
-            runs.append(timings)
-            del variants  # this width's models and sessions go before the next width's are built
+            pending = list(sizes)
+            while pending:
+                # A group: the models of one stream width timed together, as many as memory holds. Every group but
+                # the first (whose "full" sets the scale) also times the full model again, its anchor, and its
+                # times are scaled by full / anchor, so that every group's times are on one scale.
+                variants: dict[str, Callable[[], object]] = {}
+                anchor = f"{prefix}anchor{len(runs)}" if runs else None
+                if anchor:
+                    variants.update(build(anchor, full_heads, full_width, None))
+                members = 0
+                while pending and (members == 0 or room_for(largest)):
+                    name, heads, width = pending.pop(0)
+                    variants.update(build(prefix + name, heads, width, stream))
+                    members += 1
+                if pending:
+                    log(f"  memory is short: timing {members} grid models as one group; {len(pending)} more of "
+                        "this width follow in further groups, each timed beside the full model")
+                done = len(sizes) * widths.index(stream) + len(sizes) - len(pending)
+                group_best, group_settings, timings = runner.time(  # each group its share of the time limit
+                    variants, repeats, patience_s, deadline=started + max_seconds * done / total, warmup=0)
+                if anchor:
+                    scale = best["full"] / group_best.pop(anchor)
+                    group_best = {name: seconds * scale for name, seconds in group_best.items()}
+                    group_settings.pop(anchor, None)
+                best.update(group_best)
+                settings.update(group_settings)
+                runs.append(timings)
+                del variants  # this group's models and sessions go before the next group's are built
     table = LatencyTable(
         spec=asdict(spec), model_type=model.config.model_type, model_class=type(model).__name__,
         num_layers=model.config.num_hidden_layers, heads_grid=heads_grid,
@@ -515,6 +546,48 @@ def measure_latency_table(model: nn.Module, spec: LatencySpec, *, head_points: i
             f"{table.load['max_foreign_load_cores']:.2f} cores): predictions may be off; measure again on a quiet "
             "machine (refresh)")
     return table
+
+
+# The share of the machine's memory a latency table leaves free while it holds its grid models.
+MEMORY_RESERVE = 0.15
+
+
+def available_memory() -> int | None:
+    """Bytes of memory the machine can still give (Linux's MemAvailable, or what is left under this process's cgroup
+    v2 limit if that is less); None where neither is known (then a table holds all of a width's models at once)."""
+    try:
+        info = dict(line.split(":", 1) for line in Path("/proc/meminfo").read_text().splitlines() if ":" in line)
+        available = int(info["MemAvailable"].split()[0]) * 1024
+    except (OSError, KeyError, ValueError):
+        return None
+    try:
+        limit = Path("/sys/fs/cgroup/memory.max").read_text().strip()
+        if limit != "max":
+            used = int(Path("/sys/fs/cgroup/memory.current").read_text())
+            available = min(available, int(limit) - used)
+    except (OSError, ValueError):
+        pass
+    return available
+
+
+def total_memory() -> int | None:
+    """Bytes of memory the machine has (Linux's MemTotal), None where unknown."""
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemTotal:"):
+                return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+def room_for(model_bytes: int) -> bool:
+    """Whether one more grid model of `model_bytes` still leaves `MEMORY_RESERVE` of the machine's memory free (with
+    half as much again for what the estimate misses). True where the memory is not known."""
+    available, total = available_memory(), total_memory()
+    if available is None or total is None:
+        return True
+    return available - 1.5 * model_bytes > MEMORY_RESERVE * total
 
 
 def merged_load(runs: list[Timings]) -> dict:

@@ -298,8 +298,8 @@ def test_a_table_with_stream_widths_times_every_grid_model_at_each_width(tmp_pat
     assert (table.stream_grid, table.full_stream) == ([8, 16, 24], 32)
     grid = ["h0", "h1", "h4", "w1", "w24", "full"]
     # One timing run per width (its models and, for a narrower one, the full model again as its anchor)
-    assert fake_timings == [sorted(grid)] + [sorted([f"s{width}{name}" for name in grid] + [f"s{width}anchor"])
-                                                       for width in (8, 16, 24)]
+    assert fake_timings == [sorted(grid)] + [sorted([f"s{width}{name}" for name in grid] + [f"s{width}anchor{i}"])
+                                                       for i, width in enumerate((8, 16, 24), start=1)]
     assert len(table.stream_heads_seconds) == len(table.stream_width_seconds) == len(table.stream_full_seconds) == 3
     again = LatencyTable.from_dict(json.loads(Path(table.path).read_text()))
     assert again.stream_grid == [8, 16, 24] and again.predict([4] * 3, [24] * 3, stream=12) > 0
@@ -337,6 +337,64 @@ def test_each_stream_width_is_timed_on_its_own_and_put_on_the_full_widths_scale(
     assert all(t == pytest.approx(1e-3) for row in table.stream_heads_seconds + table.stream_width_seconds for t in row)
     # torch keeps each model for its calls: at most one width's six models and its anchor are alive at once
     assert max(most_alive) <= 6 and len(alive) == 6 + 3 * 7
+
+
+def test_where_memory_is_short_a_width_is_timed_in_groups_on_one_scale(tmp_path, monkeypatch, caplog):
+    """With room for only five grid models (each model's memory read as it is built, here one unit per model alive),
+    the full width's six are timed as two groups: the first with the full model, the second beside the full model
+    again (its anchor), its times put on the first group's scale although that group ran 3× slower."""
+    import weakref
+
+    alive = []
+    real_sized = latency.sized_model
+
+    def sized(*args, **kwargs):
+        model = real_sized(*args, **kwargs)
+        alive.append(weakref.ref(model))
+        return model
+
+    def in_use() -> int:
+        return sum(ref() is not None for ref in alive)
+
+    gib = 2**30
+    most = []
+
+    def available():  # 80 GiB free before any model, 10 GiB per grid model alive (torch keeps each for its calls)
+        most.append(in_use())
+        return (80 - 10 * in_use()) * gib
+
+    def slower_with_an_anchor(variants, repeats, **kwargs):
+        slow = 3.0 if any("anchor" in name for name in variants) else 1.0
+        return Timings(seconds={name: [slow * 1e-3] for name in variants}, orders=[tuple(variants)],
+                       foreign_load_cores=[0.0], requested_repeats=repeats)
+
+    timed = []
+    monkeypatch.setattr(latency, "sized_model", sized)
+    monkeypatch.setattr(latency, "available_memory", available)
+    monkeypatch.setattr(latency, "total_memory", lambda: 100 * gib)
+    monkeypatch.setattr(latency, "interleaved", lambda variants, repeats, **kw: (
+        timed.append(sorted(variants)) or slower_with_an_anchor(variants, repeats, **kw)))
+    with caplog.at_level("INFO"):
+        table = latency.measure_latency_table(tiny_model(), SPEC, directory=tmp_path, **SMALL)
+    # 80 − 10 × alive − 1.5 × 10 (one more like the full model) must stay above 15% of 100: five models at once
+    assert timed == [["full", "h0", "h1", "h4", "w1"], ["anchor1", "w24"]]
+    assert max(most) <= 5
+    assert table.full_seconds == 1e-3 and table.width_seconds[-1] == pytest.approx(1e-3)  # 3e-3 × (1e-3 / 3e-3)
+    assert "memory is short: timing 5 grid models as one group; 1 more" in caplog.text
+    # plenty of memory: one group, as before
+    monkeypatch.setattr(latency, "total_memory", lambda: 1000 * gib)
+    monkeypatch.setattr(latency, "available_memory", lambda: 900 * gib)
+    timed.clear()
+    latency.measure_latency_table(tiny_model(), SPEC, directory=tmp_path, refresh=True, **SMALL)
+    assert timed == [["full", "h0", "h1", "h4", "w1", "w24"]]
+
+
+def test_the_memory_readings_are_this_machines():
+    available, total = latency.available_memory(), latency.total_memory()
+    if total is None:
+        pytest.skip("this system has no /proc/meminfo: a latency table times a whole width at once here")
+    assert 0 < available <= total
+    assert not latency.room_for(total)  # one more model as large as the machine never fits
 
 
 def test_measuring_restores_the_threads_and_the_model(tmp_path):
