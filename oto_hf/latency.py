@@ -386,12 +386,13 @@ class _Runner:
         torch.set_num_threads(self._threads_before)
 
     def time(self, variants: dict[str, Callable[[], object]], repeats: int, patience_s: float,
-             deadline: float | None = None, warmup: int = 1) -> tuple[dict[str, float], dict[str, str], Timings]:
+             deadline: float | None = None, warmup: int = 1,
+             min_repeats: int = 1) -> tuple[dict[str, float], dict[str, str], Timings]:
         """Time `variants` interleaved (`warmup` untimed rounds, calls per timing calibrated to about 0.05 s, medians
-        as `repeat_relative_medians`): each model's fastest time, the session setting that gave it (onnxruntime),
-        and the timings themselves."""
+        as `repeat_relative_medians`, at least `min_repeats` repeats whatever the deadline): each model's fastest
+        time, the session setting that gave it (onnxruntime), and the timings themselves."""
         timings = interleaved(variants, repeats, warmup=warmup, min_timing_s=0.05, synchronize=self.synchronize,
-                              deadline=deadline, patience_s=patience_s)
+                              deadline=deadline, patience_s=patience_s, min_repeats=min_repeats)
         best, settings = _fastest_per_model(repeat_relative_medians(timings))
         return best, settings, timings
 
@@ -425,8 +426,8 @@ def measure_latency_table(model: nn.Module, spec: LatencySpec, *, head_points: i
     """The latency table of `model`'s class on `spec` (see the module docstring), from the cache when there is one.
 
     `head_points` / `width_points`: grid points of each block (0 and 1 always among them). `repeats`: interleaved
-    repeats of every grid model (medians kept); `max_seconds` bounds the timing (fewer repeats, and the table says
-    so); `patience_s`: how long busy repeats (other processes using the CPU) are waited out and redone. `refresh`
+    repeats of every grid model (medians kept); `max_seconds` bounds the timing (fewer repeats, never fewer
+    than `MIN_REPEATS` per group, and the table says so); `patience_s`: how long busy repeats (other processes using the CPU) are waited out and redone. `refresh`
     measures again even when a cached table exists. `directory`: the cache (default `cache_dir()`).
     `stream_points` (for a run that prunes the hidden width too; 0: the full width only): the same curves are also
     measured with the residual stream cut to `stream_points` − 1 narrower widths spread evenly below the full one
@@ -512,7 +513,8 @@ def measure_latency_table(model: nn.Module, spec: LatencySpec, *, head_points: i
                         "this width follow in further groups, each timed beside the full model")
                 done = len(sizes) * widths.index(stream) + len(sizes) - len(pending)
                 group_best, group_settings, timings = runner.time(  # each group its share of the time limit
-                    variants, repeats, patience_s, deadline=started + max_seconds * done / total, warmup=0)
+                    variants, repeats, patience_s, deadline=started + max_seconds * done / total, warmup=0,
+                    min_repeats=min(MIN_REPEATS, repeats))
                 if anchor:
                     scale = best["full"] / group_best.pop(anchor)
                     group_best = {name: seconds * scale for name, seconds in group_best.items()}
@@ -548,6 +550,10 @@ def measure_latency_table(model: nn.Module, spec: LatencySpec, *, head_points: i
     return table
 
 
+# Repeats every group of a latency table gets even past `max_seconds` (fewer only if fewer are asked): one repeat's
+# reading drifts with the machine's speed, and a group scaled by one reading of its anchor carries that drift into
+# every model in it (docs/benchmarks.md, P6).
+MIN_REPEATS = 3
 # The share of the machine's memory a latency table leaves free while it holds its grid models.
 MEMORY_RESERVE = 0.15
 

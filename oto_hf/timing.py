@@ -173,6 +173,7 @@ def _time_calls(call: Callable[[], object], inner: int, synchronize: Callable[[]
 
 def interleaved(variants: dict[str, Callable[[], object]], repeats: int, *, warmup: int = 1, inner: int = 1,
                 min_timing_s: float | None = None, max_inner: int = 100, deadline: float | None = None,
+                min_repeats: int = 1,
                 synchronize: Callable[[], None] | None = None, quiet_threshold: float | None = BUSY_CORES,
                 patience_s: float = 0.0, log: Callable[[str], None] | None = None) -> Timings:
     """Time every variant (a callable without arguments) `repeats` times, interleaved: in repeat r the variants run in
@@ -182,7 +183,8 @@ def interleaved(variants: dict[str, Callable[[], object]], repeats: int, *, warm
     after the warm-up from one timed call of each variant, so that a timing of the fastest lasts about that long (at
     most `max_inner` calls): for calls too short for the clock or dominated by launch overhead (GPU, onnxruntime).
     `synchronize` (e.g. `torch.cuda.synchronize`) is called before and after each timing. `deadline`, a
-    `time.perf_counter()` value: no repeat starts after it (the first always runs), and the result says it was cut.
+    `time.perf_counter()` value: no repeat starts after it (the first `min_repeats` always run), and the result says
+    it was cut.
 
     Load: the cores other processes use during each round are measured and recorded. With `patience_s` > 0, before
     each round it waits (while patience lasts) until they use less than `quiet_threshold` cores, and a repeat during
@@ -201,7 +203,7 @@ def interleaved(variants: dict[str, Callable[[], object]], repeats: int, *, warm
         if r == 0 and min_timing_s is not None and not result.orders and not result.discarded:
             fastest = min(_time_calls(variants[name], 1, synchronize) for name in names)
             inner = max(1, min(max_inner, math.ceil(min_timing_s / max(fastest, 1e-9))))
-        if r > 0 and deadline is not None and time.perf_counter() > deadline:
+        if r >= max(1, min_repeats) and deadline is not None and time.perf_counter() > deadline:
             result.truncated_by_deadline = True
             break
         if patience > 0 and quiet_threshold is not None:

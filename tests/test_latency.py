@@ -372,15 +372,18 @@ def test_where_memory_is_short_a_width_is_timed_in_groups_on_one_scale(tmp_path,
     monkeypatch.setattr(latency, "sized_model", sized)
     monkeypatch.setattr(latency, "available_memory", available)
     monkeypatch.setattr(latency, "total_memory", lambda: 100 * gib)
+    repeats_asked = []
     monkeypatch.setattr(latency, "interleaved", lambda variants, repeats, **kw: (
-        timed.append(sorted(variants)) or slower_with_an_anchor(variants, repeats, **kw)))
+        timed.append(sorted(variants)) or repeats_asked.append(kw) or slower_with_an_anchor(variants, repeats, **kw)))
     with caplog.at_level("INFO"):
-        table = latency.measure_latency_table(tiny_model(), SPEC, directory=tmp_path, **SMALL)
+        table = latency.measure_latency_table(tiny_model(), SPEC, directory=tmp_path,
+                                              **{**SMALL, "repeats": 5, "max_seconds": 0})
     # 80 − 10 × alive − 1.5 × 10 (one more like the full model) must stay above 15% of 100: five models at once
     assert timed == [["full", "h0", "h1", "h4", "w1"], ["anchor1", "w24"]]
     assert max(most) <= 5
     assert table.full_seconds == 1e-3 and table.width_seconds[-1] == pytest.approx(1e-3)  # 3e-3 × (1e-3 / 3e-3)
     assert "memory is short: timing 5 grid models as one group; 1 more" in caplog.text
+    assert all(kw["min_repeats"] == latency.MIN_REPEATS for kw in repeats_asked)  # whatever the time limit
     # plenty of memory: one group, as before
     monkeypatch.setattr(latency, "total_memory", lambda: 1000 * gib)
     monkeypatch.setattr(latency, "available_memory", lambda: 900 * gib)

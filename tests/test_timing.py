@@ -52,6 +52,10 @@ def test_deadline_stops_adding_repeats_and_says_so():
     assert time.perf_counter() - start < 2.0
     past = timing.interleaved({"a": lambda: None}, repeats=3, deadline=start)  # the first repeat always runs
     assert past.repeats == 1 and past.truncated_by_deadline
+    floor = timing.interleaved({"a": lambda: None}, repeats=5, deadline=start, min_repeats=3)  # and min_repeats
+    assert floor.repeats == 3 and floor.truncated_by_deadline
+    few = timing.interleaved({"a": lambda: None}, repeats=2, deadline=start, min_repeats=3)  # never more than asked
+    assert few.repeats == 2 and not few.truncated_by_deadline
 
 
 def test_synchronize_brackets_every_timing():
