@@ -427,8 +427,9 @@ def measure_latency_table(model: nn.Module, spec: LatencySpec, *, head_points: i
 
     `head_points` / `width_points`: grid points of each block (0 and 1 always among them). `repeats`: interleaved
     repeats of every grid model (medians kept); `max_seconds` bounds the timing (fewer repeats, never fewer
-    than `MIN_REPEATS` per group, and the table says so); `patience_s`: how long busy repeats (other processes using the CPU) are waited out and redone. `refresh`
-    measures again even when a cached table exists. `directory`: the cache (default `cache_dir()`).
+    than `MIN_REPEATS` per group, and the table says so); `patience_s`: how long busy repeats (other processes using
+    the CPU) are waited out and redone. `refresh` measures again even when a cached table exists. `directory`: the
+    cache (default `cache_dir()`).
     `stream_points` (for a run that prunes the hidden width too; 0: the full width only): the same curves are also
     measured with the residual stream cut to `stream_points` − 1 narrower widths spread evenly below the full one
     (`STREAM_POINTS` when the trainer asks).
