@@ -438,8 +438,9 @@ def measure_latency_table(model: nn.Module, spec: LatencySpec, *, head_points: i
     built: one group per stream width, split further where the machine's memory would not hold a whole width's
     models (onnxruntime keeps a session with its own weights and buffers per model and session setting). A group
     takes models while one more as large as the full model, measured as it was built, would leave `MEMORY_RESERVE`
-    of the memory free (Linux; elsewhere a width is one group). Every group after the first times the full model
-    again, and its times are scaled by that model's time in the first group, so that all times are on one scale.
+    of the memory free (Linux's, or the GPU's with cuda; elsewhere a width is one group). Every group after the first
+    times the full model again, and its times are scaled by that model's time in the first group, so that all times
+    are on one scale.
     Each model runs once as it is built (its warm-up). The exported files (onnxruntime) are deleted once their
     sessions are made."""
     from .groups import zero_invariant_groups
@@ -478,6 +479,7 @@ def measure_latency_table(model: nn.Module, spec: LatencySpec, *, head_points: i
     widths = [None, *stream_grid]
     total = len(sizes) * len(widths)
     largest = 0  # the most memory one grid model took when it was built (the full model, built first)
+    on_gpu = spec.runtime == "cuda"  # the grid models live on the GPU there: its memory bounds the groups
     with _Runner(spec) as runner:
         inputs = timing_inputs(model, spec)
 
@@ -485,12 +487,12 @@ def measure_latency_table(model: nn.Module, spec: LatencySpec, *, head_points: i
             # Each call runs once as it is built: its warm-up, and so that its memory (onnxruntime allocates a
             # session's buffers on its first run) is taken before the next model's is measured.
             nonlocal largest
-            before = available_memory()
+            before = available_memory(on_gpu)
             calls = runner.calls(name, sized_model(model, heads, width, stream), inputs)
             for call in calls.values():
                 call()
             if before is not None:
-                largest = max(largest, before - (available_memory() or before))
+                largest = max(largest, before - (available_memory(on_gpu) or before))
             return calls
 
         for stream in widths:
@@ -505,7 +507,7 @@ def measure_latency_table(model: nn.Module, spec: LatencySpec, *, head_points: i
                 if anchor:
                     variants.update(build(anchor, full_heads, full_width, None))
                 members = 0
-                while pending and (members == 0 or room_for(largest)):
+                while pending and (members == 0 or room_for(largest, on_gpu)):
                     name, heads, width = pending.pop(0)
                     variants.update(build(prefix + name, heads, width, stream))
                     members += 1
@@ -559,9 +561,12 @@ MIN_REPEATS = 3
 MEMORY_RESERVE = 0.15
 
 
-def available_memory() -> int | None:
+def available_memory(cuda: bool = False) -> int | None:
     """Bytes of memory the machine can still give (Linux's MemAvailable, or what is left under this process's cgroup
-    v2 limit if that is less); None where neither is known (then a table holds all of a width's models at once)."""
+    v2 limit if that is less; with `cuda`, the current GPU's free memory); None where neither is known (then a table
+    holds all of a width's models at once)."""
+    if cuda:
+        return torch.cuda.mem_get_info()[0]
     try:
         info = dict(line.split(":", 1) for line in Path("/proc/meminfo").read_text().splitlines() if ":" in line)
         available = int(info["MemAvailable"].split()[0]) * 1024
@@ -577,8 +582,10 @@ def available_memory() -> int | None:
     return available
 
 
-def total_memory() -> int | None:
-    """Bytes of memory the machine has (Linux's MemTotal), None where unknown."""
+def total_memory(cuda: bool = False) -> int | None:
+    """Bytes of memory the machine has (Linux's MemTotal; with `cuda`, the current GPU's), None where unknown."""
+    if cuda:
+        return torch.cuda.mem_get_info()[1]
     try:
         for line in Path("/proc/meminfo").read_text().splitlines():
             if line.startswith("MemTotal:"):
@@ -588,10 +595,10 @@ def total_memory() -> int | None:
     return None
 
 
-def room_for(model_bytes: int) -> bool:
-    """Whether one more grid model of `model_bytes` still leaves `MEMORY_RESERVE` of the machine's memory free (with
-    half as much again for what the estimate misses). True where the memory is not known."""
-    available, total = available_memory(), total_memory()
+def room_for(model_bytes: int, cuda: bool = False) -> bool:
+    """Whether one more grid model of `model_bytes` still leaves `MEMORY_RESERVE` of the machine's (`cuda`: the GPU's)
+    memory free (with half as much again for what the estimate misses). True where the memory is not known."""
+    available, total = available_memory(cuda), total_memory(cuda)
     if available is None or total is None:
         return True
     return available - 1.5 * model_bytes > MEMORY_RESERVE * total

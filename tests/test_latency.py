@@ -359,7 +359,8 @@ def test_where_memory_is_short_a_width_is_timed_in_groups_on_one_scale(tmp_path,
     gib = 2**30
     most = []
 
-    def available():  # 80 GiB free before any model, 10 GiB per grid model alive (torch keeps each for its calls)
+    def available(cuda=False):  # 80 GiB free before any model, 10 GiB per grid model alive (torch keeps each)
+        assert not cuda
         most.append(in_use())
         return (80 - 10 * in_use()) * gib
 
@@ -371,7 +372,7 @@ def test_where_memory_is_short_a_width_is_timed_in_groups_on_one_scale(tmp_path,
     timed = []
     monkeypatch.setattr(latency, "sized_model", sized)
     monkeypatch.setattr(latency, "available_memory", available)
-    monkeypatch.setattr(latency, "total_memory", lambda: 100 * gib)
+    monkeypatch.setattr(latency, "total_memory", lambda cuda=False: 100 * gib)
     repeats_asked = []
     monkeypatch.setattr(latency, "interleaved", lambda variants, repeats, **kw: (
         timed.append(sorted(variants)) or repeats_asked.append(kw) or slower_with_an_anchor(variants, repeats, **kw)))
@@ -385,8 +386,8 @@ def test_where_memory_is_short_a_width_is_timed_in_groups_on_one_scale(tmp_path,
     assert "memory is short: timing 5 grid models as one group; 1 more" in caplog.text
     assert all(kw["min_repeats"] == latency.MIN_REPEATS for kw in repeats_asked)  # whatever the time limit
     # plenty of memory: one group, as before
-    monkeypatch.setattr(latency, "total_memory", lambda: 1000 * gib)
-    monkeypatch.setattr(latency, "available_memory", lambda: 900 * gib)
+    monkeypatch.setattr(latency, "total_memory", lambda cuda=False: 1000 * gib)
+    monkeypatch.setattr(latency, "available_memory", lambda cuda=False: 900 * gib)
     timed.clear()
     latency.measure_latency_table(tiny_model(), SPEC, directory=tmp_path, refresh=True, **SMALL)
     assert timed == [["full", "h0", "h1", "h4", "w1", "w24"]]
@@ -525,7 +526,7 @@ def test_an_onnxruntime_table_times_every_grid_file_under_every_session_setting(
 
     calls = count_timings(monkeypatch, fake=False)
     spec = LatencySpec.of("onnxruntime", "2x8", 1)
-    model = tiny_model(num_hidden_layers=2)
+    model = tiny_model(num_hidden_layers=1)
     table = latency.measure_latency_table(model, spec, directory=tmp_path, **SMALL)
     grid_models = len(table.heads_grid) + len([w for w in table.width_grid if w]) + 1
     assert len(calls[0]) == grid_models * len(SESSION_SETTINGS)
@@ -533,7 +534,7 @@ def test_an_onnxruntime_table_times_every_grid_file_under_every_session_setting(
     assert set(table.session_settings) == {name.split("|")[0] for name in calls[0]}
     assert set(table.session_settings.values()) <= set(SESSION_SETTINGS)
     assert table.key_fields["versions"]["onnxruntime"] and table.spec["runtime"] == "onnxruntime"
-    result = latency.measure_speedup(model, compressed_copy(tiny_model(num_hidden_layers=2)), spec, repeats=1,
+    result = latency.measure_speedup(model, compressed_copy(tiny_model(num_hidden_layers=1)), spec, repeats=1,
                                      patience_s=0)
     assert set(result["session_settings"]) == {"dense", "compressed"} and result["speedup"] > 0
 
