@@ -8,8 +8,8 @@ later group scaled by the full model timed beside it) changes what it predicts.
     python benchmarks/table_memory.py summary TABLE.json ... --measured FILE.json
 
 `table` measures MODEL's latency table (`oto_hf.latency.measure_latency_table`, never from a cache) with
-`latency.MEMORY_RESERVE` set to R: 0 holds a whole width's models at once (unless the machine is truly short), a
-larger share of the machine's memory kept free splits them into groups. It records the process's peak resident
+`memory_reserve` R: 0 holds a whole width's models at once (unless the machine is truly short), a larger share of
+the machine's memory kept free splits them into groups. It records the process's peak resident
 memory (run each `table` in its own process: the peak is the process's), the groups the log announced, the repeats,
 the build time, the load, and the predicted speedups of the uniform layouts below. `measured` times those layouts
 against the full model (`latency.measure_speedup`, interleaved, 5 repeats): what the predictions should say.
@@ -55,14 +55,10 @@ def table(args) -> dict:
     layers = model.config.num_hidden_layers
     lines: list[str] = []
     spec = latency.LatencySpec.of(args.runtime, args.shape)
-    reserve, latency.MEMORY_RESERVE = latency.MEMORY_RESERVE, args.reserve
-    try:
-        with tempfile.TemporaryDirectory() as cache:
-            measured = latency.measure_latency_table(
-                model, spec, repeats=args.repeats, max_seconds=args.max_seconds, patience_s=args.patience,
-                refresh=True, directory=cache, log=lines.append)
-    finally:
-        latency.MEMORY_RESERVE = reserve
+    with tempfile.TemporaryDirectory() as cache:
+        measured = latency.measure_latency_table(
+            model, spec, repeats=args.repeats, max_seconds=args.max_seconds, patience_s=args.patience,
+            refresh=True, directory=cache, memory_reserve=args.reserve, log=lines.append)
     return {"model": args.model, "runtime": args.runtime, "shape": args.shape, "reserve": args.reserve,
             "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
             "groups": 1 + sum("memory is short" in line for line in lines), "repeats": measured.repeats,
@@ -112,7 +108,7 @@ def main(argv=None) -> None:
                        help="seconds busy repeats (other processes on the CPU) are waited out and redone")
         if command == "table":
             p.add_argument("--reserve", type=float, required=True,
-                           help="latency.MEMORY_RESERVE for this run: the share of memory a table leaves free")
+                           help="memory_reserve of the table: the share of memory it leaves free")
             p.add_argument("--repeats", type=int, default=5)
             p.add_argument("--max-seconds", type=float, default=400.0)
     p = sub.add_parser("summary")

@@ -422,7 +422,8 @@ class _Runner:
 def measure_latency_table(model: nn.Module, spec: LatencySpec, *, head_points: int = 9, width_points: int = 10,
                           repeats: int = 10, max_seconds: float = 600.0, patience_s: float = 30.0,
                           refresh: bool = False, directory: str | os.PathLike | None = None,
-                          stream_points: int = 0, log: Callable[[str], None] = logger.info) -> LatencyTable:
+                          stream_points: int = 0, memory_reserve: float | None = None,
+                          log: Callable[[str], None] = logger.info) -> LatencyTable:
     """The latency table of `model`'s class on `spec` (see the module docstring), from the cache when there is one.
 
     `head_points` / `width_points`: grid points of each block (0 and 1 always among them). `repeats`: interleaved
@@ -437,12 +438,11 @@ def measure_latency_table(model: nn.Module, spec: LatencySpec, *, head_points: i
     docs/benchmarks.md (P6) gives the times it took. Models are timed in groups, let go before the next group is
     built: one group per stream width, split further where the machine's memory would not hold a whole width's
     models (onnxruntime keeps a session with its own weights and buffers per model and session setting). A group
-    takes models while one more as large as the full model, measured as it was built, would leave `MEMORY_RESERVE`
-    of the memory free (Linux's, or the GPU's with cuda; elsewhere a width is one group). Every group after the first
-    times the full model again, and its times are scaled by that model's time in the first group, so that all times
-    are on one scale.
-    Each model runs once as it is built (its warm-up). The exported files (onnxruntime) are deleted once their
-    sessions are made."""
+    takes models while one more as large as the full model, measured as it was built, would leave `memory_reserve`
+    (a share; default `MEMORY_RESERVE`) of the memory free (Linux's, or the GPU's with cuda; elsewhere a width is one
+    group). Every group after the first times the full model again, and its times are scaled by that model's time in
+    the first group, so that all times are on one scale. Each model runs once as it is built (its warm-up). The
+    exported files (onnxruntime) are deleted once their sessions are made."""
     from .groups import zero_invariant_groups
 
     groups = zero_invariant_groups(model)
@@ -480,6 +480,7 @@ def measure_latency_table(model: nn.Module, spec: LatencySpec, *, head_points: i
     total = len(sizes) * len(widths)
     largest = 0  # the most memory one grid model took when it was built (the full model, built first)
     on_gpu = spec.runtime == "cuda"  # the grid models live on the GPU there: its memory bounds the groups
+    reserve = MEMORY_RESERVE if memory_reserve is None else memory_reserve
     with _Runner(spec) as runner:
         inputs = timing_inputs(model, spec)
 
@@ -495,7 +496,7 @@ def measure_latency_table(model: nn.Module, spec: LatencySpec, *, head_points: i
                 largest = max(largest, before - (available_memory(on_gpu) or before))
             return calls
 
-        for stream in widths:
+        for i, stream in enumerate(widths):
             prefix = f"s{stream}" if stream is not None else ""
             pending = list(sizes)
             while pending:
@@ -507,14 +508,14 @@ def measure_latency_table(model: nn.Module, spec: LatencySpec, *, head_points: i
                 if anchor:
                     variants.update(build(anchor, full_heads, full_width, None))
                 members = 0
-                while pending and (members == 0 or room_for(largest, on_gpu)):
+                while pending and (members == 0 or room_for(largest, reserve, on_gpu)):
                     name, heads, width = pending.pop(0)
                     variants.update(build(prefix + name, heads, width, stream))
                     members += 1
                 if pending:
                     log(f"  memory is short: timing {members} grid models as one group; {len(pending)} more of "
                         "this width follow in further groups, each timed beside the full model")
-                done = len(sizes) * widths.index(stream) + len(sizes) - len(pending)
+                done = len(sizes) * (i + 1) - len(pending)
                 group_best, group_settings, timings = runner.time(  # each group its share of the time limit
                     variants, repeats, patience_s, deadline=started + max_seconds * done / total, warmup=0,
                     min_repeats=min(MIN_REPEATS, repeats))
@@ -561,16 +562,25 @@ MIN_REPEATS = 3
 MEMORY_RESERVE = 0.15
 
 
+def _meminfo_bytes(field: str) -> int | None:
+    """A field of Linux's /proc/meminfo ("MemAvailable", "MemTotal") in bytes; None where it cannot be read."""
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
 def available_memory(cuda: bool = False) -> int | None:
     """Bytes of memory the machine can still give (Linux's MemAvailable, or what is left under this process's cgroup
     v2 limit if that is less; with `cuda`, the current GPU's free memory); None where neither is known (then a table
     holds all of a width's models at once)."""
     if cuda:
         return torch.cuda.mem_get_info()[0]
-    try:
-        info = dict(line.split(":", 1) for line in Path("/proc/meminfo").read_text().splitlines() if ":" in line)
-        available = int(info["MemAvailable"].split()[0]) * 1024
-    except (OSError, KeyError, ValueError):
+    available = _meminfo_bytes("MemAvailable")
+    if available is None:
         return None
     try:
         limit = Path("/sys/fs/cgroup/memory.max").read_text().strip()
@@ -584,24 +594,16 @@ def available_memory(cuda: bool = False) -> int | None:
 
 def total_memory(cuda: bool = False) -> int | None:
     """Bytes of memory the machine has (Linux's MemTotal; with `cuda`, the current GPU's), None where unknown."""
-    if cuda:
-        return torch.cuda.mem_get_info()[1]
-    try:
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemTotal:"):
-                return int(line.split()[1]) * 1024
-    except (OSError, ValueError, IndexError):
-        pass
-    return None
+    return torch.cuda.mem_get_info()[1] if cuda else _meminfo_bytes("MemTotal")
 
 
-def room_for(model_bytes: int, cuda: bool = False) -> bool:
-    """Whether one more grid model of `model_bytes` still leaves `MEMORY_RESERVE` of the machine's (`cuda`: the GPU's)
-    memory free (with half as much again for what the estimate misses). True where the memory is not known."""
+def room_for(model_bytes: int, reserve: float = MEMORY_RESERVE, cuda: bool = False) -> bool:
+    """Whether one more grid model of `model_bytes` still leaves `reserve` (a share) of the machine's (`cuda`: the
+    GPU's) memory free (with half as much again for what the estimate misses). True where the memory is not known."""
     available, total = available_memory(cuda), total_memory(cuda)
     if available is None or total is None:
         return True
-    return available - 1.5 * model_bytes > MEMORY_RESERVE * total
+    return available - 1.5 * model_bytes > reserve * total
 
 
 def merged_load(runs: list[Timings]) -> dict:

@@ -232,6 +232,29 @@ def tiny_model(cls=BertForQuestionAnswering, **config):
     return cls(tiny_bert_config(**config)).eval()
 
 
+def flat_timings(variants, repeats, seconds: float = 1e-3) -> Timings:
+    """What `latency.interleaved` returns when every variant took `seconds` in one repeat (nothing is timed)."""
+    return Timings(seconds={name: [seconds] for name in variants}, orders=[tuple(variants)],
+                   foreign_load_cores=[0.0], requested_repeats=repeats)
+
+
+def track_grid_models(monkeypatch) -> tuple[list, list]:
+    """Weak references to every grid model `latency.sized_model` builds, and how many were alive before each build."""
+    import weakref
+
+    alive, alive_before = [], []
+    real = latency.sized_model
+
+    def sized(*args, **kwargs):
+        alive_before.append(sum(ref() is not None for ref in alive))
+        model = real(*args, **kwargs)
+        alive.append(weakref.ref(model))
+        return model
+
+    monkeypatch.setattr(latency, "sized_model", sized)
+    return alive, alive_before
+
+
 def count_timings(monkeypatch, fake: bool) -> list:
     """Counts the latency table's timing runs (`latency.interleaved` calls), each as the sorted names of the models
     it timed; `fake`: every model takes 1 ms, nothing is timed (for what does not depend on the times)."""
@@ -242,8 +265,7 @@ def count_timings(monkeypatch, fake: bool) -> list:
         calls.append(sorted(variants))
         if not fake:
             return real(variants, repeats, **kwargs)
-        return Timings(seconds={name: [1e-3] for name in variants}, orders=[tuple(variants)],
-                       foreign_load_cores=[0.0], requested_repeats=repeats)
+        return flat_timings(variants, repeats)
 
     monkeypatch.setattr(latency, "interleaved", counted)
     return calls
@@ -314,24 +336,12 @@ def test_a_table_with_stream_widths_times_every_grid_model_at_each_width(tmp_pat
 def test_each_stream_width_is_timed_on_its_own_and_put_on_the_full_widths_scale(tmp_path, monkeypatch):
     """A width timed while the machine ran 3× slower comes out on the full width's scale (its anchor, the full model
     timed beside it, says how much slower), and one width's models are let go before the next width's are built."""
-    import weakref
 
     def slower_when_narrow(variants, repeats, **kwargs):  # every model 1 ms; the narrower widths' runs 3× slower
-        slow = 3.0 if any(name.startswith("s") for name in variants) else 1.0
-        return Timings(seconds={name: [slow * 1e-3] for name in variants}, orders=[tuple(variants)],
-                       foreign_load_cores=[0.0], requested_repeats=repeats)
+        return flat_timings(variants, repeats, 3e-3 if any(name.startswith("s") for name in variants) else 1e-3)
 
-    alive, most_alive = [], []
-    real_sized = latency.sized_model
-
-    def sized(*args, **kwargs):
-        most_alive.append(sum(ref() is not None for ref in alive))
-        model = real_sized(*args, **kwargs)
-        alive.append(weakref.ref(model))
-        return model
-
+    alive, most_alive = track_grid_models(monkeypatch)
     monkeypatch.setattr(latency, "interleaved", slower_when_narrow)
-    monkeypatch.setattr(latency, "sized_model", sized)
     table = latency.measure_latency_table(tiny_model(), SPEC, directory=tmp_path, stream_points=4, **SMALL)
     assert table.stream_full_seconds == pytest.approx([table.full_seconds] * 3) and table.full_seconds == 1e-3
     assert all(t == pytest.approx(1e-3) for row in table.stream_heads_seconds + table.stream_width_seconds for t in row)
@@ -343,15 +353,7 @@ def test_where_memory_is_short_a_width_is_timed_in_groups_on_one_scale(tmp_path,
     """With room for only five grid models (each model's memory read as it is built, here one unit per model alive),
     the full width's six are timed as two groups: the first with the full model, the second beside the full model
     again (its anchor), its times put on the first group's scale although that group ran 3× slower."""
-    import weakref
-
-    alive = []
-    real_sized = latency.sized_model
-
-    def sized(*args, **kwargs):
-        model = real_sized(*args, **kwargs)
-        alive.append(weakref.ref(model))
-        return model
+    alive, _ = track_grid_models(monkeypatch)
 
     def in_use() -> int:
         return sum(ref() is not None for ref in alive)
@@ -365,12 +367,9 @@ def test_where_memory_is_short_a_width_is_timed_in_groups_on_one_scale(tmp_path,
         return (80 - 10 * in_use()) * gib
 
     def slower_with_an_anchor(variants, repeats, **kwargs):
-        slow = 3.0 if any("anchor" in name for name in variants) else 1.0
-        return Timings(seconds={name: [slow * 1e-3] for name in variants}, orders=[tuple(variants)],
-                       foreign_load_cores=[0.0], requested_repeats=repeats)
+        return flat_timings(variants, repeats, 3e-3 if any("anchor" in name for name in variants) else 1e-3)
 
     timed = []
-    monkeypatch.setattr(latency, "sized_model", sized)
     monkeypatch.setattr(latency, "available_memory", available)
     monkeypatch.setattr(latency, "total_memory", lambda cuda=False: 100 * gib)
     repeats_asked = []
